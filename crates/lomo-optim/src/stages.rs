@@ -39,9 +39,20 @@ pub trait StagedModel<B: AutodiffBackend, const D: usize>: AutodiffModule<B> {
     /// previous stage's output.
     fn forward_stage(&self, stage: usize, input: Option<Tensor<B, D>>, batch: &Self::Batch) -> Tensor<B, D>;
 
-    /// Runs the loss stage on the last boundary activation: the **sum** of the per-target
-    /// losses, shape `[1]`.
-    fn forward_loss(&self, input: Tensor<B, D>, batch: &Self::Batch) -> Tensor<B, 1>;
+    /// Number of chunks the loss stage is split into for `batch` (default 1).
+    ///
+    /// The fused step runs the loss stage's forward and backward once per chunk, summing the
+    /// parameter and input gradients, so only one chunk's intermediates (for a language model:
+    /// one chunk of tokens' logits) exist at a time.
+    fn num_loss_chunks(&self, batch: &Self::Batch) -> usize {
+        let _ = batch;
+        1
+    }
+
+    /// Runs chunk `chunk` of the loss stage on the whole last boundary activation: the **sum**
+    /// of the per-target losses of the targets in that chunk, shape `[1]`. The chunks of a
+    /// batch must partition its targets.
+    fn forward_loss(&self, input: Tensor<B, D>, batch: &Self::Batch, chunk: usize) -> Tensor<B, 1>;
 
     /// [`StagedModel::forward_stage`] on the inner backend (no autodiff tape).
     fn inner_forward_stage(
@@ -56,6 +67,7 @@ pub trait StagedModel<B: AutodiffBackend, const D: usize>: AutodiffModule<B> {
         inner: &Self::InnerModule,
         input: Tensor<B::InnerBackend, D>,
         batch: &Self::Batch,
+        chunk: usize,
     ) -> Tensor<B::InnerBackend, 1>;
 }
 
