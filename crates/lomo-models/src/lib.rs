@@ -39,5 +39,5 @@ pub use error::{ModelError, Result};
 pub use generate::{generate, GenerationConfig, Sampling};
 pub use gguf::{GgufFile, GgufTokenizer};
 pub use kv_cache::KvCache;
-pub use llama::{Llama, LossChunking};
+pub use llama::{HfParam, Llama, LossChunking};
 pub use save::SaveOptions;

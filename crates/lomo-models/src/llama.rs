@@ -45,6 +45,25 @@ impl<B: Backend> DecoderLayer<B> {
     }
 }
 
+/// A parameter of [`Llama`], as [`Llama::hf_params`] lists it.
+#[derive(Debug)]
+pub enum HfParam<'a, B: Backend> {
+    /// A norm weight or a bias.
+    Vector(&'a Param<Tensor<B, 1>>),
+    /// An embedding or Linear weight (burn's layout).
+    Matrix(&'a Param<Tensor<B, 2>>),
+}
+
+impl<B: Backend> HfParam<'_, B> {
+    /// The parameter's id.
+    pub fn id(&self) -> burn::module::ParamId {
+        match self {
+            HfParam::Vector(p) => p.id,
+            HfParam::Matrix(p) => p.id,
+        }
+    }
+}
+
 /// How the loss stage splits a batch's tokens into chunks, so that the logits of the whole
 /// batch (`batch × tokens × vocab`) never exist at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,20 +217,17 @@ impl<B: Backend> Llama<B> {
         Ok(Self { embed_tokens, layers, norm, lm_head, config, rope, loss_chunking: LossChunking::default() })
     }
 
-    /// Every tensor under its HF name, in HF's layout (`[out, in]` for Linear weights), in
-    /// the order of [`LlamaConfig::tensor_specs`]. Each tensor is a handle on the weight, not
-    /// a copy.
-    pub fn hf_tensors(&self) -> Vec<(TensorSpec, Tensor<B, 2>)> {
-        let mut out = Vec::new();
-        let mut by_name: HashMap<String, Tensor<B, 2>> = HashMap::new();
-        let vector = |p: &Param<Tensor<B, 1>>| p.val().unsqueeze::<2>();
-        by_name.insert("model.embed_tokens.weight".into(), self.embed_tokens.weight.val());
-        let add_linear = |by_name: &mut HashMap<String, Tensor<B, 2>>, prefix: String, l: &Linear<B>| {
-            by_name.insert(format!("{prefix}.weight"), l.weight.val());
+    /// Every parameter under its HF name, in the order of [`LlamaConfig::tensor_specs`].
+    /// `spec.transposed` says whether burn holds the transpose of the HF tensor.
+    pub fn hf_params(&self) -> Vec<(TensorSpec, HfParam<'_, B>)> {
+        let mut by_name: HashMap<String, HfParam<'_, B>> = HashMap::new();
+        by_name.insert("model.embed_tokens.weight".into(), HfParam::Matrix(&self.embed_tokens.weight));
+        fn add_linear<'a, B: Backend>(by_name: &mut HashMap<String, HfParam<'a, B>>, prefix: String, l: &'a Linear<B>) {
+            by_name.insert(format!("{prefix}.weight"), HfParam::Matrix(&l.weight));
             if let Some(b) = &l.bias {
-                by_name.insert(format!("{prefix}.bias"), vector(b));
+                by_name.insert(format!("{prefix}.bias"), HfParam::Vector(b));
             }
-        };
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
             add_linear(&mut by_name, format!("{p}.self_attn.q_proj"), &layer.self_attn.q_proj);
@@ -221,19 +237,41 @@ impl<B: Backend> Llama<B> {
             add_linear(&mut by_name, format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
             add_linear(&mut by_name, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
             add_linear(&mut by_name, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
-            by_name.insert(format!("{p}.input_layernorm.weight"), vector(&layer.input_layernorm.weight));
-            by_name.insert(format!("{p}.post_attention_layernorm.weight"), vector(&layer.post_attention_layernorm.weight));
+            by_name.insert(format!("{p}.input_layernorm.weight"), HfParam::Vector(&layer.input_layernorm.weight));
+            by_name.insert(
+                format!("{p}.post_attention_layernorm.weight"),
+                HfParam::Vector(&layer.post_attention_layernorm.weight),
+            );
         }
-        by_name.insert("model.norm.weight".into(), vector(&self.norm.weight));
+        by_name.insert("model.norm.weight".into(), HfParam::Vector(&self.norm.weight));
         if let Some(head) = &self.lm_head {
             add_linear(&mut by_name, "lm_head".into(), head);
         }
-        for spec in self.config.tensor_specs() {
-            let tensor = by_name.remove(&spec.name).unwrap_or_else(|| panic!("model has no `{}`", spec.name));
-            let tensor = if spec.transposed { tensor.transpose() } else { tensor };
-            out.push((spec, tensor));
-        }
-        out
+        self.config
+            .tensor_specs()
+            .into_iter()
+            .map(|spec| {
+                let param = by_name.remove(&spec.name).unwrap_or_else(|| panic!("model has no `{}`", spec.name));
+                (spec, param)
+            })
+            .collect()
+    }
+
+    /// Every tensor under its HF name and in HF's layout (`[out, in]` for Linear weights,
+    /// a vector as `[1, n]`), in the order of [`LlamaConfig::tensor_specs`]. Each is a view of
+    /// the weight, not a copy.
+    pub fn hf_tensors(&self) -> Vec<(TensorSpec, Tensor<B, 2>)> {
+        self.hf_params()
+            .into_iter()
+            .map(|(spec, param)| {
+                let tensor = match param {
+                    HfParam::Vector(p) => p.val().unsqueeze::<2>(),
+                    HfParam::Matrix(p) if spec.transposed => p.val().transpose(),
+                    HfParam::Matrix(p) => p.val(),
+                };
+                (spec, tensor)
+            })
+            .collect()
     }
 
     /// Stage 0: token embedding, `[batch, tokens, hidden]`.

@@ -1,1 +1,5 @@
+//! Integration tests of lomo-models (one binary; the loading-memory measurement has its own).
 
+mod common;
+
+mod reference;
