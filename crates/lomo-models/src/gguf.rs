@@ -60,7 +60,9 @@ impl GgufValue {
     /// The value as a float, if it is a number.
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
-            GgufValue::F32(v) => Some(v as f64),
+            // Via the shortest decimal that round-trips: an f32 `1e-5` means 1e-5, not
+            // 9.99999974737875e-6, and the configuration should say what the author wrote.
+            GgufValue::F32(v) => format!("{v}").parse().ok(),
             GgufValue::F64(v) => Some(v),
             _ => self.as_u64().map(|v| v as f64),
         }
@@ -242,7 +244,7 @@ impl<'a> Reader<'a> {
         let n = self.u64()?;
         let left = (self.bytes.len() - self.pos) as u64;
         if n.saturating_mul(min_item_bytes.max(1) as u64) > left {
-            return Err(self.error(format!("{what} count {n} exceeds the file")));
+            return Err(self.error(format!("{what} count {n} exceeds what is left of the file (truncated?)")));
         }
         Ok(n as usize)
     }

@@ -4,3 +4,4 @@ mod common;
 
 mod reference;
 mod stages;
+mod checkpoints;

@@ -9,6 +9,7 @@ use burn::tensor::backend::Backend;
 use lomo_models::Batch;
 
 pub mod gguf_tokenizer;
+pub mod gguf_writer;
 
 /// The backend the tests run on: burn's pure-Rust CPU backend.
 pub type B = burn::backend::Flex;
