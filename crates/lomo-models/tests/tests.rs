@@ -5,3 +5,4 @@ mod common;
 mod reference;
 mod stages;
 mod checkpoints;
+mod smol;
