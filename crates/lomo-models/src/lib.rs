@@ -1,1 +1,43 @@
+//! LLaMA-family causal language models on burn, for full-parameter fine-tuning with LOMO.
+//!
+//! - [`Llama`]: HF's `LlamaForCausalLM` (and `Qwen2ForCausalLM`), configured from HF's
+//!   `config.json` ([`HfConfig`] → [`LlamaConfig`]), generic over the burn backend, with weights
+//!   stored in f32, bf16 or f16 ([`StorageDtype`]).
+//! - Checkpoints: HF safetensors in ([`Llama::load_hf`], single file or sharded, memory-mapped)
+//!   and out ([`Llama::save_hf`]), GGUF in ([`Llama::load_gguf`], F32/F16/BF16/Q8_0/Q4_0/Q4_1,
+//!   with the tokenizer metadata as [`GgufTokenizer`]).
+//! - Training: [`Llama`] implements [`lomo_optim::StagedModel`] (embedding, one stage per decoder
+//!   block, then final norm + LM head + loss in token chunks), fed by a [`Batch`].
+//! - Generation with a KV cache ([`generate`]), greedy or sampled with a seed.
+//! - Presets of real model shapes with random weights ([`presets`]) and parameter / byte counts
+//!   that allocate nothing ([`LlamaConfig::num_params`]).
+#![warn(missing_docs)]
 
+pub mod attention;
+pub mod batch;
+pub mod config;
+pub mod dtype;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod init;
+pub mod kv_cache;
+pub mod llama;
+pub mod mlp;
+pub mod norm;
+pub mod presets;
+pub mod rng;
+pub mod rope;
+pub mod safetensors;
+pub mod save;
+pub mod stages;
+
+pub use batch::{Batch, IGNORE_INDEX};
+pub use config::{HfConfig, Llama3RopeScaling, LlamaConfig, ModelType, TensorSpec};
+pub use dtype::StorageDtype;
+pub use error::{ModelError, Result};
+pub use generate::{generate, GenerationConfig, Sampling};
+pub use gguf::{GgufFile, GgufTokenizer};
+pub use kv_cache::KvCache;
+pub use llama::{HfParam, Llama, LossChunking};
+pub use save::SaveOptions;

@@ -1,0 +1,98 @@
+//! What the model reads for one micro-batch: token ids, attention mask and labels as plain
+//! host arrays, so that the same batch drives the autodiff and the tape-free forward.
+
+use crate::error::{ModelError, Result};
+
+/// Labels equal to this are not trained on (PyTorch's `CrossEntropyLoss` `ignore_index`).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// A batch of `batch_size` rows of `seq_len` tokens, row-major.
+///
+/// Labels follow HF: `labels[b, t]` is the token expected *at* position t, so position t's
+/// logits are scored against `labels[b, t + 1]`; [`IGNORE_INDEX`] marks prompt and padding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    input_ids: Vec<i64>,
+    attention_mask: Vec<i64>,
+    labels: Vec<i64>,
+    batch_size: usize,
+    seq_len: usize,
+}
+
+impl Batch {
+    /// A batch from row-major `[batch_size, seq_len]` arrays. A missing attention mask means
+    /// every token is real; missing labels mean nothing is trained on (inference).
+    pub fn new(
+        input_ids: Vec<i64>,
+        attention_mask: Option<Vec<i64>>,
+        labels: Option<Vec<i64>>,
+        [batch_size, seq_len]: [usize; 2],
+    ) -> Result<Self> {
+        let n = batch_size * seq_len;
+        if n == 0 {
+            return Err(ModelError::InvalidBatch(format!("empty shape [{batch_size}, {seq_len}]")));
+        }
+        let check = |name: &str, len: usize| {
+            if len != n {
+                return Err(ModelError::InvalidBatch(format!(
+                    "{name} has {len} entries, shape [{batch_size}, {seq_len}] needs {n}"
+                )));
+            }
+            Ok(())
+        };
+        check("input_ids", input_ids.len())?;
+        if let Some(id) = input_ids.iter().find(|&&id| id < 0) {
+            return Err(ModelError::InvalidBatch(format!("negative token id {id}")));
+        }
+        let attention_mask = attention_mask.unwrap_or_else(|| vec![1; n]);
+        check("attention_mask", attention_mask.len())?;
+        let labels = labels.unwrap_or_else(|| vec![IGNORE_INDEX; n]);
+        check("labels", labels.len())?;
+        Ok(Self { input_ids, attention_mask, labels, batch_size, seq_len })
+    }
+
+    /// Rows.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Tokens per row.
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+
+    /// Token ids, row-major.
+    pub fn input_ids(&self) -> &[i64] {
+        &self.input_ids
+    }
+
+    /// Attention mask (1 = real token, 0 = padding), row-major.
+    pub fn attention_mask(&self) -> &[i64] {
+        &self.attention_mask
+    }
+
+    /// Labels, row-major.
+    pub fn labels(&self) -> &[i64] {
+        &self.labels
+    }
+
+    /// The target of position `t` of row `b`: `labels[b, t + 1]`, or `None` when ignored
+    /// (the last position has no target).
+    pub fn target(&self, b: usize, t: usize) -> Option<i64> {
+        if t + 1 >= self.seq_len {
+            return None;
+        }
+        let label = self.labels[b * self.seq_len + t + 1];
+        (label != IGNORE_INDEX).then_some(label)
+    }
+
+    /// Number of positions with a target: the denominator of HF's mean loss.
+    pub fn num_targets(&self) -> usize {
+        (0..self.batch_size).map(|b| (0..self.seq_len).filter(|&t| self.target(b, t).is_some()).count()).sum()
+    }
+
+    /// Whether some token is padding.
+    pub fn has_padding(&self) -> bool {
+        self.attention_mask.iter().any(|&m| m == 0)
+    }
+}

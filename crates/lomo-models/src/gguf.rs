@@ -1,0 +1,780 @@
+//! Reading GGUF files (llama.cpp's checkpoint format): header, metadata key/values, tensor
+//! infos, aligned tensor data. Spec: <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>.
+//!
+//! F32, F16, BF16, Q8_0, Q4_0 and Q4_1 tensors are dequantised, block row by block row, into
+//! the storage dtype. llama.cpp's converter (`convert_hf_to_gguf.py`, `LlamaModel.permute`)
+//! reorders the rows of the q and k projections for its rotary layout; loading undoes that,
+//! so the model is HF's again (and saves as an HF checkpoint).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use half::f16;
+use memmap2::Mmap;
+
+use crate::config::{LlamaConfig, ModelType, TensorSpec};
+use crate::dtype::{decode_tensor, rows_cols, FloatEncoding, PlainFloats, RowSource, StorageDtype};
+use crate::error::{ModelError, Result};
+use crate::llama::Llama;
+use crate::safetensors::map_file;
+
+const MAGIC: &[u8; 4] = b"GGUF";
+const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)] // One variant per GGUF value type, named as the spec names them.
+pub enum GgufValue {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    Bool(bool),
+    String(String),
+    Array(Vec<GgufValue>),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+impl GgufValue {
+    /// The value as an unsigned integer, if it is a non-negative integer.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            GgufValue::U8(v) => Some(v as u64),
+            GgufValue::U16(v) => Some(v as u64),
+            GgufValue::U32(v) => Some(v as u64),
+            GgufValue::U64(v) => Some(v),
+            GgufValue::I8(v) => u64::try_from(v).ok(),
+            GgufValue::I16(v) => u64::try_from(v).ok(),
+            GgufValue::I32(v) => u64::try_from(v).ok(),
+            GgufValue::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a float, if it is a number.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            // Via the shortest decimal that round-trips: an f32 `1e-5` means 1e-5, not
+            // 9.99999974737875e-6, and the configuration should say what the author wrote.
+            GgufValue::F32(v) => format!("{v}").parse().ok(),
+            GgufValue::F64(v) => Some(v),
+            _ => self.as_u64().map(|v| v as f64),
+        }
+    }
+
+    /// The value as a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            GgufValue::String(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// ggml tensor types this crate can dequantise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GgmlType {
+    F32,
+    F16,
+    BF16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl GgmlType {
+    fn from_id(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            8 => GgmlType::Q8_0,
+            30 => GgmlType::BF16,
+            _ => return None,
+        })
+    }
+
+    /// (values per block, bytes per block).
+    fn block(self) -> (usize, usize) {
+        match self {
+            GgmlType::F32 => (1, 4),
+            GgmlType::F16 | GgmlType::BF16 => (1, 2),
+            GgmlType::Q4_0 => (32, 18),
+            GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q8_0 => (32, 34),
+        }
+    }
+}
+
+/// The name ggml gives a type id, for error messages.
+fn ggml_type_name(id: u32) -> String {
+    let name = match id {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        6 => "Q5_0",
+        7 => "Q5_1",
+        8 => "Q8_0",
+        9 => "Q8_1",
+        10 => "Q2_K",
+        11 => "Q3_K",
+        12 => "Q4_K",
+        13 => "Q5_K",
+        14 => "Q6_K",
+        15 => "Q8_K",
+        30 => "BF16",
+        _ => "unknown",
+    };
+    format!("{name} (ggml type {id})")
+}
+
+/// One tensor's entry in the GGUF header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GgufTensorInfo {
+    /// llama.cpp's name, e.g. `blk.0.attn_q.weight`.
+    pub name: String,
+    /// Dimensions in ggml order: `dims[0]` varies fastest (the reverse of PyTorch's shape).
+    pub dims: Vec<u64>,
+    /// ggml type id.
+    pub ggml_type: u32,
+    /// Offset of the data from the start of the data section.
+    pub offset: u64,
+}
+
+impl GgufTensorInfo {
+    /// The shape in PyTorch / HF order.
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().rev().map(|&d| d as usize).collect()
+    }
+}
+
+/// The tokenizer that llama.cpp's converter stores in the metadata (`tokenizer.*` keys), as
+/// plain data for the data crate to turn into a tokenizer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GgufTokenizer {
+    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE), `llama` (SentencePiece), …
+    pub model: String,
+    /// `tokenizer.ggml.pre`: the pre-tokenizer's name (`smollm`, `llama-bpe`, …).
+    pub pre: Option<String>,
+    /// `tokenizer.ggml.tokens`: the vocabulary, by id.
+    pub tokens: Vec<String>,
+    /// `tokenizer.ggml.token_type`: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+    pub token_types: Vec<i32>,
+    /// `tokenizer.ggml.scores` (SentencePiece models).
+    pub scores: Vec<f32>,
+    /// `tokenizer.ggml.merges`: BPE merges, `"a b"`, in priority order.
+    pub merges: Vec<String>,
+    /// `tokenizer.ggml.bos_token_id`.
+    pub bos_token_id: Option<u32>,
+    /// `tokenizer.ggml.eos_token_id`.
+    pub eos_token_id: Option<u32>,
+    /// `tokenizer.ggml.unknown_token_id`.
+    pub unknown_token_id: Option<u32>,
+    /// `tokenizer.ggml.padding_token_id`.
+    pub padding_token_id: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token`.
+    pub add_bos_token: Option<bool>,
+    /// `tokenizer.ggml.add_eos_token`.
+    pub add_eos_token: Option<bool>,
+    /// `tokenizer.chat_template` (Jinja).
+    pub chat_template: Option<String>,
+}
+
+/// A parsed GGUF file: metadata and tensor infos, with the data memory-mapped.
+#[derive(Debug)]
+pub struct GgufFile {
+    path: PathBuf,
+    map: Mmap,
+    /// GGUF version (2 or 3).
+    pub version: u32,
+    /// Metadata key/values.
+    pub metadata: BTreeMap<String, GgufValue>,
+    /// Tensor infos, in file order.
+    pub tensors: Vec<GgufTensorInfo>,
+    data_start: u64,
+}
+
+/// A bounds-checked little-endian reader over the mapped file.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Reader<'a> {
+    fn error(&self, reason: impl Into<String>) -> ModelError {
+        ModelError::InvalidGguf { path: self.path.to_path_buf(), offset: self.pos as u64, reason: reason.into() }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&end| end <= self.bytes.len());
+        match end {
+            Some(end) => {
+                let out = &self.bytes[self.pos..end];
+                self.pos = end;
+                Ok(out)
+            }
+            None => Err(self.error(format!("file truncated: {n} more bytes needed, {} left", self.bytes.len() - self.pos))),
+        }
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    /// A count that must fit in what is left of the file (each item taking at least
+    /// `min_item_bytes`), so a corrupt length cannot make us allocate terabytes.
+    fn count(&mut self, min_item_bytes: usize, what: &str) -> Result<usize> {
+        let n = self.u64()?;
+        let left = (self.bytes.len() - self.pos) as u64;
+        if n.saturating_mul(min_item_bytes.max(1) as u64) > left {
+            return Err(self.error(format!("{what} count {n} exceeds what is left of the file (truncated?)")));
+        }
+        Ok(n as usize)
+    }
+
+    fn string(&mut self) -> Result<String> {
+        let len = self.count(1, "string length")?;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| self.error("string is not UTF-8"))
+    }
+
+    fn value(&mut self, value_type: u32, depth: usize) -> Result<GgufValue> {
+        Ok(match value_type {
+            0 => GgufValue::U8(self.array::<1>()?[0]),
+            1 => GgufValue::I8(self.array::<1>()?[0] as i8),
+            2 => GgufValue::U16(u16::from_le_bytes(self.array()?)),
+            3 => GgufValue::I16(i16::from_le_bytes(self.array()?)),
+            4 => GgufValue::U32(self.u32()?),
+            5 => GgufValue::I32(i32::from_le_bytes(self.array()?)),
+            6 => GgufValue::F32(f32::from_le_bytes(self.array()?)),
+            7 => GgufValue::Bool(self.array::<1>()?[0] != 0),
+            8 => GgufValue::String(self.string()?),
+            9 => {
+                if depth > 4 {
+                    return Err(self.error("arrays nested too deep"));
+                }
+                let item_type = self.u32()?;
+                let len = self.count(1, "array length")?;
+                let mut items = Vec::with_capacity(len);
+                for _ in 0..len {
+                    items.push(self.value(item_type, depth + 1)?);
+                }
+                GgufValue::Array(items)
+            }
+            10 => GgufValue::U64(self.u64()?),
+            11 => GgufValue::I64(i64::from_le_bytes(self.array()?)),
+            12 => GgufValue::F64(f64::from_le_bytes(self.array()?)),
+            other => return Err(self.error(format!("unknown metadata value type {other}"))),
+        })
+    }
+}
+
+/// Dequantises GGUF rows, optionally reading them in a permuted order.
+struct GgufRows<'a> {
+    bytes: &'a [u8],
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    /// `Some(heads)`: undo llama.cpp's q/k permutation with this many heads.
+    unpermute_heads: Option<usize>,
+}
+
+impl GgufRows<'_> {
+    /// The GGUF row holding HF row `row`.
+    ///
+    /// llama.cpp: `w.reshape(n_head, 2, head_dim / 2, in).swapaxes(1, 2)`, so HF row
+    /// `(head, half, i)` sits at GGUF row `(head, i, half)`.
+    fn source_row(&self, row: usize) -> usize {
+        match self.unpermute_heads {
+            None => row,
+            Some(heads) => {
+                let head_dim = self.rows / heads;
+                let half_dim = head_dim / 2;
+                let (head, within) = (row / head_dim, row % head_dim);
+                let (half, i) = (within / half_dim, within % half_dim);
+                head * head_dim + i * 2 + half
+            }
+        }
+    }
+}
+
+impl RowSource for GgufRows<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn decode_row(&self, row: usize, out: &mut [f32]) {
+        let (block_values, block_bytes) = self.ty.block();
+        let row_bytes = self.cols / block_values * block_bytes;
+        let start = self.source_row(row) * row_bytes;
+        let bytes = &self.bytes[start..start + row_bytes];
+        let half = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
+        match self.ty {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+                let encoding = match self.ty {
+                    GgmlType::F32 => FloatEncoding::F32,
+                    GgmlType::F16 => FloatEncoding::F16,
+                    _ => FloatEncoding::BF16,
+                };
+                PlainFloats { bytes, encoding, rows: 1, cols: self.cols }.decode_row(0, out);
+            }
+            // ggml-quants.c, dequantize_row_q8_0: x = d * q.
+            GgmlType::Q8_0 => {
+                for (block, out) in bytes.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+                    let d = half(&block[0..2]);
+                    for (o, &q) in out.iter_mut().zip(&block[2..34]) {
+                        *o = d * (q as i8) as f32;
+                    }
+                }
+            }
+            // dequantize_row_q4_0: low nibbles are values 0..16, high nibbles 16..32; x = d * (q - 8).
+            GgmlType::Q4_0 => {
+                for (block, out) in bytes.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
+                    let d = half(&block[0..2]);
+                    for (j, &q) in block[2..18].iter().enumerate() {
+                        out[j] = d * ((q & 0x0F) as i32 - 8) as f32;
+                        out[j + 16] = d * ((q >> 4) as i32 - 8) as f32;
+                    }
+                }
+            }
+            // dequantize_row_q4_1: x = d * q + m.
+            GgmlType::Q4_1 => {
+                for (block, out) in bytes.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
+                    let d = half(&block[0..2]);
+                    let m = half(&block[2..4]);
+                    for (j, &q) in block[4..20].iter().enumerate() {
+                        out[j] = d * (q & 0x0F) as f32 + m;
+                        out[j + 16] = d * (q >> 4) as f32 + m;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The HF name of a llama.cpp tensor name, for the `llama` architecture.
+fn hf_name(gguf: &str) -> Option<String> {
+    Some(match gguf {
+        "token_embd.weight" => "model.embed_tokens.weight".into(),
+        "output_norm.weight" => "model.norm.weight".into(),
+        "output.weight" => "lm_head.weight".into(),
+        _ => {
+            let rest = gguf.strip_prefix("blk.")?;
+            let (layer, rest) = rest.split_once('.')?;
+            let layer: usize = layer.parse().ok()?;
+            let (part, kind) = rest.rsplit_once('.')?;
+            let hf = match part {
+                "attn_norm" => "input_layernorm",
+                "ffn_norm" => "post_attention_layernorm",
+                "attn_q" => "self_attn.q_proj",
+                "attn_k" => "self_attn.k_proj",
+                "attn_v" => "self_attn.v_proj",
+                "attn_output" => "self_attn.o_proj",
+                "ffn_gate" => "mlp.gate_proj",
+                "ffn_up" => "mlp.up_proj",
+                "ffn_down" => "mlp.down_proj",
+                _ => return None,
+            };
+            format!("model.layers.{layer}.{hf}.{kind}")
+        }
+    })
+}
+
+impl GgufFile {
+    /// Maps and parses `path`'s header, metadata and tensor infos; tensor data stays on disk
+    /// until a model is built from it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let map = map_file(&path)?;
+        let mut r = Reader { bytes: &map, pos: 0, path: &path };
+        if r.take(4)? != MAGIC {
+            return Err(ModelError::InvalidGguf { path: path.clone(), offset: 0, reason: "not a GGUF file (bad magic)".into() });
+        }
+        let version = r.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(r.error(format!("unsupported GGUF version {version} (supported: 2, 3)")));
+        }
+        // Each tensor info takes at least 24 bytes, each key/value at least 13.
+        let num_tensors = r.count(24, "tensor")?;
+        let num_kv = r.count(13, "metadata")?;
+        let mut metadata = BTreeMap::new();
+        for _ in 0..num_kv {
+            let key = r.string()?;
+            let value_type = r.u32()?;
+            let value = r.value(value_type, 0)?;
+            metadata.insert(key, value);
+        }
+        let mut tensors = Vec::with_capacity(num_tensors);
+        for _ in 0..num_tensors {
+            let name = r.string()?;
+            let n_dims = r.u32()?;
+            if n_dims > 4 {
+                return Err(r.error(format!("tensor `{name}` has {n_dims} dimensions (at most 4)")));
+            }
+            let dims = (0..n_dims).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
+            let ggml_type = r.u32()?;
+            let offset = r.u64()?;
+            tensors.push(GgufTensorInfo { name, dims, ggml_type, offset });
+        }
+        let alignment = metadata.get("general.alignment").and_then(GgufValue::as_u64).unwrap_or(DEFAULT_ALIGNMENT);
+        if alignment == 0 {
+            return Err(r.error("general.alignment is 0"));
+        }
+        let data_start = (r.pos as u64).next_multiple_of(alignment);
+        let file = Self { path: path.clone(), version, metadata, tensors, data_start, map };
+        for info in &file.tensors {
+            file.check_bounds(info)?;
+        }
+        Ok(file)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check_bounds(&self, info: &GgufTensorInfo) -> Result<()> {
+        let Some(ty) = GgmlType::from_id(info.ggml_type) else {
+            return Ok(()); // Reported when the tensor is needed, with its type's name.
+        };
+        let numel = info.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        let (block_values, block_bytes) = ty.block();
+        let fail = |reason: String| ModelError::InvalidGguf { path: self.path.clone(), offset: self.data_start + info.offset, reason };
+        let numel = numel.ok_or_else(|| fail(format!("tensor `{}`: dimensions overflow", info.name)))?;
+        if info.dims.first().copied().unwrap_or(1) % block_values as u64 != 0 {
+            return Err(fail(format!("tensor `{}`: row length not a multiple of the block size {block_values}", info.name)));
+        }
+        let bytes = numel / block_values as u64 * block_bytes as u64;
+        let end = self.data_start.checked_add(info.offset).and_then(|s| s.checked_add(bytes));
+        if end.is_none_or(|end| end > self.map.len() as u64) {
+            return Err(fail(format!("tensor `{}` ({bytes} bytes) extends past the end of the file (truncated?)", info.name)));
+        }
+        Ok(())
+    }
+
+    fn meta(&self, key: &str) -> Option<&GgufValue> {
+        self.metadata.get(key)
+    }
+
+    fn invalid(&self, field: &str, reason: impl Into<String>) -> ModelError {
+        ModelError::InvalidConfig { path: self.path.clone(), field: field.into(), reason: reason.into() }
+    }
+
+    fn meta_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.meta(key) {
+            None => Ok(None),
+            Some(GgufValue::Array(items)) => {
+                // Some converters write per-layer arrays; a LLaMA has the same value everywhere.
+                let values: HashSet<Option<u64>> = items.iter().map(GgufValue::as_u64).collect();
+                match values.into_iter().collect::<Vec<_>>().as_slice() {
+                    [Some(v)] => Ok(Some(*v as usize)),
+                    _ => Err(self.invalid(key, "per-layer values differ (not a LLaMA)")),
+                }
+            }
+            Some(v) => v.as_u64().map(|v| Some(v as usize)).ok_or_else(|| self.invalid(key, format!("expected an integer, found {v:?}"))),
+        }
+    }
+
+    fn require_usize(&self, key: &str) -> Result<usize> {
+        self.meta_usize(key)?.ok_or_else(|| self.invalid(key, "missing"))
+    }
+
+    fn tensor_info(&self, name: &str) -> Option<&GgufTensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The model configuration from the `llama.*` metadata and the tensor list.
+    pub fn config(&self) -> Result<LlamaConfig> {
+        let arch = self.meta("general.architecture").and_then(GgufValue::as_str).unwrap_or("");
+        if arch != "llama" {
+            return Err(ModelError::UnsupportedConfig {
+                path: self.path.clone(),
+                field: "general.architecture".into(),
+                value: format!("\"{arch}\" (supported: llama)"),
+            });
+        }
+        if self.tensor_info("rope_freqs.weight").is_some() {
+            return Err(ModelError::UnsupportedConfig {
+                path: self.path.clone(),
+                field: "rope_freqs.weight".into(),
+                value: "per-frequency RoPE factors (LLaMA 3.1 scaling baked into GGUF)".into(),
+            });
+        }
+        if let Some(kind) = self.meta("llama.rope.scaling.type").and_then(GgufValue::as_str) {
+            if kind != "none" {
+                return Err(ModelError::UnsupportedConfig {
+                    path: self.path.clone(),
+                    field: "llama.rope.scaling.type".into(),
+                    value: format!("\"{kind}\""),
+                });
+            }
+        }
+        let hidden = self.require_usize("llama.embedding_length")?;
+        let heads = self.require_usize("llama.attention.head_count")?;
+        let kv_heads = self.meta_usize("llama.attention.head_count_kv")?.unwrap_or(heads);
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(self.invalid("llama.attention.head_count_kv", format!("{kv_heads} does not divide {heads} heads")));
+        }
+        let head_dim = self.meta_usize("llama.attention.key_length")?.unwrap_or(hidden / heads.max(1));
+        if let Some(rot) = self.meta_usize("llama.rope.dimension_count")? {
+            if rot != head_dim {
+                return Err(ModelError::UnsupportedConfig {
+                    path: self.path.clone(),
+                    field: "llama.rope.dimension_count".into(),
+                    value: format!("{rot} (partial rotary; head_dim is {head_dim})"),
+                });
+            }
+        }
+        let embed = self
+            .tensor_info("token_embd.weight")
+            .ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: "token_embd.weight".into() })?;
+        let vocab = match self.meta_usize("llama.vocab_size")? {
+            Some(v) => v,
+            None => embed.shape()[0],
+        };
+        let token_id = |key: &str| self.meta_usize(key).map(|v| v.map(|v| v as u32));
+        let has = |name: &str| self.tensor_info(name).is_some();
+        let config = LlamaConfig {
+            model_type: ModelType::Llama,
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: self.require_usize("llama.feed_forward_length")?,
+            num_layers: self.require_usize("llama.block_count")?,
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim,
+            max_position_embeddings: self.meta_usize("llama.context_length")?.unwrap_or(2048),
+            rms_norm_eps: self
+                .meta("llama.attention.layer_norm_rms_epsilon")
+                .and_then(GgufValue::as_f64)
+                .ok_or_else(|| self.invalid("llama.attention.layer_norm_rms_epsilon", "missing"))?,
+            rope_theta: self.meta("llama.rope.freq_base").and_then(GgufValue::as_f64).unwrap_or(10_000.0),
+            rope_scaling: None,
+            tie_word_embeddings: !has("output.weight"),
+            qkv_bias: has("blk.0.attn_q.bias"),
+            o_bias: has("blk.0.attn_output.bias"),
+            mlp_bias: has("blk.0.ffn_gate.bias"),
+            bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
+            eos_token_ids: token_id("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
+            pad_token_id: token_id("tokenizer.ggml.padding_token_id")?,
+        };
+        Ok(config)
+    }
+
+    /// The tokenizer metadata.
+    pub fn tokenizer(&self) -> Result<GgufTokenizer> {
+        let strings = |key: &str| -> Result<Vec<String>> {
+            match self.meta(key) {
+                None => Ok(Vec::new()),
+                Some(GgufValue::Array(items)) => items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| self.invalid(key, "expected strings")))
+                    .collect(),
+                Some(_) => Err(self.invalid(key, "expected an array of strings")),
+            }
+        };
+        let numbers = |key: &str| -> Result<Vec<f64>> {
+            match self.meta(key) {
+                None => Ok(Vec::new()),
+                Some(GgufValue::Array(items)) => {
+                    items.iter().map(|v| v.as_f64().ok_or_else(|| self.invalid(key, "expected numbers"))).collect()
+                }
+                Some(_) => Err(self.invalid(key, "expected an array of numbers")),
+            }
+        };
+        let token_types: Vec<i32> = match self.meta("tokenizer.ggml.token_type") {
+            None => Vec::new(),
+            Some(GgufValue::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    GgufValue::I32(t) => Ok(*t),
+                    other => other.as_u64().map(|t| t as i32).ok_or_else(|| self.invalid("tokenizer.ggml.token_type", "expected integers")),
+                })
+                .collect::<Result<_>>()?,
+            Some(_) => return Err(self.invalid("tokenizer.ggml.token_type", "expected an array")),
+        };
+        let bool_of = |key: &str| match self.meta(key) {
+            Some(GgufValue::Bool(b)) => Some(*b),
+            _ => None,
+        };
+        let id = |key: &str| self.meta_usize(key).map(|v| v.map(|v| v as u32));
+        let model = self
+            .meta("tokenizer.ggml.model")
+            .and_then(GgufValue::as_str)
+            .ok_or_else(|| self.invalid("tokenizer.ggml.model", "missing"))?
+            .to_owned();
+        Ok(GgufTokenizer {
+            model,
+            pre: self.meta("tokenizer.ggml.pre").and_then(GgufValue::as_str).map(str::to_owned),
+            tokens: strings("tokenizer.ggml.tokens")?,
+            token_types,
+            scores: numbers("tokenizer.ggml.scores")?.into_iter().map(|s| s as f32).collect(),
+            merges: strings("tokenizer.ggml.merges")?,
+            bos_token_id: id("tokenizer.ggml.bos_token_id")?,
+            eos_token_id: id("tokenizer.ggml.eos_token_id")?,
+            unknown_token_id: id("tokenizer.ggml.unknown_token_id")?,
+            padding_token_id: id("tokenizer.ggml.padding_token_id")?,
+            add_bos_token: bool_of("tokenizer.ggml.add_bos_token"),
+            add_eos_token: bool_of("tokenizer.ggml.add_eos_token"),
+            chat_template: self.meta("tokenizer.chat_template").and_then(GgufValue::as_str).map(str::to_owned),
+        })
+    }
+
+    /// Builds a model of `config` from this file's tensors, in `dtype`.
+    pub fn load_model<B: Backend>(&self, config: LlamaConfig, dtype: StorageDtype, device: &B::Device) -> Result<Llama<B>> {
+        let by_hf_name: HashMap<String, &GgufTensorInfo> =
+            self.tensors.iter().filter_map(|t| hf_name(&t.name).map(|hf| (hf, t))).collect();
+        if let Some(t) = self.tensors.iter().find(|t| hf_name(&t.name).is_none()) {
+            return Err(ModelError::UnexpectedTensor { path: self.path.clone(), tensor: t.name.clone(), model_type: "llama".into() });
+        }
+        let mut used = HashSet::new();
+        let model = Llama::from_tensors(config.clone(), device, |spec: &TensorSpec| {
+            let info = *by_hf_name
+                .get(&spec.name)
+                .ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: gguf_name_hint(&spec.name) })?;
+            if info.shape() != spec.shape {
+                return Err(ModelError::ShapeMismatch {
+                    path: self.path.clone(),
+                    tensor: info.name.clone(),
+                    expected: spec.shape.clone(),
+                    found: info.shape(),
+                });
+            }
+            let ty = GgmlType::from_id(info.ggml_type).ok_or_else(|| ModelError::UnsupportedTensorType {
+                path: self.path.clone(),
+                tensor: info.name.clone(),
+                dtype: ggml_type_name(info.ggml_type),
+            })?;
+            used.insert(spec.name.clone());
+            let (rows, cols) = rows_cols(&spec.shape);
+            let (block_values, block_bytes) = ty.block();
+            let start = (self.data_start + info.offset) as usize;
+            let len = rows * cols / block_values * block_bytes;
+            let unpermute_heads = if spec.name.ends_with("q_proj.weight") || spec.name.ends_with("q_proj.bias") {
+                Some(config.num_heads)
+            } else if spec.name.ends_with("k_proj.weight") || spec.name.ends_with("k_proj.bias") {
+                Some(config.num_kv_heads)
+            } else {
+                None
+            };
+            // A bias is one row of `out` values; its permutation acts on values, not rows, so it
+            // is decoded as `out` rows of one value each.
+            let (rows, cols) = if spec.shape.len() == 1 && unpermute_heads.is_some() { (cols, 1) } else { (rows, cols) };
+            if cols % block_values != 0 {
+                return Err(ModelError::UnsupportedTensorType {
+                    path: self.path.clone(),
+                    tensor: info.name.clone(),
+                    dtype: format!("{} bias (a quantised bias cannot be un-permuted)", ggml_type_name(info.ggml_type)),
+                });
+            }
+            let source = GgufRows { bytes: &self.map[start..start + len], ty, rows, cols, unpermute_heads };
+            Ok(decode_tensor(&source, spec.shape.clone(), spec.transposed, dtype))
+        })?;
+        if let Some((name, info)) = by_hf_name.iter().find(|(name, _)| !used.contains(*name)) {
+            return Err(ModelError::UnexpectedTensor {
+                path: self.path.clone(),
+                tensor: format!("{} ({name})", info.name),
+                model_type: "llama".into(),
+            });
+        }
+        Ok(model)
+    }
+}
+
+/// The llama.cpp name of an HF tensor name, for "missing tensor" messages.
+fn gguf_name_hint(hf: &str) -> String {
+    format!("{hf} (GGUF name {})", gguf_name(hf).unwrap_or_else(|| "?".into()))
+}
+
+fn gguf_name(hf: &str) -> Option<String> {
+    Some(match hf {
+        "model.embed_tokens.weight" => "token_embd.weight".into(),
+        "model.norm.weight" => "output_norm.weight".into(),
+        "lm_head.weight" => "output.weight".into(),
+        _ => {
+            let rest = hf.strip_prefix("model.layers.")?;
+            let (layer, rest) = rest.split_once('.')?;
+            let (part, kind) = rest.rsplit_once('.')?;
+            let g = match part {
+                "input_layernorm" => "attn_norm",
+                "post_attention_layernorm" => "ffn_norm",
+                "self_attn.q_proj" => "attn_q",
+                "self_attn.k_proj" => "attn_k",
+                "self_attn.v_proj" => "attn_v",
+                "self_attn.o_proj" => "attn_output",
+                "mlp.gate_proj" => "ffn_gate",
+                "mlp.up_proj" => "ffn_up",
+                "mlp.down_proj" => "ffn_down",
+                _ => return None,
+            };
+            format!("blk.{layer}.{g}.{kind}")
+        }
+    })
+}
+
+impl<B: Backend> Llama<B> {
+    /// Loads a GGUF file (architecture `llama`): configuration from its metadata, weights
+    /// dequantised to `dtype`. Use [`GgufFile::tokenizer`] for its tokenizer.
+    pub fn load_gguf(path: impl AsRef<Path>, dtype: StorageDtype, device: &B::Device) -> Result<Self> {
+        let file = GgufFile::open(path)?;
+        let config = file.config()?;
+        file.load_model(config, dtype, device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for hf in ["model.layers.12.self_attn.k_proj.weight", "model.norm.weight", "model.layers.0.mlp.down_proj.weight"] {
+            assert_eq!(hf_name(&gguf_name(hf).unwrap()).unwrap(), hf);
+        }
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // convert_hf_to_gguf.py: w.reshape(n_head, 2, d // n_head // 2, *rest).swapaxes(1, 2).reshape(w.shape)
+        let (heads, head_dim) = (3, 8);
+        let rows = heads * head_dim;
+        let hf: Vec<usize> = (0..rows).collect();
+        let mut gguf = vec![0; rows];
+        for h in 0..heads {
+            for half in 0..2 {
+                for i in 0..head_dim / 2 {
+                    // Row (h, half, i) of the HF tensor goes to (h, i, half) after swapaxes(1, 2).
+                    gguf[h * head_dim + i * 2 + half] = hf[h * head_dim + half * head_dim / 2 + i];
+                }
+            }
+        }
+        let bytes: Vec<u8> = gguf.iter().flat_map(|&r| (r as f32).to_le_bytes()).collect();
+        let source = GgufRows { bytes: &bytes, ty: GgmlType::F32, rows, cols: 1, unpermute_heads: Some(heads) };
+        let mut out = [0f32];
+        for row in 0..rows {
+            source.decode_row(row, &mut out);
+            assert_eq!(out[0], row as f32);
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The LLaMA-family causal language model (HF's `LlamaForCausalLM` / `Qwen2ForCausalLM`).
+
+use std::collections::HashMap;
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, Linear};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+
+use crate::attention::{Attention, AttentionMask};
+use crate::batch::Batch;
+use crate::config::{LlamaConfig, TensorSpec};
+use crate::dtype::StorageDtype;
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::mlp::Mlp;
+use crate::norm::RmsNorm;
+use crate::rope::{RopeTables, RotaryEmbedding};
+
+/// One decoder block: pre-norm attention and pre-norm MLP, each with a residual.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm<B>,
+    /// Self-attention.
+    pub self_attn: Attention<B>,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm<B>,
+    /// Feed-forward block.
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    /// Applies the block to `[batch, tokens, hidden]`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        mask: &AttentionMask<B>,
+        cache: Option<&mut crate::kv_cache::LayerKvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), rope, mask, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+/// A parameter of [`Llama`], as [`Llama::hf_params`] lists it.
+#[derive(Debug)]
+pub enum HfParam<'a, B: Backend> {
+    /// A norm weight or a bias.
+    Vector(&'a Param<Tensor<B, 1>>),
+    /// An embedding or Linear weight (burn's layout).
+    Matrix(&'a Param<Tensor<B, 2>>),
+}
+
+impl<B: Backend> HfParam<'_, B> {
+    /// The parameter's id.
+    pub fn id(&self) -> burn::module::ParamId {
+        match self {
+            HfParam::Vector(p) => p.id,
+            HfParam::Matrix(p) => p.id,
+        }
+    }
+}
+
+/// How the loss stage splits a batch's tokens into chunks, so that the logits of the whole
+/// batch (`batch × tokens × vocab`) never exist at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossChunking {
+    /// At most this many token positions per row in a chunk.
+    Tokens(usize),
+    /// As many positions per chunk as keep `batch × positions × vocab` at or below this
+    /// many logits (at least one position).
+    MaxLogits(usize),
+}
+
+impl Default for LossChunking {
+    /// 2²⁴ logits: 64 MiB in f32, whatever the vocabulary and batch size.
+    fn default() -> Self {
+        LossChunking::MaxLogits(1 << 24)
+    }
+}
+
+/// A LLaMA-family causal language model.
+///
+/// Build one with [`Llama::init`] (random weights), [`Llama::load_hf`] (safetensors),
+/// [`Llama::load_gguf`]; save with [`Llama::save_hf`]. Training presents it to the fused
+/// step through [`lomo_optim::StagedModel`] (see `stages.rs`); generation is in
+/// [`crate::generate`].
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    /// Token embedding, `[vocab, hidden]`; also the LM head when tied.
+    pub embed_tokens: Embedding<B>,
+    /// Decoder blocks.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// Final norm.
+    pub norm: RmsNorm<B>,
+    /// LM head, `[hidden, vocab]` in burn's layout; `None` when tied to the embedding.
+    pub lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    config: LlamaConfig,
+    #[module(skip)]
+    rope: RotaryEmbedding,
+    #[module(skip)]
+    loss_chunking: LossChunking,
+}
+
+impl<B: Backend> Llama<B> {
+    /// The resolved configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The storage dtype of the weights.
+    ///
+    /// # Panics
+    /// If the weights were made with a dtype other than f32, bf16, f16 (not possible
+    /// through this crate's constructors).
+    pub fn dtype(&self) -> StorageDtype {
+        StorageDtype::from_burn(self.embed_tokens.weight.val().dtype()).expect("weights are f32, bf16 or f16")
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> B::Device {
+        self.embed_tokens.weight.device()
+    }
+
+    /// The loss-chunking policy of the loss stage.
+    pub fn loss_chunking(&self) -> LossChunking {
+        self.loss_chunking
+    }
+
+    /// Sets how the loss stage is chunked.
+    ///
+    /// # Panics
+    /// If the size is 0.
+    pub fn with_loss_chunking(mut self, chunking: LossChunking) -> Self {
+        let (LossChunking::Tokens(n) | LossChunking::MaxLogits(n)) = chunking;
+        assert!(n > 0, "a loss chunk must hold at least one token");
+        self.loss_chunking = chunking;
+        self
+    }
+
+    /// Token positions per row in one loss chunk of `batch`.
+    pub fn loss_chunk_tokens(&self, batch: &Batch) -> usize {
+        match self.loss_chunking {
+            LossChunking::Tokens(n) => n,
+            LossChunking::MaxLogits(n) => (n / (batch.batch_size() * self.config.vocab_size)).max(1),
+        }
+    }
+
+    /// Number of loss chunks for `batch`.
+    pub fn num_loss_chunks(&self, batch: &Batch) -> usize {
+        batch.seq_len().div_ceil(self.loss_chunk_tokens(batch))
+    }
+
+    /// Builds the model from tensors handed out by `take` (already in burn's layout and the
+    /// storage dtype), one at a time: whatever `take` maps or reads, only the model's own
+    /// copy of each tensor stays.
+    pub(crate) fn from_tensors(
+        config: LlamaConfig,
+        device: &B::Device,
+        mut take: impl FnMut(&TensorSpec) -> Result<TensorData>,
+    ) -> Result<Self> {
+        let specs: HashMap<String, TensorSpec> =
+            config.tensor_specs().into_iter().map(|s| (s.name.clone(), s)).collect();
+        let mut tensor = |name: String| -> Result<TensorData> {
+            let spec = specs.get(&name).unwrap_or_else(|| panic!("`{name}` is not in the tensor specs"));
+            take(spec)
+        };
+        fn param<B: Backend, const D: usize>(data: TensorData, device: &B::Device) -> Param<Tensor<B, D>> {
+            let dtype = data.dtype;
+            Param::from_tensor(Tensor::from_data(data, (device, dtype)))
+        }
+        fn linear<B: Backend>(
+            tensor: &mut impl FnMut(String) -> Result<TensorData>,
+            device: &B::Device,
+            prefix: String,
+            bias: bool,
+        ) -> Result<Linear<B>> {
+            let weight = param(tensor(format!("{prefix}.weight"))?, device);
+            let bias = if bias { Some(param(tensor(format!("{prefix}.bias"))?, device)) } else { None };
+            Ok(Linear { weight, bias })
+        }
+        let linear = |tensor: &mut _, prefix: String, bias: bool| linear::<B>(tensor, device, prefix, bias);
+
+        let embed_tokens = Embedding { weight: param(tensor("model.embed_tokens.weight".into())?, device) };
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let p = format!("model.layers.{i}");
+            let self_attn = Attention {
+                q_proj: linear(&mut tensor, format!("{p}.self_attn.q_proj"), config.qkv_bias)?,
+                k_proj: linear(&mut tensor, format!("{p}.self_attn.k_proj"), config.qkv_bias)?,
+                v_proj: linear(&mut tensor, format!("{p}.self_attn.v_proj"), config.qkv_bias)?,
+                o_proj: linear(&mut tensor, format!("{p}.self_attn.o_proj"), config.o_bias)?,
+                num_heads: config.num_heads,
+                num_kv_heads: config.num_kv_heads,
+                head_dim: config.head_dim,
+            };
+            let mlp = Mlp {
+                gate_proj: linear(&mut tensor, format!("{p}.mlp.gate_proj"), config.mlp_bias)?,
+                up_proj: linear(&mut tensor, format!("{p}.mlp.up_proj"), config.mlp_bias)?,
+                down_proj: linear(&mut tensor, format!("{p}.mlp.down_proj"), config.mlp_bias)?,
+            };
+            let input_layernorm =
+                RmsNorm { weight: param(tensor(format!("{p}.input_layernorm.weight"))?, device), eps: config.rms_norm_eps };
+            let post_attention_layernorm = RmsNorm {
+                weight: param(tensor(format!("{p}.post_attention_layernorm.weight"))?, device),
+                eps: config.rms_norm_eps,
+            };
+            layers.push(DecoderLayer { input_layernorm, self_attn, post_attention_layernorm, mlp });
+        }
+        let norm = RmsNorm { weight: param(tensor("model.norm.weight".into())?, device), eps: config.rms_norm_eps };
+        let lm_head = if config.tie_word_embeddings { None } else { Some(linear(&mut tensor, "lm_head".into(), false)?) };
+        let rope = RotaryEmbedding::new(&config);
+        Ok(Self { embed_tokens, layers, norm, lm_head, config, rope, loss_chunking: LossChunking::default() })
+    }
+
+    /// Every parameter under its HF name, in the order of [`LlamaConfig::tensor_specs`].
+    /// `spec.transposed` says whether burn holds the transpose of the HF tensor.
+    pub fn hf_params(&self) -> Vec<(TensorSpec, HfParam<'_, B>)> {
+        let mut by_name: HashMap<String, HfParam<'_, B>> = HashMap::new();
+        by_name.insert("model.embed_tokens.weight".into(), HfParam::Matrix(&self.embed_tokens.weight));
+        fn add_linear<'a, B: Backend>(by_name: &mut HashMap<String, HfParam<'a, B>>, prefix: String, l: &'a Linear<B>) {
+            by_name.insert(format!("{prefix}.weight"), HfParam::Matrix(&l.weight));
+            if let Some(b) = &l.bias {
+                by_name.insert(format!("{prefix}.bias"), HfParam::Vector(b));
+            }
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            add_linear(&mut by_name, format!("{p}.self_attn.q_proj"), &layer.self_attn.q_proj);
+            add_linear(&mut by_name, format!("{p}.self_attn.k_proj"), &layer.self_attn.k_proj);
+            add_linear(&mut by_name, format!("{p}.self_attn.v_proj"), &layer.self_attn.v_proj);
+            add_linear(&mut by_name, format!("{p}.self_attn.o_proj"), &layer.self_attn.o_proj);
+            add_linear(&mut by_name, format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
+            add_linear(&mut by_name, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
+            add_linear(&mut by_name, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
+            by_name.insert(format!("{p}.input_layernorm.weight"), HfParam::Vector(&layer.input_layernorm.weight));
+            by_name.insert(
+                format!("{p}.post_attention_layernorm.weight"),
+                HfParam::Vector(&layer.post_attention_layernorm.weight),
+            );
+        }
+        by_name.insert("model.norm.weight".into(), HfParam::Vector(&self.norm.weight));
+        if let Some(head) = &self.lm_head {
+            add_linear(&mut by_name, "lm_head".into(), head);
+        }
+        self.config
+            .tensor_specs()
+            .into_iter()
+            .map(|spec| {
+                let param = by_name.remove(&spec.name).unwrap_or_else(|| panic!("model has no `{}`", spec.name));
+                (spec, param)
+            })
+            .collect()
+    }
+
+    /// Every tensor under its HF name and in HF's layout (`[out, in]` for Linear weights,
+    /// a vector as `[1, n]`), in the order of [`LlamaConfig::tensor_specs`]. Each is a view of
+    /// the weight, not a copy.
+    pub fn hf_tensors(&self) -> Vec<(TensorSpec, Tensor<B, 2>)> {
+        self.hf_params()
+            .into_iter()
+            .map(|(spec, param)| {
+                let tensor = match param {
+                    HfParam::Vector(p) => p.val().unsqueeze::<2>(),
+                    HfParam::Matrix(p) if spec.transposed => p.val().transpose(),
+                    HfParam::Matrix(p) => p.val(),
+                };
+                (spec, tensor)
+            })
+            .collect()
+    }
+
+    /// Stage 0: token embedding, `[batch, tokens, hidden]`.
+    pub fn embed(&self, batch: &Batch) -> Tensor<B, 3> {
+        let device = self.device();
+        let ids = TensorData::new(batch.input_ids().to_vec(), [batch.batch_size(), batch.seq_len()]);
+        self.embed_tokens.forward(Tensor::<B, 2, Int>::from_data(ids, &device))
+    }
+
+    /// RoPE tables and attention mask for a training / scoring forward over `batch`.
+    pub(crate) fn attention_inputs(&self, batch: &Batch) -> (RopeTables<B>, AttentionMask<B>) {
+        let device = self.device();
+        let rope = self.rope.tables(0, batch.seq_len(), self.dtype().to_burn(), &device);
+        let mask = AttentionMask::new(batch.seq_len(), 0, Some((batch.attention_mask(), batch.batch_size())), &device);
+        (rope, mask)
+    }
+
+    /// Runs decoder block `layer` on `x` (no cache: training and scoring).
+    pub fn block(&self, layer: usize, x: Tensor<B, 3>, batch: &Batch) -> Tensor<B, 3> {
+        let (rope, mask) = self.attention_inputs(batch);
+        self.layers[layer].forward(x, &rope, &mask, None)
+    }
+
+    /// Final norm and LM head: logits `[batch, tokens, vocab]` in f32.
+    pub fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = self.norm.forward(x);
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => {
+                let [batch, tokens, hidden] = x.dims();
+                let weight = self.embed_tokens.weight.val();
+                let vocab = weight.dims()[0];
+                x.reshape([batch * tokens, hidden]).matmul(weight.transpose()).reshape([batch, tokens, vocab])
+            }
+        };
+        logits.cast(DType::F32)
+    }
+
+    /// Logits of every position, `[batch, tokens, vocab]` in f32: the whole model at once.
+    pub fn forward(&self, batch: &Batch) -> Tensor<B, 3> {
+        let (rope, mask) = self.attention_inputs(batch);
+        let mut x = self.embed(batch);
+        for layer in &self.layers {
+            x = layer.forward(x, &rope, &mask, None);
+        }
+        self.head(x)
+    }
+
+    /// HF's loss: mean cross-entropy over the batch's targets, `[1]`, computed from the
+    /// whole batch's logits at once (no chunking; a reference for the staged path).
+    pub fn loss(&self, batch: &Batch) -> Tensor<B, 1> {
+        let logits = self.forward(batch);
+        let num_targets = batch.num_targets().max(1);
+        cross_entropy_sum(logits, batch, 0, batch.seq_len()).div_scalar(num_targets as f64)
+    }
+
+    /// Chunk `chunk` of the loss stage: final norm, LM head and cross-entropy of token
+    /// positions `[chunk × n, (chunk + 1) × n)` of every row only, **summed** over their
+    /// targets, `[1]`.
+    pub fn loss_chunk(&self, hidden: Tensor<B, 3>, batch: &Batch, chunk: usize) -> Tensor<B, 1> {
+        let per_chunk = self.loss_chunk_tokens(batch);
+        let start = chunk * per_chunk;
+        let len = per_chunk.min(batch.seq_len().saturating_sub(start));
+        assert!(len > 0, "loss chunk {chunk} is past the end of the batch");
+        let logits = self.head(hidden.narrow(1, start, len));
+        cross_entropy_sum(logits, batch, start, len)
+    }
+
+    /// Logits of the last position of each row for `input_ids` (`[batch, tokens]`, no
+    /// padding) following the positions in `cache`, which it extends: incremental decoding.
+    pub fn forward_cached(&self, input_ids: &[i64], batch_size: usize, cache: &mut KvCache<B>) -> Tensor<B, 2> {
+        let device = self.device();
+        let tokens = input_ids.len() / batch_size;
+        let offset = cache.len();
+        let ids = TensorData::new(input_ids.to_vec(), [batch_size, tokens]);
+        let mut x = self.embed_tokens.forward(Tensor::<B, 2, Int>::from_data(ids, &device));
+        let rope = self.rope.tables(offset, tokens, self.dtype().to_burn(), &device);
+        let mask = AttentionMask::new(tokens, offset, None, &device);
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, &rope, &mask, Some(cache.layer_mut(i)));
+        }
+        cache.advance(tokens);
+        let logits = self.head(x.narrow(1, tokens - 1, 1));
+        let vocab = logits.dims()[2];
+        logits.reshape([batch_size, vocab])
+    }
+}
+
+/// Sum over the targets of positions `start..start + len` of `-log p(target)`, `[1]`;
+/// `logits` holds exactly those positions, `[batch, len, vocab]`, in f32.
+fn cross_entropy_sum<B: Backend>(logits: Tensor<B, 3>, batch: &Batch, start: usize, len: usize) -> Tensor<B, 1> {
+    let device = logits.device();
+    let rows = batch.batch_size();
+    let mut targets = Vec::with_capacity(rows * len);
+    let mut weights = Vec::with_capacity(rows * len);
+    for b in 0..rows {
+        for t in start..start + len {
+            let target = batch.target(b, t);
+            targets.push(target.unwrap_or(0));
+            weights.push(if target.is_some() { 1f32 } else { 0f32 });
+        }
+    }
+    let targets = Tensor::<B, 3, Int>::from_data(TensorData::new(targets, [rows, len, 1]), &device);
+    let weights = Tensor::<B, 2>::from_data(TensorData::new(weights, [rows, len]), (&device, DType::F32));
+    let log_probs = log_softmax(logits, 2).gather(2, targets).reshape([rows, len]);
+    (log_probs * weights).sum().neg()
+}

@@ -1,0 +1,149 @@
+//! Loading HF safetensors checkpoints: one `model.safetensors`, or shards listed by
+//! `model.safetensors.index.json`.
+//!
+//! Files are memory-mapped and each tensor is decoded straight from the mapping into the
+//! model's own buffer (transposed for Linear weights, converted to the storage dtype), so
+//! the process never holds more than the weights plus one block of rows: the mapping is
+//! file-backed page cache, not heap.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use crate::config::{LlamaConfig, TensorSpec};
+use crate::dtype::{decode_tensor, rows_cols, FloatEncoding, PlainFloats, StorageDtype};
+use crate::error::{ModelError, Result};
+use crate::llama::Llama;
+
+/// File name of a single-file checkpoint.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// File name of a sharded checkpoint's index.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+#[derive(Deserialize)]
+struct Index {
+    weight_map: BTreeMap<String, String>,
+}
+
+/// Maps a file read-only.
+pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+    // SAFETY: the mapping is read-only and private. Like every memory-mapped reader
+    // (safetensors, candle, llama.cpp) we rely on the checkpoint not being truncated by
+    // another process while it loads.
+    unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))
+}
+
+/// The weight files of the checkpoint in `dir`, and the file that names them (the index,
+/// or the single file) for error messages.
+fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
+    let index_path = dir.join(INDEX_FILE);
+    if index_path.exists() {
+        let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+        let index: Index =
+            serde_json::from_str(&text).map_err(|source| ModelError::Json { path: index_path.clone(), source })?;
+        let files: Vec<PathBuf> =
+            index.weight_map.values().collect::<HashSet<_>>().into_iter().map(|f| dir.join(f)).collect();
+        Ok((files, index_path))
+    } else {
+        let single = dir.join(SINGLE_FILE);
+        if !single.exists() {
+            return Err(ModelError::io(
+                &single,
+                std::io::Error::new(std::io::ErrorKind::NotFound, format!("neither {SINGLE_FILE} nor {INDEX_FILE}")),
+            ));
+        }
+        Ok((vec![single.clone()], single))
+    }
+}
+
+fn encoding(dtype: Dtype) -> Option<FloatEncoding> {
+    match dtype {
+        Dtype::F64 => Some(FloatEncoding::F64),
+        Dtype::F32 => Some(FloatEncoding::F32),
+        Dtype::F16 => Some(FloatEncoding::F16),
+        Dtype::BF16 => Some(FloatEncoding::BF16),
+        _ => None,
+    }
+}
+
+/// Tensors HF checkpoints may carry that the model does not need.
+fn ignorable(name: &str, config: &LlamaConfig) -> bool {
+    name.ends_with("rotary_emb.inv_freq") || (config.tie_word_embeddings && name == "lm_head.weight")
+}
+
+impl<B: Backend> Llama<B> {
+    /// Loads the HF checkpoint in `dir` (`config.json` and safetensors weights, single or
+    /// sharded), storing the weights in `dtype`.
+    ///
+    /// Errors name the file and the tensor or field: a missing or unexpected tensor, a shape
+    /// that contradicts `config.json`, an unreadable element type, a malformed file.
+    pub fn load_hf(dir: impl AsRef<Path>, dtype: StorageDtype, device: &B::Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = LlamaConfig::from_file(dir.join("config.json"))?;
+        Self::load_safetensors(dir, config, dtype, device)
+    }
+
+    /// Loads safetensors weights from `dir` into a model of `config`.
+    pub fn load_safetensors(dir: &Path, config: LlamaConfig, dtype: StorageDtype, device: &B::Device) -> Result<Self> {
+        let (files, listing) = weight_files(dir)?;
+        let maps = files.iter().map(|f| map_file(f)).collect::<Result<Vec<_>>>()?;
+        let parsed = maps
+            .iter()
+            .zip(&files)
+            .map(|(map, path)| {
+                SafeTensors::deserialize(map)
+                    .map_err(|e| ModelError::InvalidSafetensors { path: path.clone(), reason: e.to_string() })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut location: HashMap<String, usize> = HashMap::new();
+        for (file, st) in parsed.iter().enumerate() {
+            for name in st.names() {
+                location.insert(name.to_string(), file);
+            }
+        }
+        let mut used = HashSet::new();
+        let model = Self::from_tensors(config.clone(), device, |spec: &TensorSpec| {
+            let file = *location
+                .get(&spec.name)
+                .ok_or_else(|| ModelError::MissingTensor { path: listing.clone(), tensor: spec.name.clone() })?;
+            let path = &files[file];
+            let view = parsed[file].tensor(&spec.name).map_err(|e| ModelError::InvalidSafetensors {
+                path: path.clone(),
+                reason: format!("tensor `{}`: {e}", spec.name),
+            })?;
+            if view.shape() != spec.shape.as_slice() {
+                return Err(ModelError::ShapeMismatch {
+                    path: path.clone(),
+                    tensor: spec.name.clone(),
+                    expected: spec.shape.clone(),
+                    found: view.shape().to_vec(),
+                });
+            }
+            let encoding = encoding(view.dtype()).ok_or_else(|| ModelError::UnsupportedTensorType {
+                path: path.clone(),
+                tensor: spec.name.clone(),
+                dtype: format!("{:?}", view.dtype()),
+            })?;
+            used.insert(spec.name.clone());
+            let (rows, cols) = rows_cols(&spec.shape);
+            let source = PlainFloats { bytes: view.data(), encoding, rows, cols };
+            Ok(decode_tensor(&source, spec.shape.clone(), spec.transposed, dtype))
+        })?;
+        if let Some((name, &file)) =
+            location.iter().find(|(name, _)| !used.contains(*name) && !ignorable(name, &config))
+        {
+            return Err(ModelError::UnexpectedTensor {
+                path: files[file].clone(),
+                tensor: name.clone(),
+                model_type: config.model_type.hf_name().into(),
+            });
+        }
+        Ok(model)
+    }
+}

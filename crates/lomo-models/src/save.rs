@@ -1,0 +1,183 @@
+//! Saving in the layout HF transformers loads: `config.json` plus safetensors weights under
+//! HF names, Linear weights `[out, in]`, the storage dtype, a tied embedding stored once;
+//! sharded with `model.safetensors.index.json` above a size limit.
+//!
+//! Every file is written under a temporary name and renamed into place, so an interrupted
+//! save never leaves a half-written checkpoint under the real name. Tensors are read back
+//! from the device one at a time and streamed to disk: saving needs one tensor's worth of
+//! extra memory, not a copy of the model.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use serde_json::{json, Value};
+
+use crate::error::{ModelError, Result};
+use crate::llama::Llama;
+use crate::safetensors::{INDEX_FILE, SINGLE_FILE};
+
+/// How [`Llama::save_hf`] writes a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaveOptions {
+    /// Largest shard in bytes of tensor data; a larger model is split into
+    /// `model-0000i-of-0000n.safetensors` files plus an index. HF's default is 5 GB.
+    pub max_shard_bytes: u64,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        Self { max_shard_bytes: 5_000_000_000 }
+    }
+}
+
+struct Entry {
+    name: String,
+    shape: Vec<usize>,
+    bytes: u64,
+}
+
+fn tmp_name(path: &Path) -> PathBuf {
+    let mut name = path.file_name().expect("a file name").to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+fn write_atomic(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<PathBuf> {
+    let tmp = tmp_name(path);
+    let file = File::create(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    write(&mut out)?;
+    let file = out.into_inner().map_err(|e| ModelError::io(&tmp, e.into_error()))?;
+    file.sync_all().map_err(|e| ModelError::io(&tmp, e))?;
+    Ok(tmp)
+}
+
+fn rename(tmp: &Path, path: &Path) -> Result<()> {
+    std::fs::rename(tmp, path).map_err(|e| ModelError::io(path, e))
+}
+
+impl<B: Backend> Llama<B> {
+    /// Writes the model to `dir` (created if needed) as an HF checkpoint.
+    ///
+    /// A checkpoint of the other form (single file vs. shards) left in `dir` by an earlier
+    /// save is removed, so that a loader cannot pick up stale weights.
+    pub fn save_hf(&self, dir: impl AsRef<Path>, options: &SaveOptions) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        let dtype = self.dtype();
+        let tensors = self.hf_tensors();
+
+        // Shards: consecutive tensors while they fit, at least one tensor per shard.
+        let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut shard_bytes = 0u64;
+        let entries: Vec<Entry> = tensors
+            .iter()
+            .map(|(spec, _)| Entry {
+                name: spec.name.clone(),
+                shape: spec.shape.clone(),
+                bytes: (spec.numel() * dtype.size_of()) as u64,
+            })
+            .collect();
+        for (i, entry) in entries.iter().enumerate() {
+            let current = shards.last_mut().expect("one shard");
+            if !current.is_empty() && shard_bytes + entry.bytes > options.max_shard_bytes {
+                shards.push(vec![i]);
+                shard_bytes = entry.bytes;
+            } else {
+                current.push(i);
+                shard_bytes += entry.bytes;
+            }
+        }
+        let num_shards = shards.len();
+        let shard_name = |k: usize| {
+            if num_shards == 1 {
+                SINGLE_FILE.to_string()
+            } else {
+                format!("model-{:05}-of-{:05}.safetensors", k + 1, num_shards)
+            }
+        };
+
+        let mut written = Vec::new();
+        let mut weight_map = BTreeMap::new();
+        for (k, members) in shards.iter().enumerate() {
+            let path = dir.join(shard_name(k));
+            let mut header = serde_json::Map::new();
+            header.insert("__metadata__".into(), json!({ "format": "pt" }));
+            let mut offset = 0u64;
+            for &i in members {
+                let e = &entries[i];
+                header.insert(
+                    e.name.clone(),
+                    json!({ "dtype": dtype.safetensors_name(), "shape": e.shape, "data_offsets": [offset, offset + e.bytes] }),
+                );
+                offset += e.bytes;
+                weight_map.insert(e.name.clone(), Value::from(shard_name(k)));
+            }
+            let mut header = serde_json::to_vec(&Value::Object(header)).expect("JSON of strings and numbers");
+            // The data must start 8-byte aligned; safetensors pads the header with spaces.
+            header.resize(header.len().next_multiple_of(8), b' ');
+            let tmp = write_atomic(&path, |out| {
+                let io = |e| ModelError::io(&path, e);
+                out.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+                out.write_all(&header).map_err(io)?;
+                for &i in members {
+                    let (spec, tensor) = &tensors[i];
+                    let data = tensor.clone().into_data();
+                    // `into_data` gives the logical layout: `[out, in]` for a transposed view.
+                    if data.as_bytes().len() as u64 != entries[i].bytes {
+                        return Err(ModelError::TensorRead {
+                            tensor: spec.name.clone(),
+                            reason: format!("{} bytes of {:?}, expected {}", data.as_bytes().len(), data.dtype, entries[i].bytes),
+                        });
+                    }
+                    out.write_all(data.as_bytes()).map_err(io)?;
+                }
+                Ok(())
+            })?;
+            written.push((tmp, path));
+        }
+        let index = (num_shards > 1).then(|| {
+            let total: u64 = entries.iter().map(|e| e.bytes).sum();
+            json!({ "metadata": { "total_size": total }, "weight_map": weight_map })
+        });
+        let index_path = dir.join(INDEX_FILE);
+        if let Some(index) = &index {
+            let tmp = write_atomic(&index_path, |out| {
+                serde_json::to_writer_pretty(&mut *out, index)
+                    .map_err(|e| ModelError::io(&index_path, std::io::Error::other(e)))
+            })?;
+            written.push((tmp, index_path.clone()));
+        }
+        let config_path = dir.join("config.json");
+        let config = self.config().to_hf(dtype);
+        let tmp = write_atomic(&config_path, |out| {
+            serde_json::to_writer_pretty(&mut *out, &config)
+                .map_err(|e| ModelError::io(&config_path, std::io::Error::other(e)))
+        })?;
+        written.push((tmp, config_path));
+
+        // Everything is on disk under temporary names: now put it in place, then remove what
+        // an earlier save of the other form left behind.
+        for (tmp, path) in &written {
+            rename(tmp, path)?;
+        }
+        let keep: Vec<String> = (0..num_shards).map(shard_name).collect();
+        let stale = |name: &str| {
+            !keep.iter().any(|k| k == name)
+                && (name == SINGLE_FILE
+                    || (name == INDEX_FILE && index.is_none())
+                    || (name.starts_with("model-") && name.contains("-of-") && name.ends_with(".safetensors")))
+        };
+        for entry in std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))? {
+            let entry = entry.map_err(|e| ModelError::io(dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if stale(&name) {
+                std::fs::remove_file(entry.path()).map_err(|e| ModelError::io(entry.path(), e))?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! stories260K against the numbers PyTorch / HF transformers produced
+//! (shared/reference/gen_reference.py).
+
+use lomo_models::{generate, GenerationConfig, HfParam, Llama, StorageDtype};
+
+use crate::common::{self, max_abs_diff, values, AD, B};
+
+#[test]
+fn logits_and_loss_match_hf() {
+    let (Some(dir), Some(batch), Some(reference)) = (
+        common::stories260k(),
+        common::reference_batch(),
+        common::shared("reference/stories260K/forward.safetensors"),
+    ) else {
+        return;
+    };
+    let model = Llama::<B>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();
+    let reference = common::read_safetensors(&reference);
+
+    // o = m(input_ids=..., attention_mask=..., labels=...); o.logits [2, 40, 512]
+    let (shape, expected) = &reference["logits"];
+    let logits = model.forward(&batch);
+    assert_eq!(logits.dims().to_vec(), *shape);
+    let logits = values(logits);
+    let vocab = shape[2];
+    // Only where attention_mask is 1: a padded query's logits are unspecified.
+    let mut compared = 0;
+    for (pos, &mask) in batch.attention_mask().iter().enumerate() {
+        if mask == 1 {
+            let range = pos * vocab..(pos + 1) * vocab;
+            let diff = max_abs_diff(&logits[range.clone()], &expected[range]);
+            assert!(diff <= 1e-4, "logits at flat position {pos} differ by {diff}");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 67);
+
+    // o.loss: mean over the 61 supervised targets.
+    let loss = values(model.loss(&batch))[0];
+    let expected_loss = reference["loss"].1[0];
+    assert!((loss - expected_loss).abs() <= 1e-5, "loss {loss} vs HF {expected_loss}");
+}
+
+#[test]
+fn gradients_match_hf() {
+    let (Some(dir), Some(batch), Some(reference)) = (
+        common::stories260k(),
+        common::reference_batch(),
+        common::shared("reference/stories260K/grads.safetensors"),
+    ) else {
+        return;
+    };
+    let model = Llama::<AD>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();
+    let reference = common::read_safetensors(&reference);
+    // loss_of(m).backward(); {n: p.grad for n, p in m.named_parameters()}
+    let grads = model.loss(&batch).backward();
+    let params = model.hf_params();
+    assert_eq!(params.len(), reference.len());
+    for (spec, param) in params {
+        let grad = match param {
+            HfParam::Vector(p) => values(p.val().grad(&grads).expect("a gradient")),
+            HfParam::Matrix(p) => {
+                let g = p.val().grad(&grads).expect("a gradient");
+                values(if spec.transposed { g.transpose() } else { g })
+            }
+        };
+        let (shape, expected) = &reference[&spec.name];
+        assert_eq!(shape, &spec.shape, "{}", spec.name);
+        let diff = max_abs_diff(&grad, expected);
+        assert!(diff <= 1e-5, "gradient of {} differs by {diff}", spec.name);
+    }
+}
+
+#[test]
+fn greedy_generation_matches_hf() {
+    let Some(dir) = common::stories260k() else { return };
+    let model = Llama::<B>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let prompt = "Once upon a time";
+    let ids = tokenizer.encode(prompt, true).unwrap().get_ids().to_vec();
+    assert_eq!(ids[0], 1, "the tokenizer adds <s>");
+    let new = generate(&model, &ids, &GenerationConfig::greedy(40));
+    assert_eq!(new.len(), 40);
+    let all: Vec<u32> = ids.iter().chain(&new).copied().collect();
+    let text = tokenizer.decode(&all, true).unwrap();
+    // HF transformers: model.generate(<s> Once upon a time, max_new_tokens=40, do_sample=False)
+    let expected = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. \
+                    One day, she saw a big, red ball.";
+    assert_eq!(text, expected);
+}

@@ -1,0 +1,8 @@
+//! Integration tests of lomo-models (one binary; the loading-memory measurement has its own).
+
+mod common;
+
+mod reference;
+mod stages;
+mod checkpoints;
+mod smol;
