@@ -7,6 +7,10 @@
 //! | [`DataFormat::Alpaca`] | JSON array or JSONL `{instruction, input, output}` | Alpaca prompt, loss on output + EOS |
 //! | [`DataFormat::Chat`] | JSONL `{"messages": [{role, content}]}` | chat template, loss on assistant turns |
 //! | [`DataFormat::SuperGlue`] | official SuperGLUE JSONL | source + gold + EOS, loss on gold + EOS |
+//!
+//! Blank JSONL lines and whitespace-only text documents are layout, not records, and are passed
+//! over; every other record becomes examples or an error naming its line. The last, shorter
+//! window of packed text is kept.
 
 pub(crate) mod fields;
 mod instruction;
