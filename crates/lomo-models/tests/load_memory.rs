@@ -91,6 +91,10 @@ fn loading_peaks_at_the_weights() {
         let model = Llama::<B>::init(config.clone(), StorageDtype::F32, &common::device(), 1);
         model.save_hf(&dir, &SaveOptions::default()).unwrap();
     }
+    // Random initialisation in bf16 makes each tensor in bf16: no transient f32 model.
+    let (model, peak) = peak_of(|| Llama::<B>::init(config.clone(), StorageDtype::BF16, &common::device(), 1));
+    check("random init in BF16", peak, config.num_bytes(StorageDtype::BF16));
+    drop(model);
     for dtype in [StorageDtype::F32, StorageDtype::BF16] {
         let (model, peak) = peak_of(|| Llama::<B>::load_hf(&dir, dtype, &common::device()).unwrap());
         check(&format!("safetensors f32 → {dtype:?}"), peak, config.num_bytes(dtype));

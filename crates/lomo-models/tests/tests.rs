@@ -6,3 +6,4 @@ mod reference;
 mod stages;
 mod checkpoints;
 mod smol;
+mod presets;
