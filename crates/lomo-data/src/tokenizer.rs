@@ -1,0 +1,476 @@
+//! Text to token ids, with the HF `tokenizers` library.
+//!
+//! A [`TextTokenizer`] comes from a `tokenizer.json` (with the `tokenizer_config.json` beside it,
+//! which names the BOS/EOS/PAD tokens and may carry a chat template) or from the tokenizer fields
+//! of a GGUF file ([`GgufTokenizerSpec`]). The GGUF path builds the same `tokenizer.json` that HF's
+//! converters would write and hands it to `tokenizers`, so both paths share one implementation of
+//! BPE.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::error::{DataError, Result};
+
+/// A tokenizer plus the special-token ids the data pipeline needs.
+#[derive(Debug, Clone)]
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    pad_id: Option<u32>,
+    chat_template: Option<String>,
+}
+
+/// Token names tried, in order, when no config names the EOS token: the conventions of
+/// SentencePiece/LLaMA, GPT-2, ChatML and LLaMA-3.
+const EOS_CANDIDATES: [&str; 4] = ["</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>"];
+const BOS_CANDIDATES: [&str; 3] = ["<s>", "<|begin_of_text|>", "<|im_start|>"];
+
+impl TextTokenizer {
+    /// Loads a `tokenizer.json`. When a `tokenizer_config.json` lies beside it, its `bos_token`,
+    /// `eos_token`, `pad_token` and `chat_template` are used; otherwise BOS/EOS are looked up by
+    /// their usual names (`<s>`/`</s>`, `<|endoftext|>`, ...) among the special tokens, and there
+    /// is no pad token.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+        let inner: tokenizers::Tokenizer = text
+            .parse()
+            .map_err(|e| DataError::tokenizer(format!("loading {}", path.display()), e))?;
+        let config_path = path.with_file_name("tokenizer_config.json");
+        let config = if config_path.exists() {
+            let text =
+                std::fs::read_to_string(&config_path).map_err(|e| DataError::io(&config_path, e))?;
+            let value: Value = serde_json::from_str(&text)
+                .map_err(|source| DataError::Json { path: config_path.clone(), line: 1, source })?;
+            Some(value)
+        } else {
+            None
+        };
+        let token_id = |key: &str| -> Result<Option<u32>> {
+            let Some(entry) = config.as_ref().and_then(|c| c.get(key)) else { return Ok(None) };
+            // HF writes either "</s>" or {"content": "</s>", ...}.
+            let name = match entry {
+                Value::String(s) => s.as_str(),
+                Value::Object(o) => o.get("content").and_then(Value::as_str).unwrap_or(""),
+                _ => return Ok(None),
+            };
+            inner.token_to_id(name).map(Some).ok_or_else(|| {
+                DataError::TokenizerSpec(format!(
+                    "{}: {key} {name:?} is not in the vocabulary of {}",
+                    config_path.display(),
+                    path.display()
+                ))
+            })
+        };
+        let bos_id = match token_id("bos_token")? {
+            Some(id) => Some(id),
+            None => find_special(&inner, &BOS_CANDIDATES),
+        };
+        let eos_id = match token_id("eos_token")? {
+            Some(id) => Some(id),
+            None => find_special(&inner, &EOS_CANDIDATES),
+        };
+        let pad_id = token_id("pad_token")?;
+        let chat_template = config
+            .as_ref()
+            .and_then(|c| c.get("chat_template"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok(Self { inner, bos_id, eos_id, pad_id, chat_template })
+    }
+
+    /// Builds the tokenizer a GGUF file describes (see [`GgufTokenizerSpec`]).
+    pub fn from_gguf(spec: &GgufTokenizerSpec) -> Result<Self> {
+        let json = spec.tokenizer_json()?;
+        let inner: tokenizers::Tokenizer = serde_json::from_value(json).map_err(|e| {
+            DataError::tokenizer("building the tokenizer from GGUF metadata", Box::new(e))
+        })?;
+        Ok(Self {
+            inner,
+            bos_id: spec.bos_id,
+            eos_id: spec.eos_id,
+            pad_id: spec.pad_id,
+            chat_template: spec.chat_template.clone(),
+        })
+    }
+
+    /// Wraps an already built `tokenizers` tokenizer with explicit special ids.
+    pub fn from_parts(
+        inner: tokenizers::Tokenizer,
+        bos_id: Option<u32>,
+        eos_id: Option<u32>,
+        pad_id: Option<u32>,
+    ) -> Self {
+        Self { inner, bos_id, eos_id, pad_id, chat_template: None }
+    }
+
+    /// Token ids of `text`. With `add_special_tokens` the tokenizer's post-processor runs (for
+    /// LLaMA tokenizers: a BOS in front), exactly as HF's `tokenizer(text).input_ids` does.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        Ok(self.encode_with_offsets(text, add_special_tokens)?.0)
+    }
+
+    /// Token ids of `text` and each token's byte range in `text` (special tokens the
+    /// post-processor adds get an empty range at 0). The ranges tell which tokens belong to the
+    /// prompt and which to the answer when both are encoded as one string.
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let encoding = self.inner.encode(text, add_special_tokens).map_err(|e| {
+            DataError::tokenizer(format!("encoding {:?}", preview(text)), e)
+        })?;
+        Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
+    }
+
+    /// Text of `ids`.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| DataError::tokenizer(format!("decoding {} ids", ids.len()), e))
+    }
+
+    /// The beginning-of-sequence id, if the tokenizer has one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    /// The end-of-sequence id, if the tokenizer has one.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos_id
+    }
+
+    /// The end-of-sequence id, or an error saying that the step `why` needs one.
+    pub fn require_eos(&self, why: &str) -> Result<u32> {
+        self.eos_id.ok_or_else(|| {
+            DataError::TokenizerSpec(format!("{why} needs an EOS token and this tokenizer has none"))
+        })
+    }
+
+    /// The padding id the tokenizer names, if any (most causal LMs name none).
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad_id
+    }
+
+    /// Vocabulary size, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The id of a token string, if it is in the vocabulary.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The Jinja chat template from `tokenizer_config.json` or the GGUF metadata, if any (see
+    /// [`crate::ChatTemplate::detect`]).
+    pub fn chat_template_source(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// The underlying HF tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+fn find_special(inner: &tokenizers::Tokenizer, names: &[&str]) -> Option<u32> {
+    names.iter().find_map(|n| inner.token_to_id(n))
+}
+
+fn preview(text: &str) -> String {
+    let mut p: String = text.chars().take(40).collect();
+    if p.len() < text.len() {
+        p.push_str("...");
+    }
+    p
+}
+
+/// Which tokenizer a GGUF file describes (`tokenizer.ggml.model`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GgufTokenizerModel {
+    /// `"gpt2"`: byte-level BPE (GPT-2, SmolLM, Qwen, LLaMA-3 families).
+    Gpt2,
+    /// `"llama"`: SentencePiece BPE with byte fallback (LLaMA-1/2, Mistral, TinyLlama).
+    Llama,
+}
+
+impl GgufTokenizerModel {
+    /// Parses the `tokenizer.ggml.model` string.
+    pub fn from_gguf_name(name: &str) -> Result<Self> {
+        match name {
+            "gpt2" => Ok(Self::Gpt2),
+            "llama" => Ok(Self::Llama),
+            other => Err(DataError::TokenizerSpec(format!(
+                "tokenizer.ggml.model {other:?} is not supported (supported: \"gpt2\", \"llama\")"
+            ))),
+        }
+    }
+}
+
+/// GGUF's token types (`tokenizer.ggml.token_type`), as llama.cpp numbers them.
+pub mod token_type {
+    /// An ordinary vocabulary entry.
+    pub const NORMAL: i32 = 1;
+    /// The unknown token.
+    pub const UNKNOWN: i32 = 2;
+    /// A control token (`<s>`, `<|im_start|>`): matched whole in text, skipped when decoding.
+    pub const CONTROL: i32 = 3;
+    /// A user-defined token: matched whole in text, kept when decoding.
+    pub const USER_DEFINED: i32 = 4;
+    /// An unused slot.
+    pub const UNUSED: i32 = 5;
+    /// A byte-fallback token `<0xAB>`.
+    pub const BYTE: i32 = 6;
+}
+
+/// The tokenizer fields of a GGUF file, as plain values: the models crate reads the GGUF and fills
+/// this in; the data crate builds the tokenizer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufTokenizerSpec {
+    /// `tokenizer.ggml.model`.
+    pub model: GgufTokenizerModel,
+    /// `tokenizer.ggml.pre` (the pre-tokenizer flavour of a `gpt2` tokenizer), if present.
+    pub pre: Option<String>,
+    /// `tokenizer.ggml.tokens`, in id order.
+    pub tokens: Vec<String>,
+    /// `tokenizer.ggml.merges` (`"left right"` per entry, by rank). `llama` files usually have
+    /// none: then merges are derived from `scores`, as HF's SentencePiece converter does.
+    pub merges: Vec<String>,
+    /// `tokenizer.ggml.token_type`, one per token (see [`token_type`]); empty means all normal.
+    pub token_types: Vec<i32>,
+    /// `tokenizer.ggml.scores`, one per token; needed for `llama` files without merges.
+    pub scores: Vec<f32>,
+    /// `tokenizer.ggml.bos_token_id`.
+    pub bos_id: Option<u32>,
+    /// `tokenizer.ggml.eos_token_id`.
+    pub eos_id: Option<u32>,
+    /// `tokenizer.ggml.unknown_token_id`.
+    pub unk_id: Option<u32>,
+    /// `tokenizer.ggml.padding_token_id`.
+    pub pad_id: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token`; absent means llama.cpp's default (true for `llama`, false
+    /// for `gpt2`).
+    pub add_bos: Option<bool>,
+    /// `tokenizer.chat_template`.
+    pub chat_template: Option<String>,
+}
+
+impl GgufTokenizerSpec {
+    /// A spec with the required fields and everything else absent.
+    pub fn new(model: GgufTokenizerModel, tokens: Vec<String>, merges: Vec<String>) -> Self {
+        Self {
+            model,
+            pre: None,
+            tokens,
+            merges,
+            token_types: Vec::new(),
+            scores: Vec::new(),
+            bos_id: None,
+            eos_id: None,
+            unk_id: None,
+            pad_id: None,
+            add_bos: None,
+            chat_template: None,
+        }
+    }
+
+    fn token_type(&self, id: usize) -> i32 {
+        self.token_types.get(id).copied().unwrap_or(token_type::NORMAL)
+    }
+
+    fn check_id(&self, what: &str, id: Option<u32>) -> Result<()> {
+        match id {
+            Some(i) if i as usize >= self.tokens.len() => Err(DataError::TokenizerSpec(format!(
+                "GGUF {what} {i} is outside the vocabulary of {} tokens",
+                self.tokens.len()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The HF `tokenizer.json` this spec stands for.
+    fn tokenizer_json(&self) -> Result<Value> {
+        let n = self.tokens.len();
+        if n == 0 {
+            return Err(DataError::TokenizerSpec("GGUF tokenizer.ggml.tokens is empty".into()));
+        }
+        if !self.token_types.is_empty() && self.token_types.len() != n {
+            return Err(DataError::TokenizerSpec(format!(
+                "GGUF tokenizer.ggml.token_type has {} entries for {n} tokens",
+                self.token_types.len()
+            )));
+        }
+        self.check_id("bos_token_id", self.bos_id)?;
+        self.check_id("eos_token_id", self.eos_id)?;
+        self.check_id("unknown_token_id", self.unk_id)?;
+        self.check_id("padding_token_id", self.pad_id)?;
+
+        let mut vocab = serde_json::Map::with_capacity(n);
+        let mut added_tokens = Vec::new();
+        for (id, token) in self.tokens.iter().enumerate() {
+            // Duplicate token strings happen in GGUF files (unused slots); the first id wins, as
+            // in llama.cpp's token-to-id map.
+            vocab.entry(token.clone()).or_insert(json!(id));
+            let kind = self.token_type(id);
+            let is_unk = self.unk_id == Some(id as u32) || kind == token_type::UNKNOWN;
+            if kind == token_type::CONTROL || kind == token_type::USER_DEFINED || is_unk {
+                added_tokens.push(json!({
+                    "id": id, "content": token, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false,
+                    "special": kind != token_type::USER_DEFINED,
+                }));
+            }
+        }
+        let merges: Vec<Value> = if self.merges.is_empty() && self.model == GgufTokenizerModel::Llama
+        {
+            self.merges_from_scores()?
+        } else {
+            let mut out = Vec::with_capacity(self.merges.len());
+            for (rank, merge) in self.merges.iter().enumerate() {
+                let Some((left, right)) = merge.split_once(' ') else {
+                    return Err(DataError::TokenizerSpec(format!(
+                        "GGUF merge {rank} {merge:?} is not \"left right\""
+                    )));
+                };
+                out.push(json!([left, right]));
+            }
+            out
+        };
+        let unk_token = self
+            .unk_id
+            .or_else(|| (0..n).find(|&i| self.token_type(i) == token_type::UNKNOWN).map(|i| i as u32))
+            .map(|i| self.tokens[i as usize].clone());
+        let add_bos = self.add_bos.unwrap_or(self.model == GgufTokenizerModel::Llama);
+        let bos_template = match (add_bos, self.bos_id) {
+            (true, Some(bos)) => {
+                let name = &self.tokens[bos as usize];
+                Some(json!({
+                    "type": "TemplateProcessing",
+                    "single": [{"SpecialToken": {"id": name, "type_id": 0}},
+                               {"Sequence": {"id": "A", "type_id": 0}}],
+                    "pair": [{"SpecialToken": {"id": name, "type_id": 0}},
+                             {"Sequence": {"id": "A", "type_id": 0}},
+                             {"SpecialToken": {"id": name, "type_id": 0}},
+                             {"Sequence": {"id": "B", "type_id": 0}}],
+                    "special_tokens": {name.as_str(): {"id": name, "ids": [bos], "tokens": [name]}},
+                }))
+            }
+            (true, None) => {
+                return Err(DataError::TokenizerSpec(
+                    "GGUF asks to add a BOS token but has no tokenizer.ggml.bos_token_id".into(),
+                ))
+            }
+            (false, _) => None,
+        };
+
+        let (normalizer, pre_tokenizer, post_processor, decoder, byte_fallback) = match self.model {
+            // The layout of HF's LlamaTokenizerFast (legacy): spaces become "▁", one "▁" in
+            // front, no pre-tokenizer, unknown bytes as <0xAB> tokens.
+            GgufTokenizerModel::Llama => (
+                json!({"type": "Sequence", "normalizers": [
+                    {"type": "Prepend", "prepend": "\u{2581}"},
+                    {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]}),
+                Value::Null,
+                bos_template.unwrap_or(Value::Null),
+                json!({"type": "Sequence", "decoders": [
+                    {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                    {"type": "ByteFallback"}, {"type": "Fuse"},
+                    {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}),
+                true,
+            ),
+            GgufTokenizerModel::Gpt2 => {
+                let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false,
+                                        "trim_offsets": false, "use_regex": true});
+                let pre = match self.pre.as_deref() {
+                    None | Some("default") | Some("gpt2") | Some("gpt-2") => byte_level.clone(),
+                    // llama.cpp's "smollm" (and StarCoder's) split every digit on its own before
+                    // the GPT-2 regex, as HF's tokenizer.json for SmolLM does.
+                    Some("smollm") | Some("starcoder") | Some("refact") => json!({
+                        "type": "Sequence",
+                        "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]}),
+                    Some(other) => {
+                        return Err(DataError::TokenizerSpec(format!(
+                            "GGUF tokenizer.ggml.pre {other:?} is not supported \
+                             (supported: default, gpt2, smollm, starcoder, refact)"
+                        )))
+                    }
+                };
+                let byte_post = json!({"type": "ByteLevel", "add_prefix_space": false,
+                                       "trim_offsets": false, "use_regex": true});
+                let post = match bos_template {
+                    Some(t) => json!({"type": "Sequence", "processors": [byte_post, t]}),
+                    None => byte_post,
+                };
+                (
+                    Value::Null,
+                    pre,
+                    post,
+                    json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+                           "use_regex": true}),
+                    false,
+                )
+            }
+        };
+        Ok(json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added_tokens,
+            "normalizer": normalizer,
+            "pre_tokenizer": pre_tokenizer,
+            "post_processor": post_processor,
+            "decoder": decoder,
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": unk_token,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                "fuse_unk": self.model == GgufTokenizerModel::Llama,
+                "byte_fallback": byte_fallback, "ignore_merges": false,
+                "vocab": vocab, "merges": merges,
+            },
+        }))
+    }
+
+    /// SentencePiece BPE has no merge list: a piece is built from the two pieces whose merge has
+    /// the best score. Every split of a vocabulary piece into two vocabulary pieces is a merge,
+    /// ranked by the merged piece's score (higher first), as HF's `SentencePieceExtractor` does.
+    fn merges_from_scores(&self) -> Result<Vec<Value>> {
+        if self.scores.len() != self.tokens.len() {
+            return Err(DataError::TokenizerSpec(format!(
+                "GGUF llama tokenizer has no merges and {} scores for {} tokens; \
+                 merges cannot be derived",
+                self.scores.len(),
+                self.tokens.len()
+            )));
+        }
+        let ids: HashMap<&str, usize> =
+            self.tokens.iter().enumerate().rev().map(|(i, t)| (t.as_str(), i)).collect();
+        let ordinary: HashSet<usize> = (0..self.tokens.len())
+            .filter(|&i| matches!(self.token_type(i), token_type::NORMAL | token_type::USER_DEFINED))
+            .collect();
+        let mut merges: Vec<(f32, usize, usize, usize)> = Vec::new();
+        for (id, piece) in self.tokens.iter().enumerate() {
+            if !ordinary.contains(&id) {
+                continue;
+            }
+            for (split, _) in piece.char_indices().skip(1) {
+                let (left, right) = piece.split_at(split);
+                if let (Some(&l), Some(&r)) = (ids.get(left), ids.get(right)) {
+                    if ordinary.contains(&l) && ordinary.contains(&r) {
+                        merges.push((self.scores[id], id, l, r));
+                    }
+                }
+            }
+        }
+        merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        Ok(merges
+            .into_iter()
+            .map(|(_, _, l, r)| json!([self.tokens[l], self.tokens[r]]))
+            .collect())
+    }
+}

@@ -1,0 +1,32 @@
+//! Errors of the fused step and its update rules.
+
+/// What can go wrong in a step or when restoring optimizer state.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OptimError {
+    /// The micro-batches of a step hold no supervised target, so the mean loss is undefined.
+    #[error("the batch has no supervised targets (every label is ignored): nothing to train on")]
+    NoTargets,
+    /// A step was given no micro-batch.
+    #[error("a step needs at least one micro-batch")]
+    NoMicroBatches,
+    /// The model reports fewer than two stages.
+    #[error("a staged model needs at least 2 stages (got {0}): one or more forward stages and the loss stage")]
+    TooFewStages(usize),
+    /// A configuration value is out of range.
+    #[error("{field}: {message}")]
+    Config {
+        /// The configuration field, as a user names it (`clip_grad_norm`, …).
+        field: &'static str,
+        /// Why the value is refused.
+        message: String,
+    },
+    /// Saved optimizer state does not fit the model it is loaded into.
+    #[error("optimizer state for parameter `{param}`: {message}")]
+    State {
+        /// The parameter's path in the model (`layers.3.attn.q.weight`).
+        param: String,
+        /// What does not fit.
+        message: String,
+    },
+}

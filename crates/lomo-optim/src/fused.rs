@@ -1,0 +1,373 @@
+//! The fused step: forward without a tape, then backward one stage at a time, updating each
+//! parameter as soon as its gradient is final and dropping that gradient.
+//!
+//! Peak memory is the weights, the boundary activations of every micro-batch (what
+//! activation checkpointing keeps), and one stage's gradients and intermediates. A parameter
+//! shared by several stages keeps its gradient from its last stage (in backward order) to its
+//! first; that is the only gradient that lives across stages.
+
+use std::collections::{HashMap, HashSet};
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, ElementConversion, Tensor};
+
+use crate::error::OptimError;
+use crate::rule::{GradPrep, Updater};
+use crate::scaler::{DynamicLossScaler, LossScaleConfig};
+use crate::stages::StagedModel;
+
+/// What the fused step does besides the update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct FusedConfig {
+    /// Clip by global gradient norm to this value. Costs a second backward pass: the norm of
+    /// all gradients must be known before the first update.
+    pub clip_grad_norm: Option<f64>,
+    /// Clamp each gradient element to `[-v, v]`.
+    pub clip_grad_value: Option<f64>,
+    /// fp16 dynamic loss scaling. Also implies the norm pass, which is where an overflow is
+    /// found before any weight changes.
+    pub loss_scale: Option<LossScaleConfig>,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// Mean loss over the supervised targets of all micro-batches, before the update.
+    pub loss: f64,
+    /// Supervised targets in the step.
+    pub targets: usize,
+    /// The lr the step was given.
+    pub lr: f64,
+    /// Global gradient norm (unscaled, before clipping), when a norm pass ran.
+    pub grad_norm: Option<f64>,
+    /// The clip coefficient applied, with clip-by-norm.
+    pub clip_coef: Option<f64>,
+    /// The loss scale used, with loss scaling.
+    pub loss_scale: Option<f64>,
+    /// The step found an inf/NaN gradient and changed nothing.
+    pub skipped: bool,
+}
+
+/// The fused LOMO step with an update rule (`U`: [`crate::RuleUpdater`] over [`crate::Lomo`]
+/// or [`crate::AdaLomo`], or a burn optimizer through [`crate::BurnOptimizer`]).
+#[derive(Debug, Clone)]
+pub struct FusedStep<U> {
+    updater: U,
+    config: FusedConfig,
+    scaler: Option<DynamicLossScaler>,
+}
+
+impl<U> FusedStep<U> {
+    /// A fused step; checks the configuration.
+    pub fn new(updater: U, config: FusedConfig) -> Result<Self, OptimError> {
+        if let Some(v) = config.clip_grad_norm {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(OptimError::Config { field: "clip_grad_norm", message: format!("must be a finite number > 0, got {v}") });
+            }
+        }
+        if let Some(v) = config.clip_grad_value {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(OptimError::Config { field: "clip_grad_value", message: format!("must be a finite number > 0, got {v}") });
+            }
+        }
+        let scaler = config.loss_scale.map(DynamicLossScaler::new).transpose()?;
+        Ok(Self { updater, config, scaler })
+    }
+
+    /// The updater (to read or save its state).
+    pub fn updater(&self) -> &U {
+        &self.updater
+    }
+
+    /// The updater, mutably (to restore its state).
+    pub fn updater_mut(&mut self) -> &mut U {
+        &mut self.updater
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &FusedConfig {
+        &self.config
+    }
+
+    /// The loss scaler, with loss scaling.
+    pub fn scaler(&self) -> Option<&DynamicLossScaler> {
+        self.scaler.as_ref()
+    }
+
+    /// Replaces the loss scaler's state (when resuming).
+    pub fn set_scaler(&mut self, scaler: DynamicLossScaler) {
+        self.scaler = Some(scaler);
+    }
+
+    /// One optimizer step over `micro_batches`: their gradients are summed per stage and each
+    /// parameter is updated once. The loss is the mean over all their supervised targets, so
+    /// N micro-batches equal one batch made of them.
+    pub fn step<B, M, const D: usize>(
+        &mut self,
+        model: M,
+        micro_batches: &[M::Batch],
+        lr: f64,
+    ) -> Result<(M, StepReport), OptimError>
+    where
+        B: AutodiffBackend,
+        M: StagedModel<B, D>,
+        U: Updater<B, M>,
+    {
+        let plan = StagePlan::new(&model, micro_batches)?;
+        let (boundaries, loss_sum) = forward_boundaries::<B, M, D>(&model, micro_batches, plan.num_stages);
+        let scale = self.scaler.as_ref().map(|s| s.scale());
+        let mut report = StepReport {
+            loss: loss_sum / plan.targets as f64,
+            targets: plan.targets,
+            lr,
+            grad_norm: None,
+            clip_coef: None,
+            loss_scale: scale,
+            skipped: false,
+        };
+        let inv_scale = scale.map_or(1.0, |s| 1.0 / s);
+        let mut prep = GradPrep { inv_scale, clip_value: self.config.clip_grad_value, clip_coef: None };
+
+        if self.config.clip_grad_norm.is_some() || self.scaler.is_some() {
+            let mut norm = NormPass { inv_scale, sum_sq: 0.0, overflow: false };
+            let model_ref = model;
+            let model_ref = backward_pass::<B, M, D, _>(model_ref, micro_batches, &boundaries, &plan, scale, &mut |m, ready| {
+                norm.add::<B, M>(&m, ready);
+                (m, !norm.overflow)
+            });
+            if norm.overflow {
+                if let Some(s) = self.scaler.as_mut() {
+                    s.overflow();
+                }
+                report.skipped = true;
+                return Ok((model_ref, report));
+            }
+            let total = norm.sum_sq.sqrt();
+            report.grad_norm = Some(total);
+            if let Some(max_norm) = self.config.clip_grad_norm {
+                let coef = (max_norm / (total + 1e-6)).min(1.0);
+                prep.clip_coef = Some(coef);
+                report.clip_coef = Some(coef);
+            }
+            self.updater.begin_step();
+            let updater = &mut self.updater;
+            let model = backward_pass::<B, M, D, _>(model_ref, micro_batches, &boundaries, &plan, scale, &mut |m, ready| {
+                (updater.apply(m, ready, &prep, lr), true)
+            });
+            if let Some(s) = self.scaler.as_mut() {
+                s.clean();
+            }
+            return Ok((model, report));
+        }
+
+        self.updater.begin_step();
+        let updater = &mut self.updater;
+        let model = backward_pass::<B, M, D, _>(model, micro_batches, &boundaries, &plan, scale, &mut |m, ready| {
+            (updater.apply(m, ready, &prep, lr), true)
+        });
+        Ok((model, report))
+    }
+}
+
+/// Which stages read which parameters, and the batch's size.
+pub(crate) struct StagePlan {
+    pub num_stages: usize,
+    pub targets: usize,
+    /// The parameters each stage reads.
+    pub stage_params: Vec<HashSet<ParamId>>,
+    /// For each parameter, the lowest stage that reads it: where backward finishes its gradient.
+    pub final_stage: HashMap<ParamId, usize>,
+}
+
+impl StagePlan {
+    pub fn new<B: AutodiffBackend, M: StagedModel<B, D>, const D: usize>(
+        model: &M,
+        micro_batches: &[M::Batch],
+    ) -> Result<Self, OptimError> {
+        if micro_batches.is_empty() {
+            return Err(OptimError::NoMicroBatches);
+        }
+        let num_stages = model.num_stages();
+        if num_stages < 2 {
+            return Err(OptimError::TooFewStages(num_stages));
+        }
+        let targets: usize = micro_batches.iter().map(M::num_targets).sum();
+        if targets == 0 {
+            return Err(OptimError::NoTargets);
+        }
+        let mut stage_params = Vec::with_capacity(num_stages);
+        let mut final_stage = HashMap::new();
+        for s in 0..num_stages {
+            let ids: HashSet<ParamId> = model.stage_params(s).into_iter().collect();
+            for &id in &ids {
+                final_stage.entry(id).or_insert(s);
+            }
+            stage_params.push(ids);
+        }
+        Ok(Self { num_stages, targets, stage_params, final_stage })
+    }
+}
+
+/// The boundary activations `[mb][k]` = input of stage `k + 1`, computed without a tape, and
+/// the summed loss.
+pub(crate) fn forward_boundaries<B: AutodiffBackend, M: StagedModel<B, D>, const D: usize>(
+    model: &M,
+    micro_batches: &[M::Batch],
+    num_stages: usize,
+) -> (Vec<Vec<Tensor<B::InnerBackend, D>>>, f64) {
+    let inner = model.valid();
+    let mut loss_sum = 0.0;
+    let mut boundaries = Vec::with_capacity(micro_batches.len());
+    for batch in micro_batches {
+        let mut per_stage = Vec::with_capacity(num_stages - 1);
+        let mut h = M::inner_forward_stage(&inner, 0, None, batch);
+        for s in 1..num_stages - 1 {
+            let next = M::inner_forward_stage(&inner, s, Some(h.clone()), batch);
+            per_stage.push(h);
+            h = next;
+        }
+        for chunk in 0..model.num_loss_chunks(batch) {
+            let loss = M::inner_forward_loss(&inner, h.clone(), batch, chunk);
+            loss_sum += loss.cast(DType::F32).into_scalar().elem::<f64>();
+        }
+        per_stage.push(h);
+        boundaries.push(per_stage);
+    }
+    (boundaries, loss_sum)
+}
+
+/// Backward through every stage in reverse. After each stage, `on_ready` gets the model and
+/// the gradients that are final (raw, summed over micro-batches and stages) and returns the
+/// model and whether to go on.
+pub(crate) fn backward_pass<B, M, const D: usize, F>(
+    mut model: M,
+    micro_batches: &[M::Batch],
+    boundaries: &[Vec<Tensor<B::InnerBackend, D>>],
+    plan: &StagePlan,
+    loss_scale: Option<f64>,
+    on_ready: &mut F,
+) -> M
+where
+    B: AutodiffBackend,
+    M: StagedModel<B, D>,
+    F: FnMut(M, &mut GradientsParams) -> (M, bool),
+{
+    let n = plan.num_stages;
+    let loss_weight = loss_scale.unwrap_or(1.0) / plan.targets as f64;
+    let mut upstream: Vec<Option<Tensor<B::InnerBackend, D>>> = vec![None; micro_batches.len()];
+    let mut pending = GradientsParams::new();
+    for s in (0..n).rev() {
+        let mut ready = GradientsParams::new();
+        for (mb, batch) in micro_batches.iter().enumerate() {
+            if s == n - 1 {
+                let mut input_grad: Option<Tensor<B::InnerBackend, D>> = None;
+                for chunk in 0..model.num_loss_chunks(batch) {
+                    let x = Tensor::<B, D>::from_inner(boundaries[mb][n - 2].clone()).require_grad();
+                    let loss = model.forward_loss(x.clone(), batch, chunk).cast(DType::F32).mul_scalar(loss_weight);
+                    let mut grads = loss.backward();
+                    if let Some(g) = x.grad_remove(&mut grads) {
+                        input_grad = Some(match input_grad {
+                            Some(acc) => acc + g,
+                            None => g,
+                        });
+                    }
+                    collect_grads::<B, M>(&model, &mut grads, s, plan, &mut pending, &mut ready);
+                }
+                upstream[mb] = input_grad;
+            } else {
+                // A stage whose output received no gradient contributes none.
+                let Some(up) = upstream[mb].take() else { continue };
+                let x = (s > 0).then(|| Tensor::<B, D>::from_inner(boundaries[mb][s - 1].clone()).require_grad());
+                let out = model.forward_stage(s, x.clone(), batch);
+                let scalar = (out * Tensor::from_inner(up)).sum();
+                let mut grads = scalar.backward();
+                upstream[mb] = x.and_then(|x| x.grad_remove(&mut grads));
+                collect_grads::<B, M>(&model, &mut grads, s, plan, &mut pending, &mut ready);
+            }
+        }
+        // The stage's graphs are gone: every weight is uniquely owned again.
+        let (next, go_on) = on_ready(model, &mut ready);
+        model = next;
+        if !go_on {
+            break;
+        }
+    }
+    model
+}
+
+/// Moves the gradients of stage `s`'s parameters out of `grads`, adding them to what earlier
+/// stages or micro-batches left; a parameter whose final stage is `s` goes to `ready`.
+fn collect_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &mut B::Gradients,
+    s: usize,
+    plan: &StagePlan,
+    pending: &mut GradientsParams,
+    ready: &mut GradientsParams,
+) {
+    struct Collect<'a, B: AutodiffBackend> {
+        grads: &'a mut B::Gradients,
+        s: usize,
+        plan: &'a StagePlan,
+        pending: &'a mut GradientsParams,
+        ready: &'a mut GradientsParams,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let id = param.id;
+            if !self.plan.stage_params[self.s].contains(&id) {
+                return;
+            }
+            let Some(grad) = param.val().grad_remove(self.grads) else { return };
+            let earlier = self
+                .pending
+                .remove::<B::InnerBackend, D>(id)
+                .or_else(|| self.ready.remove::<B::InnerBackend, D>(id));
+            // Sums of several contributions are kept in fp32 so accumulation does not round.
+            let grad = match earlier {
+                Some(acc) => acc.cast(DType::F32) + grad.cast(DType::F32),
+                None => grad,
+            };
+            if self.plan.final_stage.get(&id) == Some(&self.s) {
+                self.ready.register::<B::InnerBackend, D>(id, grad);
+            } else {
+                self.pending.register::<B::InnerBackend, D>(id, grad);
+            }
+        }
+    }
+    model.visit(&mut Collect::<B> { grads, s, plan, pending, ready });
+}
+
+/// The norm pass: sums `||g||²` of the unscaled gradients and watches for inf/NaN.
+struct NormPass {
+    inv_scale: f64,
+    sum_sq: f64,
+    overflow: bool,
+}
+
+impl NormPass {
+    fn add<B: AutodiffBackend, M: AutodiffModule<B>>(&mut self, model: &M, ready: &mut GradientsParams) {
+        struct Visit<'a> {
+            norm: &'a mut NormPass,
+            ready: &'a mut GradientsParams,
+        }
+        impl<B: AutodiffBackend> ModuleVisitor<B> for Visit<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                let Some(g) = self.ready.remove::<B::InnerBackend, D>(param.id) else { return };
+                // Gradients were computed on the scaled loss: unscale before squaring, in fp32.
+                let mut g = g.cast(DType::F32);
+                if self.norm.inv_scale != 1.0 {
+                    g = g.mul_scalar(self.norm.inv_scale);
+                }
+                let sq = g.square().sum().into_scalar().elem::<f64>();
+                if !sq.is_finite() {
+                    self.norm.overflow = true;
+                }
+                self.norm.sum_sq += sq;
+            }
+        }
+        model.visit(&mut Visit { norm: self, ready });
+    }
+}

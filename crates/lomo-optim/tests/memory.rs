@@ -1,0 +1,119 @@
+//! Peak live heap of one step, from a counting global allocator (deterministic, so it can
+//! be asserted), on a model of over 100M parameters in f32:
+//! fused LOMO ≤ 1.2 × parameter bytes, full backward + SGD ≥ 1.9 ×, + AdamW ≥ 3.9 ×.
+//!
+//! Its own test binary, because the allocator is process-wide; the cases run one after the
+//! other in one test so nothing else allocates meanwhile.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use burn::optim::{AdamWConfig, SgdConfig};
+use lomo_optim::{full_backward_step, FusedConfig, FusedStep, Lomo, RuleUpdater};
+
+use common::backend::{device, TestBackend as TB, HEAP_VISIBLE};
+use common::model::{batch, TiedMlp};
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            if new_size >= layout.size() {
+                let live = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
+                PEAK.fetch_max(live, Ordering::Relaxed);
+            } else {
+                LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+            }
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const VOCAB: usize = 2048;
+const HIDDEN: usize = 2048;
+const BLOCKS: usize = 24;
+
+/// Each case is measured on its second step: an optimizer's state is created during its
+/// first one and lives from then on, so the second is the steady state a training run sees.
+///
+/// Peak live heap during `run`, relative to the bytes of the model's parameters.
+fn peak_ratio(param_bytes: usize, run: impl FnOnce()) -> f64 {
+    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+    run();
+    PEAK.load(Ordering::Relaxed) as f64 / param_bytes as f64
+}
+
+#[test]
+fn fused_lomo_holds_one_copy_of_the_weights_and_the_baselines_do_not() {
+    if !HEAP_VISIBLE {
+        eprintln!("skipped: this backend allocates outside Rust's global allocator; measure it with `cargo xtask profile`");
+        return;
+    }
+    let b = batch(4, VOCAB, 1);
+    let new_model = || TiedMlp::<TB>::new(VOCAB, HIDDEN, BLOCKS, 3, &device());
+    let model = new_model();
+    let params: usize = burn::module::Module::num_params(&model);
+    assert!(params >= 100_000_000, "{params} parameters");
+    let param_bytes = params * 4;
+
+    let mut fused = FusedStep::new(RuleUpdater::new(Lomo::new(0.0).unwrap()), FusedConfig::default()).unwrap();
+    let (model, _) = fused.step(model, std::slice::from_ref(&b), 0.01).unwrap();
+    let mut model = Some(model);
+    let lomo = peak_ratio(param_bytes, || {
+        let (m, _) = fused.step(model.take().unwrap(), std::slice::from_ref(&b), 0.01).unwrap();
+        drop(m);
+    });
+
+    let mut sgd = SgdConfig::new().init();
+    let (m, _) = full_backward_step::<TB, _, _, 2>(new_model(), std::slice::from_ref(&b), &mut sgd, 0.01).unwrap();
+    let mut model = Some(m);
+    let sgd_ratio = peak_ratio(param_bytes, || {
+        let (m, _) = full_backward_step::<TB, _, _, 2>(model.take().unwrap(), std::slice::from_ref(&b), &mut sgd, 0.01).unwrap();
+        drop(m);
+    });
+
+    let mut adamw = AdamWConfig::new().init();
+    let (m, _) = full_backward_step::<TB, _, _, 2>(new_model(), std::slice::from_ref(&b), &mut adamw, 0.01).unwrap();
+    let mut model = Some(m);
+    let adamw_ratio = peak_ratio(param_bytes, || {
+        let (m, _) = full_backward_step::<TB, _, _, 2>(model.take().unwrap(), std::slice::from_ref(&b), &mut adamw, 0.01).unwrap();
+        drop(m);
+    });
+
+    eprintln!(
+        "peak live heap / parameter bytes ({params} parameters, f32): fused LOMO {lomo:.3}, full backward + SGD {sgd_ratio:.3}, full backward + AdamW {adamw_ratio:.3}"
+    );
+    assert!(lomo <= 1.2, "fused LOMO peak {lomo:.3} × parameter bytes");
+    assert!(sgd_ratio >= 1.9, "full backward + SGD peak {sgd_ratio:.3} ×");
+    assert!(adamw_ratio >= 3.9, "full backward + AdamW peak {adamw_ratio:.3} ×");
+}

@@ -1,0 +1,8 @@
+//! lomo-optim's behaviour tests, on the backend that `common::backend` picks.
+
+mod common;
+
+mod adalomo;
+mod fused;
+mod scaling;
+mod schedule;
