@@ -7,3 +7,4 @@ mod stages;
 mod checkpoints;
 mod smol;
 mod presets;
+mod fused;
