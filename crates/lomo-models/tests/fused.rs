@@ -1,17 +1,15 @@
 //! The fused step of lomo-optim on stories260K reproduces the LOMO authors' package
 //! (`lomo-optim` 0.1.1, reference/gen_reference.py steps 3–5).
 
-use std::collections::HashMap;
-
 use burn::module::AutodiffModule;
 use lomo_models::{Batch, HfParam, Llama, StorageDtype};
 use lomo_optim::{AdaLomoConfig, FusedConfig, FusedStep, Lomo, RuleUpdater, Updater};
 
-use crate::common::{self, max_abs_diff, values, AD, B};
+use crate::common::{self, max_abs_diff, values, NamedTensors, AD, B};
 
 type Inner = B;
 
-fn setup(reference: &str) -> Option<(Llama<AD>, Batch, HashMap<String, (Vec<usize>, Vec<f32>)>, serde_json::Value)> {
+fn setup(reference: &str) -> Option<(Llama<AD>, Batch, NamedTensors, serde_json::Value)> {
     let dir = common::stories260k()?;
     let batch = common::reference_batch()?;
     let expected = common::read_safetensors(&common::shared(&format!("reference/stories260K/{reference}.safetensors"))?);
@@ -38,7 +36,7 @@ fn run<U: Updater<AD, Llama<AD>>>(
     (model, losses)
 }
 
-fn assert_weights(model: &Llama<AD>, expected: &HashMap<String, (Vec<usize>, Vec<f32>)>, what: &str) {
+fn assert_weights(model: &Llama<AD>, expected: &NamedTensors, what: &str) {
     let inner = model.valid();
     assert_eq!(inner.hf_params().len(), expected.len());
     for (spec, param) in inner.hf_params() {
