@@ -138,13 +138,18 @@ fn fit(
         Truncation::Middle => budget.div_ceil(2).max(usize::from(keeps_bos)),
     };
     let tail = budget - head;
-    let keep = |v: &[_]| -> Vec<_> {
-        let mut out = Vec::with_capacity(max_len);
-        out.extend_from_slice(&v[..head]);
-        out.extend_from_slice(&v[answer_start - tail..]);
-        out
-    };
-    Ok(Example { input_ids: keep(&example.input_ids), labels: keep(&example.labels) })
+    Ok(Example {
+        input_ids: keep_ends(&example.input_ids, head, answer_start - tail),
+        labels: keep_ends(&example.labels, head, answer_start - tail),
+    })
+}
+
+/// `v[..head]` followed by `v[tail_from..]`.
+fn keep_ends<T: Copy>(v: &[T], head: usize, tail_from: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(head + v.len() - tail_from);
+    out.extend_from_slice(&v[..head]);
+    out.extend_from_slice(&v[tail_from..]);
+    out
 }
 
 /// Encodes `prompt + answer` as one string (so BPE sees the text the model will see) and
