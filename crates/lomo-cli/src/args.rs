@@ -17,15 +17,20 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Fine-tune a model (fused LOMO / AdaLomo, or full-backward SGD / AdamW).
+    #[command(allow_negative_numbers = true)]
     Train(TrainArgs),
     /// Loss and perplexity on a dataset, or accuracy on a SuperGLUE task.
+    #[command(allow_negative_numbers = true)]
     Eval(EvalArgs),
     /// Continue a prompt.
+    #[command(allow_negative_numbers = true)]
     Generate(GenerateArgs),
     /// Predict the peak memory of a training step before running it.
+    #[command(allow_negative_numbers = true)]
     Plan(PlanArgs),
     /// Fine-tune a small LLaMA with LOMO on synthetic addition, and measure LOMO's memory
     /// against AdamW's: no download, a few minutes on a CPU.
+    #[command(allow_negative_numbers = true)]
     Demo(DemoArgs),
 }
 
@@ -86,7 +91,7 @@ pub enum FormatArg {
 
 /// Where the model comes from.
 #[derive(Debug, Clone, Args)]
-#[group(required = true, multiple = false)]
+#[group(required = false, multiple = false)]
 pub struct ModelSourceArgs {
     /// An HF checkpoint directory (config.json + safetensors) or a .gguf file.
     #[arg(long, value_name = "PATH")]

@@ -74,6 +74,16 @@ pub fn save<B: AutodiffBackend>(
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
+    // Periodic checkpoints (`step-N`) live inside the run's directory: carry them over.
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if entry.path().is_dir() && name.to_string_lossy().starts_with("step-") {
+                std::fs::rename(entry.path(), tmp.join(&name)).with_context(|| format!("moving {}", entry.path().display()))?;
+            }
+        }
+    }
     // Swap: the old checkpoint is moved aside before the new one takes its name, and removed last.
     let old = parent.join(format!(".{}.old-{}", name.to_string_lossy(), std::process::id()));
     if dir.exists() {
