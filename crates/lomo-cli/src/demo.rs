@@ -15,6 +15,7 @@ use crate::alloc;
 use crate::args::DemoArgs;
 use crate::backend::with_backend;
 use crate::eval::to_model_batch;
+use crate::trainer::{StepSettings, Trainer};
 use crate::model::{load_path, require_tokenizer};
 
 /// Characters of the addition task; one token each.
@@ -67,6 +68,15 @@ fn demo_config(vocab: usize, hidden: usize, layers: usize) -> Result<LlamaConfig
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
+    if args.steps == 0 || args.batch_size == 0 || args.layers == 0 {
+        anyhow::bail!("--steps, --batch-size and --layers: must be at least 1");
+    }
+    if args.hidden < 64 || args.hidden % 64 != 0 {
+        anyhow::bail!("--hidden: must be a multiple of 64 (heads of 32, 2 query heads per KV head), got {}", args.hidden);
+    }
+    if !(args.lr > 0.0 && args.lr.is_finite()) {
+        anyhow::bail!("--lr: must be a finite number > 0, got {}", args.lr);
+    }
     with_backend!(args.backend, |B, device| demo::<B>(&args, &device))
 }
 
@@ -90,7 +100,7 @@ fn demo<B: AutodiffBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
         }
         None => {
             let tokenizer = char_tokenizer()?;
-            let config = demo_config(16, 128, 4)?;
+            let config = demo_config(16, args.hidden, args.layers)?;
             (Llama::<B>::init(config, StorageDtype::F32, device, args.seed), tokenizer, "a small LLaMA (random init)".to_string())
         }
     };
@@ -98,17 +108,18 @@ fn demo<B: AutodiffBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
     let examples = task.train_examples(&tokenizer, &EncodeConfig::with_max_len(32))?;
     let eval = task.eval_examples(&tokenizer)?;
     let params = model.config().num_params();
-    println!("lomo demo: fine-tune {what} ({params} parameters) with LOMO on synthetic addition ({} training problems, {} held out)", task.train.len(), eval.len());
+    println!("lomo demo: fine-tune {what} ({params} parameters) with {:?} on synthetic addition ({} training problems, {} held out)", args.optimizer, task.train.len(), eval.len());
     let before = accuracy(&model.valid(), &tokenizer, &eval)?;
     println!("exact match before: {:.1}%", before * 100.0);
 
-    let steps = args.steps.unwrap_or(600);
-    let mut loader_config = LoaderConfig::new(32);
+    let steps = args.steps;
+    let mut loader_config = LoaderConfig::new(args.batch_size);
     loader_config.seed = args.seed;
     loader_config.padding = PaddingConfig::for_tokenizer(&tokenizer);
     let mut loader = BatchLoader::new(Dataset::from_examples("synthetic:addition", examples)?, loader_config)?;
-    let schedule = LrSchedule::new(ScheduleKind::Cosine, 0.3, 0.05, steps)?;
-    let mut step = FusedStep::new(RuleUpdater::new(Lomo::new(0.0)?), FusedConfig { clip_grad_norm: Some(1.0), ..Default::default() })?;
+    let schedule = LrSchedule::new(ScheduleKind::Cosine, args.lr, 0.05, steps)?;
+    let settings = StepSettings { weight_decay: 0.0, clip_grad_norm: Some(1.0), clip_grad_value: None, loss_scale: None };
+    let mut step = Trainer::<B>::new(args.optimizer, settings)?;
     let t0 = Instant::now();
     for s in 0..steps {
         let batch = to_model_batch(&loader.next_batch()?)?;
@@ -119,7 +130,7 @@ fn demo<B: AutodiffBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
         }
     }
     let after = accuracy(&model.valid(), &tokenizer, &eval)?;
-    println!("exact match after {steps} LOMO steps: {:.1}%  (before: {:.1}%)", after * 100.0, before * 100.0);
+    println!("exact match after {steps} {:?} steps: {:.1}%  (before: {:.1}%)", args.optimizer, after * 100.0, before * 100.0);
 
     memory_table::<B>(device, args.seed).context("measuring memory")?;
     println!("total {:.0} s", started.elapsed().as_secs_f64());
@@ -130,10 +141,10 @@ fn demo<B: AutodiffBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
 /// model big enough that the weights dominate (~25M parameters, f32). Each is the second step
 /// of its optimizer, so AdamW's moments exist, as in any real run.
 fn memory_table<B: AutodiffBackend>(device: &B::Device, seed: u64) -> Result<()> {
-    let config = demo_config(8192, 512, 6)?;
+    let config = demo_config(4096, 512, 8)?;
     let params = config.num_params() as usize;
     let weight_bytes = params * 4;
-    let rows: Vec<i64> = (0..4 * 64).map(|i| (i * 37 % 8192) as i64).collect();
+    let rows: Vec<i64> = (0..4 * 64).map(|i| (i * 37 % 4096) as i64).collect();
     let batch = lomo_models::Batch::new(rows.clone(), None, Some(rows), [4, 64])?;
     let measure = |run: &mut dyn FnMut()| {
         alloc::reset_peak();
