@@ -95,5 +95,8 @@ fn two_micro_batches_of_one_row_equal_one_batch_of_two_on_a_real_llama() {
     }
     let (wa, wb) = (weights(&a), weights(&b));
     let worst = wa.iter().zip(&wb).flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs())).fold(0f32, f32::max);
-    assert!(worst <= 1e-6, "micro-batches vs one batch, 2 AdaLomo steps: {worst}");
+    // The second row alone is 27 tokens wide, in the batch it is padded to 40: reductions run
+    // over different lengths, so agreement is to rounding (the updates are ~1e-3), as the
+    // references' 1e-5.
+    assert!(worst <= 1e-5, "micro-batches vs one batch, 2 AdaLomo steps: {worst}");
 }
