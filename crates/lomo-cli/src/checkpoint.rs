@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use lomo_data::DataPosition;
+use lomo_data::{DataPosition, TextTokenizer};
 use lomo_models::{Llama, SaveOptions};
 use lomo_optim::{AdaLomoRecord, DynamicLossScaler};
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,7 @@ pub struct TrainerState {
 pub fn save<B: AutodiffBackend>(
     dir: &Path,
     model: &Llama<B>,
+    tokenizer: Option<&TextTokenizer>,
     tokenizer_file: Option<&Path>,
     state: &TrainerState,
     adalomo: Option<AdaLomoRecord<B::InnerBackend>>,
@@ -58,9 +59,7 @@ pub fn save<B: AutodiffBackend>(
     }
     let result = (|| -> Result<()> {
         model.valid().save_hf(&tmp, &SaveOptions::default()).with_context(|| format!("saving the model to {}", tmp.display()))?;
-        if let Some(file) = tokenizer_file {
-            std::fs::copy(file, tmp.join("tokenizer.json")).with_context(|| format!("copying {}", file.display()))?;
-        }
+        write_tokenizer(&tmp, tokenizer, tokenizer_file)?;
         let json = serde_json::to_string_pretty(state)?;
         std::fs::write(tmp.join(STATE_FILE), json).with_context(|| format!("writing {}", tmp.join(STATE_FILE).display()))?;
         if let Some(record) = adalomo {
@@ -112,4 +111,39 @@ pub fn load_adalomo<B: Backend>(dir: &Path, device: &B::Device) -> Result<AdaLom
     BinFileRecorder::<FullPrecisionSettings>::new()
         .load(file.clone(), device)
         .with_context(|| format!("reading the AdaLomo state {}.bin", file.display()))
+}
+
+/// The tokenizer beside the weights, so that HF transformers (and `lomo eval`) find it: the
+/// original `tokenizer.json` (and `tokenizer_config.json`) when the model came with them,
+/// otherwise (a GGUF's tokenizer) the built one and a `tokenizer_config.json` naming its
+/// special tokens and chat template.
+fn write_tokenizer(dir: &Path, tokenizer: Option<&TextTokenizer>, file: Option<&Path>) -> Result<()> {
+    if let Some(file) = file {
+        std::fs::copy(file, dir.join("tokenizer.json")).with_context(|| format!("copying {}", file.display()))?;
+        let config = file.with_file_name("tokenizer_config.json");
+        if config.exists() {
+            std::fs::copy(&config, dir.join("tokenizer_config.json")).with_context(|| format!("copying {}", config.display()))?;
+        }
+        return Ok(());
+    }
+    let Some(tokenizer) = tokenizer else { return Ok(()) };
+    let out = dir.join("tokenizer.json");
+    tokenizer
+        .inner()
+        .save(&out, false)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
+    let name = |id: Option<u32>| id.and_then(|i| tokenizer.inner().id_to_token(i));
+    let mut config = serde_json::Map::new();
+    config.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
+    for (key, id) in [("bos_token", tokenizer.bos_id()), ("eos_token", tokenizer.eos_id()), ("pad_token", tokenizer.pad_id())] {
+        if let Some(token) = name(id) {
+            config.insert(key.into(), token.into());
+        }
+    }
+    if let Some(template) = tokenizer.chat_template_source() {
+        config.insert("chat_template".into(), template.into());
+    }
+    let path = dir.join("tokenizer_config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&config)?).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }

@@ -218,13 +218,13 @@ fn train<B: AutodiffBackend>(args: &TrainArgs, device: &B::Device) -> Result<()>
         if let (Some(dir), Some(every)) = (&args.save, args.save_every) {
             if done % every == 0 && done != total_steps {
                 let sub = dir.join(format!("step-{done}"));
-                checkpoint::save(&sub, &model, tokenizer_file.as_deref(), &state(), trainer.adalomo().map(|r| r.to_record(&model)))?;
+                checkpoint::save(&sub, &model, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), trainer.adalomo().map(|r| r.to_record(&model)))?;
                 progress.message(&format!("saved {}", sub.display()));
             }
         }
         if done == total_steps {
             if let Some(dir) = &args.save {
-                checkpoint::save(dir, &model, tokenizer_file.as_deref(), &state(), trainer.adalomo().map(|r| r.to_record(&model)))?;
+                checkpoint::save(dir, &model, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), trainer.adalomo().map(|r| r.to_record(&model)))?;
                 progress.message(&format!("saved {}", dir.display()));
             }
         }
