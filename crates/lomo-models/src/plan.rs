@@ -252,7 +252,7 @@ impl PlanConfig {
         positive("max_tokens", self.max_tokens)?;
         let (LossChunking::Tokens(n) | LossChunking::MaxLogits(n)) = self.loss_chunking;
         positive("loss_chunking", n)?;
-        if self.batch_size % self.micro_batch_size != 0 {
+        if !self.batch_size.is_multiple_of(self.micro_batch_size) {
             return Err(PlanError::field(
                 "micro_batch_size",
                 format!("{} does not divide batch_size {}", self.micro_batch_size, self.batch_size),

@@ -117,7 +117,7 @@ pub struct Measurement {
 
 /// `batch_size / micro_batch_size` micro-batches of random tokens, every position a target.
 fn micro_batches(case: &Case, vocab: usize) -> Result<Vec<Batch>> {
-    if case.micro_batch_size == 0 || case.batch_size % case.micro_batch_size != 0 {
+    if case.micro_batch_size == 0 || !case.batch_size.is_multiple_of(case.micro_batch_size) {
         bail!("case field `micro_batch_size`: {} does not divide batch_size {}", case.micro_batch_size, case.batch_size);
     }
     let mut rng = SplitMix64::new(case.seed ^ 0x5eed_70c5);

@@ -75,7 +75,7 @@ pub fn cases(suite: &str) -> Result<Vec<Case>> {
         // plus activations); Llama-3.2-3B would need 24 GiB for those three alone.
         "paper" => {
             let model = preset("Llama-3.2-1B")?;
-            all_optimizers("Llama-3.2-1B", &model, StorageDtype::BF16, 1, 256, None, &both)
+            all_optimizers("Llama-3.2-1B", &model, StorageDtype::BF16, 1, 128, None, &both)
         }
         // One fused LOMO step of the LLaMA-7B shape in bf16: the weights alone are 12.55 GiB,
         // so every transient copy shows in the peak.
