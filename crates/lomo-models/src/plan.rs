@@ -402,13 +402,15 @@ impl PlanConfig {
             // the update's RMS is one more f32 buffer. In bf16/f16, LOMO's copies besides.
             PlanOptimizer::AdaLomo => (F32 + grad_to_f32.saturating_sub(e) + param_to_f32.saturating_sub(staging)) * n,
             // burn's SGD computes `tensor - grad × lr` into a new buffer (the adaptor's
-            // tensor is not uniquely owned), and in bf16/f16 the gradient makes a round trip
-            // through f32 in `GradPrep`.
-            PlanOptimizer::Sgd => n * e + grad_to_f32 * n,
-            // burn's AdamW consumes the gradient into the moments, then holds the update and
-            // the decayed weight (a copy: the adaptor's tensor is shared): one buffer beyond
-            // weight, gradient and state, in the storage dtype.
-            PlanOptimizer::AdamW => n * e + grad_to_f32 * n,
+            // tensor is not uniquely owned). burn's AdamW consumes the gradient into the
+            // moments, then holds the update and the decayed weight (a copy, for the same
+            // reason): one buffer beyond weight, gradient and state, in the storage dtype.
+            // Inside the fused step (`BurnOptimizer`) a bf16/f16 gradient also makes a round
+            // trip through f32 in `GradPrep` first.
+            PlanOptimizer::Sgd | PlanOptimizer::AdamW => {
+                let round_trip = if self.mode == StepMode::Fused { grad_to_f32 * n } else { 0 };
+                n * e + round_trip
+            }
         }
     }
 

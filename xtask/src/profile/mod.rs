@@ -113,6 +113,10 @@ pub fn profile(suite: &str, backend: BackendKind, replan: bool) -> Result<SuiteR
             }
         };
         results.push(CaseResult { case, params, plan, measured, error });
+        // Written after every case, so that an interrupted suite (a long `paper` or `scale`
+        // run) still leaves the cases it finished.
+        let partial = SuiteResult { suite: suite.into(), backend, release: !cfg!(debug_assertions), cases: results.clone() };
+        write_files(&partial)?;
     }
     let result = SuiteResult { suite: suite.into(), backend, release: !cfg!(debug_assertions), cases: results };
     write_reports(result)
@@ -120,20 +124,25 @@ pub fn profile(suite: &str, backend: BackendKind, replan: bool) -> Result<SuiteR
 
 /// Writes `<suite>.{json,md,svg}` and prints the table.
 fn write_reports(result: SuiteResult) -> Result<SuiteResult> {
-    let suite = result.suite.clone();
+    let table = write_files(&result)?;
+    println!("{table}");
+    println!("written: {}", out_dir().join(format!("{}.{{json,md,svg}}", result.suite)).display());
+    Ok(result)
+}
+
+/// Writes `<suite>.{json,md,svg}`; returns the markdown table.
+fn write_files(result: &SuiteResult) -> Result<String> {
     let dir = out_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let write = |ext: &str, text: String| -> Result<()> {
-        let path = dir.join(format!("{suite}.{ext}"));
+    let write = |ext: &str, text: &str| -> Result<()> {
+        let path = dir.join(format!("{}.{ext}", result.suite));
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
     };
-    write("json", serde_json::to_string_pretty(&result)?)?;
-    let table = report::markdown(&result);
-    write("md", table.clone())?;
-    write("svg", report::svg(&result))?;
-    println!("{table}");
-    println!("written: {}", dir.join(format!("{suite}.{{json,md,svg}}")).display());
-    Ok(result)
+    write("json", &serde_json::to_string_pretty(result)?)?;
+    let table = report::markdown(result);
+    write("md", &table)?;
+    write("svg", &report::svg(result))?;
+    Ok(table)
 }
 
 /// The hidden `profile-case` subcommand: runs one case here, prints its measurement as one
