@@ -8,7 +8,8 @@ use crate::tokenizer::TextTokenizer;
 
 /// How rows are padded. Padding is always on the right (causal LMs read left to right, so the
 /// real tokens keep positions 0.. and rotary positions need no offset).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The default pads with id 0 to the longest row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PaddingConfig {
     /// The id written at padded positions (masked out and labelled [`IGNORE_INDEX`], so its
     /// value only has to be a valid embedding row).
@@ -16,12 +17,6 @@ pub struct PaddingConfig {
     /// Round the batch's length up to a multiple of this (helps kernels that like aligned
     /// shapes); `None` pads to the longest row.
     pub pad_to_multiple_of: Option<usize>,
-}
-
-impl Default for PaddingConfig {
-    fn default() -> Self {
-        Self { pad_id: 0, pad_to_multiple_of: None }
-    }
 }
 
 impl PaddingConfig {

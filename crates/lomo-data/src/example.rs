@@ -138,22 +138,29 @@ fn fit(
         Truncation::Middle => budget.div_ceil(2).max(usize::from(keeps_bos)),
     };
     let tail = budget - head;
-    let keep = |v: &[_]| -> Vec<_> {
-        let mut out = Vec::with_capacity(max_len);
-        out.extend_from_slice(&v[..head]);
-        out.extend_from_slice(&v[answer_start - tail..]);
-        out
-    };
-    Ok(Example { input_ids: keep(&example.input_ids), labels: keep(&example.labels) })
+    Ok(Example {
+        input_ids: keep_ends(&example.input_ids, head, answer_start - tail),
+        labels: keep_ends(&example.labels, head, answer_start - tail),
+    })
+}
+
+/// `v[..head]` followed by `v[tail_from..]`.
+fn keep_ends<T: Copy>(v: &[T], head: usize, tail_from: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(head + v.len() - tail_from);
+    out.extend_from_slice(&v[..head]);
+    out.extend_from_slice(&v[tail_from..]);
+    out
 }
 
 /// Encodes `prompt + answer` as one string (so BPE sees the text the model will see) and
-/// supervises the tokens that reach into the answer; `eos` is appended, supervised, when given.
-/// The tokenizer's special tokens (BOS) are added.
+/// supervises the tokens from the first one that reaches past the prompt's text; `eos` is
+/// appended, supervised, when given. The tokenizer's special tokens (BOS) are added.
 ///
-/// A token that straddles the boundary (a "▁Yes" that holds the prompt's trailing space) belongs
-/// to the answer: the answer must be produced by the model, and a token the prompt only half
-/// supplies cannot be given as input.
+/// The prompt's trailing whitespace counts as the answer's: the SuperGLUE prompts end in
+/// `"Answer: "`, and tokenizers fold that space into the next word (`"▁Yes"`), or not
+/// (`"▁"`, `"M"`, `"aybe"`), depending on the word. Splitting after the trimmed prompt gives
+/// every candidate answer the same prompt tokens, as MeZO/LOMO do by tokenizing
+/// `prompt.strip()`; a token the prompt only half supplies could not be given as input anyway.
 pub fn encode_prompt_answer(
     tokenizer: &TextTokenizer,
     prompt: &str,
@@ -162,7 +169,7 @@ pub fn encode_prompt_answer(
 ) -> Result<Example> {
     let text = format!("{prompt}{answer}");
     let (ids, offsets) = tokenizer.encode_with_offsets(&text, true)?;
-    let boundary = prompt.len();
+    let boundary = prompt.trim_end().len();
     let split = offsets
         .iter()
         .position(|&(start, end)| end > boundary && end > start)

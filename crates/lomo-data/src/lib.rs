@@ -1,1 +1,73 @@
-//! tmp
+//! `lomo-data` turns datasets into batches for fine-tuning causal language models with LOMO:
+//! token ids, attention masks and labels (`-100` where no loss is taken), as plain row-major
+//! `i64` arrays that the model crate turns into tensors. It does no tensor math and does not
+//! depend on burn.
+//!
+//! The pipeline, one module per stage:
+//! - [`tokenizer`]: HF `tokenizers`, from a `tokenizer.json` or from a GGUF file's tokenizer
+//!   fields ([`GgufTokenizerSpec`]).
+//! - [`formats`]: pre-tokenized JSONL, plain text (packed), Alpaca and chat instruction data,
+//!   detected from the file ([`detect_format`]).
+//! - [`templates`]: Stanford Alpaca's prompt and ChatML.
+//! - [`superglue`]: the LOMO paper's SuperGLUE prompts (RTE, CB, COPA, BoolQ, WiC, WSC, MultiRC),
+//!   training examples and likelihood scoring.
+//! - [`synthetic`]: multi-digit addition with exact-match evaluation, generated from a seed.
+//! - [`example`]: an [`Example`] (ids + labels) and truncation that never cuts the answer.
+//! - [`batching`]: right padding into a [`Batch`], micro-batches.
+//! - [`loader`] and [`stream`]: epochs and steps, deterministic shuffles, length bucketing, and
+//!   a saved position that resumes exactly; [`stream`] for files larger than memory.
+//!
+//! Labels follow HF's convention: they are not shifted, position t's logits predict label t+1,
+//! and the loss is the mean over all targets of the batch ([`Batch::num_targets`]).
+//!
+//! ```no_run
+//! use lomo_data::{BatchLoader, Dataset, EncodeConfig, LoaderConfig, PaddingConfig, TextTokenizer};
+//!
+//! # fn main() -> Result<(), lomo_data::DataError> {
+//! let tokenizer = TextTokenizer::from_file("models/stories260K/tokenizer.json")?;
+//! let dataset = Dataset::load("data/alpaca_en_demo.json", None, Some(&tokenizer),
+//!                             &EncodeConfig::with_max_len(256))?;
+//! let config = LoaderConfig { padding: PaddingConfig::for_tokenizer(&tokenizer), ..LoaderConfig::new(8) };
+//! let mut loader = BatchLoader::new(dataset, config)?;
+//! let batch = loader.next_batch()?;
+//! println!("{:?} batch, {} targets", batch.shape(), batch.num_targets());
+//! let resume_here = serde_json::to_string(&loader.position()).unwrap();
+//! # let _ = resume_here;
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+pub mod batching;
+pub mod dataset;
+pub mod error;
+pub mod example;
+pub mod formats;
+pub mod loader;
+pub mod rng;
+pub mod stream;
+pub mod superglue;
+pub mod synthetic;
+pub mod templates;
+pub mod tokenizer;
+
+pub use batching::{collate, Batch, PaddingConfig};
+pub use dataset::Dataset;
+pub use error::{DataError, Result};
+pub use example::{
+    encode_prompt_answer, encode_spans, EncodeConfig, Example, Overlong, Truncation, IGNORE_INDEX,
+};
+pub use formats::{detect_format, DataFormat};
+pub use loader::{BatchLoader, DataPosition, LoaderConfig};
+pub use rng::SplitMix64;
+pub use stream::{StreamConfig, StreamPosition, StreamingLoader};
+pub use superglue::{
+    accuracy, load_scoring_set, parse_superglue_record, predict, read_superglue, ScoringExample,
+    ScoringSet, SuperGlueExample, SuperGlueTask,
+};
+pub use synthetic::{
+    exact_match, exact_match_accuracy, AdditionConfig, AdditionProblem, AdditionTask,
+    GenerationExample,
+};
+pub use templates::{alpaca_prompt, ChatMessage, ChatTemplate, RenderedChat};
+pub use tokenizer::{GgufTokenizerModel, GgufTokenizerSpec, TextTokenizer};

@@ -13,6 +13,9 @@ use serde_json::{json, Value};
 
 use crate::error::{DataError, Result};
 
+/// A token's byte range `(start, end)` in the text it was encoded from.
+pub type ByteSpan = (usize, usize);
+
 /// A tokenizer plus the special-token ids the data pipeline needs.
 #[derive(Debug, Clone)]
 pub struct TextTokenizer {
@@ -120,7 +123,7 @@ impl TextTokenizer {
         &self,
         text: &str,
         add_special_tokens: bool,
-    ) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    ) -> Result<(Vec<u32>, Vec<ByteSpan>)> {
         let encoding = self.inner.encode(text, add_special_tokens).map_err(|e| {
             DataError::tokenizer(format!("encoding {:?}", preview(text)), e)
         })?;

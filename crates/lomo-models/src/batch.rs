@@ -93,6 +93,6 @@ impl Batch {
 
     /// Whether some token is padding.
     pub fn has_padding(&self) -> bool {
-        self.attention_mask.iter().any(|&m| m == 0)
+        self.attention_mask.contains(&0)
     }
 }

@@ -278,7 +278,7 @@ impl HfConfig {
         }
         let num_heads = self.num_attention_heads;
         let num_kv_heads = self.num_key_value_heads.unwrap_or(num_heads);
-        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        if num_heads == 0 || num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
             return Err(invalid(
                 path,
                 "num_key_value_heads",
@@ -287,7 +287,7 @@ impl HfConfig {
         }
         let head_dim = match self.head_dim {
             Some(d) => d,
-            None if self.hidden_size % num_heads == 0 => self.hidden_size / num_heads,
+            None if self.hidden_size.is_multiple_of(num_heads) => self.hidden_size / num_heads,
             None => return Err(invalid(path, "head_dim", "missing, and hidden_size is not a multiple of the heads")),
         };
         if head_dim == 0 || head_dim % 2 != 0 {

@@ -777,4 +777,46 @@ mod tests {
             assert_eq!(out[0], row as f32);
         }
     }
+
+    fn decode(ty: GgmlType, block: &[u8]) -> Vec<f32> {
+        let mut out = vec![0.0; 32];
+        GgufRows { bytes: block, ty, rows: 1, cols: 32, unpermute_heads: None }.decode_row(0, &mut out);
+        out
+    }
+
+    fn half_bytes(x: f32) -> [u8; 2] {
+        f16::from_f32(x).to_le_bytes()
+    }
+
+    #[test]
+    fn q8_0_is_scale_times_signed_byte() {
+        let qs: Vec<i8> = (0..32).map(|j| (j as i8 - 16) * 8).collect();
+        let mut block = half_bytes(0.5).to_vec();
+        block.extend(qs.iter().map(|&q| q as u8));
+        let expected: Vec<f32> = qs.iter().map(|&q| 0.5 * q as f32).collect();
+        assert_eq!(decode(GgmlType::Q8_0, &block), expected);
+    }
+
+    #[test]
+    fn q4_0_low_nibbles_first_offset_by_eight() {
+        let mut block = half_bytes(2.0).to_vec();
+        block.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let out = decode(GgmlType::Q4_0, &block);
+        for j in 0..16 {
+            assert_eq!(out[j], 2.0 * (j as f32 - 8.0));
+            assert_eq!(out[j + 16], 2.0 * ((15 - j) as f32 - 8.0));
+        }
+    }
+
+    #[test]
+    fn q4_1_is_scale_times_nibble_plus_min() {
+        let mut block = half_bytes(0.25).to_vec();
+        block.extend(half_bytes(-1.0));
+        block.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let out = decode(GgmlType::Q4_1, &block);
+        for j in 0..16 {
+            assert_eq!(out[j], 0.25 * j as f32 - 1.0);
+            assert_eq!(out[j + 16], 0.25 * (15 - j) as f32 - 1.0);
+        }
+    }
 }

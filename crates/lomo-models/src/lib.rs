@@ -8,9 +8,20 @@
 //!   with the tokenizer metadata as [`GgufTokenizer`]).
 //! - Training: [`Llama`] implements [`lomo_optim::StagedModel`] (embedding, one stage per decoder
 //!   block, then final norm + LM head + loss in token chunks), fed by a [`Batch`].
-//! - Generation with a KV cache ([`generate`]), greedy or sampled with a seed.
+//! - Generation with a KV cache ([`generate()`], [`KvCache`]), greedy or sampled with a seed.
 //! - Presets of real model shapes with random weights ([`presets`]) and parameter / byte counts
 //!   that allocate nothing ([`LlamaConfig::num_params`]).
+//!
+//! ```no_run
+//! use lomo_models::{generate, GenerationConfig, Llama, SaveOptions, StorageDtype};
+//!
+//! type B = burn::backend::Flex;
+//! let device = Default::default();
+//! let model = Llama::<B>::load_hf("models/stories260K", StorageDtype::BF16, &device)?;
+//! let new_tokens = generate(&model, &[1, 403, 407, 261, 378], &GenerationConfig::greedy(40));
+//! model.save_hf("stories260K-bf16", &SaveOptions::default())?;
+//! # Ok::<(), lomo_models::ModelError>(())
+//! ```
 #![warn(missing_docs)]
 
 pub mod attention;

@@ -87,7 +87,7 @@ impl Default for LossChunking {
 /// Build one with [`Llama::init`] (random weights), [`Llama::load_hf`] (safetensors),
 /// [`Llama::load_gguf`]; save with [`Llama::save_hf`]. Training presents it to the fused
 /// step through [`lomo_optim::StagedModel`] (see `stages.rs`); generation is in
-/// [`crate::generate`].
+/// [`crate::generate()`].
 #[derive(Module, Debug)]
 pub struct Llama<B: Backend> {
     /// Token embedding, `[vocab, hidden]`; also the LM head when tied.

@@ -1,1 +1,114 @@
+//! Peak heap while loading a checkpoint, measured with a counting global allocator (its own
+//! test binary so that nothing else allocates meanwhile). Loading must not hold a second copy
+//! of the weights: the peak stays within 1.1 × the bytes of the loaded weights.
 
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use lomo_models::{GgufFile, Llama, LlamaConfig, SaveOptions, StorageDtype};
+
+use common::B;
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grow(bytes: usize) {
+    let live = LIVE.fetch_add(bytes, Ordering::SeqCst) + bytes;
+    PEAK.fetch_max(live, Ordering::SeqCst);
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; only sizes are counted.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            grow(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        if !ptr.is_null() {
+            grow(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::SeqCst);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::SeqCst);
+            grow(new_size);
+        }
+        new
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Runs `f` and returns its result and the peak of live heap bytes above what was live before.
+fn peak_of<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let before = LIVE.load(Ordering::SeqCst);
+    PEAK.store(before, Ordering::SeqCst);
+    let result = f();
+    (result, PEAK.load(Ordering::SeqCst) - before)
+}
+
+fn check(what: &str, peak: usize, weights: u64) {
+    let ratio = peak as f64 / weights as f64;
+    eprintln!("{what}: peak heap {:.1} MB for {:.1} MB of weights: {ratio:.3} ×", peak as f64 / 1e6, weights as f64 / 1e6);
+    assert!(ratio <= 1.1, "{what}: loading peaked at {ratio:.3} × the weights");
+}
+
+/// One test, so that no other test's allocations overlap the measurement.
+#[test]
+fn loading_peaks_at_the_weights() {
+    // A checkpoint of 35 M parameters (140 MB in f32), untied, written by this crate.
+    let config = LlamaConfig {
+        hidden_size: 512,
+        intermediate_size: 1536,
+        num_layers: 6,
+        num_heads: 8,
+        num_kv_heads: 4,
+        head_dim: 64,
+        vocab_size: 16000,
+        tie_word_embeddings: false,
+        ..lomo_models::presets::preset("stories260K").unwrap()
+    };
+    let dir = common::temp_dir("load_memory");
+    {
+        let model = Llama::<B>::init(config.clone(), StorageDtype::F32, &common::device(), 1);
+        model.save_hf(&dir, &SaveOptions::default()).unwrap();
+    }
+    // Random initialisation in bf16 makes each tensor in bf16: no transient f32 model.
+    let (model, peak) = peak_of(|| Llama::<B>::init(config.clone(), StorageDtype::BF16, &common::device(), 1));
+    check("random init in BF16", peak, config.num_bytes(StorageDtype::BF16));
+    drop(model);
+    for dtype in [StorageDtype::F32, StorageDtype::BF16] {
+        let (model, peak) = peak_of(|| Llama::<B>::load_hf(&dir, dtype, &common::device()).unwrap());
+        check(&format!("safetensors f32 → {dtype:?}"), peak, config.num_bytes(dtype));
+        drop(model);
+    }
+
+    // A real quantised checkpoint: SmolLM2-135M-Instruct Q4_1 dequantised to bf16.
+    if let Some(path) = common::smol_gguf() {
+        let ((model, config), peak) = peak_of(|| {
+            let file = GgufFile::open(&path).unwrap();
+            let config = file.config().unwrap();
+            (file.load_model::<B>(config.clone(), StorageDtype::BF16, &common::device()).unwrap(), config)
+        });
+        check("GGUF Q4_1 → BF16 (tokenizer metadata included)", peak, config.num_bytes(StorageDtype::BF16));
+        drop(model);
+    }
+}

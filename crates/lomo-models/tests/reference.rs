@@ -88,3 +88,24 @@ fn greedy_generation_matches_hf() {
                     One day, she saw a big, red ball.";
     assert_eq!(text, expected);
 }
+
+#[test]
+fn sampled_generation_is_reproducible() {
+    let Some(dir) = common::stories260k() else { return };
+    let model = Llama::<B>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();
+    let prompt = [1, 403, 407, 261, 378];
+    let sampled = |temperature, top_p, seed| {
+        let config = GenerationConfig {
+            max_new_tokens: 20,
+            sampling: lomo_models::Sampling::TopP { temperature, top_p, seed },
+            stop_tokens: vec![],
+        };
+        generate(&model, &prompt, &config)
+    };
+    assert_eq!(sampled(1.0, 0.95, 42), sampled(1.0, 0.95, 42));
+    assert_ne!(sampled(1.5, 1.0, 42), sampled(1.5, 1.0, 43));
+    // A nucleus this small holds only the most likely token: greedy decoding.
+    let mut greedy = GenerationConfig::greedy(20);
+    greedy.stop_tokens = vec![];
+    assert_eq!(sampled(1.0, 1e-6, 7), generate(&model, &prompt, &greedy));
+}

@@ -6,3 +6,5 @@ mod reference;
 mod stages;
 mod checkpoints;
 mod smol;
+mod presets;
+mod fused;

@@ -64,8 +64,11 @@ pub fn reference_batch() -> Option<Batch> {
     Some(Batch::new(flat(ids), Some(flat(rows("attention_mask"))), Some(flat(rows("labels"))), shape).unwrap())
 }
 
+/// Tensors by name: shape and f32 values.
+pub type NamedTensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// A safetensors file's tensors as f32 (shape, values).
-pub fn read_safetensors(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+pub fn read_safetensors(path: &Path) -> NamedTensors {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()

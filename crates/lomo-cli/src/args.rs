@@ -1,0 +1,286 @@
+//! The command line. Long flag names are a public interface: scripts and docs use them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::backend::BackendKind;
+
+/// Full-parameter fine-tuning of LLaMA-family models with LOMO on limited memory.
+#[derive(Debug, Parser)]
+#[command(name = "lomo", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fine-tune a model (fused LOMO / AdaLomo, or full-backward SGD / AdamW).
+    #[command(allow_negative_numbers = true)]
+    Train(TrainArgs),
+    /// Loss and perplexity on a dataset, or accuracy on a SuperGLUE task.
+    #[command(allow_negative_numbers = true)]
+    Eval(EvalArgs),
+    /// Continue a prompt.
+    #[command(allow_negative_numbers = true)]
+    Generate(GenerateArgs),
+    /// Predict the peak memory of a training step before running it.
+    #[command(allow_negative_numbers = true)]
+    Plan(PlanArgs),
+    /// Fine-tune a small LLaMA with LOMO on synthetic addition, and measure LOMO's memory
+    /// against AdamW's: no download, a few minutes on a CPU.
+    #[command(allow_negative_numbers = true)]
+    Demo(DemoArgs),
+}
+
+/// The update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Fused LOMO: SGD inside a stage-wise backward pass.
+    Lomo,
+    /// Fused AdaLomo: LOMO with a factored adaptive rate.
+    Adalomo,
+    /// Full backward, then AdamW (the memory baseline).
+    Adamw,
+    /// Full backward, then SGD.
+    Sgd,
+}
+
+/// Storage dtype of the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl DtypeArg {
+    pub fn storage(self) -> lomo_models::StorageDtype {
+        match self {
+            Self::F32 => lomo_models::StorageDtype::F32,
+            Self::Bf16 => lomo_models::StorageDtype::BF16,
+            Self::F16 => lomo_models::StorageDtype::F16,
+        }
+    }
+}
+
+/// The learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+/// A dataset format, overriding detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// `{"input_ids": [...], "labels": [...]}` per line.
+    Pretokenized,
+    /// Plain text (`.txt`, or JSONL with "text"), packed into windows.
+    Text,
+    /// Alpaca `{instruction, input, output}` (JSON or JSONL).
+    Alpaca,
+    /// Chat JSONL `{"messages": [{role, content}]}`.
+    Chat,
+    /// A SuperGLUE task's JSONL (needs --task).
+    Superglue,
+}
+
+/// Where the model comes from.
+#[derive(Debug, Clone, Args)]
+#[group(required = false, multiple = false)]
+pub struct ModelSourceArgs {
+    /// An HF checkpoint directory (config.json + safetensors) or a .gguf file.
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Random weights of a preset's shape (stories260k, smollm2-135m, tinyllama-1.1b,
+    /// llama-3.2-1b, llama-3.2-3b, llama-7b, llama-13b, llama-30b, llama-65b).
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub source: ModelSourceArgs,
+    /// Training data; repeat to concatenate several files (e.g. a task's train and dev32).
+    #[arg(long, value_name = "PATH", required = true)]
+    pub data: Vec<PathBuf>,
+    /// Data format (detected from the file when absent).
+    #[arg(long, value_enum, value_name = "F")]
+    pub format: Option<FormatArg>,
+    /// SuperGLUE task of --data (rte, cb, copa, boolq, wic, wsc, multirc).
+    #[arg(long, value_name = "T")]
+    pub task: Option<String>,
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub optimizer: OptimizerKind,
+    /// Peak learning rate.
+    #[arg(long, value_name = "F")]
+    pub lr: f64,
+    #[arg(long, value_enum, default_value = "constant")]
+    pub schedule: ScheduleArg,
+    /// Fraction of the steps that warm up linearly.
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    pub warmup_ratio: f64,
+    /// Optimizer steps to run.
+    #[arg(long, value_name = "N", conflicts_with = "epochs", required_unless_present = "epochs")]
+    pub steps: Option<u64>,
+    /// Passes over the data.
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<u64>,
+    /// Examples per optimizer step.
+    #[arg(long, value_name = "N")]
+    pub batch_size: usize,
+    /// Examples per forward/backward (gradient accumulation inside the fused step).
+    #[arg(long, value_name = "N")]
+    pub micro_batch_size: Option<usize>,
+    /// Longest example in tokens (longer ones are truncated, keeping the answer).
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub max_len: usize,
+    /// Skip examples whose answer alone is longer than --max-len (counted), instead of failing.
+    #[arg(long)]
+    pub skip_overlong: bool,
+    /// Clip by global gradient norm (costs a second backward pass in the fused step).
+    #[arg(long, value_name = "F")]
+    pub clip_grad_norm: Option<f64>,
+    /// Clamp each gradient element to [-F, F].
+    #[arg(long, value_name = "F")]
+    pub clip_grad_value: Option<f64>,
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: BackendKind,
+    /// Seed of the shuffle, the random init of a preset, and sampling.
+    #[arg(long, value_name = "N", default_value_t = 42)]
+    pub seed: u64,
+    /// Keep the data in file order.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Evaluation data (loss, and accuracy with --task).
+    #[arg(long, value_name = "PATH", requires = "eval_every")]
+    pub eval: Option<PathBuf>,
+    /// Evaluate every N steps (and at the end).
+    #[arg(long, value_name = "N", requires = "eval")]
+    pub eval_every: Option<u64>,
+    /// Write the final checkpoint (HF layout) here.
+    #[arg(long, value_name = "DIR")]
+    pub save: Option<PathBuf>,
+    /// Also write a checkpoint every N steps (to DIR/step-N).
+    #[arg(long, value_name = "N", requires = "save")]
+    pub save_every: Option<u64>,
+    /// Continue from a checkpoint written by --save (weights, optimizer state, step, data position).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["model", "preset"])]
+    pub resume: Option<PathBuf>,
+    /// One JSON object per step.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub log: Option<PathBuf>,
+    /// Tokens per chunk of the loss stage (smaller: less memory for the logits).
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub loss_chunk_tokens: usize,
+    /// fp16 dynamic loss scaling's first scale (only with --dtype f16).
+    #[arg(long, value_name = "F", default_value_t = 65536.0)]
+    pub loss_scale: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// An HF checkpoint directory or a .gguf file.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    #[arg(long, value_name = "PATH")]
+    pub data: PathBuf,
+    #[arg(long, value_enum, value_name = "F")]
+    pub format: Option<FormatArg>,
+    /// SuperGLUE task: accuracy by scoring every candidate answer.
+    #[arg(long, value_name = "T")]
+    pub task: Option<String>,
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub max_len: usize,
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: BackendKind,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    /// An HF checkpoint directory or a .gguf file.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: String,
+    /// Wrap the prompt in the model's chat template (ChatML) as a user turn.
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// 0 (the default) is greedy.
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, value_name = "N", default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: BackendKind,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub source: ModelSourceArgs,
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub optimizer: OptimizerKind,
+    #[arg(long, value_name = "N")]
+    pub batch_size: usize,
+    #[arg(long, value_name = "N")]
+    pub micro_batch_size: Option<usize>,
+    #[arg(long, value_name = "N")]
+    pub max_len: usize,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub loss_chunk_tokens: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Fine-tune this checkpoint (HF directory or .gguf) instead of the built-in small model.
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Optimizer steps.
+    #[arg(long, value_name = "N", default_value_t = 600)]
+    pub steps: u64,
+    /// The optimizer. The default, AdaLomo, is the fused LOMO step with AdaLomo's adaptive rate:
+    /// plain LOMO (SGD) does not learn addition from random weights in a few CPU minutes.
+    #[arg(long, value_enum, default_value = "adalomo")]
+    pub optimizer: OptimizerKind,
+    /// Peak learning rate (cosine schedule, 5% warmup).
+    #[arg(long, value_name = "F", default_value_t = 0.3)]
+    pub lr: f64,
+    /// Problems per step.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub batch_size: usize,
+    /// Width of the built-in model.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub hidden: usize,
+    /// Decoder blocks of the built-in model.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub layers: usize,
+    #[arg(long, value_name = "N", default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: BackendKind,
+}

@@ -1,0 +1,137 @@
+//! `lomo eval`: loss and perplexity over a dataset, and accuracy on a SuperGLUE task by
+//! scoring every candidate answer with its summed log-likelihood.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use lomo_data::{collate, load_scoring_set, EncodeConfig, Example, PaddingConfig, SuperGlueTask, TextTokenizer};
+use lomo_models::{Batch, Llama};
+use serde::Serialize;
+
+use crate::args::{EvalArgs, FormatArg};
+use crate::backend::with_backend;
+use crate::data::{load_training, parse_task};
+use crate::model::{load_path, require_tokenizer};
+
+/// What `lomo eval` prints, one JSON line.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EvalResult {
+    pub loss: f64,
+    pub perplexity: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    pub examples: usize,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batch-size: must be at least 1");
+    }
+    if args.max_len < 2 {
+        bail!("--max-len: must be at least 2");
+    }
+    let task = parse_task(args.task.as_deref())?;
+    with_backend!(args.backend, |B, device| {
+        let loaded = load_path::<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend>(&args.model, args.dtype.storage(), &device)?;
+        let result = evaluate(&loaded.model, loaded.tokenizer.as_ref(), &args.data, args.format, task, args.max_len, args.batch_size)?;
+        println!("{}", serde_json::to_string(&result)?);
+        Ok(())
+    })
+}
+
+/// Loss over `path` (the training format of the file) and, for a task, accuracy.
+pub fn evaluate<B: Backend>(
+    model: &Llama<B>,
+    tokenizer: Option<&TextTokenizer>,
+    path: &Path,
+    format: Option<FormatArg>,
+    task: Option<SuperGlueTask>,
+    max_len: usize,
+    batch_size: usize,
+) -> Result<EvalResult> {
+    let dataset = load_training(&[path.to_path_buf()], format, task, tokenizer, max_len, false)?;
+    let pad = tokenizer.map(PaddingConfig::for_tokenizer).unwrap_or_default();
+    let (mut loss_sum, mut targets) = (0.0, 0usize);
+    for chunk in dataset.examples.chunks(batch_size) {
+        let batch = to_model_batch(&collate(chunk.iter(), &pad)?)?;
+        let sums = row_log_likelihoods(model, &batch);
+        loss_sum -= sums.iter().sum::<f64>();
+        targets += batch.num_targets();
+    }
+    if targets == 0 {
+        bail!("{}: no supervised tokens to take a loss on", path.display());
+    }
+    let loss = loss_sum / targets as f64;
+    let accuracy = match task {
+        Some(task) => {
+            let tokenizer = require_tokenizer(tokenizer, "a SuperGLUE task")?;
+            Some(task_accuracy(model, tokenizer, path, task, max_len, batch_size)?)
+        }
+        None => None,
+    };
+    Ok(EvalResult { loss, perplexity: loss.exp(), accuracy, examples: dataset.examples.len() })
+}
+
+/// Accuracy of `model` on a SuperGLUE file: each candidate scored by the summed
+/// log-likelihood of its tokens given the prompt, the best one predicted.
+pub fn task_accuracy<B: Backend>(
+    model: &Llama<B>,
+    tokenizer: &TextTokenizer,
+    path: &Path,
+    task: SuperGlueTask,
+    max_len: usize,
+    batch_size: usize,
+) -> Result<f64> {
+    let set = load_scoring_set(path, task, tokenizer, &EncodeConfig::with_max_len(max_len))?;
+    let pad = PaddingConfig::for_tokenizer(tokenizer);
+    let flat: Vec<&Example> = set.examples.iter().flat_map(|e| e.candidates.iter()).collect();
+    let mut scores = Vec::with_capacity(flat.len());
+    for chunk in flat.chunks(batch_size) {
+        let batch = to_model_batch(&collate(chunk.iter().copied(), &pad)?)?;
+        scores.extend(row_log_likelihoods(model, &batch));
+    }
+    let mut per_example = Vec::with_capacity(set.examples.len());
+    let mut it = scores.into_iter();
+    for e in &set.examples {
+        per_example.push(it.by_ref().take(e.candidates.len()).collect::<Vec<f64>>());
+    }
+    Ok(lomo_data::accuracy(&set.examples, &per_example)?)
+}
+
+/// The summed log-likelihood of each row's supervised tokens (HF's shift: position t's
+/// logits predict label t + 1).
+pub fn row_log_likelihoods<B: Backend>(model: &Llama<B>, batch: &Batch) -> Vec<f64> {
+    let [b, t] = [batch.batch_size(), batch.seq_len()];
+    let logits = model.forward(batch);
+    let logp = log_softmax(logits.cast(DType::F32), 2);
+    // Gather log p(label t+1 | ..t) for every position with a label; 0 elsewhere.
+    let mut index = vec![0i64; b * t];
+    let mut mask = vec![0f32; b * t];
+    for row in 0..b {
+        for pos in 0..t {
+            if let Some(label) = batch.target(row, pos) {
+                index[row * t + pos] = label;
+                mask[row * t + pos] = 1.0;
+            }
+        }
+    }
+    let device = logp.device();
+    let index = Tensor::<B, 3, Int>::from_data(TensorData::new(index, [b, t, 1]), &device);
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, t]), &device);
+    let picked: Tensor<B, 2> = logp.gather(2, index).reshape([b, t]);
+    let sums = (picked * mask).sum_dim(1).reshape([b]);
+    sums.into_data().convert::<f64>().to_vec::<f64>().unwrap_or_default()
+}
+
+/// lomo-data's plain arrays as the model's batch.
+pub fn to_model_batch(batch: &lomo_data::Batch) -> Result<Batch> {
+    Ok(Batch::new(
+        batch.input_ids.clone(),
+        Some(batch.attention_mask.clone()),
+        Some(batch.labels.clone()),
+        batch.shape(),
+    )?)
+}

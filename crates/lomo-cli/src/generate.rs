@@ -1,0 +1,51 @@
+//! `lomo generate`: continue a prompt, greedily or sampled.
+
+use anyhow::{bail, Result};
+use lomo_models::{generate, GenerationConfig, Sampling};
+
+use crate::args::GenerateArgs;
+use crate::backend::with_backend;
+use crate::model::{load_path, require_tokenizer};
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    if args.temperature < 0.0 || !args.temperature.is_finite() {
+        bail!("--temperature: must be >= 0 (0 is greedy), got {}", args.temperature);
+    }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--top-p: must be in (0, 1], got {}", args.top_p);
+    }
+    if args.max_new_tokens == 0 {
+        bail!("--max-new-tokens: must be at least 1");
+    }
+    with_backend!(args.backend, |B, device| {
+        let loaded = load_path::<B>(&args.model, args.dtype.storage(), &device)?;
+        let tokenizer = require_tokenizer(loaded.tokenizer.as_ref(), "lomo generate")?;
+        let prompt = if args.chat {
+            let message = lomo_data::ChatMessage { role: "user".into(), content: args.prompt.clone() };
+            lomo_data::ChatTemplate::ChatMl.render(&[message], true).text
+        } else {
+            args.prompt.clone()
+        };
+        // The tokenizer adds BOS where the model expects it; a ChatML prompt carries its own markers.
+        let ids = tokenizer.encode(&prompt, !args.chat)?;
+        let sampling = if args.temperature == 0.0 {
+            Sampling::Greedy
+        } else {
+            Sampling::TopP { temperature: args.temperature, top_p: args.top_p, seed: args.seed }
+        };
+        let mut stop = Vec::new();
+        if let Some(eos) = tokenizer.eos_id() {
+            stop.push(eos);
+        }
+        if args.chat {
+            if let Some(end) = tokenizer.token_to_id("<|im_end|>") {
+                stop.push(end);
+            }
+        }
+        stop.extend(loaded.model.config().eos_token_ids.iter().copied());
+        let config = GenerationConfig { max_new_tokens: args.max_new_tokens, sampling, stop_tokens: stop };
+        let new_ids = generate(&loaded.model, &ids, &config);
+        println!("{}", tokenizer.decode(&new_ids, true)?);
+        Ok(())
+    })
+}

@@ -1,0 +1,249 @@
+//! `lomo train`: the training loop around [`crate::trainer::Trainer`].
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use lomo_data::{BatchLoader, LoaderConfig, PaddingConfig};
+use lomo_optim::{LrSchedule, ScheduleKind};
+use serde_json::json;
+
+use crate::alloc;
+use crate::args::{OptimizerKind, ScheduleArg, TrainArgs};
+use crate::backend::with_backend;
+use crate::checkpoint::{self, TrainerState};
+use crate::data::{load_training, parse_task};
+use crate::eval::{evaluate, to_model_batch, EvalResult};
+use crate::model::{load, load_path, Loaded};
+use crate::progress::Progress;
+use crate::trainer::{StepSettings, Trainer};
+
+/// Refuses flag values and combinations that cannot work, before anything is loaded.
+fn validate(args: &TrainArgs) -> Result<()> {
+    let positive = |name: &str, v: Option<f64>| -> Result<()> {
+        match v {
+            Some(x) if !(x > 0.0 && x.is_finite()) => bail!("--{name}: must be a finite number > 0, got {x}"),
+            _ => Ok(()),
+        }
+    };
+    positive("lr", Some(args.lr))?;
+    positive("clip-grad-norm", args.clip_grad_norm)?;
+    positive("clip-grad-value", args.clip_grad_value)?;
+    if !(args.weight_decay >= 0.0 && args.weight_decay.is_finite()) {
+        bail!("--weight-decay: must be a finite number >= 0, got {}", args.weight_decay);
+    }
+    if !(0.0..=1.0).contains(&args.warmup_ratio) {
+        bail!("--warmup-ratio: must be in [0, 1], got {}", args.warmup_ratio);
+    }
+    if args.batch_size == 0 {
+        bail!("--batch-size: must be at least 1");
+    }
+    if let Some(m) = args.micro_batch_size {
+        if m == 0 || m > args.batch_size || args.batch_size % m != 0 {
+            bail!("--micro-batch-size: must divide --batch-size {} (got {m})", args.batch_size);
+        }
+    }
+    if args.steps == Some(0) || args.epochs == Some(0) {
+        bail!("--steps / --epochs: must be at least 1");
+    }
+    if args.max_len < 2 {
+        bail!("--max-len: must be at least 2");
+    }
+    if args.loss_chunk_tokens == 0 {
+        bail!("--loss-chunk-tokens: must be at least 1");
+    }
+    if args.eval_every == Some(0) || args.save_every == Some(0) {
+        bail!("--eval-every / --save-every: must be at least 1");
+    }
+    if !(args.loss_scale >= 1.0 && args.loss_scale.is_finite()) {
+        bail!("--loss-scale: must be a finite number >= 1, got {}", args.loss_scale);
+    }
+    if args.dtype == crate::args::DtypeArg::F16 && matches!(args.optimizer, OptimizerKind::Sgd | OptimizerKind::Adamw) {
+        bail!("--dtype f16 with --optimizer {:?}: fp16 training needs loss scaling, which only the fused optimizers (lomo, adalomo) do; use --dtype bf16", args.optimizer);
+    }
+    Ok(())
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    validate(&args)?;
+    with_backend!(args.backend, |B, device| train::<B>(&args, &device))
+}
+
+fn train<B: AutodiffBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
+    let dtype = args.dtype.storage();
+    let resumed = match &args.resume {
+        Some(dir) => Some(checkpoint::load_state(dir)?),
+        None => None,
+    };
+    let loaded: Loaded<B> = match &args.resume {
+        Some(dir) => load_path(dir, dtype, device)?,
+        None => load(&args.source, dtype, device, args.seed)?,
+    };
+    let Loaded { model, tokenizer, tokenizer_file, description } = loaded;
+    let model = model.with_loss_chunking(lomo_models::LossChunking::Tokens(args.loss_chunk_tokens));
+    let task = parse_task(args.task.as_deref())?;
+    let dataset = load_training(&args.data, args.format, task, tokenizer.as_ref(), args.max_len, args.skip_overlong)?;
+    if dataset.skipped_too_long > 0 {
+        eprintln!("skipped {} examples whose answer alone is longer than --max-len {}", dataset.skipped_too_long, args.max_len);
+    }
+    let vocab = model.config().vocab_size as i64;
+    if let Some((i, id)) = dataset
+        .examples
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| e.input_ids.iter().find(|&&t| i64::from(t) >= vocab).map(|&t| (i, t)))
+    {
+        bail!("{}: example {} has token id {id}, outside the model's vocabulary of {vocab}", args.data[0].display(), i + 1);
+    }
+    let num_examples = dataset.len();
+    let mut loader_config = LoaderConfig::new(args.batch_size);
+    loader_config.shuffle = !args.no_shuffle;
+    loader_config.seed = args.seed;
+    loader_config.padding = tokenizer.as_ref().map(PaddingConfig::for_tokenizer).unwrap_or_default();
+    let mut loader = BatchLoader::new(dataset, loader_config)?;
+    let total_steps = match (args.steps, args.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => e * loader.batches_per_epoch() as u64,
+        (None, None) => bail!("give --steps N or --epochs N"),
+    };
+    let mut start_step = 0;
+    let mut tokens_total: u64 = 0;
+    let mut trainer = Trainer::<B>::new(
+        args.optimizer,
+        StepSettings {
+            weight_decay: args.weight_decay,
+            clip_grad_norm: args.clip_grad_norm,
+            clip_grad_value: args.clip_grad_value,
+            loss_scale: (args.dtype == crate::args::DtypeArg::F16).then_some(args.loss_scale),
+        },
+    )?;
+    if let Some(state) = &resumed {
+        let dir = args.resume.as_ref().expect("resumed");
+        if state.optimizer != args.optimizer {
+            bail!("--optimizer {:?}: the checkpoint {} was trained with {:?}", args.optimizer, dir.display(), state.optimizer);
+        }
+        if state.batch_size != args.batch_size || state.seed != args.seed || state.shuffle == args.no_shuffle {
+            bail!("--resume {}: --batch-size, --seed and --no-shuffle must be those of the interrupted run (batch size {}, seed {}, shuffle {})", dir.display(), state.batch_size, state.seed, state.shuffle);
+        }
+        if state.total_steps != total_steps {
+            bail!("--steps / --epochs: the interrupted run was for {} steps (the schedule depends on it), this one for {total_steps}", state.total_steps);
+        }
+        if args.optimizer == OptimizerKind::Adamw {
+            bail!("--resume with --optimizer adamw: AdamW's moments are not saved in checkpoints; resume works with lomo, adalomo and sgd");
+        }
+        loader.seek(&state.data_position).with_context(|| format!("--resume {}: the data differ from the interrupted run's", dir.display()))?;
+        if let Some(rule) = trainer.adalomo_mut() {
+            let record = checkpoint::load_adalomo::<B::InnerBackend>(dir, device)?;
+            rule.load_record(record, &model)?;
+        }
+        if let Some(scaler) = &state.loss_scaler {
+            trainer.set_scaler(scaler.clone());
+        }
+        start_step = state.step;
+        tokens_total = state.tokens;
+        if start_step >= total_steps {
+            bail!("--resume {}: the run already did all {total_steps} steps", dir.display());
+        }
+    }
+    let kind = match args.schedule {
+        ScheduleArg::Constant => ScheduleKind::Constant,
+        ScheduleArg::Linear => ScheduleKind::Linear,
+        ScheduleArg::Cosine => ScheduleKind::Cosine,
+    };
+    let schedule = LrSchedule::new(kind, args.lr, args.warmup_ratio, total_steps)?;
+    let mut log = match &args.log {
+        Some(path) => Some(BufWriter::new(File::create(path).with_context(|| format!("--log {}", path.display()))?)),
+        None => None,
+    };
+    let micro = args.micro_batch_size.unwrap_or(args.batch_size);
+    let params = model.config().num_params();
+    eprintln!(
+        "training {description}: {params} parameters ({:?}), {num_examples} examples, {total_steps} steps of {} (micro-batches of {micro}), {:?}",
+        args.dtype, args.batch_size, args.optimizer
+    );
+    let progress = Progress::new(total_steps);
+    let started = Instant::now();
+    let mut model = model;
+    let mut last_loss = f64::NAN;
+    let mut eval_results: Vec<(u64, EvalResult)> = Vec::new();
+    alloc::reset_peak();
+    for step in start_step..total_steps {
+        let batch = loader.next_batch()?;
+        let micro_batches: Vec<lomo_models::Batch> =
+            batch.micro_batches(micro)?.iter().map(to_model_batch).collect::<Result<_>>()?;
+        let tokens: u64 = micro_batches.iter().map(|b| b.attention_mask().iter().filter(|&&m| m != 0).count() as u64).sum();
+        let lr = schedule.lr(step);
+        let t0 = Instant::now();
+        let (next, report) = trainer.step(model, &micro_batches, lr)?;
+        model = next;
+        let dt = t0.elapsed().as_secs_f64();
+        tokens_total += tokens;
+        if !report.loss.is_finite() && report.loss_scale.is_none() {
+            bail!("step {}: the loss is {} (diverged); lower --lr or clip gradients", step + 1, report.loss);
+        }
+        last_loss = report.loss;
+        progress.update(step + 1, report.loss, lr, tokens as f64 / dt, report.skipped);
+        if let Some(log) = log.as_mut() {
+            let line = json!({
+                "step": step + 1, "loss": report.loss, "lr": lr, "tokens": tokens, "tokens_per_s": tokens as f64 / dt,
+                "seconds": dt, "grad_norm": report.grad_norm, "clip_coef": report.clip_coef, "loss_scale": report.loss_scale,
+                "skipped": report.skipped, "peak_heap_bytes": alloc::peak(), "elapsed_s": progress.elapsed(),
+            });
+            writeln!(log, "{line}")?;
+            log.flush()?;
+        }
+        let done = step + 1;
+        if let (Some(path), Some(every)) = (&args.eval, args.eval_every) {
+            if done % every == 0 || done == total_steps {
+                let r = evaluate(&model.valid(), tokenizer.as_ref(), path, args.format, task, args.max_len, args.batch_size)?;
+                progress.message(&format!("eval at step {done}: {}", serde_json::to_string(&r)?));
+                eval_results.push((done, r));
+            }
+        }
+        let state = || TrainerState {
+            step: done,
+            total_steps,
+            optimizer: args.optimizer,
+            lr: args.lr,
+            batch_size: args.batch_size,
+            seed: args.seed,
+            shuffle: !args.no_shuffle,
+            data_position: loader.position(),
+            loss_scaler: trainer.scaler().cloned(),
+            tokens: tokens_total,
+        };
+        if let (Some(dir), Some(every)) = (&args.save, args.save_every) {
+            if done % every == 0 && done != total_steps {
+                let sub = dir.join(format!("step-{done}"));
+                checkpoint::save(&sub, &model, tokenizer_file.as_deref(), &state(), trainer.adalomo().map(|r| r.to_record(&model)))?;
+                progress.message(&format!("saved {}", sub.display()));
+            }
+        }
+        if done == total_steps {
+            if let Some(dir) = &args.save {
+                checkpoint::save(dir, &model, tokenizer_file.as_deref(), &state(), trainer.adalomo().map(|r| r.to_record(&model)))?;
+                progress.message(&format!("saved {}", dir.display()));
+            }
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let summary = json!({
+        "steps": total_steps - start_step,
+        "tokens": tokens_total,
+        "wall_time_s": wall,
+        "peak_heap_bytes": alloc::peak(),
+        "peak_rss_bytes": alloc::peak_rss(),
+        "final_loss": last_loss,
+        "eval": eval_results.iter().map(|(s, r)| json!({"step": s, "result": r})).collect::<Vec<_>>(),
+    });
+    eprintln!(
+        "done: {} steps, {tokens_total} tokens, {wall:.1} s, peak heap {}, final loss {last_loss:.4}",
+        total_steps - start_step,
+        alloc::human(alloc::peak())
+    );
+    println!("{summary}");
+    Ok(())
+}
