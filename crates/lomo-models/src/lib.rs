@@ -36,6 +36,7 @@ pub mod kv_cache;
 pub mod llama;
 pub mod mlp;
 pub mod norm;
+pub mod plan;
 pub mod presets;
 pub mod rng;
 pub mod rope;

@@ -1,0 +1,573 @@
+//! Will it fit? Predicts the peak memory of one training step of a [`Llama`] from its
+//! configuration alone, broken into weights, gradients, optimizer state and activations.
+//!
+//! The terms follow what this workspace's code does, not a generic transformer estimate
+//! (design/lomo.md, "Memory, and how to measure it"):
+//!
+//! - **Fused** (`lomo_optim::FusedStep`): the weights; the boundary activations of every
+//!   micro-batch (`[b, t, hidden]` per stage, kept from the tape-free forward) and their
+//!   upstream gradients; and, for the one stage running backward, its parameter gradients
+//!   plus the intermediates its autodiff graph saves for one micro-batch (one decoder block,
+//!   or one loss chunk's f32 logits). A tied embedding's gradient lives from the loss stage
+//!   back to stage 0.
+//! - **Full backward** (`lomo_optim::full_backward_step`): the weights, a gradient for every
+//!   parameter, and the whole model's autodiff graph of one micro-batch, which backward frees
+//!   layer by layer while it fills in the gradients; then the optimizer runs with all
+//!   gradients alive.
+//! - Optimizer state: none for LOMO and SGD; AdaLomo keeps `m + n` fp32 values per `[m, n]`
+//!   matrix and one per vector element; burn's AdamW keeps two moments in the gradient's
+//!   dtype, which is the storage dtype (`burn-optim`'s `AdaptiveMomentumW` never casts).
+//!
+//! The activation coefficients (how many `[b, t, hidden]`-, `[b, t, ffn]`- and
+//! `[b, heads, t, t]`-sized tensors a block keeps) are counted from the ops of
+//! `attention.rs`, `mlp.rs` and `norm.rs` as burn's autodiff records them, and checked
+//! against the counting allocator by `cargo xtask profile`.
+//!
+//! [`Llama`]: crate::Llama
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::LlamaConfig;
+use crate::dtype::StorageDtype;
+use crate::llama::LossChunking;
+
+/// Which update the step applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanOptimizer {
+    /// LOMO: SGD, no state.
+    Lomo,
+    /// AdaLomo: factored fp32 second moment.
+    AdaLomo,
+    /// burn's SGD (no momentum): no state.
+    Sgd,
+    /// burn's AdamW: two moments per parameter.
+    AdamW,
+}
+
+impl PlanOptimizer {
+    /// Every optimizer, in the order reports list them.
+    pub const ALL: [PlanOptimizer; 4] = [PlanOptimizer::Lomo, PlanOptimizer::AdaLomo, PlanOptimizer::Sgd, PlanOptimizer::AdamW];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlanOptimizer::Lomo => "lomo",
+            PlanOptimizer::AdaLomo => "adalomo",
+            PlanOptimizer::Sgd => "sgd",
+            PlanOptimizer::AdamW => "adamw",
+        }
+    }
+
+    /// Whether the optimizer keeps state between steps.
+    pub fn has_state(self) -> bool {
+        matches!(self, PlanOptimizer::AdaLomo | PlanOptimizer::AdamW)
+    }
+}
+
+impl FromStr for PlanOptimizer {
+    type Err = PlanError;
+
+    fn from_str(s: &str) -> Result<Self, PlanError> {
+        match s.to_ascii_lowercase().as_str() {
+            "lomo" => Ok(PlanOptimizer::Lomo),
+            "adalomo" => Ok(PlanOptimizer::AdaLomo),
+            "sgd" => Ok(PlanOptimizer::Sgd),
+            "adamw" => Ok(PlanOptimizer::AdamW),
+            other => Err(PlanError::field("optimizer", format!("unknown optimizer `{other}` (lomo, adalomo, sgd, adamw)"))),
+        }
+    }
+}
+
+impl fmt::Display for PlanOptimizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How the backward pass and the update are arranged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepMode {
+    /// Stage-wise backward with each stage's update applied at once (`FusedStep`).
+    Fused,
+    /// One `backward()` over the whole model, then the optimizer (`full_backward_step`).
+    Full,
+}
+
+impl StepMode {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepMode::Fused => "fused",
+            StepMode::Full => "full",
+        }
+    }
+}
+
+impl FromStr for StepMode {
+    type Err = PlanError;
+
+    fn from_str(s: &str) -> Result<Self, PlanError> {
+        match s.to_ascii_lowercase().as_str() {
+            "fused" => Ok(StepMode::Fused),
+            "full" => Ok(StepMode::Full),
+            other => Err(PlanError::field("mode", format!("unknown mode `{other}` (fused, full)"))),
+        }
+    }
+}
+
+impl fmt::Display for StepMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A planning request that names the field it rejects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// A field of [`PlanConfig`] has a value the plan cannot use.
+    #[error("plan: field `{field}`: {message}")]
+    Field {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl PlanError {
+    fn field(field: &'static str, message: impl Into<String>) -> Self {
+        PlanError::Field { field, message: message.into() }
+    }
+}
+
+/// One training step to plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanConfig {
+    /// The model's shape.
+    pub model: LlamaConfig,
+    /// Storage dtype of the weights.
+    pub dtype: StorageDtype,
+    /// The update.
+    pub optimizer: PlanOptimizer,
+    /// Fused stage-wise or full backward.
+    pub mode: StepMode,
+    /// Rows per optimizer step (all micro-batches together).
+    pub batch_size: usize,
+    /// Rows per micro-batch; must divide `batch_size`.
+    pub micro_batch_size: usize,
+    /// Tokens per row (every row padded to this length).
+    pub max_tokens: usize,
+    /// How the loss stage is chunked (the model's setting).
+    pub loss_chunking: LossChunking,
+    /// Whether the backend converts between float dtypes through an f64 copy of the whole
+    /// tensor, as burn 0.21's Flex does (`float_cast` in `burn-flex/src/ops/float.rs`): every
+    /// bf16/f16 ↔ f32 cast of a weight or gradient then briefly costs 8 bytes per element
+    /// more. True for the CPU backend; false for CUDA and LibTorch.
+    pub f64_cast_staging: bool,
+}
+
+/// Predicted peak memory of one step, in bytes. The four parts are what is live at the
+/// predicted peak; `total` is their sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryPlan {
+    /// Parameters.
+    pub weights: u64,
+    /// Parameter gradients live at the peak (one stage's for the fused step).
+    pub gradients: u64,
+    /// Optimizer state.
+    pub optimizer_state: u64,
+    /// Activations, their gradients and the transient buffers of the op running at the peak.
+    pub activations: u64,
+    /// The predicted peak.
+    pub total: u64,
+}
+
+/// Bytes in a GiB, for display.
+const GIB: f64 = (1u64 << 30) as f64;
+
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= GIB {
+        format!("{:.2} GiB", b / GIB)
+    } else {
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    }
+}
+
+impl fmt::Display for MemoryPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rows = [
+            ("weights", self.weights),
+            ("gradients", self.gradients),
+            ("optimizer state", self.optimizer_state),
+            ("activations", self.activations),
+            ("total (peak)", self.total),
+        ];
+        for (i, (name, bytes)) in rows.iter().enumerate() {
+            if i == rows.len() - 1 {
+                writeln!(f, "{:-<16} {:->12}", "", "")?;
+            }
+            writeln!(f, "{name:<16} {:>12}", human(*bytes))?;
+        }
+        Ok(())
+    }
+}
+
+/// The shape of one micro-batch's tensors, in elements.
+struct Shapes {
+    /// `b × t × hidden`: a boundary activation, a norm's output, a projection.
+    hidden: u64,
+    /// `b × t × ffn`: one MLP activation.
+    ffn: u64,
+    /// `b × heads × t × t`: attention scores.
+    scores: u64,
+    /// `b × t × (heads × head_dim)`: queries or attention output.
+    q: u64,
+    /// `b × t × (kv_heads × head_dim)`: keys or values.
+    kv: u64,
+    /// `b × c × vocab`: one loss chunk's logits.
+    logits: u64,
+}
+
+/// Bytes per element of f32, the dtype softmax, norms and logits are computed in.
+const F32: u64 = 4;
+
+impl PlanConfig {
+    fn check(&self) -> Result<(), PlanError> {
+        let positive = |field: &'static str, v: usize| {
+            if v == 0 {
+                Err(PlanError::field(field, "must be at least 1"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("batch_size", self.batch_size)?;
+        positive("micro_batch_size", self.micro_batch_size)?;
+        positive("max_tokens", self.max_tokens)?;
+        let (LossChunking::Tokens(n) | LossChunking::MaxLogits(n)) = self.loss_chunking;
+        positive("loss_chunking", n)?;
+        if !self.batch_size.is_multiple_of(self.micro_batch_size) {
+            return Err(PlanError::field(
+                "micro_batch_size",
+                format!("{} does not divide batch_size {}", self.micro_batch_size, self.batch_size),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Token positions per row in one loss chunk: `Llama::loss_chunk_tokens` for a
+    /// micro-batch of this config, capped at the row length.
+    pub fn loss_chunk_tokens(&self) -> usize {
+        let per_chunk = match self.loss_chunking {
+            LossChunking::Tokens(n) => n,
+            LossChunking::MaxLogits(n) => (n / (self.micro_batch_size * self.model.vocab_size)).max(1),
+        };
+        per_chunk.min(self.max_tokens)
+    }
+
+    fn shapes(&self) -> Shapes {
+        let m = &self.model;
+        let (b, t) = (self.micro_batch_size as u64, self.max_tokens as u64);
+        Shapes {
+            hidden: b * t * m.hidden_size as u64,
+            ffn: b * t * m.intermediate_size as u64,
+            scores: b * m.num_heads as u64 * t * t,
+            q: b * t * (m.num_heads * m.head_dim) as u64,
+            kv: b * t * (m.num_kv_heads * m.head_dim) as u64,
+            logits: b * self.loss_chunk_tokens() as u64 * m.vocab_size as u64,
+        }
+    }
+
+    /// Parameters of one decoder block.
+    fn layer_params(&self) -> u64 {
+        let m = &self.model;
+        let (h, f) = (m.hidden_size as u64, m.intermediate_size as u64);
+        let (q, kv) = ((m.num_heads * m.head_dim) as u64, (m.num_kv_heads * m.head_dim) as u64);
+        let mut n = h * q + 2 * h * kv + q * h + 3 * h * f + 2 * h;
+        if m.qkv_bias {
+            n += q + 2 * kv;
+        }
+        if m.o_bias {
+            n += h;
+        }
+        if m.mlp_bias {
+            n += 2 * f + h;
+        }
+        n
+    }
+
+    /// Elements of the embedding (and of an untied LM head).
+    fn embedding_params(&self) -> u64 {
+        (self.model.vocab_size * self.model.hidden_size) as u64
+    }
+
+    /// Elements of the largest single parameter: what an update works on at once.
+    fn largest_param(&self) -> u64 {
+        self.embedding_params().max(self.largest_layer_param())
+    }
+
+    /// Elements of the largest matrix of a decoder block.
+    fn largest_layer_param(&self) -> u64 {
+        let m = &self.model;
+        let (h, f) = (m.hidden_size as u64, m.intermediate_size as u64);
+        let q = (m.num_heads * m.head_dim) as u64;
+        (h * f).max(h * q)
+    }
+
+    /// Bytes the autodiff graph of one decoder block keeps for one micro-batch, its output
+    /// included: every tensor an op saves for its backward, counted once per buffer.
+    ///
+    /// From the ops (burn's autodiff saves an operand of `mul`/`matmul` only when the other
+    /// one is tracked, so multiplying by the RoPE tables or a mask saves nothing):
+    /// - each RMSNorm keeps its f32 input, the normalised rows and its output (read by
+    ///   the projections): 3 hidden-sized tensors, f32, f32→storage and storage dtype;
+    /// - attention keeps the (reshaped) queries and the keys for the score matmul, the values
+    ///   and the merged heads read by `o_proj`: 2 × q + 2 × kv;
+    /// - the softmax (burn's default: max-shift, exp, divide) keeps the exp and the
+    ///   probabilities, and the probability matmul its operand: 3 score-sized tensors, f32
+    ///   (in bf16/f16 the last is cast back to the storage dtype);
+    /// - SwiGLU keeps gate, sigmoid(gate), silu(gate), up and their product: 5 × ffn;
+    /// - the residual sum (the block's output).
+    ///
+    /// Measured on Flex (f32, hidden 512, 8 heads, b × t = 2 × 128, 2 × 64, 1 × 256, ffn
+    /// 1408 and 2816): 11.4 hidden-sized, 5.0 ffn-sized and 2.9 score-sized tensors.
+    fn layer_saved_bytes(&self, s: &Shapes) -> u64 {
+        let e = self.dtype.size_of() as u64;
+        let norms = 2 * s.hidden * (F32 + e + e);
+        let attention = (2 * s.q + 2 * s.kv) * e + s.scores * (2 * F32 + e);
+        let mlp = 5 * s.ffn * e;
+        norms + attention + mlp + s.hidden * e
+    }
+
+    /// Peak bytes of computing the weight gradient of a Linear of `n` elements on a
+    /// `[b, t, in]` input: burn's `linear_weight_backward` multiplies per row of the batch,
+    /// `[b, in, out]`, then sums over the batch (Flex making a contiguous copy first), so it
+    /// holds `2 b` weight-sized tensors before it returns one. A 2-D input would need one.
+    fn linear_grad_peak_bytes(&self, n: u64) -> u64 {
+        2 * self.micro_batch_size as u64 * n * self.dtype.size_of() as u64
+    }
+
+    /// Bytes of one loss chunk's graph and backward, besides the LM head's gradient: the f32
+    /// logits kept by log-softmax and the two logit-sized gradients its backward makes
+    /// (plus, in bf16/f16, the logits before their cast to f32, and its staging copy).
+    fn loss_chunk_bytes(&self, s: &Shapes) -> u64 {
+        let e = self.dtype.size_of() as u64;
+        let cast = if e == F32 { 0 } else { e + if self.f64_cast_staging { 8 } else { 0 } };
+        s.logits * (3 * F32 + cast)
+    }
+
+    /// Bytes of optimizer state.
+    fn optimizer_state_bytes(&self) -> u64 {
+        match self.optimizer {
+            PlanOptimizer::Lomo | PlanOptimizer::Sgd => 0,
+            PlanOptimizer::AdamW => 2 * self.model.num_bytes(self.dtype),
+            PlanOptimizer::AdaLomo => {
+                // Factored: a `[m, n]` matrix keeps m + n fp32 values; a vector keeps all.
+                self.model.tensor_specs().iter().map(|spec| spec.shape.iter().sum::<usize>() as u64 * F32).sum()
+            }
+        }
+    }
+
+    /// Extra bytes while the update of the largest parameter runs, beyond its weight and
+    /// gradient (counted already): the working copies of the rules and of burn's optimizers.
+    fn update_transient_bytes(&self) -> u64 {
+        self.update_transient_for(self.largest_param())
+    }
+
+    /// [`Self::update_transient_bytes`] for a parameter of `n` elements.
+    fn update_transient_for(&self, n: u64) -> u64 {
+        let e = self.dtype.size_of() as u64;
+        // A cast to f32 of a weight or gradient stored in bf16/f16: the f32 copy, plus the
+        // f64 staging copy on backends that have one.
+        let staging = if self.f64_cast_staging { 8 } else { 0 };
+        let (grad_to_f32, param_to_f32) = if e == F32 { (0, 0) } else { (F32 + staging, F32 + staging) };
+        match self.optimizer {
+            // In f32 the update runs in place. Otherwise the gradient is converted to f32
+            // (its storage copy freed), then the weight: at that moment the f32 gradient, the
+            // weight, its staging copy and its f32 copy are live.
+            PlanOptimizer::Lomo => {
+                if e == F32 {
+                    0
+                } else {
+                    (F32 - e + param_to_f32) * n
+                }
+            }
+            // Its f32 gradient is consumed into the update `r × c × g`; the square taken for
+            // the update's RMS is one more f32 buffer. In bf16/f16, LOMO's copies besides.
+            PlanOptimizer::AdaLomo => (F32 + grad_to_f32.saturating_sub(e) + param_to_f32.saturating_sub(staging)) * n,
+            // burn's SGD computes `tensor - grad × lr` into a new buffer (the adaptor's
+            // tensor is not uniquely owned). burn's AdamW consumes the gradient into the
+            // moments, then holds the update and the decayed weight (a copy, for the same
+            // reason): one buffer beyond weight, gradient and state, in the storage dtype.
+            // Inside the fused step (`BurnOptimizer`) a bf16/f16 gradient also makes a round
+            // trip through f32 in `GradPrep` first.
+            PlanOptimizer::Sgd | PlanOptimizer::AdamW => {
+                let round_trip = if self.mode == StepMode::Fused { grad_to_f32 * n } else { 0 };
+                n * e + round_trip
+            }
+        }
+    }
+
+    /// The predicted peak of one steady-state step (the optimizer's state already exists).
+    pub fn plan(&self) -> Result<MemoryPlan, PlanError> {
+        self.check()?;
+        let s = self.shapes();
+        let m = &self.model;
+        let e = self.dtype.size_of() as u64;
+        let micro_batches = (self.batch_size / self.micro_batch_size) as u64;
+        let weights = m.num_bytes(self.dtype);
+        let optimizer_state = self.optimizer_state_bytes();
+        let layers = m.num_layers as u64;
+        let embed = self.embedding_params();
+        let tied = m.tie_word_embeddings;
+        let update = self.update_transient_bytes();
+        let loss_chunks = self.max_tokens.div_ceil(self.loss_chunk_tokens()) as u64;
+        let layer_saved = self.layer_saved_bytes(&s);
+        let chunk_act = self.loss_chunk_bytes(&s);
+        // The LM head's gradient while the loss stage runs backward: with several chunks the
+        // sum of the earlier chunks' is kept while the next one is computed. An untied head
+        // is a Linear on `[b, t, hidden]`; the tied one multiplies 2-D `[b t, hidden]` rows.
+        let head_grad_peak = if tied { 2 * embed * e } else { self.linear_grad_peak_bytes(embed) };
+        let head_grad_sum = if loss_chunks > 1 || micro_batches > 1 { embed * e } else { 0 };
+
+        let (gradients, activations) = match self.mode {
+            StepMode::Fused => {
+                // Gradients summed over micro-batches, chunks or the two stages of a tied
+                // embedding are kept in f32 so that they do not round.
+                let sum_e = if e == F32 { e } else { F32 };
+                let grad_e = if micro_batches > 1 { sum_e } else { e };
+                let boundaries = micro_batches * (layers + 1) * s.hidden * e;
+                // Each micro-batch's upstream gradient, plus the one being produced.
+                let upstream = (micro_batches + 1) * s.hidden * e;
+                let tied_pending = if tied { embed * sum_e } else { 0 };
+                // (gradients, activations beyond boundaries and upstream) at the peak of each
+                // kind of stage: during its backward, or during its update.
+                let loss_stage = {
+                    let kept = if head_grad_sum > 0 { embed * sum_e } else { 0 };
+                    let backward = (kept + embed * e, head_grad_peak - embed * e + chunk_act);
+                    let after = (if loss_chunks > 1 || micro_batches > 1 { embed * sum_e } else { embed * e }, update);
+                    max_pair(backward, after)
+                };
+                let layer_grads = self.layer_params() * grad_e;
+                let layer_stage = {
+                    let backward = (layer_grads, layer_saved + 2 * s.hidden * e);
+                    let layer_update = update.min(self.update_transient_for(self.largest_layer_param()));
+                    max_pair(backward, (layer_grads, layer_update))
+                };
+                let layer_stage = (layer_stage.0 + tied_pending, layer_stage.1);
+                // Stage 0: the embedding's gradient is a dense `[vocab, hidden]` (zeros, then
+                // the rows of the batch added); a tied one is summed with the kept one.
+                let embed_stage = if tied { (tied_pending + embed * e, update) } else { (embed * grad_e, update) };
+                let (g, a) = max_pair(max_pair(loss_stage, layer_stage), embed_stage);
+                (g, boundaries + upstream + a)
+            }
+            StepMode::Full => {
+                let all_grads = m.num_params() * e;
+                // The whole graph of one micro-batch: every block's, every loss chunk's
+                // logits, and the embedding's output.
+                let graph = layers * layer_saved + loss_chunks * s.logits * F32 + s.hidden * e;
+                // Backward starts at the loss: the whole graph is alive while the LM head's
+                // gradient is made (the blocks then free about as much graph as they add
+                // gradient, so this is the backward's peak). With several micro-batches, the
+                // accumulated gradients of the earlier ones are alive too.
+                let earlier = if micro_batches > 1 { all_grads } else { 0 };
+                let backward = (earlier + head_grad_sum + embed * e, graph + head_grad_peak - embed * e + chunk_act);
+                // Backward ends at the embedding, whose gradient burn builds as zeros plus the
+                // batch's rows added (`select_add`, a second buffer), with every other
+                // gradient alive.
+                let backward_end = (all_grads, embed * e);
+                // Then the optimizer, with every gradient alive.
+                let step = (all_grads, update);
+                max_pair(max_pair(backward, backward_end), step)
+            }
+        };
+        let total = weights + gradients + optimizer_state + activations;
+        Ok(MemoryPlan { weights, gradients, optimizer_state, activations, total })
+    }
+}
+
+/// The (gradients, activations) pair with the larger sum.
+fn max_pair(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+    if b.0 + b.1 > a.0 + a.1 {
+        b
+    } else {
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::presets::preset;
+
+    fn config(optimizer: PlanOptimizer, mode: StepMode) -> PlanConfig {
+        PlanConfig {
+            model: preset("LLaMA-7B").unwrap(),
+            dtype: StorageDtype::F16,
+            optimizer,
+            mode,
+            batch_size: 1,
+            micro_batch_size: 1,
+            max_tokens: 512,
+            loss_chunking: LossChunking::default(),
+            f64_cast_staging: false,
+        }
+    }
+
+    #[test]
+    fn fused_lomo_is_about_one_copy_of_the_weights_and_adamw_about_four() {
+        let lomo = config(PlanOptimizer::Lomo, StepMode::Fused).plan().unwrap();
+        let adamw = config(PlanOptimizer::AdamW, StepMode::Full).plan().unwrap();
+        // Paper Table 1 (LLaMA-7B, fp16): weights 12.55 GB (GiB, in fact: 6.74e9 × 2 bytes).
+        assert!((lomo.weights as f64 / GIB - 12.55).abs() < 0.01, "{}", lomo.weights);
+        let ratio = lomo.total as f64 / lomo.weights as f64;
+        assert!((1.0..1.15).contains(&ratio), "fused LOMO {ratio:.3} × weights");
+        let ratio = adamw.total as f64 / adamw.weights as f64;
+        assert!(ratio >= 4.0, "full AdamW {ratio:.3} × weights");
+        assert_eq!(lomo.total, lomo.weights + lomo.gradients + lomo.optimizer_state + lomo.activations);
+    }
+
+    #[test]
+    fn adalomo_state_is_rows_plus_columns_in_fp32() {
+        let mut c = config(PlanOptimizer::AdaLomo, StepMode::Fused);
+        c.model = preset("stories260K").unwrap();
+        let m = &c.model;
+        let (h, f, v, l) = (m.hidden_size as u64, m.intermediate_size as u64, m.vocab_size as u64, m.num_layers as u64);
+        let (q, kv) = ((m.num_heads * m.head_dim) as u64, (m.num_kv_heads * m.head_dim) as u64);
+        // Per block: q, k, v, o, gate, up, down as [out, in] plus two norm vectors.
+        let per_layer = (q + h) + 2 * (kv + h) + (h + q) + 3 * (f + h) + 2 * h;
+        let expected = 4 * ((v + h) + l * per_layer + h);
+        assert_eq!(c.plan().unwrap().optimizer_state, expected);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut c = config(PlanOptimizer::Lomo, StepMode::Fused);
+        c.batch_size = 3;
+        c.micro_batch_size = 2;
+        let err = c.plan().unwrap_err().to_string();
+        assert!(err.contains("`micro_batch_size`"), "{err}");
+        c.micro_batch_size = 0;
+        assert!(c.plan().unwrap_err().to_string().contains("`micro_batch_size`"));
+        assert!("adam".parse::<PlanOptimizer>().unwrap_err().to_string().contains("`optimizer`"));
+        assert_eq!("AdaLomo".parse::<PlanOptimizer>().unwrap(), PlanOptimizer::AdaLomo);
+        assert_eq!("full".parse::<StepMode>().unwrap(), StepMode::Full);
+    }
+
+    #[test]
+    fn display_is_a_table_and_json_has_the_parts() {
+        let plan = config(PlanOptimizer::Lomo, StepMode::Fused).plan().unwrap();
+        let text = plan.to_string();
+        assert!(text.contains("weights") && text.contains("12.55 GiB") && text.contains("total"), "{text}");
+        let json = serde_json::to_value(plan).unwrap();
+        for key in ["weights", "gradients", "optimizer_state", "activations", "total"] {
+            assert!(json.get(key).is_some(), "{key}");
+        }
+    }
+}
