@@ -250,6 +250,9 @@ pub struct PlanArgs {
     pub dtype: DtypeArg,
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub loss_chunk_tokens: usize,
+    /// The backend the step would run on (the CPU backend casts through an f64 copy).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: BackendKind,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -52,7 +52,19 @@ pub fn evaluate<B: Backend>(
     max_len: usize,
     batch_size: usize,
 ) -> Result<EvalResult> {
-    let dataset = load_training(&[path.to_path_buf()], format, task, tokenizer, max_len, false)?;
+    if let Some(task) = task {
+        // One pass: every candidate is scored; the gold candidates' scores give the loss on the
+        // answers, the argmax over candidates the accuracy.
+        let tokenizer = require_tokenizer(tokenizer, "a SuperGLUE task")?;
+        let scored = score_task(model, tokenizer, path, task, max_len, batch_size)?;
+        return Ok(EvalResult {
+            loss: scored.gold_loss,
+            perplexity: scored.gold_loss.exp(),
+            accuracy: Some(scored.accuracy),
+            examples: scored.examples,
+        });
+    }
+    let dataset = load_training(&[path.to_path_buf()], format, None, tokenizer, max_len, false)?;
     let pad = tokenizer.map(PaddingConfig::for_tokenizer).unwrap_or_default();
     let (mut loss_sum, mut targets) = (0.0, 0usize);
     for chunk in dataset.examples.chunks(batch_size) {
@@ -65,26 +77,27 @@ pub fn evaluate<B: Backend>(
         bail!("{}: no supervised tokens to take a loss on", path.display());
     }
     let loss = loss_sum / targets as f64;
-    let accuracy = match task {
-        Some(task) => {
-            let tokenizer = require_tokenizer(tokenizer, "a SuperGLUE task")?;
-            Some(task_accuracy(model, tokenizer, path, task, max_len, batch_size)?)
-        }
-        None => None,
-    };
-    Ok(EvalResult { loss, perplexity: loss.exp(), accuracy, examples: dataset.examples.len() })
+    Ok(EvalResult { loss, perplexity: loss.exp(), accuracy: None, examples: dataset.examples.len() })
 }
 
-/// Accuracy of `model` on a SuperGLUE file: each candidate scored by the summed
-/// log-likelihood of its tokens given the prompt, the best one predicted.
-pub fn task_accuracy<B: Backend>(
+/// A SuperGLUE file scored.
+pub struct TaskScores {
+    pub accuracy: f64,
+    /// Mean negative log-likelihood per token of the gold answers.
+    pub gold_loss: f64,
+    pub examples: usize,
+}
+
+/// Scores `model` on a SuperGLUE file: each candidate by the summed log-likelihood of its
+/// tokens given the prompt, the best one predicted.
+pub fn score_task<B: Backend>(
     model: &Llama<B>,
     tokenizer: &TextTokenizer,
     path: &Path,
     task: SuperGlueTask,
     max_len: usize,
     batch_size: usize,
-) -> Result<f64> {
+) -> Result<TaskScores> {
     let set = load_scoring_set(path, task, tokenizer, &EncodeConfig::with_max_len(max_len))?;
     let pad = PaddingConfig::for_tokenizer(tokenizer);
     let flat: Vec<&Example> = set.examples.iter().flat_map(|e| e.candidates.iter()).collect();
@@ -98,7 +111,13 @@ pub fn task_accuracy<B: Backend>(
     for e in &set.examples {
         per_example.push(it.by_ref().take(e.candidates.len()).collect::<Vec<f64>>());
     }
-    Ok(lomo_data::accuracy(&set.examples, &per_example)?)
+    let accuracy = lomo_data::accuracy(&set.examples, &per_example)?;
+    let (mut nll, mut tokens) = (0.0, 0usize);
+    for (e, scores) in set.examples.iter().zip(&per_example) {
+        nll -= scores[e.gold];
+        tokens += e.candidates[e.gold].num_targets();
+    }
+    Ok(TaskScores { accuracy, gold_loss: nll / tokens.max(1) as f64, examples: set.examples.len() })
 }
 
 /// The summed log-likelihood of each row's supervised tokens (HF's shift: position t's
