@@ -20,6 +20,7 @@ pub mod baseline;
 pub mod error;
 pub mod fused;
 pub mod lomo;
+pub mod memory;
 pub mod rule;
 pub mod scaler;
 pub mod schedule;

@@ -7,57 +7,15 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use burn::optim::{AdamWConfig, SgdConfig};
+use lomo_optim::memory::{peak, reset_peak, CountingAllocator};
 use lomo_optim::{full_backward_step, FusedConfig, FusedStep, Lomo, RuleUpdater};
 
 use common::backend::{device, TestBackend as TB, HEAP_VISIBLE};
 use common::model::{batch, TiedMlp};
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            if new_size >= layout.size() {
-                let live = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
-                PEAK.fetch_max(live, Ordering::Relaxed);
-            } else {
-                LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
-            }
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 const VOCAB: usize = 2048;
 const HIDDEN: usize = 2048;
@@ -68,9 +26,9 @@ const BLOCKS: usize = 24;
 ///
 /// Peak live heap during `run`, relative to the bytes of the model's parameters.
 fn peak_ratio(param_bytes: usize, run: impl FnOnce()) -> f64 {
-    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+    reset_peak();
     run();
-    PEAK.load(Ordering::Relaxed) as f64 / param_bytes as f64
+    peak() as f64 / param_bytes as f64
 }
 
 #[test]
