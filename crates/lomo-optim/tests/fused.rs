@@ -62,7 +62,8 @@ fn four_micro_batches_equal_one_batch_of_four() {
     let (a, ra) = lomo(FusedConfig::default()).step(model(), std::slice::from_ref(&full_uneven), 0.1).unwrap();
     let (b, rb) = lomo(FusedConfig::default()).step(model(), &uneven, 0.1).unwrap();
     assert_eq!(ra.targets, rb.targets);
-    assert!((ra.loss - rb.loss).abs() < 1e-6, "loss {} vs {}", ra.loss, rb.loss);
+    // Sums in f32 over different groupings: equal to f32 rounding of the loss's magnitude.
+    assert!((ra.loss - rb.loss).abs() < 1e-6 * ra.loss.abs().max(1.0), "loss {} vs {}", ra.loss, rb.loss);
     let diff = max_abs_diff(&snapshot(&a), &snapshot(&b));
     assert!(diff <= 1e-6, "4 micro-batches vs one batch: {diff}");
 }
