@@ -474,8 +474,8 @@ impl PlanConfig {
                 // the f32 sum, the new gradient, its staging copy and its f32 copy are live.
                 let embed_backward = embed * e;
                 let embed_stage = if tied {
-                    let sum = if e == F32 { 0 } else { embed * (F32 + staging_bytes(self) + F32) };
-                    max_pair((tied_pending + embed * e, embed_backward), (embed * e, sum.saturating_sub(embed * e)))
+                    let sum = if e == F32 { (0, 0) } else { (embed * (F32 + e), embed * (staging_bytes(self) + F32)) };
+                    max_pair((tied_pending + embed * e, embed_backward), sum)
                 } else {
                     (embed * grad_e, embed_backward)
                 };
