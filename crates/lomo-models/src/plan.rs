@@ -398,9 +398,16 @@ impl PlanConfig {
                     (F32 - e + param_to_f32) * n
                 }
             }
-            // Its f32 gradient is consumed into the update `r × c × g`; the square taken for
-            // the update's RMS is one more f32 buffer. In bf16/f16, LOMO's copies besides.
-            PlanOptimizer::AdaLomo => (F32 + grad_to_f32.saturating_sub(e) + param_to_f32.saturating_sub(staging)) * n,
+            // In f32 its gradient is consumed into the update `r × c × g`, and the square
+            // taken for the update's RMS is one more buffer. In bf16/f16 the peak is LOMO's,
+            // when the weight is cast to f32 next to the f32 update.
+            PlanOptimizer::AdaLomo => {
+                if e == F32 {
+                    F32 * n
+                } else {
+                    (F32 - e + param_to_f32) * n
+                }
+            }
             // burn's SGD computes `tensor - grad × lr` into a new buffer (the adaptor's
             // tensor is not uniquely owned). burn's AdamW consumes the gradient into the
             // moments, then holds the update and the decayed weight (a copy, for the same
@@ -461,9 +468,18 @@ impl PlanConfig {
                     max_pair(backward, (layer_grads, layer_update))
                 };
                 let layer_stage = (layer_stage.0 + tied_pending, layer_stage.1);
-                // Stage 0: the embedding's gradient is a dense `[vocab, hidden]` (zeros, then
-                // the rows of the batch added); a tied one is summed with the kept one.
-                let embed_stage = if tied { (tied_pending + embed * e, update) } else { (embed * grad_e, update) };
+                // Stage 0: the embedding's gradient is a dense `[vocab, hidden]`, built as zeros
+                // and then the batch's rows added into a second buffer (`select_add`). A tied
+                // one is then summed with the kept one in f32: in bf16/f16 both are cast, so
+                // the f32 sum, the new gradient, its staging copy and its f32 copy are live.
+                let embed_backward = embed * e;
+                let embed_stage = if tied {
+                    let sum = if e == F32 { (0, 0) } else { (embed * (F32 + e), embed * (staging_bytes(self) + F32)) };
+                    max_pair((tied_pending + embed * e, embed_backward), sum)
+                } else {
+                    (embed * grad_e, embed_backward)
+                };
+                let embed_stage = max_pair(embed_stage, (embed * grad_e.max(if tied { sum_e } else { 0 }), update));
                 let (g, a) = max_pair(max_pair(loss_stage, layer_stage), embed_stage);
                 (g, boundaries + upstream + a)
             }
@@ -481,7 +497,8 @@ impl PlanConfig {
                 // Backward ends at the embedding, whose gradient burn builds as zeros plus the
                 // batch's rows added (`select_add`, a second buffer), with every other
                 // gradient alive.
-                let backward_end = (all_grads, embed * e);
+                // A tied embedding's two contributions are summed there, one more buffer.
+                let backward_end = (all_grads, embed * e * if tied { 2 } else { 1 });
                 // Then the optimizer, with every gradient alive.
                 let step = (all_grads, update);
                 max_pair(max_pair(backward, backward_end), step)
@@ -489,6 +506,15 @@ impl PlanConfig {
         };
         let total = weights + gradients + optimizer_state + activations;
         Ok(MemoryPlan { weights, gradients, optimizer_state, activations, total })
+    }
+}
+
+/// Bytes per element of the f64 staging copy of a cast, on backends that make one.
+fn staging_bytes(config: &PlanConfig) -> u64 {
+    if config.f64_cast_staging {
+        8
+    } else {
+        0
     }
 }
 
