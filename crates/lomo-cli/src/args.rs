@@ -15,6 +15,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once; boxing buys nothing
 pub enum Command {
     /// Fine-tune a model (fused LOMO / AdaLomo, or full-backward SGD / AdamW).
     #[command(allow_negative_numbers = true)]

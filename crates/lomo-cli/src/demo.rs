@@ -71,7 +71,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     if args.steps == 0 || args.batch_size == 0 || args.layers == 0 {
         anyhow::bail!("--steps, --batch-size and --layers: must be at least 1");
     }
-    if args.hidden < 64 || args.hidden % 64 != 0 {
+    if args.hidden < 64 || !args.hidden.is_multiple_of(64) {
         anyhow::bail!("--hidden: must be a multiple of 64 (heads of 32, 2 query heads per KV head), got {}", args.hidden);
     }
     if !(args.lr > 0.0 && args.lr.is_finite()) {

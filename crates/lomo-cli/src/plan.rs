@@ -12,7 +12,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
         bail!("--batch-size, --max-len and --loss-chunk-tokens: must be at least 1");
     }
     let micro = args.micro_batch_size.unwrap_or(args.batch_size);
-    if micro == 0 || args.batch_size % micro != 0 {
+    if micro == 0 || !args.batch_size.is_multiple_of(micro) {
         bail!("--micro-batch-size: must divide --batch-size {} (got {micro})", args.batch_size);
     }
     let (model, what) = config_of(&args)?;

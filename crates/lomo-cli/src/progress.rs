@@ -38,7 +38,7 @@ impl Progress {
                 let _ = writeln!(err);
             }
             let _ = err.flush();
-        } else if step == 1 || step == self.total || step % self.every == 0 || skipped {
+        } else if step == 1 || step == self.total || step.is_multiple_of(self.every) || skipped {
             let _ = writeln!(err, "step {step}/{}  {stats}", self.total);
         }
     }

@@ -42,7 +42,7 @@ fn validate(args: &TrainArgs) -> Result<()> {
         bail!("--batch-size: must be at least 1");
     }
     if let Some(m) = args.micro_batch_size {
-        if m == 0 || m > args.batch_size || args.batch_size % m != 0 {
+        if m == 0 || m > args.batch_size || !args.batch_size.is_multiple_of(m) {
             bail!("--micro-batch-size: must divide --batch-size {} (got {m})", args.batch_size);
         }
     }
