@@ -4,7 +4,6 @@
 //! (model shape × optimizer × mode × dtype × batch) next to the planner's prediction; see
 //! `profile/mod.rs`.
 
-mod alloc;
 mod backend;
 mod profile;
 
@@ -14,7 +13,7 @@ use backend::BackendKind;
 
 // The profile's peak-heap numbers come from this allocator.
 #[global_allocator]
-static ALLOCATOR: alloc::Counting = alloc::Counting;
+static ALLOCATOR: lomo_optim::memory::CountingAllocator = lomo_optim::memory::CountingAllocator;
 
 const USAGE: &str = "usage: cargo xtask profile [--suite quick|paper|scale] [--backend cpu|cuda|tch] [--replan]
   --replan  recompute the planner's predictions for the measurements in target/profile/<suite>.json";

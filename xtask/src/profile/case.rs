@@ -16,7 +16,7 @@ use lomo_optim::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::alloc;
+use lomo_optim::memory as alloc;
 use crate::backend::{BackendKind, CaseRunner, DeviceMemory};
 
 /// The learning rate of the profiled steps: small, so that nothing diverges; memory and
