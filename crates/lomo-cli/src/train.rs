@@ -96,7 +96,8 @@ fn train<B: AutodiffBackend>(args: &TrainArgs, device: &B::Device) -> Result<()>
         .enumerate()
         .find_map(|(i, e)| e.input_ids.iter().find(|&&t| i64::from(t) >= vocab).map(|&t| (i, t)))
     {
-        bail!("{}: example {} has token id {id}, outside the model's vocabulary of {vocab}", args.data[0].display(), i + 1);
+        // Examples of several --data files are concatenated, so name the position in that order.
+        bail!("--data: example {} (counting across the --data files in order) has token id {id}, outside the model's vocabulary of {vocab}", i + 1);
     }
     let num_examples = dataset.len();
     let mut loader_config = LoaderConfig::new(args.batch_size);

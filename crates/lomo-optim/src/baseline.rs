@@ -40,13 +40,7 @@ where
     B: AutodiffBackend,
     M: StagedModel<B, D>,
 {
-    if micro_batches.is_empty() {
-        return Err(OptimError::NoMicroBatches);
-    }
-    let targets: usize = micro_batches.iter().map(M::num_targets).sum();
-    if targets == 0 {
-        return Err(OptimError::NoTargets);
-    }
+    let targets = crate::fused::total_targets::<B, M, D>(micro_batches)?;
     let mut accumulator = GradientsAccumulator::<M>::new();
     let mut loss_value = 0.0;
     let mut single = None;

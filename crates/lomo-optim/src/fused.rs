@@ -186,16 +186,10 @@ impl StagePlan {
         model: &M,
         micro_batches: &[M::Batch],
     ) -> Result<Self, OptimError> {
-        if micro_batches.is_empty() {
-            return Err(OptimError::NoMicroBatches);
-        }
+        let targets = total_targets::<B, M, D>(micro_batches)?;
         let num_stages = model.num_stages();
         if num_stages < 2 {
             return Err(OptimError::TooFewStages(num_stages));
-        }
-        let targets: usize = micro_batches.iter().map(M::num_targets).sum();
-        if targets == 0 {
-            return Err(OptimError::NoTargets);
         }
         let mut stage_params = Vec::with_capacity(num_stages);
         let mut final_stage = HashMap::new();
@@ -207,6 +201,20 @@ impl StagePlan {
             stage_params.push(ids);
         }
         Ok(Self { num_stages, targets, stage_params, final_stage })
+    }
+}
+
+/// The supervised targets of a step's micro-batches: the denominator of its mean loss. No
+/// micro-batch, or no target in them, is an error.
+pub(crate) fn total_targets<B: AutodiffBackend, M: StagedModel<B, D>, const D: usize>(
+    micro_batches: &[M::Batch],
+) -> Result<usize, OptimError> {
+    if micro_batches.is_empty() {
+        return Err(OptimError::NoMicroBatches);
+    }
+    match micro_batches.iter().map(M::num_targets).sum() {
+        0 => Err(OptimError::NoTargets),
+        n => Ok(n),
     }
 }
 
