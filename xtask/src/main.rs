@@ -15,7 +15,9 @@ use backend::BackendKind;
 #[global_allocator]
 static ALLOCATOR: lomo_optim::memory::CountingAllocator = lomo_optim::memory::CountingAllocator;
 
-const USAGE: &str = "usage: cargo xtask profile [--suite quick|paper|scale] [--backend cpu|cuda|tch] [--replan]
+const USAGE: &str = "usage: cargo xtask profile [--suite quick|paper|scale] [--backend cpu|cuda|tch] [--case LABEL]... [--replan]
+  --case    run only this case (`fused lomo`, `full sgd`, ...; repeatable); the others keep their
+            results from target/profile/<suite>.json when it has them
   --replan  recompute the planner's predictions for the measurements in target/profile/<suite>.json";
 
 /// A command line that is not understood: exit status 2 with the message and the usage.
@@ -28,10 +30,12 @@ struct ProfileArgs {
     case: Option<String>,
     /// Recompute the predictions for stored measurements instead of running.
     replan: bool,
+    /// `--case`: the labels of the cases to run (all when empty).
+    only: Vec<String>,
 }
 
 fn parse_profile_args(args: &[String], hidden_case: bool) -> Result<ProfileArgs, UsageError> {
-    let mut parsed = ProfileArgs { suite: "quick".into(), backend: BackendKind::Cpu, case: None, replan: false };
+    let mut parsed = ProfileArgs { suite: "quick".into(), backend: BackendKind::Cpu, case: None, replan: false, only: Vec::new() };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |flag: &str| it.next().cloned().ok_or_else(|| UsageError(format!("{flag}: missing value")));
@@ -47,6 +51,7 @@ fn parse_profile_args(args: &[String], hidden_case: bool) -> Result<ProfileArgs,
                 parsed.suite = suite;
             }
             "--replan" if !hidden_case => parsed.replan = true,
+            "--case" if !hidden_case => parsed.only.push(value("--case")?),
             "--backend" => {
                 let backend: BackendKind = value("--backend")?.parse().map_err(UsageError)?;
                 backend.check_built().map_err(|e| UsageError(e.to_string()))?;
@@ -54,6 +59,23 @@ fn parse_profile_args(args: &[String], hidden_case: bool) -> Result<ProfileArgs,
             }
             other if hidden_case && parsed.case.is_none() && !other.starts_with("--") => parsed.case = Some(other.into()),
             other => return Err(UsageError(format!("unexpected argument `{other}`"))),
+        }
+    }
+    if !parsed.only.is_empty() && parsed.replan {
+        return Err(UsageError("--case and --replan: --replan runs nothing, so it takes no --case".into()));
+    }
+    if !parsed.only.is_empty() {
+        let labels = profile::suites::cases(&parsed.suite)
+            .map_err(|e| UsageError(e.to_string()))?
+            .iter()
+            .map(|c| c.label())
+            .collect::<Vec<_>>();
+        if let Some(unknown) = parsed.only.iter().find(|l| !labels.contains(l)) {
+            return Err(UsageError(format!(
+                "--case: suite `{}` has no case `{unknown}` ({})",
+                parsed.suite,
+                labels.join(", ")
+            )));
         }
     }
     if hidden_case && parsed.case.is_none() {
@@ -66,7 +88,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("profile") => match parse_profile_args(&args[1..], false) {
-            Ok(a) => profile::profile(&a.suite, a.backend, a.replan).map(|_| ()),
+            Ok(a) => profile::profile(&a.suite, a.backend, a.replan, &a.only).map(|_| ()),
             Err(e) => return usage(&e.0),
         },
         // Hidden: one case in this process, for `profile`'s child processes.

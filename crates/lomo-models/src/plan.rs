@@ -25,6 +25,7 @@
 //!
 //! [`Llama`]: crate::Llama
 
+use lomo_optim::blocks::BLOCK_ELEMS;
 use std::fmt;
 use std::str::FromStr;
 
@@ -383,29 +384,31 @@ impl PlanConfig {
     /// [`Self::update_transient_bytes`] for a parameter of `n` elements.
     fn update_transient_for(&self, n: u64) -> u64 {
         let e = self.dtype.size_of() as u64;
-        // A cast to f32 of a weight or gradient stored in bf16/f16: the f32 copy, plus the
-        // f64 staging copy on backends that have one.
-        let staging = if self.f64_cast_staging { 8 } else { 0 };
-        let (grad_to_f32, param_to_f32) = if e == F32 { (0, 0) } else { (F32 + staging, F32 + staging) };
+        // Casts between float dtypes of tensors larger than a block run block by block
+        // (`lomo_optim::blocks`), so their f64 staging copy (on backends that make one) is
+        // one block's.
+        let block = n.min(BLOCK_ELEMS as u64);
+        let staging = if self.f64_cast_staging { 8 * block } else { 0 };
         match self.optimizer {
-            // In f32 the update runs in place. Otherwise the gradient is converted to f32
-            // (its storage copy freed), then the weight: at that moment the f32 gradient, the
-            // weight, its staging copy and its f32 copy are live.
+            // In f32 the update runs in place. Otherwise it runs in row blocks: per block, a
+            // contiguous copy of the weight's rows, its f32 copy (through the staging copy)
+            // and the f32 gradient rows.
             PlanOptimizer::Lomo => {
                 if e == F32 {
                     0
                 } else {
-                    (F32 - e + param_to_f32) * n
+                    (2 * F32 + e) * block + staging
                 }
             }
             // In f32 its gradient is consumed into the update `r × c × g`, and the square
-            // taken for the update's RMS is one more buffer. In bf16/f16 the peak is LOMO's,
-            // when the weight is cast to f32 next to the f32 update.
+            // taken for the update's RMS is one more buffer. In bf16/f16 the gradient is
+            // converted to f32 whole (the factored moments need all of it; its storage copy
+            // is freed), then the weight next to the f32 update.
             PlanOptimizer::AdaLomo => {
                 if e == F32 {
                     F32 * n
                 } else {
-                    (F32 - e + param_to_f32) * n
+                    (2 * F32 - e) * n + staging
                 }
             }
             // burn's SGD computes `tensor - grad × lr` into a new buffer (the adaptor's
@@ -415,7 +418,8 @@ impl PlanConfig {
             // Inside the fused step (`BurnOptimizer`) a bf16/f16 gradient also makes a round
             // trip through f32 in `GradPrep` first.
             PlanOptimizer::Sgd | PlanOptimizer::AdamW => {
-                let round_trip = if self.mode == StepMode::Fused { grad_to_f32 * n } else { 0 };
+                let grad_to_f32 = if e == F32 { 0 } else { F32 * n + staging };
+                let round_trip = if self.mode == StepMode::Fused { grad_to_f32 } else { 0 };
                 n * e + round_trip
             }
         }
@@ -470,11 +474,13 @@ impl PlanConfig {
                 let layer_stage = (layer_stage.0 + tied_pending, layer_stage.1);
                 // Stage 0: the embedding's gradient is a dense `[vocab, hidden]`, built as zeros
                 // and then the batch's rows added into a second buffer (`select_add`). A tied
-                // one is then summed with the kept one in f32: in bf16/f16 both are cast, so
-                // the f32 sum, the new gradient, its staging copy and its f32 copy are live.
+                // one is then summed with the kept one in f32: in bf16/f16 the kept one is
+                // cast to f32 (both copies live next to the new gradient), then the new one is
+                // added into it block by block.
                 let embed_backward = embed * e;
                 let embed_stage = if tied {
-                    let sum = if e == F32 { (0, 0) } else { (embed * (F32 + e), embed * (staging_bytes(self) + F32)) };
+                    let block = embed.min(BLOCK_ELEMS as u64);
+                    let sum = if e == F32 { (0, 0) } else { (embed * (F32 + e), embed * e + block * (staging_bytes(self) + F32)) };
                     max_pair((tied_pending + embed * e, embed_backward), sum)
                 } else {
                     (embed * grad_e, embed_backward)

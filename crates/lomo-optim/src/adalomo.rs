@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use burn::module::{Module, ParamId};
 use burn::record::Record;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, ElementConversion, Tensor};
+use burn::tensor::{DType, Tensor};
 
 use crate::error::OptimError;
 use crate::rule::{param_paths, UpdateRule};
@@ -168,14 +168,10 @@ impl<B: Backend> AdaLomo<B> {
     }
 }
 
-fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
-    t.into_scalar().elem::<f64>()
-}
-
-/// `||t|| / sqrt(numel)`.
+/// `||t|| / sqrt(numel)`, in f32, one block at a time (no square of the whole tensor).
 fn rms<B: Backend, const D: usize>(t: &Tensor<B, D>) -> f64 {
     let n = t.shape().num_elements() as f64;
-    (scalar(t.clone().square().sum()) / n).sqrt()
+    (crate::blocks::sum_sq_scaled(t, 1.0) / n).sqrt()
 }
 
 impl<B: Backend> UpdateRule<B> for AdaLomo<B> {
@@ -224,13 +220,17 @@ impl<B: Backend> UpdateRule<B> for AdaLomo<B> {
         let u_rms = rms(&update);
         let denom = (u_rms / c.clip_threshold).max(1.0);
         let update = if denom != 1.0 { update.div_scalar(denom) } else { update };
-        let dtype = param.dtype();
-        let mut p = param.cast(DType::F32);
-        let lr_t = lr * c.eps_scale.max(rms(&p));
-        if c.weight_decay > 0.0 {
-            p = p.mul_scalar(1.0 - lr_t * c.weight_decay);
-        }
-        let p = p - update.mul_scalar(lr_t);
-        p.cast(dtype)
+        let lr_t = lr * c.eps_scale.max(rms(&param));
+        let update = update.mul_scalar(lr_t);
+        let decay = 1.0 - lr_t * c.weight_decay;
+        // Elementwise from here: in row blocks, so the weight's f32 copy is one block's.
+        crate::blocks::map_rows(param, &update, |p, u| {
+            let dtype = p.dtype();
+            let mut p = p.cast(DType::F32);
+            if c.weight_decay > 0.0 {
+                p = p.mul_scalar(decay);
+            }
+            (p - u).cast(dtype)
+        })
     }
 }

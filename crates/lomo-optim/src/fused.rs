@@ -335,7 +335,7 @@ fn collect_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
                 .or_else(|| self.ready.remove::<B::InnerBackend, D>(id));
             // Sums of several contributions are kept in fp32 so accumulation does not round.
             let grad = match earlier {
-                Some(acc) => acc.cast(DType::F32) + grad.cast(DType::F32),
+                Some(acc) => crate::blocks::add_f32(acc, grad),
                 None => grad,
             };
             if self.plan.final_stage.get(&id) == Some(&self.s) {
@@ -365,11 +365,7 @@ impl NormPass {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
                 let Some(g) = self.ready.remove::<B::InnerBackend, D>(param.id) else { return };
                 // Gradients were computed on the scaled loss: unscale before squaring, in fp32.
-                let mut g = g.cast(DType::F32);
-                if self.norm.inv_scale != 1.0 {
-                    g = g.mul_scalar(self.norm.inv_scale);
-                }
-                let sq = g.square().sum().into_scalar().elem::<f64>();
+                let sq = crate::blocks::sum_sq_scaled(&g, self.norm.inv_scale);
                 if !sq.is_finite() {
                     self.norm.overflow = true;
                 }

@@ -17,6 +17,7 @@
 
 pub mod adalomo;
 pub mod baseline;
+pub mod blocks;
 pub mod error;
 pub mod fused;
 pub mod lomo;

@@ -29,14 +29,18 @@ impl Lomo {
 }
 
 impl<B: Backend> UpdateRule<B> for Lomo {
+    fn elementwise(&self) -> bool {
+        true
+    }
+
     fn update<const D: usize>(&mut self, _id: ParamId, param: Tensor<B, D>, grad: Tensor<B, D>, lr: f64)
         -> Tensor<B, D> {
         let dtype = param.dtype();
-        let mut p = param.cast(DType::F32);
+        let mut p = crate::blocks::cast(param, DType::F32);
         if self.weight_decay > 0.0 {
             p = p.mul_scalar(1.0 - lr * self.weight_decay);
         }
         let p = p - grad.mul_scalar(lr);
-        p.cast(dtype)
+        crate::blocks::cast(p, dtype)
     }
 }

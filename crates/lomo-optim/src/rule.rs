@@ -28,7 +28,7 @@ impl Default for GradPrep {
 impl GradPrep {
     /// The gradient in fp32 with the transforms applied.
     pub fn apply<B: Backend, const D: usize>(&self, grad: Tensor<B, D>) -> Tensor<B, D> {
-        let mut grad = grad.cast(DType::F32);
+        let mut grad = crate::blocks::cast(grad, DType::F32);
         if self.inv_scale != 1.0 {
             grad = grad.mul_scalar(self.inv_scale);
         }
@@ -52,6 +52,14 @@ pub trait UpdateRule<B: Backend> {
     /// Called once before the first update of an applied step (never for a skipped step).
     fn begin_step(&mut self) {}
 
+    /// Whether each element's update depends on that element's weight and gradient only (and
+    /// the rule's scalars), as LOMO's does. [`RuleUpdater`] then applies the rule to a large
+    /// bf16/f16 parameter in row blocks ([`crate::blocks`]), so the fp32 working copies of
+    /// the weight and the gradient are one block's, never the whole parameter's.
+    fn elementwise(&self) -> bool {
+        false
+    }
+
     /// The new value of `param` (storage dtype) given its fp32 gradient `grad` (already
     /// through [`GradPrep`]) and the learning rate of this step. `param` is uniquely owned
     /// when the fused step calls this, so arithmetic on it can reuse its buffer.
@@ -73,7 +81,8 @@ pub trait Updater<B: AutodiffBackend, M: AutodiffModule<B>> {
 }
 
 /// Adapts an [`UpdateRule`] to an [`Updater`]: visits the model and replaces each parameter
-/// that has a gradient, one at a time, so only one parameter's fp32 working copy exists.
+/// that has a gradient, one at a time, so only one parameter's fp32 working copy exists (and
+/// for an elementwise rule on a large bf16/f16 parameter, only one row block's).
 #[derive(Debug, Clone)]
 pub struct RuleUpdater<R> {
     /// The rule.
@@ -113,8 +122,13 @@ where
                 let require_grad = tensor.is_require_grad();
                 // The stage's graph is gone, so `inner()` hands over the only reference.
                 let value = tensor.inner();
-                let grad = self.prep.apply(grad);
-                let updated = self.rule.update(id, value, grad, self.lr);
+                let updated = if self.rule.elementwise() && value.dtype() != DType::F32 {
+                    let (rule, prep, lr) = (&mut *self.rule, self.prep, self.lr);
+                    crate::blocks::map_rows(value, &grad, |p, g| rule.update(id, p, prep.apply(g), lr))
+                } else {
+                    let grad = self.prep.apply(grad);
+                    self.rule.update(id, value, grad, self.lr)
+                };
                 let mut updated = Tensor::from_inner(updated);
                 if require_grad {
                     updated = updated.require_grad();

@@ -8,10 +8,13 @@
 mod common;
 
 use burn::optim::{AdamWConfig, SgdConfig};
-use lomo_optim::memory::{peak, reset_peak, CountingAllocator};
-use lomo_optim::{full_backward_step, FusedConfig, FusedStep, Lomo, RuleUpdater};
+use burn::module::ParamId;
+use burn::tensor::{DType, Distribution, Tensor};
+use lomo_optim::blocks;
+use lomo_optim::memory::{live, peak, reset_peak, CountingAllocator};
+use lomo_optim::{full_backward_step, FusedConfig, FusedStep, GradPrep, Lomo, RuleUpdater, UpdateRule};
 
-use common::backend::{device, TestBackend as TB, HEAP_VISIBLE};
+use common::backend::{device, Inner, TestBackend as TB, HEAP_VISIBLE, SUPPORTS_F16};
 use common::model::{batch, TiedMlp};
 
 #[global_allocator]
@@ -74,4 +77,25 @@ fn fused_lomo_holds_one_copy_of_the_weights_and_the_baselines_do_not() {
     assert!(lomo <= 1.2, "fused LOMO peak {lomo:.3} × parameter bytes");
     assert!(sgd_ratio >= 1.9, "full backward + SGD peak {sgd_ratio:.3} ×");
     assert!(adamw_ratio >= 3.9, "full backward + AdamW peak {adamw_ratio:.3} ×");
+
+    // LOMO on a large bf16 weight, as the fused step applies it (row blocks): beyond the
+    // weight and its gradient, the new value (2 bytes per element) and a few blocks of
+    // working memory. The whole-tensor update holds f32 copies of both (8 bytes per element),
+    // plus Flex's f64 staging copy in each cast (8 more).
+    if SUPPORTS_F16 {
+        let dims = [4096, 8192];
+        let new = |mean| Tensor::<Inner, 2>::random(dims, Distribution::Normal(mean, 1.0), &device()).cast(DType::BF16);
+        let (p, g) = (new(0.0), new(0.1));
+        let mut rule = Lomo::new(0.01).unwrap();
+        let prep = GradPrep::default();
+        let id = ParamId::new();
+        let before = live();
+        reset_peak();
+        let p = blocks::map_rows(p, &g, |p, g| UpdateRule::<Inner>::update(&mut rule, id, p, prep.apply(g), 0.01));
+        let extra = peak() - before;
+        assert_eq!(p.dtype(), DType::BF16);
+        eprintln!("bf16 LOMO update of {} elements in row blocks: {extra} bytes beyond weight and gradient", dims[0] * dims[1]);
+        let weight_bytes = dims[0] * dims[1] * 2;
+        assert!(extra <= weight_bytes + 32 * blocks::BLOCK_ELEMS, "{extra} bytes of working memory for a {weight_bytes}-byte weight");
+    }
 }

@@ -3,6 +3,7 @@
 mod common;
 
 mod adalomo;
+mod blocks;
 mod fused;
 mod scaling;
 mod schedule;

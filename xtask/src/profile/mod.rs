@@ -87,8 +87,9 @@ fn run_child(case: &Case, backend: BackendKind) -> Result<Measurement, String> {
 
 /// `cargo xtask profile --suite <suite> --backend <backend>`. With `replan`, runs nothing:
 /// recomputes the predictions for the measurements stored in `<suite>.json` (after a change
-/// to the planner).
-pub fn profile(suite: &str, backend: BackendKind, replan: bool) -> Result<SuiteResult> {
+/// to the planner). With `only` (labels), runs those cases and keeps the others' results
+/// from `<suite>.json` (same backend and build), if it has them.
+pub fn profile(suite: &str, backend: BackendKind, replan: bool, only: &[String]) -> Result<SuiteResult> {
     backend.check_built()?;
     if replan {
         let path = out_dir().join(format!("{suite}.json"));
@@ -100,11 +101,22 @@ pub fn profile(suite: &str, backend: BackendKind, replan: bool) -> Result<SuiteR
         return write_reports(result);
     }
     let cases = suites::cases(suite)?;
-    let mut results = Vec::with_capacity(cases.len());
+    let earlier = if only.is_empty() { Vec::new() } else { earlier_results(suite, backend) };
+    let total = cases.len();
+    let mut results = Vec::with_capacity(total);
     for (i, case) in cases.into_iter().enumerate() {
         let plan = case.plan(backend).with_context(|| format!("planning {}", case.label()))?;
+        if !only.is_empty() && !only.contains(&case.label()) {
+            // Not asked for: the stored result of the same case (re-planned), if any.
+            let same = |r: &&CaseResult| serde_json::to_value(&r.case).ok() == serde_json::to_value(&case).ok();
+            if let Some(mut kept) = earlier.iter().find(same).cloned() {
+                kept.plan = plan;
+                results.push(kept);
+            }
+            continue;
+        }
         let params = case.config()?.num_params();
-        eprintln!("[{}/{}] {} {} {}: running", i + 1, results.capacity(), case.model_name, case.dtype, case.label());
+        eprintln!("[{}/{}] {} {} {}: running", i + 1, total, case.model_name, case.dtype, case.label());
         let (measured, error) = match run_child(&case, backend) {
             Ok(m) => (Some(m), None),
             Err(e) => {
@@ -120,6 +132,17 @@ pub fn profile(suite: &str, backend: BackendKind, replan: bool) -> Result<SuiteR
     }
     let result = SuiteResult { suite: suite.into(), backend, release: !cfg!(debug_assertions), cases: results };
     write_reports(result)
+}
+
+/// The results stored in `<suite>.json` if they were measured on `backend` by a build like
+/// this one; none otherwise.
+fn earlier_results(suite: &str, backend: BackendKind) -> Vec<CaseResult> {
+    let path = out_dir().join(format!("{suite}.json"));
+    let Ok(text) = std::fs::read_to_string(&path) else { return Vec::new() };
+    match serde_json::from_str::<SuiteResult>(&text) {
+        Ok(r) if r.backend == backend && r.release == !cfg!(debug_assertions) => r.cases,
+        _ => Vec::new(),
+    }
 }
 
 /// Writes `<suite>.{json,md,svg}` and prints the table.

@@ -1,0 +1,62 @@
+//! Row-block processing of large tensors (`lomo_optim::blocks`) gives exactly what the
+//! whole-tensor operations give.
+
+use burn::module::ParamId;
+use burn::tensor::{DType, Distribution, Tensor};
+use lomo_optim::blocks::{self, BLOCK_ELEMS};
+use lomo_optim::{GradPrep, Lomo, UpdateRule};
+
+use crate::common::backend::{device, Inner, SUPPORTS_F16};
+
+/// `[rows, 1000]` with more elements than a block.
+fn big(rows: usize, dtype: DType, seed_shift: f64) -> Tensor<Inner, 2> {
+    assert!(rows * 1000 > BLOCK_ELEMS);
+    Tensor::<Inner, 2>::random([rows, 1000], Distribution::Normal(seed_shift, 1.0), &device()).cast(dtype)
+}
+
+fn bits(t: Tensor<Inner, 2>) -> Vec<f32> {
+    t.cast(DType::F32).into_data().to_vec::<f32>().unwrap()
+}
+
+fn half_dtypes() -> Vec<DType> {
+    if SUPPORTS_F16 {
+        vec![DType::BF16, DType::F16]
+    } else {
+        vec![]
+    }
+}
+
+#[test]
+fn blockwise_casts_sums_and_norms_equal_the_whole_tensor_ones() {
+    for dtype in half_dtypes() {
+        let t = big(1100, dtype, 0.0);
+        assert_eq!(bits(blocks::cast(t.clone(), DType::F32)), bits(t.clone().cast(DType::F32)), "{dtype:?} → f32");
+        let f = big(1100, DType::F32, 0.5);
+        assert_eq!(bits(blocks::cast(f.clone(), dtype)), bits(f.clone().cast(dtype)), "f32 → {dtype:?}");
+        let acc = big(1100, DType::F32, 1.0);
+        let whole = acc.clone() + t.clone().cast(DType::F32);
+        assert_eq!(bits(blocks::add_f32(acc, t.clone())), bits(whole), "{dtype:?} added into f32");
+        // Against an f64 sum on the host. Each block's sum is an f32 reduction of up to 1M
+        // squares (off by ~1e-4 on Flex, as a whole-tensor f32 sum is); a block left out or
+        // counted twice would be off by over 10%.
+        let exact: f64 = bits(t.clone()).iter().map(|&x| (0.5 * x as f64).powi(2)).sum();
+        let sq = blocks::sum_sq_scaled(&t, 0.5);
+        assert!(((sq - exact) / exact).abs() < 1e-3, "{sq} vs {exact}");
+    }
+}
+
+/// LOMO on a large bf16/f16 weight, as `RuleUpdater` applies it (row blocks, each through
+/// `GradPrep`), is bit-identical to the rule applied to the whole tensor.
+#[test]
+fn lomo_in_row_blocks_equals_lomo_on_the_whole_tensor() {
+    for dtype in half_dtypes() {
+        let (p, g) = (big(1100, dtype, 0.0), big(1100, dtype, 0.1));
+        let prep = GradPrep { inv_scale: 0.5, clip_value: Some(1.5), clip_coef: Some(0.7) };
+        let mut rule = Lomo::new(0.01).unwrap();
+        let id = ParamId::new();
+        let whole = UpdateRule::<Inner>::update(&mut rule, id, p.clone(), prep.apply(g.clone()), 0.05);
+        let blocked = blocks::map_rows(p, &g, |p, g| UpdateRule::<Inner>::update(&mut rule, id, p, prep.apply(g), 0.05));
+        assert_eq!(blocked.dtype(), dtype);
+        assert_eq!(bits(blocked), bits(whole), "{dtype:?}");
+    }
+}
