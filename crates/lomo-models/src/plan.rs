@@ -392,18 +392,20 @@ impl PlanConfig {
         match self.optimizer {
             // In f32 the update runs in place. Otherwise it runs in row blocks: per block, a
             // contiguous copy of the weight's rows, its f32 copy (through the staging copy)
-            // and the f32 gradient rows.
+            // and the f32 gradient rows; the new blocks (storage dtype) are then concatenated
+            // once the old weight is dropped: one more copy of a weight larger than a block.
             PlanOptimizer::Lomo => {
                 if e == F32 {
                     0
                 } else {
-                    (2 * F32 + e) * block + staging
+                    let new_value = if n > block { e * n } else { 0 };
+                    new_value + (2 * F32 + e) * block + staging
                 }
             }
             // In f32 its gradient is consumed into the update `r × c × g`, and the square
             // taken for the update's RMS is one more buffer. In bf16/f16 the gradient is
-            // converted to f32 whole (the factored moments need all of it; its storage copy
-            // is freed), then the weight next to the f32 update.
+            // converted to f32 whole (the factored moments need all of it), in blocks then
+            // concatenated (its storage copy dropped first); `g²` next to it is the peak.
             PlanOptimizer::AdaLomo => {
                 if e == F32 {
                     F32 * n
@@ -415,12 +417,12 @@ impl PlanConfig {
             // tensor is not uniquely owned). burn's AdamW consumes the gradient into the
             // moments, then holds the update and the decayed weight (a copy, for the same
             // reason): one buffer beyond weight, gradient and state, in the storage dtype.
-            // Inside the fused step (`BurnOptimizer`) a bf16/f16 gradient also makes a round
-            // trip through f32 in `GradPrep` first.
+            // Inside the fused step (`BurnOptimizer`) a bf16/f16 gradient first makes a round
+            // trip through f32 in `GradPrep`: converted in blocks, then concatenated (its
+            // storage copy dropped first), two f32 copies at the concatenation.
             PlanOptimizer::Sgd | PlanOptimizer::AdamW => {
-                let grad_to_f32 = if e == F32 { 0 } else { F32 * n + staging };
-                let round_trip = if self.mode == StepMode::Fused { grad_to_f32 } else { 0 };
-                n * e + round_trip
+                let round_trip = if self.mode == StepMode::Fused && e != F32 { (2 * F32 - e) * n + staging } else { 0 };
+                (n * e).max(round_trip)
             }
         }
     }
@@ -475,12 +477,12 @@ impl PlanConfig {
                 // Stage 0: the embedding's gradient is a dense `[vocab, hidden]`, built as zeros
                 // and then the batch's rows added into a second buffer (`select_add`). A tied
                 // one is then summed with the kept one in f32: in bf16/f16 the kept one is
-                // cast to f32 (both copies live next to the new gradient), then the new one is
-                // added into it block by block.
+                // cast to f32 and the new one added, each in blocks then concatenated, so at
+                // the concatenation two f32 buffers live next to the new gradient.
                 let embed_backward = embed * e;
                 let embed_stage = if tied {
                     let block = embed.min(BLOCK_ELEMS as u64);
-                    let sum = if e == F32 { (0, 0) } else { (embed * (F32 + e), embed * e + block * (staging_bytes(self) + F32)) };
+                    let sum = if e == F32 { (0, 0) } else { (embed * (F32 + e), embed * F32 + block * (staging_bytes(self) + F32)) };
                     max_pair((tied_pending + embed * e, embed_backward), sum)
                 } else {
                     (embed * grad_e, embed_backward)
