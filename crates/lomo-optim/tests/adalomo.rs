@@ -142,7 +142,7 @@ fn adalomo_with_weight_decay_equals_the_plain_rules() {
 /// off by the size of an update (~1e-2).
 #[test]
 fn adalomo_on_a_parameter_larger_than_a_block_equals_the_plain_rules() {
-    assert!(1030 * 1024 > lomo_optim::blocks::BLOCK_ELEMS);
+    const _: () = assert!(1030 * 1024 > lomo_optim::blocks::BLOCK_ELEMS);
     run_shape_within(0.1, 1030, 1024, 5e-5);
 }
 

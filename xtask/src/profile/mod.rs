@@ -140,7 +140,7 @@ fn earlier_results(suite: &str, backend: BackendKind) -> Vec<CaseResult> {
     let path = out_dir().join(format!("{suite}.json"));
     let Ok(text) = std::fs::read_to_string(&path) else { return Vec::new() };
     match serde_json::from_str::<SuiteResult>(&text) {
-        Ok(r) if r.backend == backend && r.release == !cfg!(debug_assertions) => r.cases,
+        Ok(r) if r.backend == backend && r.release != cfg!(debug_assertions) => r.cases,
         _ => Vec::new(),
     }
 }
