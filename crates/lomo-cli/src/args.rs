@@ -265,14 +265,14 @@ pub struct DemoArgs {
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Optimizer steps.
-    #[arg(long, value_name = "N", default_value_t = 600)]
+    #[arg(long, value_name = "N", default_value_t = 1500)]
     pub steps: u64,
     /// The optimizer. The default, AdaLomo, is the fused LOMO step with AdaLomo's adaptive rate:
     /// plain LOMO (SGD) does not learn addition from random weights in a few CPU minutes.
     #[arg(long, value_enum, default_value = "adalomo")]
     pub optimizer: OptimizerKind,
     /// Peak learning rate (cosine schedule, 5% warmup).
-    #[arg(long, value_name = "F", default_value_t = 0.3)]
+    #[arg(long, value_name = "F", default_value_t = 0.05)]
     pub lr: f64,
     /// Problems per step.
     #[arg(long, value_name = "N", default_value_t = 32)]
