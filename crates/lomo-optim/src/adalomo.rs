@@ -171,7 +171,7 @@ impl<B: Backend> AdaLomo<B> {
 /// `||t|| / sqrt(numel)`, in f32, one block at a time (no square of the whole tensor).
 fn rms<B: Backend, const D: usize>(t: &Tensor<B, D>) -> f64 {
     let n = t.shape().num_elements() as f64;
-    (crate::blocks::sum_sq_scaled(t, 1.0) / n).sqrt()
+    (crate::blocks::sum_sq_scaled(t.clone(), 1.0) / n).sqrt()
 }
 
 impl<B: Backend> UpdateRule<B> for AdaLomo<B> {

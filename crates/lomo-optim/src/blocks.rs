@@ -38,18 +38,6 @@ pub fn row_blocks(dims: &[usize]) -> Option<Vec<Range<usize>>> {
     Some((0..rows).step_by(per_block).map(|r| r..(r + per_block).min(rows)).collect())
 }
 
-/// The elements of one block, for the planner: what a blockwise pass holds at once for a
-/// tensor of shape `dims`.
-pub fn block_elems(dims: &[usize]) -> usize {
-    match row_blocks(dims) {
-        Some(blocks) => {
-            let row_len: usize = dims[1..].iter().product::<usize>().max(1);
-            blocks.first().map_or(0, |r| r.len() * row_len)
-        }
-        None => dims.iter().product(),
-    }
-}
-
 fn rows<B: Backend, const D: usize>(t: &Tensor<B, D>, r: &Range<usize>) -> Tensor<B, D> {
     t.clone().narrow(0, r.start, r.len())
 }
@@ -79,8 +67,9 @@ pub fn add_f32<B: Backend, const D: usize>(acc: Tensor<B, D>, g: Tensor<B, D>) -
     Tensor::cat(parts, 0)
 }
 
-/// `Σ (g · scale)²` in f32 (as f64), one block at a time.
-pub fn sum_sq_scaled<B: Backend, const D: usize>(g: &Tensor<B, D>, scale: f64) -> f64 {
+/// `Σ (g · scale)²` in f32 (as f64), one block at a time. Takes `g` by value so that a small
+/// tensor's f32 working copy can reuse its buffer when `g` is the only reference.
+pub fn sum_sq_scaled<B: Backend, const D: usize>(g: Tensor<B, D>, scale: f64) -> f64 {
     let block_sum = |b: Tensor<B, D>| {
         let mut b = b.cast(DType::F32);
         if scale != 1.0 {
@@ -89,8 +78,8 @@ pub fn sum_sq_scaled<B: Backend, const D: usize>(g: &Tensor<B, D>, scale: f64) -
         b.square().sum().into_scalar().elem::<f64>()
     };
     match row_blocks(&g.dims()) {
-        Some(blocks) => blocks.iter().map(|r| block_sum(rows(g, r))).sum(),
-        None => block_sum(g.clone()),
+        Some(blocks) => blocks.iter().map(|r| block_sum(rows(&g, r))).sum(),
+        None => block_sum(g),
     }
 }
 
@@ -126,7 +115,7 @@ mod tests {
             assert_eq!(pair[0].end, pair[1].start);
         }
         assert!(blocks.iter().all(|r| r.len() * 3000 <= BLOCK_ELEMS));
-        assert_eq!(block_elems(&dims), (BLOCK_ELEMS / 3000) * 3000);
+        assert_eq!(blocks[0].len(), BLOCK_ELEMS / 3000);
         // A single row longer than a block is its own block.
         assert_eq!(row_blocks(&[3, BLOCK_ELEMS * 2]).unwrap(), vec![0..1, 1..2, 2..3]);
     }

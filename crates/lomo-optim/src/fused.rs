@@ -365,7 +365,7 @@ impl NormPass {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
                 let Some(g) = self.ready.remove::<B::InnerBackend, D>(param.id) else { return };
                 // Gradients were computed on the scaled loss: unscale before squaring, in fp32.
-                let sq = crate::blocks::sum_sq_scaled(&g, self.norm.inv_scale);
+                let sq = crate::blocks::sum_sq_scaled(g, self.norm.inv_scale);
                 if !sq.is_finite() {
                     self.norm.overflow = true;
                 }

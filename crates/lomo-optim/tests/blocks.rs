@@ -40,7 +40,7 @@ fn blockwise_casts_sums_and_norms_equal_the_whole_tensor_ones() {
         // squares (off by ~1e-4 on Flex, as a whole-tensor f32 sum is); a block left out or
         // counted twice would be off by over 10%.
         let exact: f64 = bits(t.clone()).iter().map(|&x| (0.5 * x as f64).powi(2)).sum();
-        let sq = blocks::sum_sq_scaled(&t, 0.5);
+        let sq = blocks::sum_sq_scaled(t.clone(), 0.5);
         assert!(((sq - exact) / exact).abs() < 1e-3, "{sq} vs {exact}");
     }
 }
