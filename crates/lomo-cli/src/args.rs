@@ -180,7 +180,8 @@ pub struct TrainArgs {
     /// One JSON object per step.
     #[arg(long, value_name = "FILE.jsonl")]
     pub log: Option<PathBuf>,
-    /// Tokens per chunk of the loss stage (smaller: less memory for the logits).
+    /// Target positions (all rows together) per chunk of the loss stage: smaller, less
+    /// memory for the logits. Only positions with a target reach the LM head.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub loss_chunk_tokens: usize,
     /// fp16 dynamic loss scaling's first scale (only with --dtype f16).
@@ -249,6 +250,7 @@ pub struct PlanArgs {
     pub max_len: usize,
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
+    /// Target positions per chunk of the loss stage (as `lomo train --loss-chunk-tokens`).
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub loss_chunk_tokens: usize,
     /// The backend the step would run on (the CPU backend casts through an f64 copy).

@@ -4,9 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Tensor, TensorData};
 use lomo_data::{collate, load_scoring_set, EncodeConfig, Example, PaddingConfig, SuperGlueTask, TextTokenizer};
 use lomo_models::{Batch, Llama};
 use serde::Serialize;
@@ -121,28 +119,14 @@ pub fn score_task<B: Backend>(
 }
 
 /// The summed log-likelihood of each row's supervised tokens (HF's shift: position t's
-/// logits predict label t + 1).
+/// logits predict label t + 1). Only those positions go through the LM head.
 pub fn row_log_likelihoods<B: Backend>(model: &Llama<B>, batch: &Batch) -> Vec<f64> {
-    let [b, t] = [batch.batch_size(), batch.seq_len()];
-    let logits = model.forward(batch);
-    let logp = log_softmax(logits.cast(DType::F32), 2);
-    // Gather log p(label t+1 | ..t) for every position with a label; 0 elsewhere.
-    let mut index = vec![0i64; b * t];
-    let mut mask = vec![0f32; b * t];
-    for row in 0..b {
-        for pos in 0..t {
-            if let Some(label) = batch.target(row, pos) {
-                index[row * t + pos] = label;
-                mask[row * t + pos] = 1.0;
-            }
-        }
+    let log_probs = model.target_log_probs(batch).into_data().convert::<f64>().to_vec::<f64>().unwrap_or_default();
+    let mut sums = vec![0.0; batch.batch_size()];
+    for (&(position, _), log_p) in batch.targets().iter().zip(log_probs) {
+        sums[position / batch.seq_len()] += log_p;
     }
-    let device = logp.device();
-    let index = Tensor::<B, 3, Int>::from_data(TensorData::new(index, [b, t, 1]), &device);
-    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, t]), &device);
-    let picked: Tensor<B, 2> = logp.gather(2, index).reshape([b, t]);
-    let sums = (picked * mask).sum_dim(1).reshape([b]);
-    sums.into_data().convert::<f64>().to_vec::<f64>().unwrap_or_default()
+    sums
 }
 
 /// lomo-data's plain arrays as the model's batch.

@@ -91,6 +91,14 @@ impl Batch {
         (0..self.batch_size).map(|b| (0..self.seq_len).filter(|&t| self.target(b, t).is_some()).count()).sum()
     }
 
+    /// Every position with a target, row by row: `(b × seq_len + t, labels[b, t + 1])`.
+    /// The loss needs logits at these positions only.
+    pub fn targets(&self) -> Vec<(usize, i64)> {
+        (0..self.batch_size)
+            .flat_map(|b| (0..self.seq_len).filter_map(move |t| self.target(b, t).map(|label| (b * self.seq_len + t, label))))
+            .collect()
+    }
+
     /// Whether some token is padding.
     pub fn has_padding(&self) -> bool {
         self.attention_mask.contains(&0)

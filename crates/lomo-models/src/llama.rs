@@ -64,13 +64,18 @@ impl<B: Backend> HfParam<'_, B> {
     }
 }
 
-/// How the loss stage splits a batch's tokens into chunks, so that the logits of the whole
-/// batch (`batch × tokens × vocab`) never exist at once.
+/// How the loss stage splits a batch's targets into chunks, so that the logits of all of
+/// them (`targets × vocab`) never exist at once.
+///
+/// The loss stage computes logits only at positions that have a target (row by row, see
+/// [`Batch::targets`]): prompt and padding positions never reach the LM head, so an
+/// instruction or classification batch whose answers are a few tokens per row costs a few
+/// rows of logits, not `batch × tokens`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LossChunking {
-    /// At most this many token positions per row in a chunk.
+    /// At most this many target positions (all rows together) in a chunk.
     Tokens(usize),
-    /// As many positions per chunk as keep `batch × positions × vocab` at or below this
+    /// As many target positions per chunk as keep `positions × vocab` at or below this
     /// many logits (at least one position).
     MaxLogits(usize),
 }
@@ -142,17 +147,18 @@ impl<B: Backend> Llama<B> {
         self
     }
 
-    /// Token positions per row in one loss chunk of `batch`.
-    pub fn loss_chunk_tokens(&self, batch: &Batch) -> usize {
+    /// Target positions in one loss chunk (the last chunk may hold fewer).
+    pub fn loss_chunk_targets(&self) -> usize {
         match self.loss_chunking {
             LossChunking::Tokens(n) => n,
-            LossChunking::MaxLogits(n) => (n / (batch.batch_size() * self.config.vocab_size)).max(1),
+            LossChunking::MaxLogits(n) => (n / self.config.vocab_size).max(1),
         }
     }
 
-    /// Number of loss chunks for `batch`.
+    /// Number of loss chunks for `batch`: at least one, so that a batch without targets
+    /// still runs the loss stage (its loss and gradients are zero).
     pub fn num_loss_chunks(&self, batch: &Batch) -> usize {
-        batch.seq_len().div_ceil(self.loss_chunk_tokens(batch))
+        batch.num_targets().div_ceil(self.loss_chunk_targets()).max(1)
     }
 
     /// Builds the model from tensors handed out by `take` (already in burn's layout and the
@@ -297,27 +303,48 @@ impl<B: Backend> Llama<B> {
 
     /// Final norm and LM head: logits `[batch, tokens, vocab]` in f32.
     pub fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [batch, tokens, hidden] = x.dims();
+        let logits = self.head_rows(x.reshape([batch * tokens, hidden]));
+        let vocab = logits.dims()[1];
+        logits.reshape([batch, tokens, vocab])
+    }
+
+    /// Final norm and LM head on rows of hidden states, `[rows, hidden]` → `[rows, vocab]`
+    /// in f32. The head always sees a 2-D input: burn's Linear backward on a 3-D input
+    /// makes one weight-sized product per batch row before summing them.
+    pub fn head_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let x = self.norm.forward(x);
         let logits = match &self.lm_head {
             Some(head) => head.forward(x),
-            None => {
-                let [batch, tokens, hidden] = x.dims();
-                let weight = self.embed_tokens.weight.val();
-                let vocab = weight.dims()[0];
-                x.reshape([batch * tokens, hidden]).matmul(weight.transpose()).reshape([batch, tokens, vocab])
-            }
+            None => x.matmul(self.embed_tokens.weight.val().transpose()),
         };
         logits.cast(DType::F32)
     }
 
-    /// Logits of every position, `[batch, tokens, vocab]` in f32: the whole model at once.
-    pub fn forward(&self, batch: &Batch) -> Tensor<B, 3> {
+    /// The last decoder block's output for `batch`, `[batch, tokens, hidden]` (before the
+    /// final norm): the whole model but the head.
+    pub fn hidden_states(&self, batch: &Batch) -> Tensor<B, 3> {
         let (rope, mask) = self.attention_inputs(batch);
         let mut x = self.embed(batch);
         for layer in &self.layers {
             x = layer.forward(x, &rope, &mask, None);
         }
-        self.head(x)
+        x
+    }
+
+    /// Logits of every position, `[batch, tokens, vocab]` in f32: the whole model at once.
+    pub fn forward(&self, batch: &Batch) -> Tensor<B, 3> {
+        self.head(self.hidden_states(batch))
+    }
+
+    /// `log p(target)` of each of `batch`'s targets, in [`Batch::targets`] order, `[n]` in
+    /// f32: the LM head runs on those positions only. A batch without targets gives `[0]`.
+    pub fn target_log_probs(&self, batch: &Batch) -> Tensor<B, 1> {
+        let targets = batch.targets();
+        if targets.is_empty() {
+            return Tensor::zeros([0], (&self.device(), DType::F32));
+        }
+        log_probs_at(self, self.hidden_states(batch), &targets)
     }
 
     /// HF's loss: mean cross-entropy over the batch's targets, `[1]`, computed from the
@@ -328,16 +355,24 @@ impl<B: Backend> Llama<B> {
         cross_entropy_sum(logits, batch, 0, batch.seq_len()).div_scalar(num_targets as f64)
     }
 
-    /// Chunk `chunk` of the loss stage: final norm, LM head and cross-entropy of token
-    /// positions `[chunk × n, (chunk + 1) × n)` of every row only, **summed** over their
-    /// targets, `[1]`.
+    /// Chunk `chunk` of the loss stage: final norm, LM head and cross-entropy of targets
+    /// `[chunk × n, (chunk + 1) × n)` of [`Batch::targets`] only, **summed**, `[1]`. For a
+    /// batch without targets, chunk 0 is a zero loss that still depends on `hidden` (so the
+    /// stage's gradients exist, all zero).
+    ///
+    /// # Panics
+    /// If `chunk` is not below [`Self::num_loss_chunks`].
     pub fn loss_chunk(&self, hidden: Tensor<B, 3>, batch: &Batch, chunk: usize) -> Tensor<B, 1> {
-        let per_chunk = self.loss_chunk_tokens(batch);
+        let targets = batch.targets();
+        if targets.is_empty() {
+            assert_eq!(chunk, 0, "a batch without targets has one loss chunk");
+            return log_probs_at(self, hidden, &[(0, 0)]).sum().mul_scalar(0.0);
+        }
+        let per_chunk = self.loss_chunk_targets();
         let start = chunk * per_chunk;
-        let len = per_chunk.min(batch.seq_len().saturating_sub(start));
-        assert!(len > 0, "loss chunk {chunk} is past the end of the batch");
-        let logits = self.head(hidden.narrow(1, start, len));
-        cross_entropy_sum(logits, batch, start, len)
+        assert!(start < targets.len(), "loss chunk {chunk} is past the batch's {} targets", targets.len());
+        let end = (start + per_chunk).min(targets.len());
+        log_probs_at(self, hidden, &targets[start..end]).sum().neg()
     }
 
     /// Logits of the last position of each row for `input_ids` (`[batch, tokens]`, no
@@ -358,6 +393,20 @@ impl<B: Backend> Llama<B> {
         let vocab = logits.dims()[2];
         logits.reshape([batch_size, vocab])
     }
+}
+
+/// `log p(label)` at each `(flat position, label)` of `targets`, `[n]` in f32: the rows of
+/// `hidden` (`[batch, tokens, hidden]`, flattened) at those positions go through the head.
+fn log_probs_at<B: Backend>(model: &Llama<B>, hidden: Tensor<B, 3>, targets: &[(usize, i64)]) -> Tensor<B, 1> {
+    let device = hidden.device();
+    let [batch, tokens, width] = hidden.dims();
+    let n = targets.len();
+    let positions: Vec<i64> = targets.iter().map(|&(p, _)| p as i64).collect();
+    let labels: Vec<i64> = targets.iter().map(|&(_, l)| l).collect();
+    let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [n]), &device);
+    let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(labels, [n, 1]), &device);
+    let rows = hidden.reshape([batch * tokens, width]).select(0, positions);
+    log_softmax(model.head_rows(rows), 1).gather(1, labels).reshape([n])
 }
 
 /// Sum over the targets of positions `start..start + len` of `-log p(target)`, `[1]`;

@@ -18,12 +18,12 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    /// Normalises the last dimension of `x` (`[batch, tokens, hidden]`).
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// Normalises the last dimension of `x` (`[batch, tokens, hidden]`, or `[rows, hidden]`).
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = x.dtype();
         let x = x.cast(DType::F32);
-        let mean_square = x.clone().square().mean_dim(2);
+        let mean_square = x.clone().square().mean_dim(D - 1);
         let normed = x * mean_square.add_scalar(self.eps).sqrt().recip();
-        normed.cast(dtype) * self.weight.val().unsqueeze::<3>()
+        normed.cast(dtype) * self.weight.val().unsqueeze::<D>()
     }
 }

@@ -232,7 +232,7 @@ struct Shapes {
     q: u64,
     /// `b × t × (kv_heads × head_dim)`: keys or values.
     kv: u64,
-    /// `b × c × vocab`: one loss chunk's logits.
+    /// `c × vocab`: one loss chunk's logits (c target positions).
     logits: u64,
 }
 
@@ -262,14 +262,20 @@ impl PlanConfig {
         Ok(())
     }
 
-    /// Token positions per row in one loss chunk: `Llama::loss_chunk_tokens` for a
-    /// micro-batch of this config, capped at the row length.
-    pub fn loss_chunk_tokens(&self) -> usize {
+    /// Targets of one micro-batch when every position is trained on (language modelling,
+    /// the most the loss stage can see): every position of a row but the last.
+    fn targets_per_micro_batch(&self) -> usize {
+        (self.micro_batch_size * (self.max_tokens - 1)).max(1)
+    }
+
+    /// Target positions in one loss chunk: `Llama::loss_chunk_targets`, capped at a
+    /// micro-batch's targets.
+    pub fn loss_chunk_targets(&self) -> usize {
         let per_chunk = match self.loss_chunking {
             LossChunking::Tokens(n) => n,
-            LossChunking::MaxLogits(n) => (n / (self.micro_batch_size * self.model.vocab_size)).max(1),
+            LossChunking::MaxLogits(n) => (n / self.model.vocab_size).max(1),
         };
-        per_chunk.min(self.max_tokens)
+        per_chunk.min(self.targets_per_micro_batch())
     }
 
     fn shapes(&self) -> Shapes {
@@ -281,7 +287,7 @@ impl PlanConfig {
             scores: b * m.num_heads as u64 * t * t,
             q: b * t * (m.num_heads * m.head_dim) as u64,
             kv: b * t * (m.num_kv_heads * m.head_dim) as u64,
-            logits: b * self.loss_chunk_tokens() as u64 * m.vocab_size as u64,
+            logits: self.loss_chunk_targets() as u64 * m.vocab_size as u64,
         }
     }
 
@@ -346,13 +352,6 @@ impl PlanConfig {
         norms + attention + mlp + s.hidden * e
     }
 
-    /// Peak bytes of computing the weight gradient of a Linear of `n` elements on a
-    /// `[b, t, in]` input: burn's `linear_weight_backward` multiplies per row of the batch,
-    /// `[b, in, out]`, then sums over the batch (Flex making a contiguous copy first), so it
-    /// holds `2 b` weight-sized tensors before it returns one. A 2-D input would need one.
-    fn linear_grad_peak_bytes(&self, n: u64) -> u64 {
-        2 * self.micro_batch_size as u64 * n * self.dtype.size_of() as u64
-    }
 
     /// Bytes of one loss chunk's graph and backward, besides the LM head's gradient: the f32
     /// logits kept by log-softmax and the two logit-sized gradients its backward makes
@@ -440,13 +439,14 @@ impl PlanConfig {
         let embed = self.embedding_params();
         let tied = m.tie_word_embeddings;
         let update = self.update_transient_bytes();
-        let loss_chunks = self.max_tokens.div_ceil(self.loss_chunk_tokens()) as u64;
+        let loss_chunks = self.targets_per_micro_batch().div_ceil(self.loss_chunk_targets()) as u64;
         let layer_saved = self.layer_saved_bytes(&s);
         let chunk_act = self.loss_chunk_bytes(&s);
         // The LM head's gradient while the loss stage runs backward: with several chunks the
-        // sum of the earlier chunks' is kept while the next one is computed. An untied head
-        // is a Linear on `[b, t, hidden]`; the tied one multiplies 2-D `[b t, hidden]` rows.
-        let head_grad_peak = if tied { 2 * embed * e } else { self.linear_grad_peak_bytes(embed) };
+        // sum of the earlier chunks' is kept while the next one is computed. The head sees
+        // 2-D `[targets, hidden]` rows: an untied head's Linear makes its gradient in one
+        // matmul; the tied one's is made transposed, then laid out as the embedding.
+        let head_grad_peak = if tied { 2 * embed * e } else { embed * e };
         let head_grad_sum = if loss_chunks > 1 || micro_batches > 1 { embed * e } else { 0 };
 
         let (gradients, activations) = match self.mode {

@@ -3,8 +3,8 @@
 //!
 //! Stage 0 is the token embedding, stages `1..=L` the decoder blocks, stage `L + 1` the
 //! final norm, LM head and loss. Boundary activations are `[batch, tokens, hidden]`. The loss
-//! stage runs in chunks of token positions ([`crate::LossChunking`]) so that the logits of
-//! the whole batch never exist at once.
+//! stage runs the LM head only at positions that have a target, in chunks of targets
+//! ([`crate::LossChunking`]), so that the logits of the whole batch never exist at once.
 
 use burn::module::ParamId;
 use burn::tensor::backend::{AutodiffBackend, Backend};

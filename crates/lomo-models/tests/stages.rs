@@ -61,16 +61,49 @@ fn staged_forward_equals_whole_model_loss() {
 fn several_loss_chunks_equal_one() {
     let Some((model, batch)) = load(StorageDtype::F32) else { return };
     let one = staged_loss(&model, &batch);
-    // 40 tokens in chunks of 7 positions: 6 chunks, the last one short.
+    // 61 targets in chunks of 7: 9 chunks, the last one short.
     let model = model.with_loss_chunking(LossChunking::Tokens(7));
-    assert_eq!(StagedModel::num_loss_chunks(&model, &batch), 6);
+    assert_eq!(StagedModel::num_loss_chunks(&model, &batch), 9);
     let chunked = staged_loss(&model, &batch);
-    assert!((one - chunked).abs() <= 1e-6, "one chunk {one} vs six {chunked}");
+    assert!((one - chunked).abs() <= 1e-6, "one chunk {one} vs nine {chunked}");
     assert!((one - inner_staged_loss(&model, &batch)).abs() <= 1e-6);
-    // A logits budget of 2 rows × 8 positions × 512 vocab gives chunks of 8 positions.
-    let model = model.with_loss_chunking(LossChunking::MaxLogits(2 * 8 * 512));
-    assert_eq!(StagedModel::num_loss_chunks(&model, &batch), 5);
+    // A logits budget of 16 positions × 512 vocab gives chunks of 16 targets.
+    let model = model.with_loss_chunking(LossChunking::MaxLogits(16 * 512));
+    assert_eq!(StagedModel::num_loss_chunks(&model, &batch), 4);
     assert!((one - staged_loss(&model, &batch)).abs() <= 1e-6);
+}
+
+/// The head runs only at target positions: their log-probabilities are those of the whole
+/// logits, and the loss stage of a batch without targets is a zero loss with zero gradients.
+#[test]
+fn loss_reads_target_positions_only() {
+    let Some((model, batch)) = load(StorageDtype::F32) else { return };
+    let targets = batch.targets();
+    assert_eq!(targets.len(), 61);
+    let picked = values(model.target_log_probs(&batch));
+    let logits = model.forward(&batch);
+    let [_, tokens, vocab] = logits.dims();
+    let log_p = values(burn::tensor::activation::log_softmax(logits, 2));
+    for (&(position, label), got) in targets.iter().zip(&picked) {
+        let want = log_p[position * vocab + label as usize];
+        assert!((want - got).abs() <= 1e-5, "position {position} (row {}): {got} vs {want}", position / tokens);
+    }
+
+    let [rows, len] = [batch.batch_size(), batch.seq_len()];
+    let unlabeled = Batch::new(batch.input_ids().to_vec(), Some(batch.attention_mask().to_vec()), None, [rows, len]).unwrap();
+    assert!(unlabeled.targets().is_empty());
+    assert_eq!(values(model.target_log_probs(&unlabeled)).len(), 0);
+    assert_eq!(StagedModel::num_loss_chunks(&model, &unlabeled), 1);
+    let mut x = None;
+    for stage in 0..StagedModel::num_stages(&model) - 1 {
+        x = Some(model.forward_stage(stage, x, &unlabeled));
+    }
+    let hidden = x.unwrap().detach().require_grad();
+    let loss = model.forward_loss(hidden.clone(), &unlabeled, 0);
+    assert_eq!(values(loss.clone()), vec![0.0]);
+    let mut grads = loss.backward();
+    let grad = hidden.grad_remove(&mut grads).expect("the hidden state gets a gradient");
+    assert!(values(grad).iter().all(|&g| g == 0.0));
 }
 
 #[test]
