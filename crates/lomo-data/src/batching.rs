@@ -73,28 +73,42 @@ impl Batch {
     }
 
     /// Splits the batch into micro-batches of `rows` rows each (the last one smaller when
-    /// `rows` does not divide `batch_size`), for gradient accumulation. Every micro-batch keeps
-    /// the batch's `seq_len`, so a backend compiles one shape.
+    /// `rows` does not divide `batch_size`), for gradient accumulation.
+    ///
+    /// Each micro-batch drops the trailing columns that are padding in all of its rows, so it
+    /// is as long as its own longest row (at least one column), not the batch's: rows of very
+    /// different lengths then cost their own length, not the longest one of the whole batch.
+    /// Only padding goes (masked out, no label; with right padding and causal attention no
+    /// kept position reads it), so the loss and gradients are those of the untrimmed rows.
     pub fn micro_batches(&self, rows: usize) -> Result<Vec<Batch>> {
         if rows == 0 {
             return Err(DataError::InvalidConfig("micro-batch size must be at least 1".into()));
         }
-        let width = rows * self.seq_len;
-        let slice = |v: &[i64]| v.chunks(width.max(1)).map(<[i64]>::to_vec).collect::<Vec<_>>();
-        let (ids, mask, labels) =
-            (slice(&self.input_ids), slice(&self.attention_mask), slice(&self.labels));
-        Ok(ids
-            .into_iter()
-            .zip(mask)
-            .zip(labels)
-            .map(|((input_ids, attention_mask), labels)| Batch {
-                batch_size: input_ids.len() / self.seq_len.max(1),
-                seq_len: self.seq_len,
-                input_ids,
-                attention_mask,
-                labels,
-            })
-            .collect())
+        let seq_len = self.seq_len.max(1);
+        let mut out = Vec::with_capacity(self.batch_size.div_ceil(rows));
+        for start in (0..self.batch_size).step_by(rows) {
+            let end = (start + rows).min(self.batch_size);
+            let row_range = |v: &[i64], r: usize| v[r * seq_len..(r + 1) * seq_len].to_vec();
+            // One past the last column that is real or labelled in some row.
+            let width = (start..end)
+                .map(|r| {
+                    let (mask, labels) = (row_range(&self.attention_mask, r), row_range(&self.labels, r));
+                    (0..seq_len).rev().find(|&t| mask[t] != 0 || labels[t] != IGNORE_INDEX).map_or(0, |t| t + 1)
+                })
+                .max()
+                .unwrap_or(0)
+                .max(1)
+                .min(self.seq_len);
+            let take = |v: &[i64]| (start..end).flat_map(|r| v[r * seq_len..r * seq_len + width].to_vec()).collect::<Vec<_>>();
+            out.push(Batch {
+                batch_size: end - start,
+                seq_len: width,
+                input_ids: take(&self.input_ids),
+                attention_mask: take(&self.attention_mask),
+                labels: take(&self.labels),
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -178,9 +192,13 @@ mod tests {
         let micro = b.micro_batches(2).unwrap();
         assert_eq!(micro.len(), 2);
         assert_eq!(micro[0].shape(), [2, 3]);
-        assert_eq!(micro[1].shape(), [1, 3]);
         assert_eq!(micro.iter().map(Batch::num_targets).sum::<usize>(), b.num_targets());
-        assert_eq!(micro[1].input_ids, vec![4, 3, 3]);
+        // Row 2 is one token long: its micro-batch drops the two padding columns.
+        assert_eq!(micro[1].shape(), [1, 1]);
+        assert_eq!((micro[1].input_ids.clone(), micro[1].labels.clone()), (vec![4], vec![4]));
+        // A micro-batch of rows 0 and 1 keeps the longer row's 3 columns, row 1's padding too.
+        let one = b.micro_batches(3).unwrap();
+        assert_eq!(one, vec![b.clone()]);
         assert!(b.micro_batches(0).is_err());
     }
 
