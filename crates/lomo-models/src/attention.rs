@@ -87,9 +87,9 @@ impl<B: Backend> Attention<B> {
         let groups = heads / kv_heads;
         let split_heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, tokens, n, dim]).swap_dims(1, 2);
 
-        let q = rope.apply(split_heads(self.q_proj.forward(x.clone()), heads));
-        let k = rope.apply(split_heads(self.k_proj.forward(x.clone()), kv_heads));
-        let v = split_heads(self.v_proj.forward(x), kv_heads);
+        let q = rope.apply(split_heads(linear_rows(&self.q_proj, x.clone()), heads));
+        let k = rope.apply(split_heads(linear_rows(&self.k_proj, x.clone()), kv_heads));
+        let v = split_heads(linear_rows(&self.v_proj, x), kv_heads);
         let (k, v) = match cache {
             Some(cache) => cache.append(k, v),
             None => (k, v),
@@ -109,6 +109,19 @@ impl<B: Backend> Attention<B> {
         let probs = probs.reshape([batch, kv_heads, groups * tokens, keys]);
         let out = probs.matmul(v).reshape([batch, heads, tokens, dim]);
         let out = out.swap_dims(1, 2).reshape([batch, tokens, heads * dim]);
-        self.o_proj.forward(out)
+        linear_rows(&self.o_proj, out)
     }
+}
+
+/// `linear` applied to `[batch, tokens, in]` as the 2-D rows `[batch × tokens, in]`.
+///
+/// Same values as `linear.forward(x)`, but burn 0.21's Linear backward on a 3-D input makes
+/// the weight gradient as one `[in, out]` product per batch row, `[batch, in, out]`, then sums
+/// them (and for one row still copies the sum): `batch` weight-sized tensors per projection
+/// instead of one.
+pub(crate) fn linear_rows<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, tokens, width] = x.dims();
+    let out = linear.forward(x.reshape([batch * tokens, width]));
+    let out_width = out.dims()[1];
+    out.reshape([batch, tokens, out_width])
 }

@@ -18,9 +18,14 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    /// Applies the block to `[batch, tokens, hidden]`.
+    /// Applies the block to `[batch, tokens, hidden]`. The projections run on the 2-D
+    /// `[batch × tokens, hidden]` rows: burn's Linear backward on a 3-D input makes one
+    /// weight-sized product per batch row.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [batch, tokens, hidden] = x.dims();
+        let x = x.reshape([batch * tokens, hidden]);
         let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let out = self.down_proj.forward(gate * self.up_proj.forward(x));
+        out.reshape([batch, tokens, hidden])
     }
 }

@@ -65,11 +65,9 @@ fn all_optimizers(
 pub fn cases(suite: &str) -> Result<Vec<Case>> {
     let both = [StepMode::Fused, StepMode::Full];
     Ok(match suite {
-        // f32, one row of 128 tokens, the loss in one chunk (the default chunking). One row:
-        // burn's Linear computes a weight gradient on `[b, t, in]` as b per-row products
-        // before summing them; the LM head now sees 2-D rows, but the decoder blocks'
-        // projections still see `[b, t, in]` (when the head did too, b = 2 put this small
-        // model's fused step at 1.35× its weights).
+        // f32, one row of 128 tokens, the loss in one chunk (the default chunking). (Before
+        // every Linear ran on 2-D rows, burn's 3-D Linear backward made b weight-sized
+        // products per projection, and b = 2 put this model's fused step at 1.35× its weights.)
         "quick" => all_optimizers("custom-16L-768", &quick_model(), StorageDtype::F32, 1, 128, None, &both),
         // The largest preset whose full-backward AdamW step fits this 24 GiB machine: the
         // 1.24B Llama-3.2-1B in bf16 (weights 2.3 GiB, gradients 2.3, AdamW moments 4.6,
