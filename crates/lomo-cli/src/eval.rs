@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
-use lomo_data::{collate, load_scoring_set, EncodeConfig, Example, PaddingConfig, SuperGlueTask, TextTokenizer};
+use lomo_data::{collate, load_scoring_set, EncodeConfig, Example, PaddingConfig, SuperGlueTask, TextTokenizer, IGNORE_INDEX};
 use lomo_models::{Batch, Llama};
 use serde::Serialize;
 
@@ -98,17 +98,8 @@ pub fn score_task<B: Backend>(
 ) -> Result<TaskScores> {
     let set = load_scoring_set(path, task, tokenizer, &EncodeConfig::with_max_len(max_len))?;
     let pad = PaddingConfig::for_tokenizer(tokenizer);
-    let flat: Vec<&Example> = set.examples.iter().flat_map(|e| e.candidates.iter()).collect();
-    let mut scores = Vec::with_capacity(flat.len());
-    for chunk in flat.chunks(batch_size) {
-        let batch = to_model_batch(&collate(chunk.iter().copied(), &pad)?)?;
-        scores.extend(row_log_likelihoods(model, &batch));
-    }
-    let mut per_example = Vec::with_capacity(set.examples.len());
-    let mut it = scores.into_iter();
-    for e in &set.examples {
-        per_example.push(it.by_ref().take(e.candidates.len()).collect::<Vec<f64>>());
-    }
+    let candidates: Vec<&[Example]> = set.examples.iter().map(|e| e.candidates.as_slice()).collect();
+    let per_example = score_candidates(model, &candidates, &pad, batch_size)?;
     let accuracy = lomo_data::accuracy(&set.examples, &per_example)?;
     let (mut nll, mut tokens) = (0.0, 0usize);
     for (e, scores) in set.examples.iter().zip(&per_example) {
@@ -116,6 +107,63 @@ pub fn score_task<B: Backend>(
         tokens += e.candidates[e.gold].num_targets();
     }
     Ok(TaskScores { accuracy, gold_loss: nll / tokens.max(1) as f64, examples: set.examples.len() })
+}
+
+/// The summed log-likelihood of the targets of every candidate of every example (`[example]
+/// [candidate]`), as [`row_log_likelihoods`] of each candidate alone would give.
+///
+/// Candidates of one example whose only target is their last token and that agree on every
+/// token before it (a prompt and a one-token answer, as RTE's " Yes" / " No") are read off one
+/// row: the prompt runs once and each answer's log-probability comes from the same
+/// distribution. Other candidates run as rows of their own. Rows run `batch_size` at a time.
+pub fn score_candidates<B: Backend>(
+    model: &Llama<B>,
+    examples: &[&[Example]],
+    pad: &PaddingConfig,
+    batch_size: usize,
+) -> Result<Vec<Vec<f64>>> {
+    // Each row to run, and what to read from it: (position, token, example, candidate).
+    let mut rows: Vec<Example> = Vec::new();
+    let mut reads: Vec<Vec<(usize, i64, usize, usize)>> = Vec::new();
+    for (e, candidates) in examples.iter().enumerate() {
+        let mut merged: Vec<usize> = Vec::new(); // this example's rows holding a shared prompt
+        for (c, candidate) in candidates.iter().enumerate() {
+            let n = candidate.input_ids.len();
+            let last_only = n >= 2
+                && candidate.labels[n - 1] != IGNORE_INDEX
+                && candidate.labels[1..n - 1].iter().all(|&l| l == IGNORE_INDEX);
+            if !last_only {
+                reads.push((1..n).filter(|&t| candidate.labels[t] != IGNORE_INDEX).map(|t| (t - 1, candidate.labels[t], e, c)).collect());
+                rows.push(candidate.clone());
+                continue;
+            }
+            let prompt = &candidate.input_ids[..n - 1];
+            let read = (n - 2, candidate.labels[n - 1], e, c);
+            match merged.iter().find(|&&row| rows[row].input_ids == prompt) {
+                Some(&row) => reads[row].push(read),
+                None => {
+                    merged.push(rows.len());
+                    rows.push(Example { input_ids: prompt.to_vec(), labels: vec![IGNORE_INDEX; n - 1] });
+                    reads.push(vec![read]);
+                }
+            }
+        }
+    }
+    let mut scores: Vec<Vec<f64>> = examples.iter().map(|c| vec![0.0; c.len()]).collect();
+    for (chunk, chunk_reads) in rows.chunks(batch_size).zip(reads.chunks(batch_size)) {
+        let batch = to_model_batch(&collate(chunk.iter(), pad)?)?;
+        let seq_len = batch.seq_len();
+        let flat: Vec<(usize, i64)> = chunk_reads
+            .iter()
+            .enumerate()
+            .flat_map(|(r, row_reads)| row_reads.iter().map(move |&(t, token, _, _)| (r * seq_len + t, token)))
+            .collect();
+        let log_probs = model.log_probs(&batch, &flat).into_data().convert::<f64>().to_vec::<f64>().map_err(|e| anyhow::anyhow!("reading log-probabilities: {e:?}"))?;
+        for (&(_, _, e, c), log_p) in chunk_reads.iter().flatten().zip(log_probs) {
+            scores[e][c] += log_p;
+        }
+    }
+    Ok(scores)
 }
 
 /// The summed log-likelihood of each row's supervised tokens (HF's shift: position t's
@@ -137,4 +185,45 @@ pub fn to_model_batch(batch: &lomo_data::Batch) -> Result<Batch> {
         Some(batch.labels.clone()),
         batch.shape(),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Flex;
+    use lomo_models::presets::preset;
+    use lomo_models::StorageDtype;
+
+    use super::*;
+
+    fn answer(prompt: &[u32], answer: &[u32]) -> Example {
+        let input_ids: Vec<u32> = prompt.iter().chain(answer).copied().collect();
+        let labels = (0..input_ids.len()).map(|t| if t < prompt.len() { IGNORE_INDEX } else { i64::from(input_ids[t]) }).collect();
+        Example { input_ids, labels }
+    }
+
+    /// Merged prompts read the same numbers as every candidate run alone.
+    #[test]
+    fn shared_prompts_score_as_separate_rows() {
+        let model = Llama::<Flex>::init(preset("stories260k").unwrap(), StorageDtype::F32, &Default::default(), 7);
+        let examples = [
+            // One-token answers after one prompt: one row for the three.
+            vec![answer(&[1, 5, 9, 33, 2], &[40]), answer(&[1, 5, 9, 33, 2], &[41]), answer(&[1, 5, 9, 33, 2], &[7])],
+            // Multi-token answers (COPA-like) and a one-token one with another prompt length.
+            vec![answer(&[1, 8, 8], &[100, 101, 102]), answer(&[1, 8, 8, 12, 13, 14, 15], &[3])],
+            vec![answer(&[1, 3], &[4]), answer(&[1, 3], &[4])],
+        ];
+        let refs: Vec<&[Example]> = examples.iter().map(Vec::as_slice).collect();
+        let pad = PaddingConfig::default();
+        for batch_size in [1, 2, 8] {
+            let merged = score_candidates(&model, &refs, &pad, batch_size).unwrap();
+            for (e, candidates) in examples.iter().enumerate() {
+                for (c, candidate) in candidates.iter().enumerate() {
+                    let alone = to_model_batch(&collate([candidate], &pad).unwrap()).unwrap();
+                    let want = row_log_likelihoods(&model, &alone)[0];
+                    let got = merged[e][c];
+                    assert!(want < 0.0 && (want - got).abs() <= 1e-5, "example {e} candidate {c}, batches of {batch_size}: {got} vs {want}");
+                }
+            }
+        }
+    }
 }

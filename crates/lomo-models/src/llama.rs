@@ -340,11 +340,26 @@ impl<B: Backend> Llama<B> {
     /// `log p(target)` of each of `batch`'s targets, in [`Batch::targets`] order, `[n]` in
     /// f32: the LM head runs on those positions only. A batch without targets gives `[0]`.
     pub fn target_log_probs(&self, batch: &Batch) -> Tensor<B, 1> {
-        let targets = batch.targets();
-        if targets.is_empty() {
+        self.log_probs(batch, &batch.targets())
+    }
+
+    /// `log p(token)` of the next token after each `(b × seq_len + t, token)` of `reads`
+    /// (the distribution at row b, position t), `[n]` in f32, whatever `batch`'s labels say:
+    /// several tokens may be read at one position. The LM head runs on those positions only.
+    ///
+    /// # Panics
+    /// If a position is outside the batch or a token outside the vocabulary.
+    pub fn log_probs(&self, batch: &Batch, reads: &[(usize, i64)]) -> Tensor<B, 1> {
+        if reads.is_empty() {
             return Tensor::zeros([0], (&self.device(), DType::F32));
         }
-        log_probs_at(self, self.hidden_states(batch), &targets)
+        let positions = batch.batch_size() * batch.seq_len();
+        let vocab = self.config.vocab_size as i64;
+        for &(position, token) in reads {
+            assert!(position < positions, "position {position} is outside the batch ({positions} positions)");
+            assert!((0..vocab).contains(&token), "token {token} is outside the vocabulary of {vocab}");
+        }
+        log_probs_at(self, self.hidden_states(batch), reads)
     }
 
     /// HF's loss: mean cross-entropy over the batch's targets, `[1]`, computed from the
