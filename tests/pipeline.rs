@@ -1,29 +1,16 @@
 //! The crates together: lomo-data's batches, lomo-models' LLaMA, lomo-optim's fused step, on
 //! stories260K, against the PyTorch / LOMO-package references in `shared/reference`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{DType, Tensor};
 use lomo_data::{collate, Dataset, EncodeConfig, PaddingConfig};
 use lomo_models::{Batch, Llama, LossChunking, StorageDtype};
 use lomo_optim::{AdaLomoConfig, FusedConfig, FusedStep, Lomo, RuleUpdater};
+use lomo_testutil::shared;
 
 type B = Autodiff<Flex>;
-
-fn shared(rel: &str) -> Option<PathBuf> {
-    let root = std::env::var_os("LOMO_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    let path = root.join(rel);
-    if path.exists() {
-        return Some(path);
-    }
-    let msg = format!("{} is missing: it comes with the project's shared/ folder (set LOMO_SHARED to where it is)", path.display());
-    assert!(std::env::var_os("CI").is_none(), "{msg}");
-    eprintln!("skipped: {msg}");
-    None
-}
 
 /// batch.jsonl through lomo-data (pre-tokenized, right padding), as the model's batch.
 fn reference_batch(rows: std::ops::Range<usize>) -> Option<Batch> {

@@ -4,23 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// `$LOMO_SHARED`, or `../shared` beside the checkout. A missing file skips the test with a
-/// message saying where it comes from, and fails it when `CI` is set.
-fn shared(rel: &str) -> Option<PathBuf> {
-    let root = std::env::var_os("LOMO_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    let path = root.join(rel);
-    if path.exists() {
-        return Some(path);
-    }
-    let msg = format!("{} is missing: it comes with the project's shared/ folder (set LOMO_SHARED to where it is)", path.display());
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
-    }
-    eprintln!("skipped: {msg}");
-    None
-}
+use lomo_testutil::shared;
 
 fn lomo(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lomo")).args(args).output().expect("run lomo")

@@ -5,33 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lomo_data::TextTokenizer;
 
-/// The shared folder: `$LOMO_SHARED`, or `shared/` beside the workspace root.
-pub fn shared_dir() -> PathBuf {
-    match std::env::var_os("LOMO_SHARED") {
-        Some(dir) => PathBuf::from(dir),
-        // crates/lomo-data -> crates -> workspace root -> its parent holds shared/.
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
-    }
-}
-
-/// `relative` inside the shared folder, or `None` (with a note on where to get it) when it is
-/// missing. Under CI (`$CI` set) a missing file is a failure, not a skip.
-pub fn shared_file(relative: &str) -> Option<PathBuf> {
-    let path = shared_dir().join(relative);
-    if path.exists() {
-        return Some(path);
-    }
-    let note = format!(
-        "{} is missing: this test needs the project's shared/ folder (see shared/README.md) \
-         beside the workspace root, or its location in $LOMO_SHARED",
-        path.display()
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{note}");
-    }
-    eprintln!("skipping: {note}");
-    None
-}
+pub use lomo_testutil::shared as shared_file;
 
 /// Returns from the test (a skip) when the shared file is missing.
 #[macro_export]

@@ -20,33 +20,7 @@ pub fn device() -> burn::tensor::Device<B> {
     Default::default()
 }
 
-/// Where the project's shared files are: `$LOMO_SHARED`, else `../shared` beside the
-/// workspace root.
-fn shared_root() -> PathBuf {
-    match std::env::var_os("LOMO_SHARED") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
-    }
-}
-
-/// A file or folder under the shared directory, or `None` (after saying where to get it)
-/// when it is missing. With `CI` set a missing file fails the test instead.
-pub fn shared(relative: &str) -> Option<PathBuf> {
-    let path = shared_root().join(relative);
-    if path.exists() {
-        return Some(path);
-    }
-    let message = format!(
-        "{} is missing: the project's shared files belong in ../shared beside the workspace \
-         (or set LOMO_SHARED to their folder); see the project README",
-        path.display()
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{message}");
-    }
-    eprintln!("SKIPPED: {message}");
-    None
-}
+pub use lomo_testutil::shared;
 
 /// `stories260K` in HF layout.
 pub fn stories260k() -> Option<PathBuf> {
