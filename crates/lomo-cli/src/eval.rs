@@ -67,7 +67,7 @@ pub fn evaluate<B: Backend>(
     let (mut loss_sum, mut targets) = (0.0, 0usize);
     for chunk in dataset.examples.chunks(batch_size) {
         let batch = to_model_batch(&collate(chunk.iter(), &pad)?)?;
-        let sums = row_log_likelihoods(model, &batch);
+        let sums = row_log_likelihoods(model, &batch)?;
         loss_sum -= sums.iter().sum::<f64>();
         targets += batch.num_targets();
     }
@@ -158,7 +158,7 @@ pub fn score_candidates<B: Backend>(
             .enumerate()
             .flat_map(|(r, row_reads)| row_reads.iter().map(move |&(t, token, _, _)| (r * seq_len + t, token)))
             .collect();
-        let log_probs = model.log_probs(&batch, &flat).into_data().convert::<f64>().to_vec::<f64>().map_err(|e| anyhow::anyhow!("reading log-probabilities: {e:?}"))?;
+        let log_probs = host_values(model.log_probs(&batch, &flat))?;
         for (&(_, _, e, c), log_p) in chunk_reads.iter().flatten().zip(log_probs) {
             scores[e][c] += log_p;
         }
@@ -168,13 +168,19 @@ pub fn score_candidates<B: Backend>(
 
 /// The summed log-likelihood of each row's supervised tokens (HF's shift: position t's
 /// logits predict label t + 1). Only those positions go through the LM head.
-pub fn row_log_likelihoods<B: Backend>(model: &Llama<B>, batch: &Batch) -> Vec<f64> {
-    let log_probs = model.target_log_probs(batch).into_data().convert::<f64>().to_vec::<f64>().unwrap_or_default();
+pub fn row_log_likelihoods<B: Backend>(model: &Llama<B>, batch: &Batch) -> Result<Vec<f64>> {
+    let targets = batch.targets();
+    let log_probs = host_values(model.log_probs(batch, &targets))?;
     let mut sums = vec![0.0; batch.batch_size()];
-    for (&(position, _), log_p) in batch.targets().iter().zip(log_probs) {
+    for (&(position, _), log_p) in targets.iter().zip(log_probs) {
         sums[position / batch.seq_len()] += log_p;
     }
-    sums
+    Ok(sums)
+}
+
+/// A tensor's values on the host, as f64.
+fn host_values<B: Backend>(tensor: burn::tensor::Tensor<B, 1>) -> Result<Vec<f64>> {
+    tensor.into_data().convert::<f64>().to_vec::<f64>().map_err(|e| anyhow::anyhow!("reading log-probabilities: {e:?}"))
 }
 
 /// lomo-data's plain arrays as the model's batch.
@@ -219,7 +225,7 @@ mod tests {
             for (e, candidates) in examples.iter().enumerate() {
                 for (c, candidate) in candidates.iter().enumerate() {
                     let alone = to_model_batch(&collate([candidate], &pad).unwrap()).unwrap();
-                    let want = row_log_likelihoods(&model, &alone)[0];
+                    let want = row_log_likelihoods(&model, &alone).unwrap()[0];
                     let got = merged[e][c];
                     assert!(want < 0.0 && (want - got).abs() <= 1e-5, "example {e} candidate {c}, batches of {batch_size}: {got} vs {want}");
                 }

@@ -84,22 +84,24 @@ impl Batch {
         if rows == 0 {
             return Err(DataError::InvalidConfig("micro-batch size must be at least 1".into()));
         }
+        fn row(v: &[i64], r: usize, seq_len: usize) -> &[i64] {
+            &v[r * seq_len..(r + 1) * seq_len]
+        }
         let seq_len = self.seq_len.max(1);
         let mut out = Vec::with_capacity(self.batch_size.div_ceil(rows));
         for start in (0..self.batch_size).step_by(rows) {
             let end = (start + rows).min(self.batch_size);
-            let row_range = |v: &[i64], r: usize| v[r * seq_len..(r + 1) * seq_len].to_vec();
             // One past the last column that is real or labelled in some row.
             let width = (start..end)
                 .map(|r| {
-                    let (mask, labels) = (row_range(&self.attention_mask, r), row_range(&self.labels, r));
+                    let (mask, labels) = (row(&self.attention_mask, r, seq_len), row(&self.labels, r, seq_len));
                     (0..seq_len).rev().find(|&t| mask[t] != 0 || labels[t] != IGNORE_INDEX).map_or(0, |t| t + 1)
                 })
                 .max()
                 .unwrap_or(0)
                 .max(1)
                 .min(self.seq_len);
-            let take = |v: &[i64]| (start..end).flat_map(|r| v[r * seq_len..r * seq_len + width].to_vec()).collect::<Vec<_>>();
+            let take = |v: &[i64]| (start..end).flat_map(|r| row(v, r, seq_len)[..width].iter().copied()).collect::<Vec<_>>();
             out.push(Batch {
                 batch_size: end - start,
                 seq_len: width,
@@ -196,7 +198,8 @@ mod tests {
         // Row 2 is one token long: its micro-batch drops the two padding columns.
         assert_eq!(micro[1].shape(), [1, 1]);
         assert_eq!((micro[1].input_ids.clone(), micro[1].labels.clone()), (vec![4], vec![4]));
-        // A micro-batch of rows 0 and 1 keeps the longer row's 3 columns, row 1's padding too.
+        // Rows 0 and 1 keep row 0's 3 columns (row 1's padding too); one micro-batch of all
+        // rows is the batch itself, whose longest row already sets its width.
         let one = b.micro_batches(3).unwrap();
         assert_eq!(one, vec![b.clone()]);
         assert!(b.micro_batches(0).is_err());

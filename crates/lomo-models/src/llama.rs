@@ -367,7 +367,7 @@ impl<B: Backend> Llama<B> {
     pub fn loss(&self, batch: &Batch) -> Tensor<B, 1> {
         let logits = self.forward(batch);
         let num_targets = batch.num_targets().max(1);
-        cross_entropy_sum(logits, batch, 0, batch.seq_len()).div_scalar(num_targets as f64)
+        cross_entropy_sum(logits, batch).div_scalar(num_targets as f64)
     }
 
     /// Chunk `chunk` of the loss stage: final norm, LM head and cross-entropy of targets
@@ -424,15 +424,16 @@ fn log_probs_at<B: Backend>(model: &Llama<B>, hidden: Tensor<B, 3>, targets: &[(
     log_softmax(model.head_rows(rows), 1).gather(1, labels).reshape([n])
 }
 
-/// Sum over the targets of positions `start..start + len` of `-log p(target)`, `[1]`;
-/// `logits` holds exactly those positions, `[batch, len, vocab]`, in f32.
-fn cross_entropy_sum<B: Backend>(logits: Tensor<B, 3>, batch: &Batch, start: usize, len: usize) -> Tensor<B, 1> {
+/// Sum over the batch's targets of `-log p(target)`, `[1]`, from the logits of every
+/// position, `[batch, tokens, vocab]` in f32: the whole-model reference that the staged,
+/// target-only loss is tested against.
+fn cross_entropy_sum<B: Backend>(logits: Tensor<B, 3>, batch: &Batch) -> Tensor<B, 1> {
     let device = logits.device();
-    let rows = batch.batch_size();
+    let [rows, len] = [batch.batch_size(), batch.seq_len()];
     let mut targets = Vec::with_capacity(rows * len);
     let mut weights = Vec::with_capacity(rows * len);
     for b in 0..rows {
-        for t in start..start + len {
+        for t in 0..len {
             let target = batch.target(b, t);
             targets.push(target.unwrap_or(0));
             weights.push(if target.is_some() { 1f32 } else { 0f32 });

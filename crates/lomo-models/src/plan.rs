@@ -265,7 +265,7 @@ impl PlanConfig {
     /// Targets of one micro-batch when every position is trained on (language modelling,
     /// the most the loss stage can see): every position of a row but the last.
     fn targets_per_micro_batch(&self) -> usize {
-        (self.micro_batch_size * (self.max_tokens - 1)).max(1)
+        (self.micro_batch_size * self.max_tokens.saturating_sub(1)).max(1)
     }
 
     /// Target positions in one loss chunk: `Llama::loss_chunk_targets`, capped at a
