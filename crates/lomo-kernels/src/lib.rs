@@ -1,0 +1,268 @@
+//! The transformer ops of a LLaMA block as one burn backend extension, [`FusedKernels`]:
+//! RMSNorm, causal grouped-query attention with RoPE, SwiGLU's gate, and `log softmax` read at
+//! labels (the cross-entropy of the loss stage).
+//!
+//! burn composes these from a dozen small ops each, and on its CPU backend (Flex, 0.21) those
+//! small ops are single-threaded, go element by element through strided views (RoPE on a
+//! `swap_dims` view, broadcast mask adds) and allocate a tensor each, forward and backward:
+//! measured on a 134M LLaMA step they took as much time as every matrix product together. Here
+//! each op is one kernel forward and one backward (the burn book's "custom operations"
+//! arrangement: a trait over [`Backend`], implemented for Flex with kernels of our own, and for
+//! `Autodiff<B>` with a backward that calls B's), parallel over rows or heads, f32 inside
+//! whatever the storage dtype.
+//!
+//! Every other backend (LibTorch, CUDA, NdArray) takes the trait's default methods, which are
+//! the [`reference`] compositions of burn's own ops, forward and backward. The Flex kernels are
+//! tested against them, and they against burn's autodiff of the plain composition.
+//!
+//! ```
+//! use burn::backend::Flex;
+//! use burn::tensor::Tensor;
+//!
+//! let device = Default::default();
+//! let x = Tensor::<Flex, 2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &device);
+//! let w = Tensor::<Flex, 1>::from_floats([1.0, 0.5], &device);
+//! let y = lomo_kernels::rms_norm(x, w, 1e-6);
+//! assert_eq!(y.dims(), [2, 2]);
+//! ```
+#![warn(missing_docs)]
+
+mod autodiff;
+mod backends;
+mod flex;
+pub mod reference;
+
+use std::sync::Arc;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+/// The head layout of an attention call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionSpec {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads; `heads` is a multiple of it (grouped-query attention).
+    pub kv_heads: usize,
+    /// Width of one head (even: RoPE rotates pairs of halves).
+    pub head_dim: usize,
+}
+
+/// Which key positions hold real tokens, `[batch, tokens]`: a query never attends to a padded
+/// key. Shared by every layer of a forward pass (cloning it is a reference count).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPadding {
+    keep: Arc<[bool]>,
+    batch: usize,
+}
+
+impl KeyPadding {
+    /// From an attention mask as tokenizers give it (`[batch, tokens]`, 1 = real, 0 = padding);
+    /// `None` when nothing is padded.
+    ///
+    /// # Panics
+    /// If `mask` is not `batch` rows long.
+    pub fn from_mask(mask: &[i64], batch: usize) -> Option<Self> {
+        assert!(batch > 0 && mask.len().is_multiple_of(batch), "key padding mask must be [batch, tokens]");
+        if mask.iter().all(|&m| m != 0) {
+            return None;
+        }
+        Some(Self { keep: mask.iter().map(|&m| m != 0).collect(), batch })
+    }
+
+    /// `[batch × tokens]`, true for a real token.
+    pub fn keep(&self) -> &[bool] {
+        &self.keep
+    }
+
+    /// Rows.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Positions per row.
+    pub fn tokens(&self) -> usize {
+        self.keep.len() / self.batch
+    }
+}
+
+/// A backend that runs the fused transformer ops, each with its own backward.
+///
+/// Implemented by burn's Flex with CPU kernels of this crate, by `Autodiff<B>` for every
+/// implementing `B` (the backward calls `B`'s), and, with the default methods (burn's own ops,
+/// see [`reference`]), by NdArray, LibTorch and CUDA behind the features of those names.
+/// Shapes are checked by the kernels; tensors are float primitives of the storage dtype unless
+/// a method says otherwise.
+pub trait FusedKernels: Backend {
+    /// RMSNorm of the rows of `x` (`[rows, n]`) scaled by `weight` (`[n]`), as HF's
+    /// `LlamaRMSNorm`: statistics in f32, result in `x`'s dtype.
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        reference::rms_norm::<Self>(float(x), float(weight), eps).into_primitive().tensor()
+    }
+
+    /// Gradients of `x` and `weight` of [`FusedKernels::rms_norm`] given the output's gradient.
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (dx, dw) = reference::rms_norm_backward::<Self>(float(x), float(weight), eps, float(grad));
+        (dx.into_primitive().tensor(), dw.into_primitive().tensor())
+    }
+
+    /// `silu(gate) · up`, elementwise, same shapes.
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::swiglu::<Self, 2>(float(gate), float(up)).into_primitive().tensor()
+    }
+
+    /// Gradients of `gate` and `up` of [`FusedKernels::swiglu`].
+    fn swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (dg, du) = reference::swiglu_backward::<Self, 2>(float(gate), float(up), float(grad));
+        (dg.into_primitive().tensor(), du.into_primitive().tensor())
+    }
+
+    /// `log softmax(logits)[i, labels[i]]` for each row of `logits` (`[n, vocab]`), `[n]` in
+    /// f32.
+    fn log_probs(logits: FloatTensor<Self>, labels: &[i64]) -> FloatTensor<Self> {
+        reference::log_probs::<Self>(float(logits), labels).into_primitive().tensor()
+    }
+
+    /// Gradient of the logits of [`FusedKernels::log_probs`] given the gradient of its `[n]`
+    /// output, in the logits' dtype. May reuse the logits' buffer.
+    fn log_probs_backward(logits: FloatTensor<Self>, labels: &[i64], grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::log_probs_backward::<Self>(float(logits), labels, float(grad)).into_primitive().tensor()
+    }
+
+    /// Causal attention of `q` (`[batch, tokens, heads × head_dim]`) over `k` and `v`
+    /// (`[batch, tokens, kv_heads × head_dim]`), after rotating `q` and `k` by RoPE with the
+    /// tables `cos` and `sin` (`[tokens, head_dim]`, HF's `cat(freqs, freqs)` layout), keys in
+    /// `padding` hidden. Softmax in f32. Returns the output (`[batch, tokens, heads × head_dim]`)
+    /// and the log-sum-exp of every query row (`[batch, heads, tokens]`, f32), which the
+    /// backward reads.
+    fn rope_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        padding: Option<&KeyPadding>,
+        spec: AttentionSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (out, lse) =
+            reference::rope_attention::<Self>(float(q), float(k), float(v), float(cos), float(sin), padding, spec);
+        (out.into_primitive().tensor(), lse.into_primitive().tensor())
+    }
+
+    /// Gradients of `q`, `k` and `v` of [`FusedKernels::rope_attention`], from its inputs, its
+    /// output and log-sum-exp, and the output's gradient.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        padding: Option<&KeyPadding>,
+        spec: AttentionSpec,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (dq, dk, dv) = reference::rope_attention_backward::<Self>(
+            float(q),
+            float(k),
+            float(v),
+            float(cos),
+            float(sin),
+            padding,
+            spec,
+            float(out),
+            float(lse),
+            float(grad),
+        );
+        (dq.into_primitive().tensor(), dk.into_primitive().tensor(), dv.into_primitive().tensor())
+    }
+}
+
+/// A training backend: autodiff over a backend with the fused ops, both sides implementing
+/// them (the fused step runs its first forward pass on the inner backend).
+pub trait TrainBackend: AutodiffBackend<InnerBackend: FusedKernels> + FusedKernels {}
+
+impl<B> TrainBackend for B
+where
+    B: AutodiffBackend + FusedKernels,
+    B::InnerBackend: FusedKernels,
+{
+}
+
+fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// RMSNorm over the last dimension of `x`, scaled by `weight` (see [`FusedKernels::rms_norm`]).
+pub fn rms_norm<B: FusedKernels, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+    let shape = x.dims();
+    let n = shape[D - 1];
+    let rows = x.shape().num_elements() / n.max(1);
+    let x = x.reshape([rows, n]).into_primitive().tensor();
+    float::<B, 2>(B::rms_norm(x, weight.into_primitive().tensor(), eps)).reshape(shape)
+}
+
+/// `silu(gate) · up` (see [`FusedKernels::swiglu`]).
+///
+/// # Panics
+/// If the shapes differ.
+pub fn swiglu<B: FusedKernels, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
+    assert_eq!(gate.dims(), up.dims(), "swiglu: gate and up must have one shape");
+    let shape = gate.dims();
+    let flat = |t: Tensor<B, D>| t.reshape([gate_rows(&shape), shape[D - 1]]).into_primitive().tensor();
+    float::<B, 2>(B::swiglu(flat(gate), flat(up))).reshape(shape)
+}
+
+fn gate_rows<const D: usize>(shape: &[usize; D]) -> usize {
+    shape[..D - 1].iter().product()
+}
+
+/// `log p(label)` of each row of `logits` (`[n, vocab]`), `[n]` in f32 (see
+/// [`FusedKernels::log_probs`]).
+///
+/// # Panics
+/// If there is not one label per row, or a label is outside the vocabulary.
+pub fn log_probs<B: FusedKernels>(logits: Tensor<B, 2>, labels: &[i64]) -> Tensor<B, 1> {
+    let [n, vocab] = logits.dims();
+    assert_eq!(labels.len(), n, "log_probs: one label per row");
+    for &l in labels.iter() {
+        assert!((0..vocab as i64).contains(&l), "log_probs: label {l} is outside the vocabulary of {vocab}");
+    }
+    float(B::log_probs(logits.into_primitive().tensor(), labels))
+}
+
+/// Causal attention with RoPE (see [`FusedKernels::rope_attention`]): `[batch, tokens, heads ×
+/// head_dim]` out.
+pub fn rope_attention<B: FusedKernels>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    padding: Option<&KeyPadding>,
+    spec: AttentionSpec,
+) -> Tensor<B, 3> {
+    let p = |t: Tensor<B, 3>| t.into_primitive().tensor();
+    let (out, _lse) = B::rope_attention(
+        p(q),
+        p(k),
+        p(v),
+        cos.into_primitive().tensor(),
+        sin.into_primitive().tensor(),
+        padding,
+        spec,
+    );
+    float(out)
+}
