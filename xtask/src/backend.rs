@@ -99,7 +99,7 @@ pub trait CaseRunner {
     /// What the computation returns.
     type Output;
     /// Runs on backend `B`.
-    fn run<B: burn::tensor::backend::AutodiffBackend>(
+    fn run<B: lomo_kernels::TrainBackend>(
         self,
         device: burn::tensor::Device<B>,
         memory: &dyn DeviceMemory,

@@ -1,10 +1,12 @@
-//! Workspace tasks: `cargo xtask profile [--suite quick|paper|scale] [--backend cpu|cuda|tch]`.
-//!
-//! The profile measures the peak memory and the time of one training step per case
-//! (model shape × optimizer × mode × dtype × batch) next to the planner's prediction; see
-//! `profile/mod.rs`.
+//! Workspace tasks:
+//! - `cargo xtask profile [--suite quick|paper|scale] [--backend cpu|cuda|tch]`: the peak memory
+//!   and the time of one training step per case (model shape × optimizer × mode × dtype ×
+//!   batch) next to the planner's prediction; see `profile/mod.rs`.
+//! - `cargo xtask bench [--peer] …`: the step's throughput, side by side with PyTorch + the
+//!   LOMO authors' package; see `bench/mod.rs`.
 
 mod backend;
+mod bench;
 mod profile;
 
 use std::process::ExitCode;
@@ -15,7 +17,8 @@ use backend::BackendKind;
 #[global_allocator]
 static ALLOCATOR: lomo_optim::memory::CountingAllocator = lomo_optim::memory::CountingAllocator;
 
-const USAGE: &str = "usage: cargo xtask profile [--suite quick|paper|scale] [--backend cpu|cuda|tch] [--case LABEL]... [--replan]
+const USAGE: &str = "usage: cargo xtask profile|bench …  (cargo xtask bench --help for the bench)
+       cargo xtask profile [--suite quick|paper|scale] [--backend cpu|cuda|tch] [--case LABEL]... [--replan]
   --case    run only this case (`fused lomo`, `full sgd`, ...; repeatable); the others keep their
             results from target/profile/<suite>.json when it has them
   --replan  recompute the planner's predictions for the measurements in target/profile/<suite>.json";
@@ -89,6 +92,22 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("profile") => match parse_profile_args(&args[1..], false) {
             Ok(a) => profile::profile(&a.suite, a.backend, a.replan, &a.only).map(|_| ()),
+            Err(e) => return usage(&e.0),
+        },
+        Some("bench") if args[1..].iter().any(|a| a == "--help" || a == "-h") => {
+            println!("{}", bench::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Some("bench") => match bench::parse_args(&args[1..]) {
+            Ok(a) => bench::bench(&a).map(|_| ()),
+            Err(e) => {
+                eprintln!("error: {e}\n{}", bench::USAGE);
+                return ExitCode::from(2);
+            }
+        },
+        // Hidden: one bench case in this process, for `bench`'s child processes.
+        Some("bench-case") => match parse_profile_args(&args[1..], true) {
+            Ok(a) => bench::bench_case(a.case.as_deref().unwrap_or_default(), a.backend),
             Err(e) => return usage(&e.0),
         },
         // Hidden: one case in this process, for `profile`'s child processes.

@@ -2,11 +2,11 @@
 //! synthetic addition, print exact-match accuracy before and after, and measure LOMO's peak
 //! memory against AdamW's on the same model.
 
+use lomo_kernels::TrainBackend;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use lomo_data::{exact_match_accuracy, AdditionConfig, AdditionTask, BatchLoader, Dataset, EncodeConfig, GenerationExample, LoaderConfig, PaddingConfig, TextTokenizer};
 use lomo_models::{generate, GenerationConfig, Llama, LlamaConfig, StorageDtype};
 use lomo_optim::{full_backward_step, FusedConfig, FusedStep, Lomo, LrSchedule, RuleUpdater, ScheduleKind};
@@ -80,7 +80,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     with_backend!(args.backend, |B, device| demo::<B>(&args, &device))
 }
 
-fn accuracy<B: Backend>(model: &Llama<B>, tokenizer: &TextTokenizer, eval: &[GenerationExample]) -> Result<f64> {
+fn accuracy<B: lomo_kernels::FusedKernels>(model: &Llama<B>, tokenizer: &TextTokenizer, eval: &[GenerationExample]) -> Result<f64> {
     let config = GenerationConfig::greedy(8);
     let mut generated = Vec::with_capacity(eval.len());
     for e in eval {
@@ -90,7 +90,7 @@ fn accuracy<B: Backend>(model: &Llama<B>, tokenizer: &TextTokenizer, eval: &[Gen
     Ok(exact_match_accuracy(&generated, eval)?)
 }
 
-fn demo<B: AutodiffBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
+fn demo<B: TrainBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
     let started = Instant::now();
     let (mut model, tokenizer, what) = match &args.model {
         Some(path) => {
@@ -140,7 +140,7 @@ fn demo<B: AutodiffBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
 /// Peak live heap of one training step, LOMO (fused) against full backward + AdamW, on a
 /// model big enough that the weights dominate (~25M parameters, f32). Each is the second step
 /// of its optimizer, so AdamW's moments exist, as in any real run.
-fn memory_table<B: AutodiffBackend>(device: &B::Device, seed: u64) -> Result<()> {
+fn memory_table<B: TrainBackend>(device: &B::Device, seed: u64) -> Result<()> {
     let config = demo_config(4096, 512, 8)?;
     let params = config.num_params() as usize;
     let weight_bytes = params * 4;

@@ -41,7 +41,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
 }
 
 /// Loss over `path` (the training format of the file) and, for a task, accuracy.
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: lomo_kernels::FusedKernels>(
     model: &Llama<B>,
     tokenizer: Option<&TextTokenizer>,
     path: &Path,
@@ -88,7 +88,7 @@ pub struct TaskScores {
 
 /// Scores `model` on a SuperGLUE file: each candidate by the summed log-likelihood of its
 /// tokens given the prompt, the best one predicted.
-pub fn score_task<B: Backend>(
+pub fn score_task<B: lomo_kernels::FusedKernels>(
     model: &Llama<B>,
     tokenizer: &TextTokenizer,
     path: &Path,
@@ -116,7 +116,7 @@ pub fn score_task<B: Backend>(
 /// token before it (a prompt and a one-token answer, as RTE's " Yes" / " No") are read off one
 /// row: the prompt runs once and each answer's log-probability comes from the same
 /// distribution. Other candidates run as rows of their own. Rows run `batch_size` at a time.
-pub fn score_candidates<B: Backend>(
+pub fn score_candidates<B: lomo_kernels::FusedKernels>(
     model: &Llama<B>,
     examples: &[&[Example]],
     pad: &PaddingConfig,
@@ -168,7 +168,7 @@ pub fn score_candidates<B: Backend>(
 
 /// The summed log-likelihood of each row's supervised tokens (HF's shift: position t's
 /// logits predict label t + 1). Only those positions go through the LM head.
-pub fn row_log_likelihoods<B: Backend>(model: &Llama<B>, batch: &Batch) -> Result<Vec<f64>> {
+pub fn row_log_likelihoods<B: lomo_kernels::FusedKernels>(model: &Llama<B>, batch: &Batch) -> Result<Vec<f64>> {
     let targets = batch.targets();
     let log_probs = host_values(model.log_probs(batch, &targets))?;
     let mut sums = vec![0.0; batch.batch_size()];

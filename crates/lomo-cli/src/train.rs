@@ -1,12 +1,12 @@
 //! `lomo train`: the training loop around [`crate::trainer::Trainer`].
 
+use lomo_kernels::TrainBackend;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use lomo_data::{BatchLoader, LoaderConfig, PaddingConfig};
 use lomo_optim::{LrSchedule, ScheduleKind};
 use serde_json::json;
@@ -72,7 +72,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     with_backend!(args.backend, |B, device| train::<B>(&args, &device))
 }
 
-fn train<B: AutodiffBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
+fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
     let dtype = args.dtype.storage();
     let resumed = match &args.resume {
         Some(dir) => Some(checkpoint::load_state(dir)?),
@@ -192,6 +192,7 @@ fn train<B: AutodiffBackend>(args: &TrainArgs, device: &B::Device) -> Result<()>
                 "step": step + 1, "loss": report.loss, "lr": lr, "tokens": tokens, "tokens_per_s": tokens as f64 / dt,
                 "seconds": dt, "grad_norm": report.grad_norm, "clip_coef": report.clip_coef, "loss_scale": report.loss_scale,
                 "skipped": report.skipped, "peak_heap_bytes": alloc::peak(), "elapsed_s": progress.elapsed(),
+                "timings": (!report.timings.backward.is_empty()).then_some(&report.timings),
             });
             writeln!(log, "{line}")?;
             log.flush()?;

@@ -1,11 +1,11 @@
 //! One optimizer step, whatever `--optimizer` says: the fused step for LOMO and AdaLomo,
 //! full backward + a burn optimizer for the SGD and AdamW baselines.
 
+use lomo_kernels::TrainBackend;
 use anyhow::Result;
 use burn::module::{ModuleMapper, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, ElementConversion, Tensor};
 use lomo_models::{Batch, Llama};
 use lomo_optim::{
@@ -26,14 +26,14 @@ pub struct StepSettings {
 
 /// The optimizer of a run and its state.
 #[allow(clippy::large_enum_variant)]
-pub enum Trainer<B: AutodiffBackend> {
+pub enum Trainer<B: TrainBackend> {
     Lomo(FusedStep<RuleUpdater<Lomo>>),
     AdaLomo(FusedStep<RuleUpdater<AdaLomo<B::InnerBackend>>>),
     Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, Llama<B>, B>, StepSettings),
     AdamW(OptimizerAdaptor<AdamW, Llama<B>, B>, StepSettings),
 }
 
-impl<B: AutodiffBackend> Trainer<B> {
+impl<B: TrainBackend> Trainer<B> {
     pub fn new(kind: OptimizerKind, s: StepSettings) -> Result<Self> {
         let fused = FusedConfig {
             clip_grad_norm: s.clip_grad_norm,
@@ -109,7 +109,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 }
 
 /// Full backward, global clipping like the fused step's, then the optimizer.
-fn full_step<B: AutodiffBackend>(
+fn full_step<B: TrainBackend>(
     model: Llama<B>,
     micro_batches: &[Batch],
     lr: f64,
@@ -119,12 +119,12 @@ fn full_step<B: AutodiffBackend>(
     let (grads, loss) = full_backward_grads::<B, _, 3>(&model, micro_batches)?;
     let targets = micro_batches.iter().map(Batch::num_targets).sum();
     let (grads, grad_norm, clip_coef) = clip(&model, grads, s)?;
-    let report = StepReport { loss, targets, lr, grad_norm, clip_coef, loss_scale: None, skipped: false };
+    let report = StepReport { loss, targets, lr, grad_norm, clip_coef, loss_scale: None, skipped: false, timings: Default::default() };
     Ok((apply(model, grads), report))
 }
 
 /// Clip by value, then by global norm (burn's own norm clipping is per parameter).
-fn clip<B: AutodiffBackend>(
+fn clip<B: TrainBackend>(
     model: &Llama<B>,
     mut grads: GradientsParams,
     s: &StepSettings,
@@ -138,7 +138,7 @@ fn clip<B: AutodiffBackend>(
         coef: Option<f64>,
         sum_sq: f64,
     }
-    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Visit<'_> {
+    impl<B: TrainBackend> burn::module::ModuleVisitor<B> for Visit<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             let Some(mut g) = self.grads.remove::<B::InnerBackend, D>(param.id) else { return };
             if let Some(v) = self.value {
@@ -162,9 +162,9 @@ fn clip<B: AutodiffBackend>(
 }
 
 /// Decoupled weight decay: `p *= 1 - factor`.
-fn decay<B: AutodiffBackend>(model: Llama<B>, factor: f64) -> Llama<B> {
+fn decay<B: TrainBackend>(model: Llama<B>, factor: f64) -> Llama<B> {
     struct Decay(f64);
-    impl<B: AutodiffBackend> ModuleMapper<B> for Decay {
+    impl<B: TrainBackend> ModuleMapper<B> for Decay {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
             let (id, t, mapper) = param.consume();
             let t = Tensor::from_inner(t.inner().mul_scalar(1.0 - self.0)).require_grad();

@@ -2,7 +2,7 @@
 //! `B`'s backward kernel (the burn book's "custom operations" arrangement, as burn-autodiff's
 //! own `linear` is written).
 //!
-//! What a node keeps for its backward: RMSNorm its input and weight, SwiGLU gate and up,
+//! What a node keeps for its backward: Linear its input and weight, RMSNorm its input and weight, SwiGLU gate and up,
 //! attention its queries, keys, values, output and log-sum-exp, `log_probs` the logits (by
 //! value, so that its backward can write the gradient over them). The `*_backward` methods on
 //! `Autodiff<B>` themselves compute on `B` and return untracked tensors: there are no
@@ -22,6 +22,47 @@ use crate::{AttentionSpec, FusedKernels, KeyPadding};
 
 fn untracked<B: FusedKernels, C: CheckpointStrategy>(t: FloatTensor<B>) -> FloatTensor<Autodiff<B, C>> {
     <Autodiff<B, C> as AutodiffBackend>::from_inner(t)
+}
+
+#[derive(Debug)]
+struct LinearBackward;
+
+impl<B: FusedKernels> Backward<B, 2> for LinearBackward {
+    type State = (NodeId, NodeId);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_weight] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let x = checkpointer.retrieve_node_output(ops.state.0);
+        let weight = checkpointer.retrieve_node_output(ops.state.1);
+        let (dx, dw, _) = <B as FusedKernels>::linear_backward(x, weight, false, grad);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, dx);
+        }
+        if let Some(node) = node_weight {
+            grads.register::<B>(node.id, dw);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LinearBiasBackward;
+
+impl<B: FusedKernels> Backward<B, 3> for LinearBiasBackward {
+    type State = (NodeId, NodeId);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_weight, node_bias] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let x = checkpointer.retrieve_node_output(ops.state.0);
+        let weight = checkpointer.retrieve_node_output(ops.state.1);
+        let (dx, dw, db) = <B as FusedKernels>::linear_backward(x, weight, true, grad);
+        for (node, g) in [(node_x, Some(dx)), (node_weight, Some(dw)), (node_bias, db)] {
+            if let (Some(node), Some(g)) = (node, g) {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -122,6 +163,38 @@ impl<B: FusedKernels> Backward<B, 3> for AttentionBackward {
 }
 
 impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
+    fn linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
+        match bias {
+            None => match LinearBackward.prepare::<C>([x.node.clone(), weight.node.clone()]).compute_bound().stateful() {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (prep.checkpoint(&x), prep.checkpoint(&weight));
+                    prep.finish(state, <B as FusedKernels>::linear(x.primitive, weight.primitive, None))
+                }
+                OpsKind::UnTracked(prep) => prep.finish(<B as FusedKernels>::linear(x.primitive, weight.primitive, None)),
+            },
+            Some(bias) => {
+                let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
+                match LinearBiasBackward.prepare::<C>(nodes).compute_bound().stateful() {
+                    OpsKind::Tracked(mut prep) => {
+                        let state = (prep.checkpoint(&x), prep.checkpoint(&weight));
+                        prep.finish(state, <B as FusedKernels>::linear(x.primitive, weight.primitive, Some(bias.primitive)))
+                    }
+                    OpsKind::UnTracked(prep) => prep.finish(<B as FusedKernels>::linear(x.primitive, weight.primitive, Some(bias.primitive))),
+                }
+            }
+        }
+    }
+
+    fn linear_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: bool,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let (dx, dw, db) = <B as FusedKernels>::linear_backward(x.primitive, weight.primitive, bias, grad.primitive);
+        (untracked::<B, C>(dx), untracked::<B, C>(dw), db.map(untracked::<B, C>))
+    }
+
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         match RmsNormBackward.prepare::<C>([x.node.clone(), weight.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {

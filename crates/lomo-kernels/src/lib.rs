@@ -35,7 +35,7 @@ pub mod reference;
 use std::sync::Arc;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, ModuleOps};
 use burn::tensor::{Tensor, TensorPrimitive};
 
 /// The head layout of an attention call.
@@ -95,6 +95,26 @@ impl KeyPadding {
 /// Shapes are checked by the kernels; tensors are float primitives of the storage dtype unless
 /// a method says otherwise.
 pub trait FusedKernels: Backend {
+    /// `x · weight + bias` for `x` `[rows, in]`, `weight` `[in, out]` (burn's layout; any strides,
+    /// e.g. a transposed embedding as a tied LM head), `bias` `[out]`.
+    fn linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::linear(x, weight, bias)
+    }
+
+    /// Gradients of `x`, `weight` (in the weight's layout) and, with `bias`, the bias of
+    /// [`FusedKernels::linear`].
+    fn linear_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: bool,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let dx = <Self as ModuleOps<Self>>::linear_x_backward(weight, grad.clone());
+        let dw = <Self as ModuleOps<Self>>::linear_weight_backward(x, grad.clone());
+        let db = bias.then(|| <Self as ModuleOps<Self>>::linear_bias_backward(grad));
+        (dx, dw, db)
+    }
+
     /// RMSNorm of the rows of `x` (`[rows, n]`) scaled by `weight` (`[n]`), as HF's
     /// `LlamaRMSNorm`: statistics in f32, result in `x`'s dtype.
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
@@ -203,6 +223,22 @@ where
 
 fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// `x · weight (+ bias)` over the last dimension of `x` (`[…, in]`), `weight` `[in, out]` in
+/// burn's layout (see [`FusedKernels::linear`]).
+pub fn linear<B: FusedKernels, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, D> {
+    let mut shape = x.dims();
+    let inner = shape[D - 1];
+    let rows = x.shape().num_elements() / inner.max(1);
+    let out = weight.dims()[1];
+    let y = <B as FusedKernels>::linear(
+        x.reshape([rows, inner]).into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+        bias.map(|b| b.into_primitive().tensor()),
+    );
+    shape[D - 1] = out;
+    float::<B, 2>(y).reshape(shape)
 }
 
 /// RMSNorm over the last dimension of `x`, scaled by `weight` (see [`FusedKernels::rms_norm`]).

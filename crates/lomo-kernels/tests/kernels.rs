@@ -196,3 +196,50 @@ fn attention_three_ways_mha_gqa_padding_and_blocks() {
     attention_three_ways(2, 70, gqa, Some(mask.clone()), DType::F32);
     attention_three_ways(2, 70, gqa, Some(mask), DType::BF16);
 }
+
+fn linear_case(rows: usize, inner: usize, out: usize, transposed: bool, bias: bool, dtype: DType) {
+    let x = tensor::<Flex, 2>([rows, inner], 21, 1.0, dtype);
+    // A transposed view: the tied LM head reads the embedding `[vocab, hidden]` this way.
+    let w = if transposed {
+        tensor::<Flex, 2>([out, inner], 22, 0.5, dtype).transpose()
+    } else {
+        tensor::<Flex, 2>([inner, out], 22, 0.5, dtype)
+    };
+    let b = tensor::<Flex, 1>([out], 23, 0.5, dtype);
+    let g = tensor::<Flex, 2>([rows, out], 24, 1.0, dtype);
+    let run = |fused: bool| {
+        let (xa, wa, ba) = (on_ad(&x), on_ad(&w), on_ad(&b));
+        let bias_a = bias.then(|| ba.clone());
+        let y = if fused {
+            lomo_kernels::linear(xa.clone(), wa.clone(), bias_a)
+        } else {
+            burn::tensor::module::linear(xa.clone(), wa.clone(), bias_a)
+        };
+        let mut grads = (y.clone() * Tensor::from_inner(g.clone())).sum().backward();
+        let db = bias.then(|| to_vec(ba.grad_remove(&mut grads).unwrap()));
+        (to_vec(y.inner()), to_vec(xa.grad_remove(&mut grads).unwrap()), to_vec(wa.grad_remove(&mut grads).unwrap()), db)
+    };
+    let (want, got) = (run(false), run(true));
+    let what = format!("linear {rows}×{inner}×{out} transposed={transposed} bias={bias} {dtype:?}");
+    // The products sum `inner` terms: relative to the largest value, f32 rounding grows with it.
+    let t = tol(dtype) * if dtype == DType::F32 { 10.0 } else { 1.0 };
+    assert_close(&format!("{what} forward"), &got.0, &want.0, t);
+    assert_close(&format!("{what} dx"), &got.1, &want.1, t);
+    assert_close(&format!("{what} dw"), &got.2, &want.2, t);
+    if let (Some(a), Some(b)) = (got.3, want.3) {
+        assert_close(&format!("{what} db"), &a, &b, t);
+    }
+}
+
+#[test]
+fn linear_three_ways_layouts_bias_and_panels() {
+    for dtype in [DType::F32, DType::BF16] {
+        linear_case(7, 33, 20, false, false, dtype);
+        linear_case(7, 33, 20, true, false, dtype);
+        linear_case(5, 16, 12, false, true, dtype);
+    }
+    // Large enough for several weight panels (2^18 elements each) and threaded gemm.
+    linear_case(64, 1024, 600, false, false, DType::BF16);
+    linear_case(64, 600, 1024, true, false, DType::BF16);
+    linear_case(64, 1024, 600, false, true, DType::F32);
+}

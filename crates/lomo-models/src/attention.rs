@@ -1,57 +1,20 @@
 //! Grouped-query self-attention with RoPE, a causal mask and a padding mask (HF's
 //! `LlamaAttention` with `eager_attention_forward`).
+//!
+//! Training and scoring run the whole attention core (RoPE, scores, softmax, the weighted sum
+//! of values) as one op of [`lomo_kernels::FusedKernels`], on the projections' own
+//! `[batch, tokens, heads × head_dim]` layout; incremental decoding, whose queries attend to
+//! cached keys, composes burn's ops ([`lomo_kernels::reference`]).
 
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::Tensor;
+use lomo_kernels::reference::{self, AttentionMask};
+use lomo_kernels::{AttentionSpec, FusedKernels, KeyPadding};
 
 use crate::kv_cache::LayerKvCache;
 use crate::rope::RopeTables;
-
-/// Added to the score of a key a query may not see. Large enough that `exp` of it is 0
-/// in f32, small enough that adding two of them stays finite (a row with every key masked
-/// then becomes uniform instead of NaN, as in HF).
-const MASKED: f32 = -1e30;
-
-/// Which keys each query may attend to, as additive f32 terms broadcast onto the scores
-/// `[batch, heads, queries, keys]`: a causal part `[1, 1, queries, keys]` and a padding part
-/// `[batch, 1, 1, keys]`, kept apart so that neither is `batch × queries × keys`.
-#[derive(Debug, Clone)]
-pub struct AttentionMask<B: Backend> {
-    causal: Tensor<B, 4>,
-    padding: Option<Tensor<B, 4>>,
-}
-
-impl<B: Backend> AttentionMask<B> {
-    /// The mask for `queries` new positions following `offset` cached ones. `key_padding`
-    /// (`[batch, offset + queries]`, 1 = real token, 0 = padding), if given, hides padded keys.
-    pub fn new(queries: usize, offset: usize, key_padding: Option<(&[i64], usize)>, device: &B::Device) -> Self {
-        let keys = offset + queries;
-        let causal: Vec<f32> = (0..queries)
-            .flat_map(|q| (0..keys).map(move |k| if k <= offset + q { 0.0 } else { MASKED }))
-            .collect();
-        let causal = Tensor::from_data(TensorData::new(causal, [1, 1, queries, keys]), (device, DType::F32));
-        let padding = key_padding.and_then(|(mask, batch)| {
-            if mask.iter().all(|&m| m != 0) {
-                return None;
-            }
-            assert_eq!(mask.len(), batch * keys, "key padding mask must be [batch, keys]");
-            let add: Vec<f32> = mask.iter().map(|&m| if m != 0 { 0.0 } else { MASKED }).collect();
-            Some(Tensor::from_data(TensorData::new(add, [batch, 1, 1, keys]), (device, DType::F32)))
-        });
-        Self { causal, padding }
-    }
-
-    fn apply(&self, scores: Tensor<B, 4>) -> Tensor<B, 4> {
-        let scores = scores + self.causal.clone();
-        match &self.padding {
-            Some(padding) => scores + padding.clone(),
-            None => scores,
-        }
-    }
-}
 
 /// Multi-head attention where `num_heads / num_kv_heads` query heads share a key/value head.
 #[derive(Module, Debug)]
@@ -72,43 +35,53 @@ pub struct Attention<B: Backend> {
     pub head_dim: usize,
 }
 
-impl<B: Backend> Attention<B> {
-    /// Attends `x` (`[batch, tokens, hidden]`) to itself, and to the cached positions when
-    /// `cache` is given (generation only).
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        rope: &RopeTables<B>,
-        mask: &AttentionMask<B>,
-        cache: Option<&mut LayerKvCache<B>>,
-    ) -> Tensor<B, 3> {
-        let [batch, tokens, _] = x.dims();
-        let (heads, kv_heads, dim) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let groups = heads / kv_heads;
-        let split_heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, tokens, n, dim]).swap_dims(1, 2);
+/// How a forward pass attends: every position of the batch at once (training, scoring), or the
+/// new positions of incremental decoding against a KV cache.
+#[derive(Debug)]
+pub enum AttentionInputs<'a, B: Backend> {
+    /// Causal attention over the batch's own positions, padded keys hidden.
+    Batch {
+        /// RoPE tables of positions `0..tokens`.
+        rope: &'a RopeTables<B>,
+        /// Padded keys, `None` when the batch has none.
+        padding: Option<&'a KeyPadding>,
+    },
+    /// Decoding: the new positions follow the ones in `cache`, which they extend.
+    Cached {
+        /// RoPE tables of the new positions.
+        rope: &'a RopeTables<B>,
+        /// Causal mask of the new positions over every cached and new key.
+        mask: &'a AttentionMask<B>,
+        /// This layer's cache.
+        cache: &'a mut LayerKvCache<B>,
+    },
+}
 
-        let q = rope.apply(split_heads(linear_rows(&self.q_proj, x.clone()), heads));
-        let k = rope.apply(split_heads(linear_rows(&self.k_proj, x.clone()), kv_heads));
-        let v = split_heads(linear_rows(&self.v_proj, x), kv_heads);
-        let (k, v) = match cache {
-            Some(cache) => cache.append(k, v),
-            None => (k, v),
+impl<B: FusedKernels> Attention<B> {
+    fn spec(&self) -> AttentionSpec {
+        AttentionSpec { heads: self.num_heads, kv_heads: self.num_kv_heads, head_dim: self.head_dim }
+    }
+
+    /// Attends `x` (`[batch, tokens, hidden]`) to itself, or to the cached positions too.
+    pub fn forward(&self, x: Tensor<B, 3>, inputs: AttentionInputs<'_, B>) -> Tensor<B, 3> {
+        let q = linear_rows(&self.q_proj, x.clone());
+        let k = linear_rows(&self.k_proj, x.clone());
+        let v = linear_rows(&self.v_proj, x);
+        let out = match inputs {
+            AttentionInputs::Batch { rope, padding } => {
+                lomo_kernels::rope_attention(q, k, v, rope.cos.clone(), rope.sin.clone(), padding, self.spec())
+            }
+            AttentionInputs::Cached { rope, mask, cache } => {
+                let [batch, tokens, _] = q.dims();
+                let (heads, kv_heads, dim) = (self.num_heads, self.num_kv_heads, self.head_dim);
+                let split_heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, tokens, n, dim]).swap_dims(1, 2);
+                let q = reference::rope(split_heads(q, heads), &rope.cos, &rope.sin);
+                let k = reference::rope(split_heads(k, kv_heads), &rope.cos, &rope.sin);
+                let (k, v) = cache.append(k, split_heads(v, kv_heads));
+                let (out, _lse) = reference::attend(q, k, v, mask);
+                out.swap_dims(1, 2).reshape([batch, tokens, heads * dim])
+            }
         };
-        let keys = k.dims()[2];
-
-        // HF repeats each key/value head `groups` times. Folding the query heads of a group
-        // into the token axis instead, `[batch, kv_heads, groups × tokens, dim]`, computes the
-        // same products without materialising the repeated keys and values.
-        let q = q.reshape([batch, kv_heads, groups * tokens, dim]);
-        let scale = (dim as f64).powf(-0.5);
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
-        let scores = scores.reshape([batch, heads, tokens, keys]);
-        // Softmax in f32 (HF: `softmax(..., dtype=torch.float32).to(query.dtype)`).
-        let compute = scores.dtype();
-        let probs = softmax(mask.apply(scores.cast(DType::F32)), 3).cast(compute);
-        let probs = probs.reshape([batch, kv_heads, groups * tokens, keys]);
-        let out = probs.matmul(v).reshape([batch, heads, tokens, dim]);
-        let out = out.swap_dims(1, 2).reshape([batch, tokens, heads * dim]);
         linear_rows(&self.o_proj, out)
     }
 }
@@ -119,9 +92,15 @@ impl<B: Backend> Attention<B> {
 /// the weight gradient as one `[in, out]` product per batch row, `[batch, in, out]`, then sums
 /// them (and for one row still copies the sum): `batch` weight-sized tensors per projection
 /// instead of one.
-pub(crate) fn linear_rows<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+pub(crate) fn linear_rows<B: FusedKernels>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [batch, tokens, width] = x.dims();
-    let out = linear.forward(x.reshape([batch * tokens, width]));
+    let out = dense(linear, x.reshape([batch * tokens, width]));
     let out_width = out.dims()[1];
     out.reshape([batch, tokens, out_width])
+}
+
+/// `linear` on rows `[rows, in]` through the fused op (one kernel forward and backward, outputs
+/// allocated by it; see [`lomo_kernels::FusedKernels::linear`]).
+pub(crate) fn dense<B: FusedKernels>(linear: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    lomo_kernels::linear(x, linear.weight.val(), linear.bias.as_ref().map(|b| b.val()))
 }

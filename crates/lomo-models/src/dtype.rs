@@ -65,6 +65,17 @@ impl StorageDtype {
     }
 }
 
+impl std::fmt::Display for StorageDtype {
+    /// The name the command line takes: `f32`, `bf16`, `f16`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageDtype::F32 => "f32",
+            StorageDtype::BF16 => "bf16",
+            StorageDtype::F16 => "f16",
+        })
+    }
+}
+
 impl std::str::FromStr for StorageDtype {
     type Err = String;
 

@@ -1,7 +1,7 @@
 //! Text generation with a KV cache: greedy, or temperature / top-p sampling from a seeded
 //! PRNG so that a sampled continuation can be reproduced.
 
-use burn::tensor::backend::Backend;
+use lomo_kernels::FusedKernels;
 
 use crate::kv_cache::KvCache;
 use crate::llama::Llama;
@@ -93,7 +93,7 @@ pub fn sample_top_p(logits: &[f32], temperature: f32, top_p: f32, rng: &mut Spli
 ///
 /// # Panics
 /// If `prompt` is empty, or the sampling parameters are out of range.
-pub fn generate<B: Backend>(model: &Llama<B>, prompt: &[u32], config: &GenerationConfig) -> Vec<u32> {
+pub fn generate<B: FusedKernels>(model: &Llama<B>, prompt: &[u32], config: &GenerationConfig) -> Vec<u32> {
     assert!(!prompt.is_empty(), "generation needs at least one prompt token");
     let stop: &[u32] = if config.stop_tokens.is_empty() { &model.config().eos_token_ids } else { &config.stop_tokens };
     let mut rng = match config.sampling {

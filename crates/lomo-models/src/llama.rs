@@ -5,10 +5,12 @@ use std::collections::HashMap;
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::activation::log_softmax;
+use lomo_kernels::reference::AttentionMask;
+use lomo_kernels::{FusedKernels, KeyPadding};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
-use crate::attention::{Attention, AttentionMask};
+use crate::attention::{Attention, AttentionInputs};
 use crate::batch::Batch;
 use crate::config::{LlamaConfig, TensorSpec};
 use crate::dtype::StorageDtype;
@@ -31,16 +33,10 @@ pub struct DecoderLayer<B: Backend> {
     pub mlp: Mlp<B>,
 }
 
-impl<B: Backend> DecoderLayer<B> {
+impl<B: FusedKernels> DecoderLayer<B> {
     /// Applies the block to `[batch, tokens, hidden]`.
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        rope: &RopeTables<B>,
-        mask: &AttentionMask<B>,
-        cache: Option<&mut crate::kv_cache::LayerKvCache<B>>,
-    ) -> Tensor<B, 3> {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), rope, mask, cache);
+    pub fn forward(&self, x: Tensor<B, 3>, inputs: AttentionInputs<'_, B>) -> Tensor<B, 3> {
+        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), inputs);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -280,6 +276,9 @@ impl<B: Backend> Llama<B> {
             .collect()
     }
 
+}
+
+impl<B: FusedKernels> Llama<B> {
     /// Stage 0: token embedding, `[batch, tokens, hidden]`.
     pub fn embed(&self, batch: &Batch) -> Tensor<B, 3> {
         let device = self.device();
@@ -287,18 +286,16 @@ impl<B: Backend> Llama<B> {
         self.embed_tokens.forward(Tensor::<B, 2, Int>::from_data(ids, &device))
     }
 
-    /// RoPE tables and attention mask for a training / scoring forward over `batch`.
-    pub(crate) fn attention_inputs(&self, batch: &Batch) -> (RopeTables<B>, AttentionMask<B>) {
-        let device = self.device();
-        let rope = self.rope.tables(0, batch.seq_len(), self.dtype().to_burn(), &device);
-        let mask = AttentionMask::new(batch.seq_len(), 0, Some((batch.attention_mask(), batch.batch_size())), &device);
-        (rope, mask)
+    /// RoPE tables and padded keys for a training / scoring forward over `batch`.
+    pub(crate) fn attention_inputs(&self, batch: &Batch) -> (RopeTables<B>, Option<KeyPadding>) {
+        let rope = self.rope.tables(0, batch.seq_len(), self.dtype().to_burn(), &self.device());
+        (rope, KeyPadding::from_mask(batch.attention_mask(), batch.batch_size()))
     }
 
     /// Runs decoder block `layer` on `x` (no cache: training and scoring).
     pub fn block(&self, layer: usize, x: Tensor<B, 3>, batch: &Batch) -> Tensor<B, 3> {
-        let (rope, mask) = self.attention_inputs(batch);
-        self.layers[layer].forward(x, &rope, &mask, None)
+        let (rope, padding) = self.attention_inputs(batch);
+        self.layers[layer].forward(x, AttentionInputs::Batch { rope: &rope, padding: padding.as_ref() })
     }
 
     /// Final norm and LM head: logits `[batch, tokens, vocab]` in f32.
@@ -313,21 +310,26 @@ impl<B: Backend> Llama<B> {
     /// in f32. The head always sees a 2-D input: burn's Linear backward on a 3-D input
     /// makes one weight-sized product per batch row before summing them.
     pub fn head_rows(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.head_logits(x).cast(DType::F32)
+    }
+
+    /// Final norm and LM head on rows, `[rows, hidden]` → `[rows, vocab]` in the storage dtype.
+    fn head_logits(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let x = self.norm.forward(x);
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => x.matmul(self.embed_tokens.weight.val().transpose()),
-        };
-        logits.cast(DType::F32)
+        match &self.lm_head {
+            Some(head) => crate::attention::dense(head, x),
+            // Tied: the embedding `[vocab, hidden]` read as a `[hidden, vocab]` view, no copy.
+            None => lomo_kernels::linear(x, self.embed_tokens.weight.val().transpose(), None),
+        }
     }
 
     /// The last decoder block's output for `batch`, `[batch, tokens, hidden]` (before the
     /// final norm): the whole model but the head.
     pub fn hidden_states(&self, batch: &Batch) -> Tensor<B, 3> {
-        let (rope, mask) = self.attention_inputs(batch);
+        let (rope, padding) = self.attention_inputs(batch);
         let mut x = self.embed(batch);
         for layer in &self.layers {
-            x = layer.forward(x, &rope, &mask, None);
+            x = layer.forward(x, AttentionInputs::Batch { rope: &rope, padding: padding.as_ref() });
         }
         x
     }
@@ -401,7 +403,7 @@ impl<B: Backend> Llama<B> {
         let rope = self.rope.tables(offset, tokens, self.dtype().to_burn(), &device);
         let mask = AttentionMask::new(tokens, offset, None, &device);
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x, &rope, &mask, Some(cache.layer_mut(i)));
+            x = layer.forward(x, AttentionInputs::Cached { rope: &rope, mask: &mask, cache: cache.layer_mut(i) });
         }
         cache.advance(tokens);
         let logits = self.head(x.narrow(1, tokens - 1, 1));
@@ -412,16 +414,16 @@ impl<B: Backend> Llama<B> {
 
 /// `log p(label)` at each `(flat position, label)` of `targets`, `[n]` in f32: the rows of
 /// `hidden` (`[batch, tokens, hidden]`, flattened) at those positions go through the head.
-fn log_probs_at<B: Backend>(model: &Llama<B>, hidden: Tensor<B, 3>, targets: &[(usize, i64)]) -> Tensor<B, 1> {
+fn log_probs_at<B: FusedKernels>(model: &Llama<B>, hidden: Tensor<B, 3>, targets: &[(usize, i64)]) -> Tensor<B, 1> {
     let device = hidden.device();
     let [batch, tokens, width] = hidden.dims();
     let n = targets.len();
     let positions: Vec<i64> = targets.iter().map(|&(p, _)| p as i64).collect();
     let labels: Vec<i64> = targets.iter().map(|&(_, l)| l).collect();
     let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [n]), &device);
-    let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(labels, [n, 1]), &device);
     let rows = hidden.reshape([batch * tokens, width]).select(0, positions);
-    log_softmax(model.head_rows(rows), 1).gather(1, labels).reshape([n])
+    // One fused op reads log-softmax at the labels; its backward writes over the logits.
+    lomo_kernels::log_probs(model.head_logits(rows), &labels)
 }
 
 /// Sum over the batch's targets of `-log p(target)`, `[1]`, from the logits of every

@@ -86,11 +86,6 @@ fn llama3_scale(inv_freq: &mut [f32], s: &Llama3RopeScaling) {
 impl<B: Backend> RopeTables<B> {
     /// Rotates `x` (`[batch, heads, tokens, head_dim]`): `x * cos + rotate_half(x) * sin`.
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [_, _, _, dim] = x.dims();
-        let half = dim / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * self.cos.clone().unsqueeze::<4>() + rotated * self.sin.clone().unsqueeze::<4>()
+        lomo_kernels::reference::rope(x, &self.cos, &self.sin)
     }
 }

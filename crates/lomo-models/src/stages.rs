@@ -7,14 +7,14 @@
 //! ([`crate::LossChunking`]), so that the logits of the whole batch never exist at once.
 
 use burn::module::ParamId;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use lomo_kernels::{FusedKernels, TrainBackend};
 use burn::tensor::Tensor;
 use lomo_optim::{param_ids, StagedModel};
 
 use crate::batch::Batch;
 use crate::llama::Llama;
 
-impl<B: Backend> Llama<B> {
+impl<B: FusedKernels> Llama<B> {
     /// Number of stages: embedding, one per decoder block, loss.
     pub fn num_stages(&self) -> usize {
         self.layers.len() + 2
@@ -54,7 +54,7 @@ impl<B: Backend> Llama<B> {
     }
 }
 
-impl<B: AutodiffBackend> StagedModel<B, 3> for Llama<B> {
+impl<B: TrainBackend> StagedModel<B, 3> for Llama<B> {
     type Batch = Batch;
 
     fn num_stages(&self) -> usize {

@@ -7,6 +7,7 @@
 //! first; that is the only gradient that lives across stages.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
@@ -48,6 +49,42 @@ pub struct StepReport {
     pub loss_scale: Option<f64>,
     /// The step found an inf/NaN gradient and changed nothing.
     pub skipped: bool,
+    /// Where the step's time went.
+    pub timings: StepTimings,
+}
+
+/// Wall-clock seconds of the phases of one fused step, from timers inside it (a clock read
+/// per stage: cheap, always on).
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct StepTimings {
+    /// The tape-free forward pass through every stage but the loss stage.
+    pub forward: f64,
+    /// The norm pass (clip-by-norm or loss scaling): its stage-wise backward and the sums of
+    /// squares.
+    pub norm_pass: Option<f64>,
+    /// The updating pass, per stage (index = stage): re-running the stage with autodiff and its
+    /// `backward()`, over every micro-batch, the loss stage's forward included.
+    pub backward: Vec<f64>,
+    /// The updates, all stages together.
+    pub update: f64,
+}
+
+impl StepTimings {
+    /// Seconds of the whole step as these phases count it.
+    pub fn total(&self) -> f64 {
+        self.forward + self.norm_pass.unwrap_or(0.0) + self.backward.iter().sum::<f64>() + self.update
+    }
+}
+
+/// What one stage-wise backward pass measured.
+pub(crate) struct PassResult<M> {
+    model: M,
+    /// Sum of the loss stage's (unscaled, unweighted) losses over micro-batches and chunks.
+    loss_sum: f64,
+    /// Seconds per stage of re-running it and its `backward()`.
+    stage_seconds: Vec<f64>,
+    /// Seconds in `on_ready`.
+    ready_seconds: f64,
 }
 
 /// The fused LOMO step with an update rule (`U`: [`crate::RuleUpdater`] over [`crate::Lomo`]
@@ -116,33 +153,42 @@ impl<U> FusedStep<U> {
         U: Updater<B, M>,
     {
         let plan = StagePlan::new(&model, micro_batches)?;
-        let (boundaries, loss_sum) = forward_boundaries::<B, M, D>(&model, micro_batches, plan.num_stages);
+        let clock = Instant::now();
+        let boundaries = forward_boundaries::<B, M, D>(&model, micro_batches, plan.num_stages);
+        let mut timings = StepTimings { forward: clock.elapsed().as_secs_f64(), ..Default::default() };
         let scale = self.scaler.as_ref().map(|s| s.scale());
         let mut report = StepReport {
-            loss: loss_sum / plan.targets as f64,
+            loss: f64::NAN,
             targets: plan.targets,
             lr,
             grad_norm: None,
             clip_coef: None,
             loss_scale: scale,
             skipped: false,
+            timings: StepTimings::default(),
         };
         let inv_scale = scale.map_or(1.0, |s| 1.0 / s);
         let mut prep = GradPrep { inv_scale, clip_value: self.config.clip_grad_value, clip_coef: None };
 
+        let mut model = model;
         if self.config.clip_grad_norm.is_some() || self.scaler.is_some() {
+            let clock = Instant::now();
             let mut norm = NormPass { inv_scale, sum_sq: 0.0, overflow: false };
-            let model_ref = model;
-            let model_ref = backward_pass::<B, M, D, _>(model_ref, micro_batches, &boundaries, &plan, scale, &mut |m, ready| {
+            let pass = backward_pass::<B, M, D, _>(model, micro_batches, &boundaries, &plan, scale, &mut |m, ready| {
                 norm.add::<B, M>(&m, ready);
                 (m, !norm.overflow)
             });
+            timings.norm_pass = Some(clock.elapsed().as_secs_f64());
+            // The loss stage runs first in backward, before anything can stop the pass.
+            report.loss = pass.loss_sum / plan.targets as f64;
+            model = pass.model;
             if norm.overflow {
                 if let Some(s) = self.scaler.as_mut() {
                     s.overflow();
                 }
                 report.skipped = true;
-                return Ok((model_ref, report));
+                report.timings = timings;
+                return Ok((model, report));
             }
             let total = norm.sum_sq.sqrt();
             report.grad_norm = Some(total);
@@ -151,23 +197,23 @@ impl<U> FusedStep<U> {
                 prep.clip_coef = Some(coef);
                 report.clip_coef = Some(coef);
             }
-            self.updater.begin_step();
-            let updater = &mut self.updater;
-            let model = backward_pass::<B, M, D, _>(model_ref, micro_batches, &boundaries, &plan, scale, &mut |m, ready| {
-                (updater.apply(m, ready, &prep, lr), true)
-            });
-            if let Some(s) = self.scaler.as_mut() {
-                s.clean();
-            }
-            return Ok((model, report));
         }
 
         self.updater.begin_step();
         let updater = &mut self.updater;
-        let model = backward_pass::<B, M, D, _>(model, micro_batches, &boundaries, &plan, scale, &mut |m, ready| {
+        let pass = backward_pass::<B, M, D, _>(model, micro_batches, &boundaries, &plan, scale, &mut |m, ready| {
             (updater.apply(m, ready, &prep, lr), true)
         });
-        Ok((model, report))
+        if report.loss.is_nan() {
+            report.loss = pass.loss_sum / plan.targets as f64;
+        }
+        if let Some(s) = self.scaler.as_mut() {
+            s.clean();
+        }
+        timings.backward = pass.stage_seconds;
+        timings.update = pass.ready_seconds;
+        report.timings = timings;
+        Ok((pass.model, report))
     }
 }
 
@@ -218,15 +264,15 @@ pub(crate) fn total_targets<B: AutodiffBackend, M: StagedModel<B, D>, const D: u
     }
 }
 
-/// The boundary activations `[mb][k]` = input of stage `k + 1`, computed without a tape, and
-/// the summed loss.
+/// The boundary activations `[mb][k]` = input of stage `k + 1`, computed without a tape. The
+/// loss stage does not run here: its forward is part of the backward pass, which reads the loss
+/// off it.
 pub(crate) fn forward_boundaries<B: AutodiffBackend, M: StagedModel<B, D>, const D: usize>(
     model: &M,
     micro_batches: &[M::Batch],
     num_stages: usize,
-) -> (Vec<Vec<Tensor<B::InnerBackend, D>>>, f64) {
+) -> Vec<Vec<Tensor<B::InnerBackend, D>>> {
     let inner = model.valid();
-    let mut loss_sum = 0.0;
     let mut boundaries = Vec::with_capacity(micro_batches.len());
     for batch in micro_batches {
         let mut per_stage = Vec::with_capacity(num_stages - 1);
@@ -236,14 +282,10 @@ pub(crate) fn forward_boundaries<B: AutodiffBackend, M: StagedModel<B, D>, const
             per_stage.push(h);
             h = next;
         }
-        for chunk in 0..model.num_loss_chunks(batch) {
-            let loss = M::inner_forward_loss(&inner, h.clone(), batch, chunk);
-            loss_sum += loss.cast(DType::F32).into_scalar().elem::<f64>();
-        }
         per_stage.push(h);
         boundaries.push(per_stage);
     }
-    (boundaries, loss_sum)
+    boundaries
 }
 
 /// Backward through every stage in reverse. After each stage, `on_ready` gets the model and
@@ -256,7 +298,7 @@ pub(crate) fn backward_pass<B, M, const D: usize, F>(
     plan: &StagePlan,
     loss_scale: Option<f64>,
     on_ready: &mut F,
-) -> M
+) -> PassResult<M>
 where
     B: AutodiffBackend,
     M: StagedModel<B, D>,
@@ -266,14 +308,20 @@ where
     let loss_weight = loss_scale.unwrap_or(1.0) / plan.targets as f64;
     let mut upstream: Vec<Option<Tensor<B::InnerBackend, D>>> = vec![None; micro_batches.len()];
     let mut pending = GradientsParams::new();
+    let mut loss_sum = 0.0;
+    let mut stage_seconds = vec![0.0; n];
+    let mut ready_seconds = 0.0;
     for s in (0..n).rev() {
+        let clock = Instant::now();
         let mut ready = GradientsParams::new();
         for (mb, batch) in micro_batches.iter().enumerate() {
             if s == n - 1 {
                 let mut input_grad: Option<Tensor<B::InnerBackend, D>> = None;
                 for chunk in 0..model.num_loss_chunks(batch) {
                     let x = Tensor::<B, D>::from_inner(boundaries[mb][n - 2].clone()).require_grad();
-                    let loss = model.forward_loss(x.clone(), batch, chunk).cast(DType::F32).mul_scalar(loss_weight);
+                    let raw = model.forward_loss(x.clone(), batch, chunk).cast(DType::F32);
+                    loss_sum += raw.clone().inner().into_scalar().elem::<f64>();
+                    let loss = raw.mul_scalar(loss_weight);
                     let mut grads = loss.backward();
                     if let Some(g) = x.grad_remove(&mut grads) {
                         input_grad = Some(match input_grad {
@@ -295,14 +343,17 @@ where
                 collect_grads::<B, M>(&model, &mut grads, s, plan, &mut pending, &mut ready);
             }
         }
+        stage_seconds[s] = clock.elapsed().as_secs_f64();
         // The stage's graphs are gone: every weight is uniquely owned again.
+        let clock = Instant::now();
         let (next, go_on) = on_ready(model, &mut ready);
+        ready_seconds += clock.elapsed().as_secs_f64();
         model = next;
         if !go_on {
             break;
         }
     }
-    model
+    PassResult { model, loss_sum, stage_seconds, ready_seconds }
 }
 
 /// Moves the gradients of stage `s`'s parameters out of `grads`, adding them to what earlier

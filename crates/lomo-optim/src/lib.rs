@@ -30,7 +30,7 @@ pub mod stages;
 pub use adalomo::{AdaLomo, AdaLomoConfig, AdaLomoParamRecord, AdaLomoRecord, SecondMoment};
 pub use baseline::{full_backward_grads, full_backward_step, full_forward_loss, BurnOptimizer};
 pub use error::OptimError;
-pub use fused::{FusedConfig, FusedStep, StepReport};
+pub use fused::{FusedConfig, FusedStep, StepReport, StepTimings};
 pub use lomo::Lomo;
 pub use rule::{param_paths, GradPrep, RuleUpdater, UpdateRule, Updater};
 pub use scaler::{DynamicLossScaler, LossScaleConfig};

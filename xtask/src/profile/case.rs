@@ -1,6 +1,7 @@
 //! One profile case: a model shape, an optimizer, a mode, a dtype and a batch, run for one
 //! measured step in a process of its own (the counting allocator and VmHWM are process-wide).
 
+use lomo_kernels::TrainBackend;
 use std::path::Path;
 use std::time::Instant;
 
@@ -142,7 +143,7 @@ struct Run<'a>(&'a Case);
 impl CaseRunner for Run<'_> {
     type Output = Measurement;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, memory: &dyn DeviceMemory) -> Result<Measurement> {
+    fn run<B: TrainBackend>(self, device: B::Device, memory: &dyn DeviceMemory) -> Result<Measurement> {
         let case = self.0;
         let config = case.config()?;
         let dtype = case.storage_dtype()?;
@@ -188,7 +189,7 @@ impl CaseRunner for Run<'_> {
 }
 
 /// The step of one case, with its optimizer's state.
-struct Stepper<B: AutodiffBackend> {
+struct Stepper<B: TrainBackend> {
     kind: StepKind<B>,
 }
 
@@ -196,7 +197,7 @@ type AdaLomoRule<B> = lomo_optim::AdaLomo<<B as AutodiffBackend>::InnerBackend>;
 type SgdOptim<B> = burn::optim::adaptor::OptimizerAdaptor<burn::optim::Sgd<<B as AutodiffBackend>::InnerBackend>, Llama<B>, B>;
 type AdamWOptim<B> = burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, Llama<B>, B>;
 
-enum StepKind<B: AutodiffBackend> {
+enum StepKind<B: TrainBackend> {
     FusedLomo(FusedStep<RuleUpdater<Lomo>>),
     FusedAdaLomo(FusedStep<RuleUpdater<AdaLomoRule<B>>>),
     FusedSgd(FusedStep<BurnOptimizer<SgdOptim<B>>>),
@@ -208,7 +209,7 @@ enum StepKind<B: AutodiffBackend> {
     FullAdamW(AdamWOptim<B>),
 }
 
-impl<B: AutodiffBackend> Stepper<B> {
+impl<B: TrainBackend> Stepper<B> {
     fn new(case: &Case) -> Result<Self> {
         let fused = FusedConfig::default();
         let kind = match (case.mode, case.optimizer) {
@@ -230,7 +231,7 @@ impl<B: AutodiffBackend> Stepper<B> {
 
     /// One step; returns the model and the mean loss before the update.
     fn step(&mut self, model: Llama<B>, batches: &[Batch]) -> Result<(Llama<B>, f64)> {
-        fn fused<B: AutodiffBackend, U: Updater<B, Llama<B>>>(
+        fn fused<B: TrainBackend, U: Updater<B, Llama<B>>>(
             step: &mut FusedStep<U>,
             model: Llama<B>,
             batches: &[Batch],
@@ -238,7 +239,7 @@ impl<B: AutodiffBackend> Stepper<B> {
             let (model, report) = step.step::<B, Llama<B>, 3>(model, batches, LR)?;
             Ok((model, report.loss))
         }
-        fn full_rule<B: AutodiffBackend, U: Updater<B, Llama<B>>>(
+        fn full_rule<B: TrainBackend, U: Updater<B, Llama<B>>>(
             updater: &mut U,
             model: Llama<B>,
             batches: &[Batch],

@@ -54,13 +54,17 @@ pub struct SuiteResult {
     pub cases: Vec<CaseResult>,
 }
 
-/// Where the reports go: `<workspace>/target/profile`, or `$CARGO_TARGET_DIR/profile`.
-fn out_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
+/// The workspace's `target/`, or `$CARGO_TARGET_DIR`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
         // xtask lives one level below the workspace root.
         Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").join("target")
-    });
-    target.join("profile")
+    })
+}
+
+/// Where the reports go: `<workspace>/target/profile`, or `$CARGO_TARGET_DIR/profile`.
+fn out_dir() -> PathBuf {
+    target_dir().join("profile")
 }
 
 /// Runs one case in a child process of this binary.

@@ -85,10 +85,30 @@ struct Visibility<'a> {
 }
 
 impl Visibility<'_> {
-    /// Whether query `t` of row `b` may see key `j`.
+    /// The padding of row `b`'s keys, `None` when nothing is padded.
     #[inline]
-    fn sees(&self, b: usize, t: usize, j: usize) -> bool {
-        j <= t && self.keep.is_none_or(|keep| keep[b * self.tokens + j])
+    fn keep_row(&self, b: usize) -> Option<&[bool]> {
+        self.keep.map(|keep| &keep[b * self.tokens..][..self.tokens])
+    }
+}
+
+/// Sets the scores of keys past the causal limit (`j > t`, at `limit = t + 1`) or padded to
+/// −∞; returns whether any key is left.
+#[inline]
+fn mask_row(row: &mut [f32], limit: usize, keep: Option<&[bool]>) -> bool {
+    row[limit..].fill(f32::NEG_INFINITY);
+    match keep {
+        None => limit > 0,
+        Some(keep) => {
+            let mut any = false;
+            for (s, &k) in row[..limit].iter_mut().zip(keep) {
+                if !k {
+                    *s = f32::NEG_INFINITY;
+                }
+                any |= k;
+            }
+            any
+        }
     }
 }
 
@@ -185,7 +205,7 @@ pub(crate) fn forward(
                 let s = &mut scores[..rows * keys];
                 gemm_f32([rows, keys, dim], (&q[r0 * dim..], dim, 1), (k, 1, dim), (s, keys), false);
                 for (i, row) in s.chunks_exact_mut(keys).enumerate() {
-                    lse[r0 + i] = softmax_row(row, |j| vis.sees(b, r0 + i, j));
+                    lse[r0 + i] = softmax_row(row, r0 + i + 1, vis.keep_row(b));
                 }
                 gemm_f32([rows, dim, keys], (s, keys, 1), (v, dim, 1), (&mut out[r0 * dim..], dim), false);
             }
@@ -195,30 +215,26 @@ pub(crate) fn forward(
     })
 }
 
-/// Turns a row of scores into probabilities over the keys `sees` allows (0 elsewhere) and
-/// returns their log-sum-exp; a row that sees nothing becomes all 0 (log-sum-exp 0).
+/// Turns a row of scores into probabilities over the first `limit` keys that are not padding
+/// (0 elsewhere) and returns their log-sum-exp; a row that sees nothing becomes all 0
+/// (log-sum-exp 0).
 #[inline]
-fn softmax_row(row: &mut [f32], sees: impl Fn(usize) -> bool) -> f32 {
-    let mut max = f32::NEG_INFINITY;
-    for (j, s) in row.iter_mut().enumerate() {
-        if sees(j) {
-            max = max.max(*s);
-        } else {
-            *s = f32::NEG_INFINITY;
-        }
-    }
-    if max == f32::NEG_INFINITY {
+fn softmax_row(row: &mut [f32], limit: usize, keep: Option<&[bool]>) -> f32 {
+    if !mask_row(row, limit, keep) {
         row.fill(0.0);
         return 0.0;
     }
+    let (seen, rest) = row.split_at_mut(limit);
+    rest.fill(0.0);
+    let max = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
     let mut sum = 0f32;
-    for s in row.iter_mut() {
-        // exp(-inf - max) clamps to the smallest normal; masked keys must be exactly 0.
+    for s in seen.iter_mut() {
+        // Masked keys hold −∞, whose exp must be exactly 0 (`exp` clamps to the smallest normal).
         *s = if *s == f32::NEG_INFINITY { 0.0 } else { exp(*s - max) };
         sum += *s;
     }
     let inv = 1.0 / sum;
-    row.iter_mut().for_each(|s| *s *= inv);
+    seen.iter_mut().for_each(|s| *s *= inv);
     max + sum.ln()
 }
 
@@ -278,8 +294,14 @@ pub(crate) fn backward(
                     gemm_f32([rows, keys, dim], (&q[r0 * dim..], dim, 1), (k, 1, dim), (p, keys), false);
                     for (i, row) in p.chunks_exact_mut(keys).enumerate() {
                         let t = r0 + i;
-                        for (j, s) in row.iter_mut().enumerate() {
-                            *s = if vis.sees(b, t, j) { exp(*s - lse[t]) } else { 0.0 };
+                        if !mask_row(row, t + 1, vis.keep_row(b)) {
+                            row.fill(0.0);
+                            continue;
+                        }
+                        let (seen, rest) = row.split_at_mut(t + 1);
+                        rest.fill(0.0);
+                        for s in seen.iter_mut() {
+                            *s = if *s == f32::NEG_INFINITY { 0.0 } else { exp(*s - lse[t]) };
                         }
                     }
                     // dV += Pᵀ dO; dP = dO Vᵀ.

@@ -102,7 +102,10 @@ pub(crate) fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     // Below the low bound e^x is under f32's smallest normal; the high one keeps 2^n finite.
     let x = x.clamp(-87.336_55, 88.0);
-    let n = (x * LOG2E).round();
+    // Round to nearest by adding and removing 1.5 · 2²³ (|x · log2 e| < 2²²): `f32::round`
+    // is a libm call on baseline x86-64, which would keep the loops around this scalar.
+    const SHIFT: f32 = 12_582_912.0;
+    let n = (x * LOG2E + SHIFT) - SHIFT;
     let r = x - n * LN2_HI - n * LN2_LO;
     // e^r on [-ln2/2, ln2/2]: Taylor to degree 7 (error below 2e-8 relative).
     let p = 1.0

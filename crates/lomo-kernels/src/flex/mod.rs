@@ -3,6 +3,7 @@
 
 mod attention;
 mod elem;
+mod linear;
 mod log_probs;
 mod norm;
 mod swiglu;
@@ -18,6 +19,19 @@ fn rows_per_task(n: usize) -> usize {
 }
 
 impl FusedKernels for Flex {
+    fn linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
+        linear::forward(x, weight, bias)
+    }
+
+    fn linear_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: bool,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        linear::backward(x, weight, bias, grad)
+    }
+
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         norm::forward(x, weight, eps)
     }

@@ -1,0 +1,212 @@
+//! One bench case run here: load the model, repeat the step, time it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig};
+use lomo_kernels::TrainBackend;
+use lomo_models::{Batch, Llama, StorageDtype};
+use lomo_optim::{
+    full_backward_step, AdaLomo, AdaLomoConfig, FusedConfig, FusedStep, Lomo, RuleUpdater, StepTimings,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{BackendKind, CaseRunner, DeviceMemory};
+
+/// The update a case measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaseKind {
+    /// Fused LOMO.
+    Lomo,
+    /// Fused LOMO with clip-by-global-norm 1.0 (two backward passes).
+    LomoClip,
+    /// Fused AdaLomo.
+    Adalomo,
+    /// Full backward, then burn's AdamW (the memory baseline; the peer has no such row).
+    Adamw,
+}
+
+impl CaseKind {
+    /// Every kind, in report order.
+    pub const ALL: [CaseKind; 4] = [CaseKind::Lomo, CaseKind::LomoClip, CaseKind::Adalomo, CaseKind::Adamw];
+
+    /// The name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            CaseKind::Lomo => "lomo",
+            CaseKind::LomoClip => "lomo-clip",
+            CaseKind::Adalomo => "adalomo",
+            CaseKind::Adamw => "adamw",
+        }
+    }
+
+    /// The clip-by-norm threshold of the case.
+    pub fn clip_grad_norm(self) -> Option<f64> {
+        (self == CaseKind::LomoClip).then_some(1.0)
+    }
+
+    /// The peer's `--optimizer`, where it has the case.
+    pub fn peer_optimizer(self) -> Option<&'static str> {
+        match self {
+            CaseKind::Lomo | CaseKind::LomoClip => Some("lomo"),
+            CaseKind::Adalomo => Some("adalomo"),
+            CaseKind::Adamw => None,
+        }
+    }
+}
+
+impl std::str::FromStr for CaseKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        CaseKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            format!("--case: unknown case `{s}` ({})", CaseKind::ALL.map(CaseKind::name).join(", "))
+        })
+    }
+}
+
+/// What a child process runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchCase {
+    /// The update.
+    pub kind: CaseKind,
+    /// HF checkpoint directory the bench wrote (the peer reads the same one).
+    pub model_dir: PathBuf,
+    /// Storage dtype.
+    pub dtype: String,
+    /// Rows × tokens.
+    pub batch_size: usize,
+    /// Tokens per row.
+    pub tokens: usize,
+    /// The batch, `[batch_size × tokens]`; every position is a target (language modelling).
+    pub input_ids: Vec<i64>,
+    /// Learning rate of the steps.
+    pub lr: f64,
+    /// Steps before the measured ones.
+    pub warmup: usize,
+    /// Measured steps.
+    pub steps: usize,
+}
+
+/// One step as measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepSample {
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Mean loss before the step's update.
+    pub loss: f64,
+    /// The fused step's own phase timers (empty for full backward).
+    pub timings: StepTimings,
+}
+
+/// What a child measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OursResult {
+    /// Every step, warm-up first.
+    pub steps: Vec<StepSample>,
+    /// Process CPU seconds (user + system) over the measured steps.
+    pub cpu_seconds: f64,
+    /// Wall seconds of the measured steps.
+    pub wall_seconds: f64,
+    /// Peak RSS of the process (load included), bytes.
+    pub peak_rss: Option<u64>,
+    /// Seconds to load the model.
+    pub load_seconds: f64,
+}
+
+/// User + system CPU seconds of this process so far.
+pub fn process_cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a `rusage` into the pointer it is given; RUSAGE_SELF is valid.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+struct Run<'a>(&'a BenchCase);
+
+type AdamWOptim<B> = OptimizerAdaptor<AdamW, Llama<B>, B>;
+
+enum Stepper<B: TrainBackend> {
+    Lomo(FusedStep<RuleUpdater<Lomo>>),
+    AdaLomo(FusedStep<RuleUpdater<AdaLomo<B::InnerBackend>>>),
+    AdamW(AdamWOptim<B>),
+}
+
+impl<B: TrainBackend> Stepper<B> {
+    fn new(kind: CaseKind) -> Result<Self> {
+        let fused = FusedConfig { clip_grad_norm: kind.clip_grad_norm(), ..Default::default() };
+        Ok(match kind {
+            CaseKind::Lomo | CaseKind::LomoClip => Stepper::Lomo(FusedStep::new(RuleUpdater::new(Lomo::new(0.0)?), fused)?),
+            CaseKind::Adalomo => Stepper::AdaLomo(FusedStep::new(RuleUpdater::new(AdaLomoConfig::default().init()?), fused)?),
+            CaseKind::Adamw => Stepper::AdamW(AdamWConfig::new().init()),
+        })
+    }
+
+    fn step(&mut self, model: Llama<B>, batches: &[Batch], lr: f64) -> Result<(Llama<B>, f64, StepTimings)> {
+        Ok(match self {
+            Stepper::Lomo(s) => {
+                let (m, r) = s.step::<B, Llama<B>, 3>(model, batches, lr)?;
+                (m, r.loss, r.timings)
+            }
+            Stepper::AdaLomo(s) => {
+                let (m, r) = s.step::<B, Llama<B>, 3>(model, batches, lr)?;
+                (m, r.loss, r.timings)
+            }
+            Stepper::AdamW(o) => {
+                let (m, loss) = full_backward_step::<B, Llama<B>, _, 3>(model, batches, o, lr)?;
+                (m, loss, StepTimings::default())
+            }
+        })
+    }
+}
+
+impl CaseRunner for Run<'_> {
+    type Output = OursResult;
+
+    fn run<B: TrainBackend>(self, device: B::Device, _memory: &dyn DeviceMemory) -> Result<OursResult> {
+        let case = self.0;
+        let dtype: StorageDtype = case.dtype.parse().map_err(|e| anyhow::anyhow!("case field `dtype`: {e}"))?;
+        let clock = Instant::now();
+        let mut model = Llama::<B>::load_hf(&case.model_dir, dtype, &device)
+            .with_context(|| format!("loading {}", case.model_dir.display()))?;
+        let load_seconds = clock.elapsed().as_secs_f64();
+        if case.input_ids.len() != case.batch_size * case.tokens {
+            bail!("case field `input_ids`: {} ids for a {} × {} batch", case.input_ids.len(), case.batch_size, case.tokens);
+        }
+        let batch = Batch::new(case.input_ids.clone(), None, Some(case.input_ids.clone()), [case.batch_size, case.tokens])?;
+        let batches = [batch];
+        let mut stepper = Stepper::<B>::new(case.kind)?;
+        let mut steps = Vec::with_capacity(case.warmup + case.steps);
+        let (mut cpu0, mut wall0) = (process_cpu_seconds(), Instant::now());
+        for i in 0..case.warmup + case.steps {
+            if i == case.warmup {
+                (cpu0, wall0) = (process_cpu_seconds(), Instant::now());
+            }
+            let clock = Instant::now();
+            let (next, loss, timings) = stepper.step(model, &batches, case.lr)?;
+            model = next;
+            let seconds = clock.elapsed().as_secs_f64();
+            eprintln!("  {} step {}: {seconds:.3} s, loss {loss:.6}", case.kind.name(), i + 1);
+            steps.push(StepSample { seconds, loss, timings });
+        }
+        Ok(OursResult {
+            steps,
+            cpu_seconds: process_cpu_seconds() - cpu0,
+            wall_seconds: wall0.elapsed().as_secs_f64(),
+            peak_rss: lomo_optim::memory::peak_rss(),
+            load_seconds,
+        })
+    }
+}
+
+/// Runs `case` in this process (the hidden `bench-case` subcommand).
+pub fn run_case(case: &BenchCase, backend: BackendKind) -> Result<OursResult> {
+    crate::backend::run_on(backend, Run(case)).with_context(|| format!("bench case {}", case.kind.name()))
+}

@@ -1,0 +1,381 @@
+//! `cargo xtask bench`: the training step's throughput, measured side by side with PyTorch +
+//! the LOMO authors' package on the same checkpoint and batch.
+//!
+//! The bench writes the model as an HF checkpoint and the batch as JSON under
+//! `target/bench/work/`; each case then runs in a child process of this binary (`bench-case`,
+//! so that its peak RSS is its own), and with `--peer` the same step runs in PyTorch through
+//! `xtask/peer/torch_lomo.py`. Results go to `target/bench/<name>.{json,md}`.
+
+pub mod case;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use lomo_models::rng::SplitMix64;
+use lomo_models::{HfConfig, Llama, LlamaConfig, SaveOptions, StorageDtype};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BackendKind;
+use case::{BenchCase, CaseKind, OursResult};
+
+pub const USAGE: &str = "usage: cargo xtask bench [--model DIR|FILE.gguf | --preset NAME] [--dtype f32|bf16|f16]
+                        [--batch-size N] [--tokens N] [--case lomo|lomo-clip|adalomo|adamw]...
+                        [--steps N] [--warmup N] [--threads N] [--backend cpu|cuda|tch]
+                        [--peer] [--python PATH] [--name NAME] [--seed N]
+  The default model is a 134M LLaMA (hidden 768, 12 layers, FFN 2048, 12 heads, vocab 32000,
+  untied) with random weights; the default batch 2 × 256 random tokens; the default case lomo.
+  --peer     also run the step with PyTorch + lomo-optim (`xtask/peer/torch_lomo.py`) on the
+             same checkpoint and batch; needs a Python with torch, transformers, safetensors
+             and lomo-optim (`--python`, default: `python3` on PATH)
+  --threads  threads for both sides (RAYON_NUM_THREADS for ours, torch.set_num_threads for the
+             peer); default: every core";
+
+/// The bench's command line.
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    model: Option<PathBuf>,
+    preset: Option<String>,
+    dtype: StorageDtype,
+    batch_size: usize,
+    tokens: usize,
+    cases: Vec<CaseKind>,
+    steps: usize,
+    warmup: usize,
+    threads: Option<usize>,
+    backend: BackendKind,
+    peer: bool,
+    python: String,
+    name: String,
+    seed: u64,
+}
+
+/// Parses `bench`'s flags; the message names the flag.
+pub fn parse_args(args: &[String]) -> Result<BenchArgs, String> {
+    let mut a = BenchArgs {
+        model: None,
+        preset: None,
+        dtype: StorageDtype::F32,
+        batch_size: 2,
+        tokens: 256,
+        cases: Vec::new(),
+        steps: 3,
+        warmup: 1,
+        threads: None,
+        backend: BackendKind::Cpu,
+        peer: false,
+        python: "python3".into(),
+        name: "step".into(),
+        seed: 0,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().cloned().ok_or_else(|| format!("{flag}: missing value"));
+        let count = |v: String, flag: &str, min: usize| -> Result<usize, String> {
+            match v.parse::<usize>() {
+                Ok(n) if n >= min => Ok(n),
+                _ => Err(format!("{flag}: expected a whole number ≥ {min}, got `{v}`")),
+            }
+        };
+        match flag.as_str() {
+            "--model" => a.model = Some(PathBuf::from(value()?)),
+            "--preset" => a.preset = Some(value()?),
+            "--dtype" => a.dtype = value()?.parse().map_err(|e| format!("--dtype: {e}"))?,
+            "--batch-size" => a.batch_size = count(value()?, flag, 1)?,
+            "--tokens" => a.tokens = count(value()?, flag, 2)?,
+            "--case" => a.cases.push(value()?.parse()?),
+            "--steps" => a.steps = count(value()?, flag, 1)?,
+            "--warmup" => a.warmup = count(value()?, flag, 0)?,
+            "--threads" => a.threads = Some(count(value()?, flag, 1)?),
+            "--backend" => {
+                let backend: BackendKind = value()?.parse()?;
+                backend.check_built().map_err(|e| e.to_string())?;
+                a.backend = backend;
+            }
+            "--peer" => a.peer = true,
+            "--python" => a.python = value()?,
+            "--name" => {
+                let name = value()?;
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                    return Err(format!("--name: `{name}` is not a file name of letters, digits, `-`, `_`, `.`"));
+                }
+                a.name = name;
+            }
+            "--seed" => a.seed = value()?.parse().map_err(|_| "--seed: expected a whole number".to_string())?,
+            other => return Err(format!("unexpected argument `{other}`")),
+        }
+    }
+    if a.model.is_some() && a.preset.is_some() {
+        return Err("--model and --preset: give one".into());
+    }
+    if a.cases.is_empty() {
+        a.cases.push(CaseKind::Lomo);
+    }
+    a.cases.dedup();
+    Ok(a)
+}
+
+/// The default model: the 134M LLaMA of the issue's side-by-side table.
+fn default_config() -> Result<LlamaConfig> {
+    let hf: HfConfig = serde_json::from_value(serde_json::json!({
+        "model_type": "llama", "vocab_size": 32000, "hidden_size": 768, "intermediate_size": 2048,
+        "num_hidden_layers": 12, "num_attention_heads": 12, "num_key_value_heads": 12,
+        "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "tie_word_embeddings": false, "bos_token_id": 1, "eos_token_id": 2,
+    }))?;
+    Ok(hf.resolve(Path::new("llama-134m"))?)
+}
+
+/// One case's results, ours and the peer's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseResult {
+    /// The update.
+    pub kind: CaseKind,
+    /// Ours; `None` with `error`.
+    pub ours: Option<OursResult>,
+    /// Why ours failed.
+    pub error: Option<String>,
+    /// PyTorch + lomo-optim, with `--peer` where it has the case.
+    pub peer: Option<PeerResult>,
+    /// Why the peer did not run or failed.
+    pub peer_error: Option<String>,
+}
+
+/// What the peer script printed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerResult {
+    /// Every step, warm-up first.
+    pub steps: Vec<PeerStep>,
+    /// Peak RSS of the Python process, bytes.
+    pub peak_rss: u64,
+    /// torch's intra-op threads.
+    pub threads: usize,
+    /// Versions of torch, transformers and lomo-optim.
+    pub versions: serde_json::Value,
+    /// HF's attention implementation (sdpa, eager).
+    pub attn_implementation: Option<String>,
+}
+
+/// One peer step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStep {
+    /// Wall seconds.
+    pub seconds: f64,
+    /// Process CPU seconds.
+    pub cpu_seconds: f64,
+    /// Loss before the step's update.
+    pub loss: f64,
+}
+
+/// A bench run, as written to `<name>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchResult {
+    /// `--name`.
+    pub name: String,
+    /// What the model is.
+    pub model: String,
+    /// Parameters.
+    pub params: u64,
+    /// Storage dtype.
+    pub dtype: String,
+    /// Rows per step.
+    pub batch_size: usize,
+    /// Tokens per row.
+    pub tokens: usize,
+    /// Warm-up steps (not in the statistics).
+    pub warmup: usize,
+    /// Backend of ours.
+    pub backend: BackendKind,
+    /// Threads given to both sides; `None`: every core.
+    pub threads: Option<usize>,
+    /// Cores of this machine.
+    pub cores: usize,
+    /// Whether this binary was optimised.
+    pub release: bool,
+    /// One entry per case.
+    pub cases: Vec<CaseResult>,
+}
+
+/// Where reports go: `<workspace>/target/bench`, or `$CARGO_TARGET_DIR/bench`.
+pub fn out_dir() -> PathBuf {
+    crate::profile::target_dir().join("bench")
+}
+
+/// `cargo xtask bench …`.
+pub fn bench(a: &BenchArgs) -> Result<BenchResult> {
+    a.backend.check_built()?;
+    let work = out_dir().join("work").join(&a.name);
+    let model_dir = work.join("model");
+    // The model, written once as an HF checkpoint in its storage dtype: ours and the peer read
+    // these very bytes.
+    let device = Default::default();
+    let (model, description): (Llama<burn::backend::Flex>, String) = match (&a.model, &a.preset) {
+        (Some(path), _) if path.is_dir() => {
+            (Llama::load_hf(path, a.dtype, &device).with_context(|| format!("--model {}", path.display()))?, path.display().to_string())
+        }
+        (Some(path), _) if path.extension().is_some_and(|e| e == "gguf") => {
+            (Llama::load_gguf(path, a.dtype, &device).with_context(|| format!("--model {}", path.display()))?, path.display().to_string())
+        }
+        (Some(path), _) => bail!("--model {}: expected an HF checkpoint directory or a .gguf file", path.display()),
+        (None, Some(name)) => {
+            let config = lomo_models::presets::preset(name).with_context(|| format!("--preset {name}"))?;
+            (Llama::init(config, a.dtype, &device, a.seed), format!("preset {name} (random weights)"))
+        }
+        (None, None) => (Llama::init(default_config()?, a.dtype, &device, a.seed), "LLaMA 134M (random weights)".into()),
+    };
+    let config = model.config().clone();
+    if a.tokens > config.max_position_embeddings {
+        bail!("--tokens {}: the model's context is {} positions", a.tokens, config.max_position_embeddings);
+    }
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
+    }
+    model.save_hf(&model_dir, &SaveOptions::default()).with_context(|| format!("writing {}", model_dir.display()))?;
+    drop(model);
+    let mut rng = SplitMix64::new(a.seed ^ 0xbe7c_4a11);
+    let input_ids: Vec<i64> =
+        (0..a.batch_size * a.tokens).map(|_| (rng.next_u64() % config.vocab_size as u64) as i64).collect();
+    let batch_path = work.join("batch.json");
+    let rows: Vec<&[i64]> = input_ids.chunks(a.tokens).collect();
+    let batch_json = serde_json::json!({ "input_ids": rows, "attention_mask": vec![vec![1; a.tokens]; a.batch_size], "labels": rows });
+    std::fs::write(&batch_path, batch_json.to_string()).with_context(|| format!("writing {}", batch_path.display()))?;
+
+    let peer_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peer/torch_lomo.py");
+    let peer_ready = if a.peer { check_peer(&a.python) } else { Err("not asked for (--peer)".to_string()) };
+    if let (true, Err(e)) = (a.peer, &peer_ready) {
+        eprintln!("peer: {e}\n  running ours alone; make the peer with: python3 -m venv peer && peer/bin/pip install torch transformers safetensors lomo-optim, then --python peer/bin/python");
+    }
+
+    let mut results = Vec::new();
+    for &kind in &a.cases {
+        let case = BenchCase {
+            kind,
+            model_dir: model_dir.clone(),
+            dtype: a.dtype.to_string(),
+            batch_size: a.batch_size,
+            tokens: a.tokens,
+            input_ids: input_ids.clone(),
+            lr: 1e-4,
+            warmup: a.warmup,
+            steps: a.steps,
+        };
+        eprintln!("{}: ours ({} backend)", kind.name(), a.backend.name());
+        let (ours, error) = match run_child(&case, a.backend, a.threads) {
+            Ok(r) => (Some(r), None),
+            Err(e) => {
+                eprintln!("  failed: {e}");
+                (None, Some(e))
+            }
+        };
+        let (peer, peer_error) = match (&peer_ready, kind.peer_optimizer()) {
+            (Err(e), _) => (None, Some(e.clone())),
+            (Ok(()), None) => (None, Some(format!("the peer has no `{}` case", kind.name()))),
+            (Ok(()), Some(optimizer)) => {
+                eprintln!("{}: PyTorch + lomo-optim", kind.name());
+                match run_peer(a, &peer_script, &model_dir, &batch_path, optimizer, kind.clip_grad_norm()) {
+                    Ok(p) => (Some(p), None),
+                    Err(e) => {
+                        eprintln!("  peer failed: {e}");
+                        (None, Some(e))
+                    }
+                }
+            }
+        };
+        results.push(CaseResult { kind, ours, error, peer, peer_error });
+    }
+    let result = BenchResult {
+        name: a.name.clone(),
+        model: description,
+        params: config.num_params(),
+        dtype: a.dtype.to_string(),
+        batch_size: a.batch_size,
+        tokens: a.tokens,
+        warmup: a.warmup,
+        backend: a.backend,
+        threads: a.threads,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        release: !cfg!(debug_assertions),
+        cases: results,
+    };
+    let dir = out_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let table = report::markdown(&result);
+    for (ext, text) in [("json", serde_json::to_string_pretty(&result)?), ("md", table.clone())] {
+        let path = dir.join(format!("{}.{ext}", a.name));
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{table}");
+    println!("written: {}", dir.join(format!("{}.{{json,md}}", a.name)).display());
+    Ok(result)
+}
+
+/// Runs one case of ours in a child process of this binary.
+fn run_child(case: &BenchCase, backend: BackendKind, threads: Option<usize>) -> Result<OursResult, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
+    let json = serde_json::to_string(case).map_err(|e| e.to_string())?;
+    let mut command = Command::new(exe);
+    command.args(["bench-case", "--backend", backend.name(), &json]).stderr(Stdio::inherit());
+    if let Some(n) = threads {
+        command.env("RAYON_NUM_THREADS", n.to_string());
+    }
+    let output = command.output().map_err(|e| format!("starting the case's process: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("the case's process exited with {}", output.status));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().ok_or("the case printed nothing")?;
+    serde_json::from_str(line).map_err(|e| format!("reading the case's result: {e}"))
+}
+
+/// Whether `python` imports what the peer needs; the error says what is missing.
+fn check_peer(python: &str) -> Result<(), String> {
+    let out = Command::new(python)
+        .args(["-c", "import torch, transformers, safetensors, lomo_optim"])
+        .output()
+        .map_err(|e| format!("`{python}`: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("").to_string();
+        return Err(format!("`{python}` cannot import torch, transformers, safetensors and lomo_optim ({last})"));
+    }
+    Ok(())
+}
+
+/// Runs the peer script for one case.
+fn run_peer(
+    a: &BenchArgs,
+    script: &Path,
+    model_dir: &Path,
+    batch: &Path,
+    optimizer: &str,
+    clip: Option<f64>,
+) -> Result<PeerResult, String> {
+    let mut command = Command::new(&a.python);
+    command
+        .arg(script)
+        .args(["--model", &model_dir.display().to_string(), "--batch", &batch.display().to_string()])
+        .args(["--optimizer", optimizer, "--dtype", &a.dtype.to_string(), "--lr", "1e-4"])
+        .args(["--steps", &(a.warmup + a.steps).to_string()])
+        .stderr(Stdio::inherit());
+    if let Some(c) = clip {
+        command.args(["--clip-grad-norm", &c.to_string()]);
+    }
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    command.args(["--threads", &threads.to_string()]).env("OMP_NUM_THREADS", threads.to_string());
+    let output = command.output().map_err(|e| format!("starting `{}`: {e}", a.python))?;
+    if !output.status.success() {
+        return Err(format!("{} exited with {}", script.display(), output.status));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().ok_or("the peer printed nothing")?;
+    serde_json::from_str(line).map_err(|e| format!("reading the peer's result: {e}"))
+}
+
+/// The hidden `bench-case` subcommand: runs one case here, prints its result as one JSON line.
+pub fn bench_case(json: &str, backend: BackendKind) -> Result<()> {
+    let case: BenchCase = serde_json::from_str(json).context("bench-case: reading the case")?;
+    let r = case::run_case(&case, backend)?;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! The bench's markdown: the side-by-side table and where our step's time goes.
+
+use std::fmt::Write;
+
+use super::case::{CaseKind, OursResult};
+use super::{BenchResult, PeerResult};
+
+/// Median, min and max of the measured (post-warm-up) values.
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stats(values: &[f64]) -> Option<Stats> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    Some(Stats { median, min: v[0], max: v[n - 1] })
+}
+
+fn ours_seconds(r: &OursResult, warmup: usize) -> Vec<f64> {
+    r.steps.iter().skip(warmup).map(|s| s.seconds).collect()
+}
+
+fn peer_seconds(p: &PeerResult, warmup: usize) -> Vec<f64> {
+    p.steps.iter().skip(warmup).map(|s| s.seconds).collect()
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn label(kind: CaseKind) -> &'static str {
+    match kind {
+        CaseKind::Lomo => "fused LOMO",
+        CaseKind::LomoClip => "fused LOMO + clip-grad-norm 1.0 (two passes)",
+        CaseKind::Adalomo => "fused AdaLomo",
+        CaseKind::Adamw => "full backward + AdamW",
+    }
+}
+
+/// The report: one row per case, ours beside the peer, then our phase breakdown.
+pub fn markdown(r: &BenchResult) -> String {
+    let mut out = String::new();
+    let threads = r.threads.map_or_else(|| format!("{} (all)", r.cores), |t| t.to_string());
+    let _ = writeln!(
+        out,
+        "#### cargo xtask bench `{}`: {} ({:.1}M parameters, {}), batch {} × {} tokens, {} backend, {} threads{}\n",
+        r.name,
+        r.model,
+        r.params as f64 / 1e6,
+        r.dtype,
+        r.batch_size,
+        r.tokens,
+        r.backend.name(),
+        threads,
+        if r.release { "" } else { " (debug build)" },
+    );
+    let _ = writeln!(
+        out,
+        "Seconds per step: median (min–max) of the steps after {} warm-up; cores = process CPU time / wall time; ratio = ours / peer (below 1: ours is faster).\n",
+        r.warmup
+    );
+    let _ = writeln!(out, "| step | lomo s/step | tokens/s | cores | peak RSS | PyTorch + lomo-optim s/step | cores | peak RSS | ratio | first loss: lomo / peer |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let tokens = (r.batch_size * r.tokens) as f64;
+    for c in &r.cases {
+        let mut row = format!("| {} |", label(c.kind));
+        let ours = c.ours.as_ref().and_then(|o| Some((o, stats(&ours_seconds(o, r.warmup))?)));
+        match &ours {
+            Some((o, s)) => {
+                let cores = o.cpu_seconds / o.wall_seconds.max(1e-9);
+                let rss = o.peak_rss.map_or("–".into(), gib);
+                let _ = write!(row, " {:.3} ({:.3}–{:.3}) | {:.0} | {cores:.2} | {rss} |", s.median, s.min, s.max, tokens / s.median);
+            }
+            None => {
+                let _ = write!(row, " failed: {} | | | |", c.error.as_deref().unwrap_or("?"));
+            }
+        }
+        let peer = c.peer.as_ref().and_then(|p| Some((p, stats(&peer_seconds(p, r.warmup))?)));
+        match &peer {
+            Some((p, s)) => {
+                let measured = &p.steps[r.warmup.min(p.steps.len())..];
+                let (cpu, wall) = measured.iter().fold((0.0, 0.0), |(c, w), s| (c + s.cpu_seconds, w + s.seconds));
+                let _ = write!(row, " {:.3} ({:.3}–{:.3}) | {:.2} | {} |", s.median, s.min, s.max, cpu / wall, gib(p.peak_rss));
+            }
+            None => {
+                let _ = write!(row, " {} | | |", c.peer_error.as_deref().unwrap_or("–"));
+            }
+        }
+        match (&ours, &peer) {
+            (Some((_, a)), Some((_, b))) => {
+                let _ = write!(row, " **{:.2} ×** |", a.median / b.median);
+            }
+            _ => row.push_str(" – |"),
+        }
+        let first_ours = c.ours.as_ref().and_then(|o| o.steps.first()).map(|s| format!("{:.6}", s.loss));
+        let first_peer = c.peer.as_ref().and_then(|p| p.steps.first()).map(|s| format!("{:.6}", s.loss));
+        let _ = writeln!(row, " {} / {} |", first_ours.as_deref().unwrap_or("–"), first_peer.as_deref().unwrap_or("–"));
+        out.push_str(&row);
+    }
+
+    let _ = writeln!(out, "\nWhere one step of ours goes (the fused step's own timers, median over the measured steps, seconds):\n");
+    let _ = writeln!(out, "| step | forward (no tape) | norm pass | backward: embedding | blocks | loss stage | updates | timers total | wall |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for c in &r.cases {
+        let Some(o) = &c.ours else { continue };
+        let measured: Vec<_> = o.steps.iter().skip(r.warmup).collect();
+        if measured.iter().all(|s| s.timings.backward.is_empty()) {
+            continue;
+        }
+        let med = |f: &dyn Fn(&super::case::StepSample) -> f64| stats(&measured.iter().map(|s| f(s)).collect::<Vec<_>>()).map_or(0.0, |s| s.median);
+        let n = measured[0].timings.backward.len();
+        let fwd = med(&|s| s.timings.forward);
+        let norm = med(&|s| s.timings.norm_pass.unwrap_or(0.0));
+        let embed = med(&|s| s.timings.backward.first().copied().unwrap_or(0.0));
+        let blocks = med(&|s| s.timings.backward[1..n.saturating_sub(1).max(1)].iter().sum());
+        let loss = med(&|s| s.timings.backward.last().copied().unwrap_or(0.0));
+        let upd = med(&|s| s.timings.update);
+        let total = med(&|s| s.timings.total());
+        let wall = med(&|s| s.seconds);
+        let norm = if measured[0].timings.norm_pass.is_some() { format!("{norm:.3}") } else { "–".into() };
+        let _ = writeln!(out, "| {} | {fwd:.3} | {norm} | {embed:.3} | {blocks:.3} | {loss:.3} | {upd:.3} | {total:.3} | {wall:.3} |", label(c.kind));
+    }
+    if let Some(p) = r.cases.iter().find_map(|c| c.peer.as_ref()) {
+        let _ = writeln!(out, "\nPeer: {} (attention: {}, {} threads).", p.versions, p.attn_implementation.as_deref().unwrap_or("?"), p.threads);
+    }
+    out
+}
