@@ -25,6 +25,23 @@ fn untracked<B: FusedKernels, C: CheckpointStrategy>(t: FloatTensor<B>) -> Float
 }
 
 #[derive(Debug)]
+struct EmbeddingBackward;
+
+impl<B: FusedKernels> Backward<B, 1> for EmbeddingBackward {
+    /// The ids, the vocabulary size and the weight's dtype.
+    type State = (Arc<[i64]>, usize, burn::tensor::DType);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_weight] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (ids, vocab, dtype) = ops.state;
+        if let Some(node) = node_weight {
+            grads.register::<B>(node.id, <B as FusedKernels>::embedding_backward(vocab, dtype, &ids, grad));
+        }
+    }
+}
+
+#[derive(Debug)]
 struct LinearBackward;
 
 impl<B: FusedKernels> Backward<B, 2> for LinearBackward {
@@ -163,6 +180,24 @@ impl<B: FusedKernels> Backward<B, 3> for AttentionBackward {
 }
 
 impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
+    fn embedding(weight: FloatTensor<Self>, ids: &[i64], shape: [usize; 2]) -> FloatTensor<Self> {
+        use burn::tensor::TensorMetadata;
+        let (vocab, dtype) = (weight.shape()[0], weight.dtype());
+        match EmbeddingBackward.prepare::<C>([weight.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((ids.into(), vocab, dtype), <B as FusedKernels>::embedding(weight.primitive, ids, shape)),
+            OpsKind::UnTracked(prep) => prep.finish(<B as FusedKernels>::embedding(weight.primitive, ids, shape)),
+        }
+    }
+
+    fn embedding_backward(
+        vocab: usize,
+        dtype: burn::tensor::DType,
+        ids: &[i64],
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        untracked::<B, C>(<B as FusedKernels>::embedding_backward(vocab, dtype, ids, grad.primitive))
+    }
+
     fn linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
         match bias {
             None => match LinearBackward.prepare::<C>([x.node.clone(), weight.node.clone()]).compute_bound().stateful() {

@@ -95,6 +95,23 @@ impl KeyPadding {
 /// Shapes are checked by the kernels; tensors are float primitives of the storage dtype unless
 /// a method says otherwise.
 pub trait FusedKernels: Backend {
+    /// Rows `ids` (`[batch × tokens]`, each below `vocab`) of `weight` (`[vocab, hidden]`), as
+    /// `[batch, tokens, hidden]`.
+    fn embedding(weight: FloatTensor<Self>, ids: &[i64], shape: [usize; 2]) -> FloatTensor<Self> {
+        reference::embedding::<Self>(float(weight), ids, shape).into_primitive().tensor()
+    }
+
+    /// Gradient of the weight of [`FusedKernels::embedding`] (`[vocab, hidden]`, `dtype`): the
+    /// rows of `grad` (`[batch, tokens, hidden]`) summed into the rows their ids name.
+    fn embedding_backward(
+        vocab: usize,
+        dtype: burn::tensor::DType,
+        ids: &[i64],
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        reference::embedding_backward::<Self>(vocab, dtype, ids, float(grad)).into_primitive().tensor()
+    }
+
     /// `x · weight + bias` for `x` `[rows, in]`, `weight` `[in, out]` (burn's layout; any strides,
     /// e.g. a transposed embedding as a tied LM head), `bias` `[out]`.
     fn linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
@@ -223,6 +240,20 @@ where
 
 fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// The embedding rows of `ids` (`[batch × tokens]`, row-major), `[batch, tokens, hidden]`
+/// (see [`FusedKernels::embedding`]).
+///
+/// # Panics
+/// If `ids` is not `batch × tokens` long or an id is outside the vocabulary.
+pub fn embedding<B: FusedKernels>(weight: Tensor<B, 2>, ids: &[i64], [batch, tokens]: [usize; 2]) -> Tensor<B, 3> {
+    let vocab = weight.dims()[0];
+    assert_eq!(ids.len(), batch * tokens, "embedding: {} ids for a {batch} × {tokens} batch", ids.len());
+    for &id in ids {
+        assert!((0..vocab as i64).contains(&id), "embedding: id {id} is outside the vocabulary of {vocab}");
+    }
+    float(<B as FusedKernels>::embedding(weight.into_primitive().tensor(), ids, [batch, tokens]))
 }
 
 /// `x · weight (+ bias)` over the last dimension of `x` (`[…, in]`), `weight` `[in, out]` in

@@ -18,6 +18,22 @@ use crate::{AttentionSpec, KeyPadding};
 /// becomes uniform instead of NaN, as in HF).
 const MASKED: f32 = -1e30;
 
+/// burn's embedding lookup: rows `ids` of `weight`, `[batch, tokens, hidden]`.
+pub fn embedding<B: Backend>(weight: Tensor<B, 2>, ids: &[i64], shape: [usize; 2]) -> Tensor<B, 3> {
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.to_vec(), shape), &weight.device());
+    burn::tensor::module::embedding(weight, ids)
+}
+
+/// Gradient of [`embedding`]'s weight: `grad`'s rows added into a zero `[vocab, hidden]` at
+/// their ids (burn's `select_assign` adds).
+pub fn embedding_backward<B: Backend>(vocab: usize, dtype: DType, ids: &[i64], grad: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [batch, tokens, hidden] = grad.dims();
+    let device = grad.device();
+    let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids.to_vec(), [batch * tokens]), &device);
+    let zeros = Tensor::<B, 2>::zeros([vocab, hidden], (&device, dtype));
+    zeros.select_assign(0, ids, grad.reshape([batch * tokens, hidden]).cast(dtype), burn::tensor::IndexingUpdateOp::Add)
+}
+
 /// RMSNorm of the rows of `x` (`[rows, n]`), HF's `LlamaRMSNorm`: the statistics in f32 (the
 /// mean of squares of a 4096-wide bf16 row loses most of its digits otherwise), the
 /// normalised rows cast back, then scaled in the storage dtype.

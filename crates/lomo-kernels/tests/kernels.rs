@@ -243,3 +243,23 @@ fn linear_three_ways_layouts_bias_and_panels() {
     linear_case(64, 600, 1024, true, false, DType::BF16);
     linear_case(64, 1024, 600, false, true, DType::F32);
 }
+
+#[test]
+fn embedding_three_ways_with_repeated_ids() {
+    for dtype in [DType::F32, DType::BF16] {
+        let w = tensor::<Flex, 2>([50, 12], 31, 1.0, dtype);
+        let ids: Vec<i64> = vec![3, 7, 3, 49, 0, 7, 7, 11];
+        let g = tensor::<Flex, 3>([2, 4, 12], 32, 1.0, dtype);
+        let wa = on_ad(&w);
+        let y_ref = reference::embedding(wa.clone(), &ids, [2, 4]);
+        let mut grads = (y_ref.clone() * Tensor::from_inner(g.clone())).sum().backward();
+        let dw_ref = wa.grad_remove(&mut grads).unwrap();
+        let wb = on_ad(&w);
+        let y = lomo_kernels::embedding(wb.clone(), &ids, [2, 4]);
+        let mut grads = (y.clone() * Tensor::from_inner(g.clone())).sum().backward();
+        let t = tol(dtype);
+        assert_close("embedding forward", &to_vec(y.inner()), &to_vec(y_ref.inner()), t);
+        assert_close("embedding dw", &to_vec(wb.grad_remove(&mut grads).unwrap()), &to_vec(dw_ref.clone()), t);
+        assert_close("reference embedding dw", &to_vec(reference::embedding_backward(50, dtype, &ids, g)), &to_vec(dw_ref), t);
+    }
+}

@@ -281,9 +281,7 @@ impl<B: Backend> Llama<B> {
 impl<B: FusedKernels> Llama<B> {
     /// Stage 0: token embedding, `[batch, tokens, hidden]`.
     pub fn embed(&self, batch: &Batch) -> Tensor<B, 3> {
-        let device = self.device();
-        let ids = TensorData::new(batch.input_ids().to_vec(), [batch.batch_size(), batch.seq_len()]);
-        self.embed_tokens.forward(Tensor::<B, 2, Int>::from_data(ids, &device))
+        lomo_kernels::embedding(self.embed_tokens.weight.val(), batch.input_ids(), [batch.batch_size(), batch.seq_len()])
     }
 
     /// RoPE tables and padded keys for a training / scoring forward over `batch`.
@@ -398,8 +396,7 @@ impl<B: FusedKernels> Llama<B> {
         let device = self.device();
         let tokens = input_ids.len() / batch_size;
         let offset = cache.len();
-        let ids = TensorData::new(input_ids.to_vec(), [batch_size, tokens]);
-        let mut x = self.embed_tokens.forward(Tensor::<B, 2, Int>::from_data(ids, &device));
+        let mut x = lomo_kernels::embedding(self.embed_tokens.weight.val(), input_ids, [batch_size, tokens]);
         let rope = self.rope.tables(offset, tokens, self.dtype().to_burn(), &device);
         let mask = AttentionMask::new(tokens, offset, None, &device);
         for (i, layer) in self.layers.iter().enumerate() {

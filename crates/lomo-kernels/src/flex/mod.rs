@@ -3,6 +3,7 @@
 
 mod attention;
 mod elem;
+mod embedding;
 mod linear;
 mod log_probs;
 mod norm;
@@ -19,6 +20,19 @@ fn rows_per_task(n: usize) -> usize {
 }
 
 impl FusedKernels for Flex {
+    fn embedding(weight: FloatTensor<Self>, ids: &[i64], shape: [usize; 2]) -> FloatTensor<Self> {
+        embedding::forward(weight, ids, shape)
+    }
+
+    fn embedding_backward(
+        vocab: usize,
+        dtype: burn::tensor::DType,
+        ids: &[i64],
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        embedding::backward(vocab, dtype, ids, grad)
+    }
+
     fn linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
         linear::forward(x, weight, bias)
     }
