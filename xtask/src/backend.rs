@@ -99,7 +99,7 @@ pub trait CaseRunner {
     /// What the computation returns.
     type Output;
     /// Runs on backend `B`.
-    fn run<B: lomo_kernels::TrainBackend>(
+    fn run<B: lomo_models::TrainBackend>(
         self,
         device: burn::tensor::Device<B>,
         memory: &dyn DeviceMemory,

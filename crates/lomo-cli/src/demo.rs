@@ -2,7 +2,7 @@
 //! synthetic addition, print exact-match accuracy before and after, and measure LOMO's peak
 //! memory against AdamW's on the same model.
 
-use lomo_kernels::TrainBackend;
+use lomo_models::TrainBackend;
 use std::time::Instant;
 
 use anyhow::{Context, Result};

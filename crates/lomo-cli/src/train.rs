@@ -1,6 +1,6 @@
 //! `lomo train`: the training loop around [`crate::trainer::Trainer`].
 
-use lomo_kernels::TrainBackend;
+use lomo_models::TrainBackend;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::time::Instant;

@@ -1,7 +1,7 @@
 //! One optimizer step, whatever `--optimizer` says: the fused step for LOMO and AdaLomo,
 //! full backward + a burn optimizer for the SGD and AdamW baselines.
 
-use lomo_kernels::TrainBackend;
+use lomo_models::TrainBackend;
 use anyhow::Result;
 use burn::module::{ModuleMapper, Param};
 use burn::optim::adaptor::OptimizerAdaptor;

@@ -129,14 +129,15 @@ impl<B: FusedKernels> Backward<B, 2> for SwigluBackward {
 struct LogProbsBackward;
 
 impl<B: FusedKernels> Backward<B, 1> for LogProbsBackward {
-    type State = (FloatTensor<B>, Arc<[i64]>);
+    /// The logits, the labels and the output.
+    type State = (FloatTensor<B>, Arc<[i64]>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node_logits] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (logits, labels) = ops.state;
+        let (logits, labels, out) = ops.state;
         if let Some(node) = node_logits {
-            grads.register::<B>(node.id, B::log_probs_backward(logits, &labels, grad));
+            grads.register::<B>(node.id, B::log_probs_backward(logits, &labels, out, grad));
         }
     }
 }
@@ -273,14 +274,19 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
         match LogProbsBackward.prepare::<C>([logits.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let out = B::log_probs(logits.primitive.clone(), labels);
-                prep.finish((logits.primitive, labels.into()), out)
+                prep.finish((logits.primitive, labels.into(), out.clone()), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::log_probs(logits.primitive, labels)),
         }
     }
 
-    fn log_probs_backward(logits: FloatTensor<Self>, labels: &[i64], grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        untracked::<B, C>(B::log_probs_backward(logits.primitive, labels, grad.primitive))
+    fn log_probs_backward(
+        logits: FloatTensor<Self>,
+        labels: &[i64],
+        out: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        untracked::<B, C>(B::log_probs_backward(logits.primitive, labels, out.primitive, grad.primitive))
     }
 
     fn rope_attention(

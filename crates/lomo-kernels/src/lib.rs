@@ -34,7 +34,7 @@ pub mod reference;
 
 use std::sync::Arc;
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, ModuleOps};
 use burn::tensor::{Tensor, TensorPrimitive};
 
@@ -170,9 +170,15 @@ pub trait FusedKernels: Backend {
         reference::log_probs::<Self>(float(logits), labels).into_primitive().tensor()
     }
 
-    /// Gradient of the logits of [`FusedKernels::log_probs`] given the gradient of its `[n]`
-    /// output, in the logits' dtype. May reuse the logits' buffer.
-    fn log_probs_backward(logits: FloatTensor<Self>, labels: &[i64], grad: FloatTensor<Self>) -> FloatTensor<Self> {
+    /// Gradient of the logits of [`FusedKernels::log_probs`] given its output `out` and the
+    /// gradient of that `[n]` output, in the logits' dtype. May reuse the logits' buffer.
+    fn log_probs_backward(
+        logits: FloatTensor<Self>,
+        labels: &[i64],
+        out: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let _ = out;
         reference::log_probs_backward::<Self>(float(logits), labels, float(grad)).into_primitive().tensor()
     }
 
@@ -225,17 +231,6 @@ pub trait FusedKernels: Backend {
         );
         (dq.into_primitive().tensor(), dk.into_primitive().tensor(), dv.into_primitive().tensor())
     }
-}
-
-/// A training backend: autodiff over a backend with the fused ops, both sides implementing
-/// them (the fused step runs its first forward pass on the inner backend).
-pub trait TrainBackend: AutodiffBackend<InnerBackend: FusedKernels> + FusedKernels {}
-
-impl<B> TrainBackend for B
-where
-    B: AutodiffBackend + FusedKernels,
-    B::InnerBackend: FusedKernels,
-{
 }
 
 fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {

@@ -53,3 +53,19 @@ pub use gguf::{GgufFile, GgufTokenizer};
 pub use kv_cache::KvCache;
 pub use llama::{HfParam, Llama, LossChunking};
 pub use save::SaveOptions;
+
+use burn::tensor::backend::AutodiffBackend;
+use lomo_kernels::FusedKernels;
+use lomo_optim::UpdateKernels;
+
+/// A backend a [`Llama`] trains on: autodiff over a backend with the fused transformer ops
+/// ([`FusedKernels`]) and the fused update ([`UpdateKernels`]); the fused step runs its
+/// tape-free forward and its updates on the inner backend.
+pub trait TrainBackend: AutodiffBackend<InnerBackend: FusedKernels + UpdateKernels> + FusedKernels {}
+
+impl<B> TrainBackend for B
+where
+    B: AutodiffBackend + FusedKernels,
+    B::InnerBackend: FusedKernels + UpdateKernels,
+{
+}

@@ -7,7 +7,9 @@
 //! ([`crate::LossChunking`]), so that the logits of the whole batch never exist at once.
 
 use burn::module::ParamId;
-use lomo_kernels::{FusedKernels, TrainBackend};
+use lomo_kernels::FusedKernels;
+
+use crate::TrainBackend;
 use burn::tensor::Tensor;
 use lomo_optim::{param_ids, StagedModel};
 

@@ -15,6 +15,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, ElementConversion, Tensor};
 
 use crate::error::OptimError;
+use crate::kernels::UpdateKernels;
 use crate::rule::{GradPrep, Updater};
 use crate::scaler::{DynamicLossScaler, LossScaleConfig};
 use crate::stages::StagedModel;
@@ -149,6 +150,7 @@ impl<U> FusedStep<U> {
     ) -> Result<(M, StepReport), OptimError>
     where
         B: AutodiffBackend,
+        B::InnerBackend: UpdateKernels,
         M: StagedModel<B, D>,
         U: Updater<B, M>,
     {
@@ -407,16 +409,16 @@ struct NormPass {
 }
 
 impl NormPass {
-    fn add<B: AutodiffBackend, M: AutodiffModule<B>>(&mut self, model: &M, ready: &mut GradientsParams) {
+    fn add<B: AutodiffBackend<InnerBackend: UpdateKernels>, M: AutodiffModule<B>>(&mut self, model: &M, ready: &mut GradientsParams) {
         struct Visit<'a> {
             norm: &'a mut NormPass,
             ready: &'a mut GradientsParams,
         }
-        impl<B: AutodiffBackend> ModuleVisitor<B> for Visit<'_> {
+        impl<B: AutodiffBackend<InnerBackend: UpdateKernels>> ModuleVisitor<B> for Visit<'_> {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
                 let Some(g) = self.ready.remove::<B::InnerBackend, D>(param.id) else { return };
                 // Gradients were computed on the scaled loss: unscale before squaring, in fp32.
-                let sq = crate::blocks::sum_sq_scaled(g, self.norm.inv_scale);
+                let sq = <B::InnerBackend as UpdateKernels>::sum_sq(g.into_primitive().tensor(), self.norm.inv_scale);
                 if !sq.is_finite() {
                     self.norm.overflow = true;
                 }

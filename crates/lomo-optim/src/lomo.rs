@@ -1,11 +1,11 @@
 //! LOMO's update: plain SGD with decoupled weight decay (Lv et al. 2024, §3.2).
 
 use burn::module::ParamId;
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
 use crate::error::OptimError;
-use crate::rule::UpdateRule;
+use crate::kernels::UpdateKernels;
+use crate::rule::{GradPrep, UpdateRule};
 
 /// LOMO: `p = p * (1 - lr * weight_decay) - lr * g`, computed in fp32 and stored back in the
 /// parameter's dtype. No state: this is what makes LOMO's memory one copy of the weights.
@@ -28,7 +28,7 @@ impl Lomo {
     }
 }
 
-impl<B: Backend> UpdateRule<B> for Lomo {
+impl<B: UpdateKernels> UpdateRule<B> for Lomo {
     fn elementwise(&self) -> bool {
         true
     }
@@ -42,5 +42,18 @@ impl<B: Backend> UpdateRule<B> for Lomo {
         }
         let p = p - grad.mul_scalar(lr);
         crate::blocks::cast(p, dtype)
+    }
+
+    /// The whole update in one op of [`UpdateKernels`] (one parallel pass on Flex).
+    fn update_raw<const D: usize>(
+        &mut self,
+        _id: ParamId,
+        param: Tensor<B, D>,
+        grad: Tensor<B, D>,
+        prep: &GradPrep,
+        lr: f64,
+    ) -> Tensor<B, D> {
+        let p = B::lomo_update(param.into_primitive().tensor(), grad.into_primitive().tensor(), prep, lr, self.weight_decay);
+        Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(p))
     }
 }

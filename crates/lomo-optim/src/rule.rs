@@ -65,6 +65,26 @@ pub trait UpdateRule<B: Backend> {
     /// when the fused step calls this, so arithmetic on it can reuse its buffer.
     fn update<const D: usize>(&mut self, id: ParamId, param: Tensor<B, D>, grad: Tensor<B, D>, lr: f64)
         -> Tensor<B, D>;
+
+    /// The new value of `param` given its raw gradient (the dtype backward produced, not yet
+    /// through `prep`): what [`RuleUpdater`] calls. By default `prep` then
+    /// [`UpdateRule::update`], in row blocks for a large bf16/f16 parameter of an elementwise
+    /// rule; a rule with a fused kernel (LOMO) overrides it.
+    fn update_raw<const D: usize>(
+        &mut self,
+        id: ParamId,
+        param: Tensor<B, D>,
+        grad: Tensor<B, D>,
+        prep: &GradPrep,
+        lr: f64,
+    ) -> Tensor<B, D> {
+        if self.elementwise() && param.dtype() != DType::F32 {
+            crate::blocks::map_rows(param, &grad, |p, g| self.update(id, p, prep.apply(g), lr))
+        } else {
+            let grad = prep.apply(grad);
+            self.update(id, param, grad, lr)
+        }
+    }
 }
 
 /// How the fused step hands a stage's final gradients to whatever updates the model.
@@ -122,13 +142,7 @@ where
                 let require_grad = tensor.is_require_grad();
                 // The stage's graph is gone, so `inner()` hands over the only reference.
                 let value = tensor.inner();
-                let updated = if self.rule.elementwise() && value.dtype() != DType::F32 {
-                    let (rule, prep, lr) = (&mut *self.rule, self.prep, self.lr);
-                    crate::blocks::map_rows(value, &grad, |p, g| rule.update(id, p, prep.apply(g), lr))
-                } else {
-                    let grad = self.prep.apply(grad);
-                    self.rule.update(id, value, grad, self.lr)
-                };
+                let updated = self.rule.update_raw(id, value, grad, self.prep, self.lr);
                 let mut updated = Tensor::from_inner(updated);
                 if require_grad {
                     updated = updated.require_grad();

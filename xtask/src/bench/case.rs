@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig};
-use lomo_kernels::TrainBackend;
+use lomo_models::TrainBackend;
 use lomo_models::{Batch, Llama, StorageDtype};
 use lomo_optim::{
     full_backward_step, AdaLomo, AdaLomoConfig, FusedConfig, FusedStep, Lomo, RuleUpdater, StepTimings,

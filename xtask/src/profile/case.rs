@@ -1,7 +1,7 @@
 //! One profile case: a model shape, an optimizer, a mode, a dtype and a batch, run for one
 //! measured step in a process of its own (the counting allocator and VmHWM are process-wide).
 
-use lomo_kernels::TrainBackend;
+use lomo_models::TrainBackend;
 use std::path::Path;
 use std::time::Instant;
 

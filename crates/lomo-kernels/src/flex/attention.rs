@@ -16,7 +16,7 @@
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::elem::{contiguous, exp, gemm_f32, slice, tensor_from, with_elem, Elem};
+use super::elem::{contiguous, dot, exp, gemm_f32, max_of, simd, slice, sum_exp, tensor_from, with_elem, Elem};
 use crate::AttentionSpec;
 
 /// Query rows per block of scores.
@@ -94,7 +94,7 @@ impl Visibility<'_> {
 
 /// Sets the scores of keys past the causal limit (`j > t`, at `limit = t + 1`) or padded to
 /// −∞; returns whether any key is left.
-#[inline]
+#[inline(always)]
 fn mask_row(row: &mut [f32], limit: usize, keep: Option<&[bool]>) -> bool {
     row[limit..].fill(f32::NEG_INFINITY);
     match keep {
@@ -117,7 +117,7 @@ fn mask_row(row: &mut [f32], limit: usize, keep: Option<&[bool]>) -> bool {
 fn pack<E: Elem>(x: &[E], n: usize, d: &Dims, rope: Option<(&Rope, f32)>) -> Vec<f32> {
     let (tokens, dim, half) = (d.tokens, d.dim, d.dim / 2);
     let mut out = vec![0f32; d.batch * n * tokens * dim];
-    out.par_chunks_mut(tokens * dim).enumerate().for_each(|(bh, out)| {
+    out.par_chunks_mut(tokens * dim).enumerate().for_each(|(bh, out)| simd(#[inline(always)] || {
         let (b, h) = (bh / n, bh % n);
         for t in 0..tokens {
             let src = &x[(b * tokens + t) * n * dim + h * dim..][..dim];
@@ -134,7 +134,7 @@ fn pack<E: Elem>(x: &[E], n: usize, d: &Dims, rope: Option<(&Rope, f32)>) -> Vec
                 }
             }
         }
-    });
+    }));
     out
 }
 
@@ -144,7 +144,7 @@ fn pack<E: Elem>(x: &[E], n: usize, d: &Dims, rope: Option<(&Rope, f32)>) -> Vec
 fn unpack<E: Elem>(packed: &[f32], n: usize, sum: usize, d: &Dims, rope: Option<(&Rope, f32)>) -> Vec<E> {
     let (tokens, dim, half) = (d.tokens, d.dim, d.dim / 2);
     let mut out = vec![E::from_f32(0.0); d.batch * tokens * n * dim];
-    out.par_chunks_mut(n * dim).enumerate().for_each_init(|| vec![0f32; dim], |acc, (bt, row)| {
+    out.par_chunks_mut(n * dim).enumerate().for_each_init(|| vec![0f32; dim], |acc, (bt, row)| simd(#[inline(always)] || {
         let (b, t) = (bt / tokens, bt % tokens);
         for h in 0..n {
             acc.fill(0.0);
@@ -165,7 +165,7 @@ fn unpack<E: Elem>(packed: &[f32], n: usize, sum: usize, d: &Dims, rope: Option<
                 }
             }
         }
-    });
+    }));
     out
 }
 
@@ -194,7 +194,7 @@ pub(crate) fn forward(
         let (tokens, dim, hl) = (d.tokens, d.dim, d.head_len());
         let mut out = vec![0f32; d.batch * d.heads * hl];
         let mut lse = vec![0f32; d.batch * d.heads * tokens];
-        out.par_chunks_mut(hl).zip(lse.par_chunks_mut(tokens)).enumerate().for_each(|(bh, (out, lse))| {
+        out.par_chunks_mut(hl).zip(lse.par_chunks_mut(tokens)).enumerate().for_each(|(bh, (out, lse))| simd(#[inline(always)] || {
             let (b, h) = (bh / d.heads, bh % d.heads);
             let kv = (b * d.kv_heads + h / d.groups()) * hl;
             let (q, k, v) = (&qs[bh * hl..][..hl], &kr[kv..][..hl], &vs[kv..][..hl]);
@@ -209,7 +209,7 @@ pub(crate) fn forward(
                 }
                 gemm_f32([rows, dim, keys], (s, keys, 1), (v, dim, 1), (&mut out[r0 * dim..], dim), false);
             }
-        });
+        }));
         let out = unpack::<E>(&out, d.heads, 1, &d, None);
         (tensor_from(out, vec![d.batch, tokens, d.heads * dim]), tensor_from(lse, vec![d.batch, d.heads, tokens]))
     })
@@ -218,7 +218,7 @@ pub(crate) fn forward(
 /// Turns a row of scores into probabilities over the first `limit` keys that are not padding
 /// (0 elsewhere) and returns their log-sum-exp; a row that sees nothing becomes all 0
 /// (log-sum-exp 0).
-#[inline]
+#[inline(always)]
 fn softmax_row(row: &mut [f32], limit: usize, keep: Option<&[bool]>) -> f32 {
     if !mask_row(row, limit, keep) {
         row.fill(0.0);
@@ -226,16 +226,23 @@ fn softmax_row(row: &mut [f32], limit: usize, keep: Option<&[bool]>) -> f32 {
     }
     let (seen, rest) = row.split_at_mut(limit);
     rest.fill(0.0);
-    let max = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let mut sum = 0f32;
+    let max = max_of(seen);
+    let sum = sum_exp_masked(seen, max);
+    let inv = 1.0 / sum;
     for s in seen.iter_mut() {
         // Masked keys hold −∞, whose exp must be exactly 0 (`exp` clamps to the smallest normal).
-        *s = if *s == f32::NEG_INFINITY { 0.0 } else { exp(*s - max) };
-        sum += *s;
+        *s = if *s == f32::NEG_INFINITY { 0.0 } else { exp(*s - max) * inv };
     }
-    let inv = 1.0 / sum;
-    seen.iter_mut().for_each(|s| *s *= inv);
     max + sum.ln()
+}
+
+/// `Σ e^(s − shift)` over the keys not masked to −∞.
+#[inline(always)]
+fn sum_exp_masked(row: &[f32], shift: f32) -> f32 {
+    if row.iter().all(|&s| s != f32::NEG_INFINITY) {
+        return sum_exp(row, shift);
+    }
+    row.iter().filter(|&&s| s != f32::NEG_INFINITY).map(|&s| exp(s - shift)).sum()
 }
 
 /// Backward: the gradients of the queries, keys and values, each in its input's layout and
@@ -268,19 +275,19 @@ pub(crate) fn backward(
         // D_i = Σ dO_i · O_i per query row and head, `[batch, heads, tokens]`.
         let (o_rows, g_rows) = (slice::<E>(&out), slice::<E>(&grad));
         let mut row_dot = vec![0f32; d.batch * d.heads * tokens];
-        row_dot.par_chunks_mut(tokens).enumerate().for_each(|(bh, dots)| {
+        row_dot.par_chunks_mut(tokens).enumerate().for_each(|(bh, dots)| simd(#[inline(always)] || {
             let (b, h) = (bh / d.heads, bh % d.heads);
-            for (t, dot) in dots.iter_mut().enumerate() {
+            for (t, out) in dots.iter_mut().enumerate() {
                 let at = (b * tokens + t) * d.heads * dim + h * dim;
-                *dot = o_rows[at..at + dim].iter().zip(&g_rows[at..at + dim]).map(|(o, g)| o.to_f32() * g.to_f32()).sum();
+                *out = dot(&o_rows[at..at + dim], &g_rows[at..at + dim]);
             }
-        });
+        }));
 
         let mut dq = vec![0f32; d.batch * d.heads * hl];
         let mut dk = vec![0f32; d.batch * d.heads * hl];
         let mut dv = vec![0f32; d.batch * d.heads * hl];
         dq.par_chunks_mut(hl).zip(dk.par_chunks_mut(hl)).zip(dv.par_chunks_mut(hl)).enumerate().for_each(
-            |(bh, ((dq, dk), dv))| {
+            |(bh, ((dq, dk), dv))| simd(#[inline(always)] || {
                 let (b, h) = (bh / d.heads, bh % d.heads);
                 let kv = (b * d.kv_heads + h / d.groups()) * hl;
                 let (q, k, v, go) = (&qs[bh * hl..][..hl], &kr[kv..][..hl], &vs[kv..][..hl], &dout[bh * hl..][..hl]);
@@ -317,7 +324,7 @@ pub(crate) fn backward(
                     gemm_f32([rows, dim, keys], (ds, keys, 1), (k, dim, 1), (&mut dq[r0 * dim..], dim), false);
                     gemm_f32([keys, dim, rows], (ds, 1, keys), (&q[r0 * dim..], dim, 1), (dk, dim), true);
                 }
-            },
+            }),
         );
         // Qs = scale · rope(q): dq = scale · ropeᵀ(dQs). Kr = rope(k), summed over the query heads
         // that share a key head; V likewise without the rotation.

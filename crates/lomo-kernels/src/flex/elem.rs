@@ -116,6 +116,61 @@ pub(crate) fn exp(x: f32) -> f32 {
     p * f32::from_bits(bits)
 }
 
+/// Runs `f` compiled for the widest SIMD this CPU has (AVX-512, AVX2 + FMA, or the baseline),
+/// picked at run time: the kernels' loops are written plainly and vectorised by the compiler
+/// inside. Mark the closure `#[inline(always)]` so that its body is compiled there.
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
+
+/// Lanes of the partial sums and maxima below: independent accumulators let the compiler
+/// vectorise a reduction it may not reorder.
+const LANES: usize = 16;
+
+/// `max x` over a row, in f32 (−∞ for an empty row).
+#[inline(always)]
+pub(crate) fn max_of<E: Elem>(x: &[E]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, v| m.max(v.to_f32()));
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] = acc[i].max(c[i].to_f32());
+        }
+    }
+    acc.iter().fold(rest, |m, &v| m.max(v))
+}
+
+/// `Σ e^(x − shift)` over a row, in f32.
+#[inline(always)]
+pub(crate) fn sum_exp<E: Elem>(x: &[E], shift: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest: f32 = chunks.remainder().iter().map(|v| exp(v.to_f32() - shift)).sum();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += exp(c[i].to_f32() - shift);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// `Σ a·b` over two rows, in f32.
+#[inline(always)]
+pub(crate) fn dot<A: Elem, B: Elem>(a: &[A], b: &[B]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let n = a.len().min(b.len());
+    let whole = n / LANES * LANES;
+    for (ca, cb) in a[..whole].chunks_exact(LANES).zip(b[..whole].chunks_exact(LANES)) {
+        for i in 0..LANES {
+            acc[i] += ca[i].to_f32() * cb[i].to_f32();
+        }
+    }
+    let rest: f32 = a[whole..n].iter().zip(&b[whole..n]).map(|(x, y)| x.to_f32() * y.to_f32()).sum();
+    acc.iter().sum::<f32>() + rest
+}
+
 /// `c = a · b` (or `c += a · b` with `accumulate`) for f32 matrices given by their strides, on
 /// the calling thread (the kernels parallelise over heads and rows themselves).
 ///

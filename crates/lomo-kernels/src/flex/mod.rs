@@ -75,8 +75,13 @@ impl FusedKernels for Flex {
         log_probs::forward(logits, labels)
     }
 
-    fn log_probs_backward(logits: FloatTensor<Self>, labels: &[i64], grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        log_probs::backward(logits, labels, grad)
+    fn log_probs_backward(
+        logits: FloatTensor<Self>,
+        labels: &[i64],
+        out: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        log_probs::backward(logits, labels, out, grad)
     }
 
     fn rope_attention(

@@ -6,7 +6,7 @@
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::elem::{contiguous, slice, tensor_from, with_elem, Elem};
+use super::elem::{contiguous, dot, simd, slice, tensor_from, with_elem, Elem};
 use super::rows_per_task;
 
 /// `y = round(round(x · r) · w)` with `r = 1 / sqrt(mean(x²) + eps)` per row of the last
@@ -22,25 +22,26 @@ pub(crate) fn forward(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor
         let mut out = vec![E::from_f32(0.0); xs.len()];
         let rows = rows_per_task(n);
         out.par_chunks_mut(rows * n).zip(xs.par_chunks(rows * n)).for_each(|(out, xs)| {
-            for (out, x) in out.chunks_exact_mut(n).zip(xs.chunks_exact(n)) {
-                let r = inv_rms(x, eps);
-                for ((o, &x), &w) in out.iter_mut().zip(x).zip(&w) {
-                    *o = E::from_f32(E::round_trip(x.to_f32() * r) * w);
-                }
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for (out, x) in out.chunks_exact_mut(n).zip(xs.chunks_exact(n)) {
+                        let r = inv_rms(x, eps);
+                        for ((o, &x), &w) in out.iter_mut().zip(x).zip(&w) {
+                            *o = E::from_f32(E::round_trip(x.to_f32() * r) * w);
+                        }
+                    }
+                },
+            )
         });
         tensor_from(out, shape)
     })
 }
 
 /// `1 / sqrt(mean(x²) + eps)` of one row, in f32 like HF.
-#[inline]
+#[inline(always)]
 fn inv_rms<E: Elem>(x: &[E], eps: f64) -> f32 {
-    let sum_sq: f32 = x.iter().map(|v| {
-        let v = v.to_f32();
-        v * v
-    }).sum();
-    1.0 / (sum_sq / x.len() as f32 + eps as f32).sqrt()
+    1.0 / (dot(x, x) / x.len() as f32 + eps as f32).sqrt()
 }
 
 /// Gradients of `x` and of the weight: with `x̂ = x · r` and `g = dy · w`,
@@ -63,20 +64,24 @@ pub(crate) fn backward(x: FlexTensor, weight: FlexTensor, eps: f64, grad: FlexTe
             .map(|(dx, (xs, dys))| {
                 let mut dw = vec![0f32; n];
                 let mut g = vec![0f32; n];
-                for ((dx, x), dy) in dx.chunks_exact_mut(n).zip(xs.chunks_exact(n)).zip(dys.chunks_exact(n)) {
-                    let r = inv_rms(x, eps);
-                    let mut dot = 0f32;
-                    for i in 0..n {
-                        let (xh, dy) = (x[i].to_f32() * r, dy[i].to_f32());
-                        g[i] = dy * w[i];
-                        dot += g[i] * xh;
-                        dw[i] += dy * E::round_trip(xh);
-                    }
-                    let mean = dot / n as f32;
-                    for i in 0..n {
-                        dx[i] = E::from_f32(r * (g[i] - x[i].to_f32() * r * mean));
-                    }
-                }
+                simd(
+                    #[inline(always)]
+                    || {
+                        for ((dx, x), dy) in dx.chunks_exact_mut(n).zip(xs.chunks_exact(n)).zip(dys.chunks_exact(n)) {
+                            let r = inv_rms(x, eps);
+                            for i in 0..n {
+                                let (xh, dy) = (x[i].to_f32() * r, dy[i].to_f32());
+                                g[i] = dy * w[i];
+                                dw[i] += dy * E::round_trip(xh);
+                            }
+                            // mean(g · x̂) = r · mean(g · x).
+                            let mean = dot(&g, x) * r / n as f32;
+                            for i in 0..n {
+                                dx[i] = E::from_f32(r * (g[i] - x[i].to_f32() * r * mean));
+                            }
+                        }
+                    },
+                );
                 dw
             })
             .reduce(|| vec![0f32; n], |mut a, b| {

@@ -3,7 +3,7 @@
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::elem::{contiguous, exp, slice, tensor_from, with_elem, Elem};
+use super::elem::{contiguous, exp, simd, slice, tensor_from, with_elem, Elem};
 
 /// Elements per parallel task of an elementwise kernel.
 const CHUNK: usize = 1 << 14;
@@ -21,10 +21,15 @@ pub(crate) fn forward(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
         let (g, u) = (slice::<E>(&gate), slice::<E>(&up));
         let mut out = vec![E::from_f32(0.0); g.len()];
         out.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK))).for_each(|(out, (g, u))| {
-            for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-                let g = g.to_f32();
-                *o = E::from_f32(E::round_trip(g * sigmoid(g)) * u.to_f32());
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+                        let g = g.to_f32();
+                        *o = E::from_f32(E::round_trip(g * sigmoid(g)) * u.to_f32());
+                    }
+                },
+            )
         });
         tensor_from(out, shape)
     })
@@ -44,12 +49,17 @@ pub(crate) fn backward(gate: FlexTensor, up: FlexTensor, grad: FlexTensor) -> (F
             .zip(d_up.par_chunks_mut(CHUNK))
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)))
             .for_each(|((dg, du), ((g, u), dy))| {
-                for i in 0..g.len() {
-                    let (g, u, dy) = (g[i].to_f32(), u[i].to_f32(), dy[i].to_f32());
-                    let s = sigmoid(g);
-                    dg[i] = E::from_f32(dy * u * s * (1.0 + g * (1.0 - s)));
-                    du[i] = E::from_f32(dy * E::round_trip(g * s));
-                }
+                simd(
+                    #[inline(always)]
+                    || {
+                        for i in 0..g.len() {
+                            let (g, u, dy) = (g[i].to_f32(), u[i].to_f32(), dy[i].to_f32());
+                            let s = sigmoid(g);
+                            dg[i] = E::from_f32(dy * u * s * (1.0 + g * (1.0 - s)));
+                            du[i] = E::from_f32(dy * E::round_trip(g * s));
+                        }
+                    },
+                )
             });
         (tensor_from(d_gate, shape.clone()), tensor_from(d_up, shape))
     })
