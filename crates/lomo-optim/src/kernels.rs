@@ -52,6 +52,35 @@ pub trait UpdateKernels: Backend {
         Self::float_reshape(p.into_primitive().tensor(), shape)
     }
 
+    /// AdaLomo's update of a matrix `param` `[m, n]` from its raw gradient: the factored second
+    /// moment `(row, col)` (f32, `[m]` and `[n]`; `None` on the first update) moves to
+    /// `β · old + (1 − β) · mean(prep(g)² + eps_sq)` along each axis, then
+    /// `p ← p · (1 − lr_t · wd) − lr_t · u / max(1, rms(u) / clip)` with
+    /// `u = prep(g) · rsqrt(row / mean(row)) · rsqrt(col)` and `lr_t = lr · max(eps_scale, rms(p))`.
+    /// Returns the new weight (its dtype), row and col.
+    #[allow(clippy::too_many_arguments)]
+    fn adalomo_matrix_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        prep: &GradPrep,
+        moment: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
+        lr: f64,
+        beta: f64,
+        config: &crate::AdaLomoConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let t = |p: FloatTensor<Self>| Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(p));
+        let v = |p: FloatTensor<Self>| Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(p));
+        let (p, row, col) = crate::adalomo::matrix_update(
+            t(param),
+            prep.apply(t(grad)),
+            moment.map(|(r, c)| (v(r), v(c))),
+            lr,
+            beta,
+            config,
+        );
+        (p.into_primitive().tensor(), row.into_primitive().tensor(), col.into_primitive().tensor())
+    }
+
     /// `Σ (g · scale)²` in f32 per block of elements, summed in f64.
     fn sum_sq(grad: FloatTensor<Self>, scale: f64) -> f64 {
         let n = grad.shape().num_elements();
@@ -88,6 +117,21 @@ impl<B: UpdateKernels, C: burn::backend::autodiff::checkpoint::strategy::Checkpo
     fn sum_sq(grad: FloatTensor<Self>, scale: f64) -> f64 {
         use burn::tensor::backend::AutodiffBackend;
         B::sum_sq(Self::inner(grad), scale)
+    }
+
+    fn adalomo_matrix_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        prep: &GradPrep,
+        moment: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
+        lr: f64,
+        beta: f64,
+        config: &crate::AdaLomoConfig,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        use burn::tensor::backend::AutodiffBackend;
+        let moment = moment.map(|(r, c)| (Self::inner(r), Self::inner(c)));
+        let (p, r, c) = B::adalomo_matrix_update(Self::inner(param), Self::inner(grad), prep, moment, lr, beta, config);
+        (Self::from_inner(p), Self::from_inner(r), Self::from_inner(c))
     }
 }
 
@@ -231,6 +275,114 @@ mod flex {
         param
     }
 
+    fn f32_vec(t: FlexTensor) -> Vec<f32> {
+        let t = contiguous(t);
+        t.as_slice::<f32>().expect("f32 moment").to_vec()
+    }
+
+    /// The AdaLomo kernel: one pass for the moments' means, one for `rms(u)` and `rms(p)`, one
+    /// for the update, each over rows in parallel; no tensor the size of the weight is made.
+    #[allow(clippy::too_many_arguments)]
+    fn adalomo_as<P: Elem, G: Elem>(
+        param: FlexTensor,
+        grad: &FlexTensor,
+        [m, n]: [usize; 2],
+        s: Scalars,
+        moment: Option<(Vec<f32>, Vec<f32>)>,
+        lr: f64,
+        beta: f64,
+        c: &crate::AdaLomoConfig,
+    ) -> (FlexTensor, Vec<f32>, Vec<f32>) {
+        let g: &[G] = grad.as_slice::<G>().expect("contiguous gradient");
+        let eps_sq = c.eps_sq as f32;
+        let rows_per_task = (CHUNK / n.max(1)).max(1);
+        // Means of prep(g)² + eps along each axis.
+        let mut row_mean = vec![0f32; m];
+        let col_sum = row_mean
+            .par_chunks_mut(rows_per_task)
+            .zip(g.par_chunks(rows_per_task * n))
+            .map(|(rm, g)| {
+                let mut col = vec![0f32; n];
+                for (rm, g) in rm.iter_mut().zip(g.chunks_exact(n)) {
+                    let mut sum = 0f32;
+                    for (c, &g) in col.iter_mut().zip(g) {
+                        let g = s.prep(g.get());
+                        let sq = g * g + eps_sq;
+                        sum += sq;
+                        *c += sq;
+                    }
+                    *rm = sum / n as f32;
+                }
+                col
+            })
+            .reduce(|| vec![0f32; n], |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            });
+        let (b, keep) = (beta as f32, (1.0 - beta) as f32);
+        let col_mean = col_sum.iter().map(|v| v / m as f32);
+        let (row, col): (Vec<f32>, Vec<f32>) = match moment {
+            Some((row, col)) => (
+                row.iter().zip(&row_mean).map(|(o, r)| o * b + r * keep).collect(),
+                col.iter().zip(col_mean).map(|(o, c)| o * b + c * keep).collect(),
+            ),
+            None => (row_mean.iter().map(|r| r * keep).collect(), col_mean.map(|c| c * keep).collect()),
+        };
+        let mean_row = row.iter().sum::<f32>() / m as f32;
+        let r_factor: Vec<f32> = row.iter().map(|r| (r / mean_row).sqrt().recip()).collect();
+        let c_factor: Vec<f32> = col.iter().map(|c| c.sqrt().recip()).collect();
+        let u_of = |i: usize, j: usize, g: G| (r_factor[i] * c_factor[j]) * s.prep(g.get());
+
+        let mut param = contiguous(param);
+        let (sum_u, sum_p) = {
+            let p: &[P] = param.as_slice::<P>().expect("contiguous weight");
+            p.par_chunks(rows_per_task * n)
+                .zip(g.par_chunks(rows_per_task * n))
+                .enumerate()
+                .map(|(task, (p, g))| {
+                    let (mut su, mut sp) = (0f64, 0f64);
+                    for (k, (p, g)) in p.chunks_exact(n).zip(g.chunks_exact(n)).enumerate() {
+                        let i = task * rows_per_task + k;
+                        let (mut u2, mut p2) = (0f32, 0f32);
+                        for j in 0..n {
+                            let u = u_of(i, j, g[j]);
+                            u2 += u * u;
+                            let w = p[j].get();
+                            p2 += w * w;
+                        }
+                        su += u2 as f64;
+                        sp += p2 as f64;
+                    }
+                    (su, sp)
+                })
+                .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
+        };
+        let numel = (m * n) as f64;
+        let denom = ((sum_u / numel).sqrt() / c.clip_threshold).max(1.0) as f32;
+        let lr_t = lr * c.eps_scale.max((sum_p / numel).sqrt());
+        let decay = (c.weight_decay > 0.0).then(|| (1.0 - lr_t * c.weight_decay) as f32);
+        let lr_t = lr_t as f32;
+        let p: &mut [P] = param.storage_mut::<P>();
+        p.par_chunks_mut(rows_per_task * n).zip(g.par_chunks(rows_per_task * n)).enumerate().for_each(|(task, (p, g))| {
+            for (k, (p, g)) in p.chunks_exact_mut(n).zip(g.chunks_exact(n)).enumerate() {
+                let i = task * rows_per_task + k;
+                for j in 0..n {
+                    let mut u = u_of(i, j, g[j]);
+                    if denom != 1.0 {
+                        u /= denom;
+                    }
+                    let w = p[j].get();
+                    let w = match decay {
+                        Some(d) => w * d,
+                        None => w,
+                    };
+                    p[j] = P::put(w - u * lr_t);
+                }
+            }
+        });
+        (param, row, col)
+    }
+
     impl UpdateKernels for Flex {
         fn lomo_update(
             param: FloatTensor<Self>,
@@ -245,6 +397,28 @@ mod flex {
             let shape = param.layout().shape().clone();
             let out = with_elem!(param.dtype(), |P| with_elem!(grad.dtype(), |G| update_as::<P, G>(param, &grad, s)));
             out.with_layout(burn_flex::Layout::contiguous(shape))
+        }
+
+        fn adalomo_matrix_update(
+            param: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            prep: &GradPrep,
+            moment: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
+            lr: f64,
+            beta: f64,
+            config: &crate::AdaLomoConfig,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            let shape = param.layout().shape().clone();
+            let [m, n] = [shape[0], shape[1]];
+            assert_eq!(grad.layout().shape()[..], shape[..], "adalomo_matrix_update: shapes differ");
+            let grad = contiguous(grad);
+            let moment = moment.map(|(r, c)| (f32_vec(r), f32_vec(c)));
+            let s = Scalars::new(prep, 0.0, 0.0);
+            let (out, row, col) = with_elem!(param.dtype(), |P| with_elem!(grad.dtype(), |G| {
+                adalomo_as::<P, G>(param, &grad, [m, n], s, moment, lr, beta, config)
+            }));
+            let vec = |v: Vec<f32>| FlexTensor::from_data(burn::tensor::TensorData::new(v.clone(), [v.len()]));
+            (out.with_layout(burn_flex::Layout::contiguous(shape)), vec(row), vec(col))
         }
 
         fn sum_sq(grad: FloatTensor<Self>, scale: f64) -> f64 {

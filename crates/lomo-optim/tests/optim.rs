@@ -5,5 +5,6 @@ mod common;
 mod adalomo;
 mod blocks;
 mod fused;
+mod kernels;
 mod scaling;
 mod schedule;
