@@ -149,6 +149,30 @@ mod flex {
     /// Elements per parallel task.
     const CHUNK: usize = 1 << 16;
 
+    /// Runs `f` compiled for the widest SIMD this CPU has, picked at run time.
+    #[inline(always)]
+    fn simd<R>(f: impl FnOnce() -> R) -> R {
+        pulp::Arch::new().dispatch(f)
+    }
+
+    /// Independent partial sums, so that a reduction the compiler may not reorder vectorises.
+    const LANES: usize = 16;
+
+    /// `Σ f(a_j, b_j)` over two rows, in f32.
+    #[inline(always)]
+    fn sum2<A: Copy, B: Copy>(a: &[A], b: &[B], f: impl Fn(A, B) -> f32) -> f32 {
+        let mut acc = [0f32; LANES];
+        let ca = a.chunks_exact(LANES);
+        let cb = b.chunks_exact(LANES);
+        let rest: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
+        for (x, y) in ca.zip(cb) {
+            for l in 0..LANES {
+                acc[l] += f(x[l], y[l]);
+            }
+        }
+        acc.iter().sum::<f32>() + rest
+    }
+
     /// A float storage element, converted to f32 and back.
     trait Elem: burn::tensor::Element + bytemuck::Pod + Send + Sync {
         fn get(self) -> f32;
@@ -268,9 +292,14 @@ mod flex {
         // In place when the weight is unshared (the fused step's case); a copy otherwise.
         let p: &mut [P] = param.storage_mut::<P>();
         p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(p, g)| {
-            for (p, &g) in p.iter_mut().zip(g) {
-                *p = P::put(s.step(p.get(), g.get()));
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for (p, &g) in p.iter_mut().zip(g) {
+                        *p = P::put(s.step(p.get(), g.get()));
+                    }
+                },
+            )
         });
         param
     }
@@ -303,16 +332,19 @@ mod flex {
             .zip(g.par_chunks(rows_per_task * n))
             .map(|(rm, g)| {
                 let mut col = vec![0f32; n];
-                for (rm, g) in rm.iter_mut().zip(g.chunks_exact(n)) {
-                    let mut sum = 0f32;
-                    for (c, &g) in col.iter_mut().zip(g) {
-                        let g = s.prep(g.get());
-                        let sq = g * g + eps_sq;
-                        sum += sq;
-                        *c += sq;
-                    }
-                    *rm = sum / n as f32;
-                }
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (rm, g) in rm.iter_mut().zip(g.chunks_exact(n)) {
+                            let sq = |g: G| {
+                                let g = s.prep(g.get());
+                                g * g + eps_sq
+                            };
+                            col.iter_mut().zip(g).for_each(|(c, &g)| *c += sq(g));
+                            *rm = sum2(g, g, |g, _| sq(g)) / n as f32;
+                        }
+                    },
+                );
                 col
             })
             .reduce(|| vec![0f32; n], |mut a, b| {
@@ -331,7 +363,6 @@ mod flex {
         let mean_row = row.iter().sum::<f32>() / m as f32;
         let r_factor: Vec<f32> = row.iter().map(|r| (r / mean_row).sqrt().recip()).collect();
         let c_factor: Vec<f32> = col.iter().map(|c| c.sqrt().recip()).collect();
-        let u_of = |i: usize, j: usize, g: G| (r_factor[i] * c_factor[j]) * s.prep(g.get());
 
         let mut param = contiguous(param);
         let (sum_u, sum_p) = {
@@ -340,20 +371,21 @@ mod flex {
                 .zip(g.par_chunks(rows_per_task * n))
                 .enumerate()
                 .map(|(task, (p, g))| {
-                    let (mut su, mut sp) = (0f64, 0f64);
-                    for (k, (p, g)) in p.chunks_exact(n).zip(g.chunks_exact(n)).enumerate() {
-                        let i = task * rows_per_task + k;
-                        let (mut u2, mut p2) = (0f32, 0f32);
-                        for j in 0..n {
-                            let u = u_of(i, j, g[j]);
-                            u2 += u * u;
-                            let w = p[j].get();
-                            p2 += w * w;
-                        }
-                        su += u2 as f64;
-                        sp += p2 as f64;
-                    }
-                    (su, sp)
+                    simd(
+                        #[inline(always)]
+                        || {
+                            let (mut su, mut sp) = (0f64, 0f64);
+                            for (k, (p, g)) in p.chunks_exact(n).zip(g.chunks_exact(n)).enumerate() {
+                                let r = r_factor[task * rows_per_task + k];
+                                su += sum2(g, &c_factor, |g, c| {
+                                    let u = (r * c) * s.prep(g.get());
+                                    u * u
+                                }) as f64;
+                                sp += sum2(p, p, |w, _| w.get() * w.get()) as f64;
+                            }
+                            (su, sp)
+                        },
+                    )
                 })
                 .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
         };
@@ -364,21 +396,25 @@ mod flex {
         let lr_t = lr_t as f32;
         let p: &mut [P] = param.storage_mut::<P>();
         p.par_chunks_mut(rows_per_task * n).zip(g.par_chunks(rows_per_task * n)).enumerate().for_each(|(task, (p, g))| {
-            for (k, (p, g)) in p.chunks_exact_mut(n).zip(g.chunks_exact(n)).enumerate() {
-                let i = task * rows_per_task + k;
-                for j in 0..n {
-                    let mut u = u_of(i, j, g[j]);
-                    if denom != 1.0 {
-                        u /= denom;
+            simd(
+                #[inline(always)]
+                || {
+                    for (k, (p, g)) in p.chunks_exact_mut(n).zip(g.chunks_exact(n)).enumerate() {
+                        let r = r_factor[task * rows_per_task + k];
+                        for ((p, &g), &c) in p.iter_mut().zip(g).zip(&c_factor) {
+                            let mut u = (r * c) * s.prep(g.get());
+                            if denom != 1.0 {
+                                u /= denom;
+                            }
+                            let w = match decay {
+                                Some(d) => p.get() * d,
+                                None => p.get(),
+                            };
+                            *p = P::put(w - u * lr_t);
+                        }
                     }
-                    let w = p[j].get();
-                    let w = match decay {
-                        Some(d) => w * d,
-                        None => w,
-                    };
-                    p[j] = P::put(w - u * lr_t);
-                }
-            }
+                },
+            )
         });
         (param, row, col)
     }
