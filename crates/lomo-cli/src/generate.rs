@@ -1,6 +1,7 @@
 //! `lomo generate`: continue a prompt, greedily or sampled.
 
 use anyhow::{bail, Result};
+use burn::tensor::backend::AutodiffBackend;
 use lomo_models::{generate, GenerationConfig, Sampling};
 
 use crate::args::GenerateArgs;
@@ -18,7 +19,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         bail!("--max-new-tokens: must be at least 1");
     }
     with_backend!(args.backend, |B, device| {
-        let loaded = load_path::<B>(&args.model, args.dtype.storage(), &device)?;
+        // Generation records no graph: the model lives on the backend under autodiff.
+        let loaded = load_path::<<B as AutodiffBackend>::InnerBackend>(&args.model, args.dtype.storage(), &device)?;
         let tokenizer = require_tokenizer(loaded.tokenizer.as_ref(), "lomo generate")?;
         let prompt = if args.chat {
             let message = lomo_data::ChatMessage { role: "user".into(), content: args.prompt.clone() };

@@ -136,6 +136,18 @@ impl<B: Backend> AttentionMask<B> {
         Self { causal, padding }
     }
 
+    /// The causal mask of `queries` new positions following `offset` earlier ones over the keys
+    /// at positions `keys` (one block of a KV cache): a key is seen by the queries at or after
+    /// it. No padding.
+    pub fn for_keys(queries: usize, offset: usize, keys: std::ops::Range<usize>, device: &B::Device) -> Self {
+        let n = keys.len();
+        let causal: Vec<f32> = (0..queries)
+            .flat_map(|q| keys.clone().map(move |k| if k <= offset + q { 0.0 } else { MASKED }))
+            .collect();
+        let causal = Tensor::from_data(TensorData::new(causal, [1, 1, queries, n]), (device, DType::F32));
+        Self { causal, padding: None }
+    }
+
     /// `scores` (f32) with the mask added.
     pub fn apply(&self, scores: Tensor<B, 4>) -> Tensor<B, 4> {
         let scores = scores + self.causal.clone();

@@ -46,12 +46,12 @@ pub enum AttentionInputs<'a, B: Backend> {
         /// Padded keys, `None` when the batch has none.
         padding: Option<&'a KeyPadding>,
     },
-    /// Decoding: the new positions follow the ones in `cache`, which they extend.
+    /// Decoding: the new positions follow the `offset` ones in `cache`, which they extend.
     Cached {
         /// RoPE tables of the new positions.
         rope: &'a RopeTables<B>,
-        /// Causal mask of the new positions over every cached and new key.
-        mask: &'a AttentionMask<B>,
+        /// Positions already in the cache (the position of the first new one).
+        offset: usize,
         /// This layer's cache.
         cache: &'a mut LayerKvCache<B>,
     },
@@ -71,19 +71,53 @@ impl<B: FusedKernels> Attention<B> {
             AttentionInputs::Batch { rope, padding } => {
                 lomo_kernels::rope_attention(q, k, v, rope.cos.clone(), rope.sin.clone(), padding, self.spec())
             }
-            AttentionInputs::Cached { rope, mask, cache } => {
+            AttentionInputs::Cached { rope, offset, cache } => {
                 let [batch, tokens, _] = q.dims();
                 let (heads, kv_heads, dim) = (self.num_heads, self.num_kv_heads, self.head_dim);
                 let split_heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, tokens, n, dim]).swap_dims(1, 2);
                 let q = reference::rope(split_heads(q, heads), &rope.cos, &rope.sin);
                 let k = reference::rope(split_heads(k, kv_heads), &rope.cos, &rope.sin);
-                let (k, v) = cache.append(k, split_heads(v, kv_heads));
-                let (out, _lse) = reference::attend(q, k, v, mask);
+                cache.append(k, split_heads(v, kv_heads));
+                let out = attend_blocks(q, cache, offset);
                 out.swap_dims(1, 2).reshape([batch, tokens, heads * dim])
             }
         };
         linear_rows(&self.o_proj, out)
     }
+}
+
+/// Attention of the new queries (`[batch, heads, new, dim]`, at positions `offset..`) over every
+/// block of `cache`: each block's output and log-sum-exp, merged as
+/// `Σ_b e^(lse_b − lse) · out_b` with `lse = log Σ_b e^(lse_b)` (a block whose keys all lie
+/// after a query contributes weight 0 to it).
+fn attend_blocks<B: FusedKernels>(q: Tensor<B, 4>, cache: &LayerKvCache<B>, offset: usize) -> Tensor<B, 4> {
+    let queries = q.dims()[2];
+    let device = q.device();
+    let mut parts = cache.blocks().iter().map(|block| {
+        let mask = AttentionMask::for_keys(queries, offset, block.start..block.start + block.len(), &device);
+        reference::attend(q.clone(), block.keys.clone(), block.values.clone(), &mask)
+    });
+    let first = parts.next().expect("the cache holds the new positions");
+    let rest: Vec<_> = parts.collect();
+    if rest.is_empty() {
+        return first.0;
+    }
+    let dtype = first.0.dtype();
+    let all: Vec<_> = std::iter::once(first).chain(rest).collect();
+    let [b, h, t] = all[0].1.dims();
+    let lse = Tensor::stack::<4>(all.iter().map(|(_, l)| l.clone()).collect(), 0);
+    let max = lse.clone().max_dim(0);
+    let total = ((lse - max.clone()).exp().sum_dim(0).log() + max).reshape([b, h, t]);
+    let mut out: Option<Tensor<B, 4>> = None;
+    for (o, l) in all {
+        let weight = (l - total.clone()).exp().unsqueeze_dim::<4>(3);
+        let part = o.cast(burn::tensor::DType::F32) * weight;
+        out = Some(match out {
+            Some(acc) => acc + part,
+            None => part,
+        });
+    }
+    out.expect("at least two blocks").cast(dtype)
 }
 
 /// `linear` applied to `[batch, tokens, in]` as the 2-D rows `[batch × tokens, in]`.

@@ -4,28 +4,62 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-/// Keys and values of the positions seen so far in one layer, `[batch, kv_heads, seen, head_dim]`,
-/// after RoPE.
+/// Positions per block of a layer's cache: appending a token copies at most one block's keys
+/// and values, never the whole cache.
+pub const CACHE_BLOCK: usize = 64;
+
+/// Keys and values of the positions seen so far in one layer, after RoPE, in blocks of at
+/// most [`CACHE_BLOCK`] positions (a prompt longer than that is one block of its own), each
+/// `[batch, kv_heads, positions, head_dim]`. Attention runs per block and merges the blocks
+/// by their log-sum-exp, so no concatenation of the whole cache is ever made.
 #[derive(Debug, Clone, Default)]
 pub struct LayerKvCache<B: Backend> {
-    keys: Option<Tensor<B, 4>>,
-    values: Option<Tensor<B, 4>>,
+    blocks: Vec<CacheBlock<B>>,
+}
+
+/// One block of a layer's cache.
+#[derive(Debug, Clone)]
+pub struct CacheBlock<B: Backend> {
+    /// Position of its first key.
+    pub start: usize,
+    /// Keys, `[batch, kv_heads, positions, head_dim]`.
+    pub keys: Tensor<B, 4>,
+    /// Values, same shape.
+    pub values: Tensor<B, 4>,
+}
+
+impl<B: Backend> CacheBlock<B> {
+    /// Positions it holds.
+    pub fn len(&self) -> usize {
+        self.keys.dims()[2]
+    }
+
+    /// Whether it holds none (never, once made).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl<B: Backend> LayerKvCache<B> {
-    /// Appends the new positions' keys and values; returns all keys and values so far.
-    pub fn append(&mut self, keys: Tensor<B, 4>, values: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let keys = match self.keys.take() {
-            Some(old) => Tensor::cat(vec![old, keys], 2),
-            None => keys,
-        };
-        let values = match self.values.take() {
-            Some(old) => Tensor::cat(vec![old, values], 2),
-            None => values,
-        };
-        self.keys = Some(keys.clone());
-        self.values = Some(values.clone());
-        (keys, values)
+    /// Appends the new positions' keys and values (`[batch, kv_heads, new, head_dim]`): into
+    /// the last block while it stays within [`CACHE_BLOCK`], else as a new block.
+    pub fn append(&mut self, keys: Tensor<B, 4>, values: Tensor<B, 4>) {
+        let new = keys.dims()[2];
+        match self.blocks.last_mut() {
+            Some(last) if last.len() + new <= CACHE_BLOCK => {
+                last.keys = Tensor::cat(vec![last.keys.clone(), keys], 2);
+                last.values = Tensor::cat(vec![last.values.clone(), values], 2);
+            }
+            _ => {
+                let start = self.blocks.last().map_or(0, |b| b.start + b.len());
+                self.blocks.push(CacheBlock { start, keys, values });
+            }
+        }
+    }
+
+    /// The blocks, oldest first.
+    pub fn blocks(&self) -> &[CacheBlock<B>] {
+        &self.blocks
     }
 }
 
@@ -39,7 +73,7 @@ pub struct KvCache<B: Backend> {
 impl<B: Backend> KvCache<B> {
     /// An empty cache for a model with `num_layers` decoder layers.
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: (0..num_layers).map(|_| LayerKvCache { keys: None, values: None }).collect(), len: 0 }
+        Self { layers: (0..num_layers).map(|_| LayerKvCache { blocks: Vec::new() }).collect(), len: 0 }
     }
 
     /// Number of positions cached (the position of the next token).

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::activation::log_softmax;
-use lomo_kernels::reference::AttentionMask;
 use lomo_kernels::{FusedKernels, KeyPadding};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
@@ -398,9 +397,8 @@ impl<B: FusedKernels> Llama<B> {
         let offset = cache.len();
         let mut x = lomo_kernels::embedding(self.embed_tokens.weight.val(), input_ids, [batch_size, tokens]);
         let rope = self.rope.tables(offset, tokens, self.dtype().to_burn(), &device);
-        let mask = AttentionMask::new(tokens, offset, None, &device);
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x, AttentionInputs::Cached { rope: &rope, mask: &mask, cache: cache.layer_mut(i) });
+            x = layer.forward(x, AttentionInputs::Cached { rope: &rope, offset, cache: cache.layer_mut(i) });
         }
         cache.advance(tokens);
         let logits = self.head(x.narrow(1, tokens - 1, 1));

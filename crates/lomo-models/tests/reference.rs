@@ -109,3 +109,32 @@ fn sampled_generation_is_reproducible() {
     greedy.stop_tokens = vec![];
     assert_eq!(sampled(1.0, 1e-6, 7), generate(&model, &prompt, &greedy));
 }
+
+/// Past one block of the KV cache (64 positions) the cached decoding, which attends block by
+/// block and merges by log-sum-exp, still gives the logits of a full forward pass over the
+/// whole sequence.
+#[test]
+fn cached_decoding_across_cache_blocks_equals_the_full_forward() {
+    let Some(dir) = common::stories260k() else { return };
+    let model = Llama::<B>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();
+    let prompt: Vec<i64> = vec![1, 403, 407, 261, 378, 300, 290];
+    let mut cache = lomo_models::KvCache::new(model.config().num_layers);
+    let mut seq = prompt.clone();
+    let mut logits = model.forward_cached(&prompt, 1, &mut cache);
+    for step in 0..150 {
+        let row = values(logits.clone());
+        let next = row.iter().enumerate().fold((0, f32::MIN), |m, (i, &v)| if v > m.1 { (i, v) } else { m }).0 as i64;
+        seq.push(next);
+        if step % 37 == 36 || step == 149 {
+            // The full forward's logits at the last position, against the cached step's.
+            let batch = lomo_models::Batch::new(seq[..seq.len() - 1].to_vec(), None, None, [1, seq.len() - 1]).unwrap();
+            let full = model.forward(&batch);
+            let vocab = full.dims()[2];
+            let last = values(full.narrow(1, seq.len() - 2, 1).reshape([vocab]));
+            let diff = max_abs_diff(&row, &last);
+            assert!(diff <= 1e-4, "position {}: cached vs full logits differ by {diff}", seq.len() - 2);
+        }
+        logits = model.forward_cached(&[next], 1, &mut cache);
+    }
+    assert!(cache.len() > 2 * lomo_models::kv_cache::CACHE_BLOCK);
+}
