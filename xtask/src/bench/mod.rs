@@ -7,6 +7,7 @@
 //! `xtask/peer/torch_lomo.py`. Results go to `target/bench/<name>.{json,md}`.
 
 pub mod case;
+mod generate;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -24,11 +25,15 @@ pub const USAGE: &str = "usage: cargo xtask bench [--model DIR|FILE.gguf | --pre
                         [--batch-size N] [--tokens N] [--case lomo|lomo-clip|adalomo|adamw]...
                         [--steps N] [--warmup N] [--threads N] [--backend cpu|cuda|tch]
                         [--peer] [--python PATH] [--name NAME] [--seed N]
+       cargo xtask bench --generate [--model …] [--prompt-ids 1,2,3 | --tokens N] [--max-new-tokens N] [--peer] …
   The default model is a 134M LLaMA (hidden 768, 12 layers, FFN 2048, 12 heads, vocab 32000,
   untied) with random weights; the default batch 2 × 256 random tokens; the default case lomo.
   --peer     also run the step with PyTorch + lomo-optim (`xtask/peer/torch_lomo.py`) on the
              same checkpoint and batch; needs a Python with torch, transformers, safetensors
              and lomo-optim (`--python`, default: `python3` on PATH)
+  --generate greedy decoding speed instead of the training step (prefill and tokens/s), on the
+             backend without autodiff; with --peer beside HF transformers' `generate` on the same
+             weights and prompt ids (the prompt: --prompt-ids, else --tokens random ids)
   --threads  threads for both sides (RAYON_NUM_THREADS for ours, torch.set_num_threads for the
              peer); default: every core";
 
@@ -49,6 +54,9 @@ pub struct BenchArgs {
     python: String,
     name: String,
     seed: u64,
+    generate: bool,
+    prompt_ids: Option<Vec<i64>>,
+    max_new_tokens: usize,
 }
 
 /// Parses `bench`'s flags; the message names the flag.
@@ -68,7 +76,11 @@ pub fn parse_args(args: &[String]) -> Result<BenchArgs, String> {
         python: "python3".into(),
         name: "step".into(),
         seed: 0,
+        generate: false,
+        prompt_ids: None,
+        max_new_tokens: 64,
     };
+    let mut tokens_given = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().cloned().ok_or_else(|| format!("{flag}: missing value"));
@@ -83,7 +95,20 @@ pub fn parse_args(args: &[String]) -> Result<BenchArgs, String> {
             "--preset" => a.preset = Some(value()?),
             "--dtype" => a.dtype = value()?.parse().map_err(|e| format!("--dtype: {e}"))?,
             "--batch-size" => a.batch_size = count(value()?, flag, 1)?,
-            "--tokens" => a.tokens = count(value()?, flag, 2)?,
+            "--tokens" => {
+                a.tokens = count(value()?, flag, 2)?;
+                tokens_given = true;
+            }
+            "--generate" => a.generate = true,
+            "--max-new-tokens" => a.max_new_tokens = count(value()?, flag, 2)?,
+            "--prompt-ids" => {
+                let v = value()?;
+                let ids: Result<Vec<i64>, _> = v.split(',').map(|t| t.trim().parse::<i64>()).collect();
+                match ids {
+                    Ok(ids) if !ids.is_empty() => a.prompt_ids = Some(ids),
+                    _ => return Err(format!("--prompt-ids: expected comma-separated token ids, got `{v}`")),
+                }
+            }
             "--case" => a.cases.push(value()?.parse()?),
             "--steps" => a.steps = count(value()?, flag, 1)?,
             "--warmup" => a.warmup = count(value()?, flag, 0)?,
@@ -108,6 +133,17 @@ pub fn parse_args(args: &[String]) -> Result<BenchArgs, String> {
     }
     if a.model.is_some() && a.preset.is_some() {
         return Err("--model and --preset: give one".into());
+    }
+    if a.generate {
+        if !a.cases.is_empty() {
+            return Err("--generate and --case: decoding has no training cases".into());
+        }
+        if !tokens_given {
+            a.tokens = 32;
+        }
+        if a.name == "step" {
+            a.name = "generate".into();
+        }
     }
     if a.cases.is_empty() {
         a.cases.push(CaseKind::Lomo);
@@ -203,8 +239,12 @@ pub fn out_dir() -> PathBuf {
 }
 
 /// `cargo xtask bench …`.
-pub fn bench(a: &BenchArgs) -> Result<BenchResult> {
+pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
     a.backend.check_built()?;
+    if let Some(n) = a.threads {
+        // Before anything runs on rayon's pool (ours runs in this process for --generate).
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
     let work = out_dir().join("work").join(&a.name);
     let model_dir = work.join("model");
     // The model, written once as an HF checkpoint in its storage dtype: ours and the peer read
@@ -224,6 +264,10 @@ pub fn bench(a: &BenchArgs) -> Result<BenchResult> {
         }
         (None, None) => (Llama::init(default_config()?, a.dtype, &device, a.seed), "LLaMA 134M (random weights)".into()),
     };
+    if a.generate {
+        generate::bench_generate(a, model, description)?;
+        return Ok(None);
+    }
     let config = model.config().clone();
     if a.tokens > config.max_position_embeddings {
         bail!("--tokens {}: the model's context is {} positions", a.tokens, config.max_position_embeddings);
@@ -244,7 +288,7 @@ pub fn bench(a: &BenchArgs) -> Result<BenchResult> {
     let peer_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peer/torch_lomo.py");
     let peer_ready = if a.peer { check_peer(&a.python) } else { Err("not asked for (--peer)".to_string()) };
     if let (true, Err(e)) = (a.peer, &peer_ready) {
-        eprintln!("peer: {e}\n  running ours alone; make the peer with: python3 -m venv peer && peer/bin/pip install torch transformers safetensors lomo-optim, then --python peer/bin/python");
+        eprintln!("peer: {e}\n  running ours alone (then --python peer/bin/python)");
     }
 
     let mut results = Vec::new();
@@ -307,7 +351,7 @@ pub fn bench(a: &BenchArgs) -> Result<BenchResult> {
     }
     println!("{table}");
     println!("written: {}", dir.join(format!("{}.{{json,md}}", a.name)).display());
-    Ok(result)
+    Ok(Some(result))
 }
 
 /// Runs one case of ours in a child process of this binary.
@@ -330,14 +374,16 @@ fn run_child(case: &BenchCase, backend: BackendKind, threads: Option<usize>) -> 
 
 /// Whether `python` imports what the peer needs; the error says what is missing.
 fn check_peer(python: &str) -> Result<(), String> {
-    let out = Command::new(python)
-        .args(["-c", "import torch, transformers, safetensors, lomo_optim"])
-        .output()
-        .map_err(|e| format!("`{python}`: {e}"))?;
+    check_python(python, "import torch, transformers, safetensors, lomo_optim")
+}
+
+/// Whether `python` runs `imports`; the error names the interpreter and the import that failed.
+fn check_python(python: &str, imports: &str) -> Result<(), String> {
+    let out = Command::new(python).args(["-c", imports]).output().map_err(|e| format!("`{python}`: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let last = err.lines().last().unwrap_or("").to_string();
-        return Err(format!("`{python}` cannot import torch, transformers, safetensors and lomo_optim ({last})"));
+        return Err(format!("`{python}` cannot `{imports}` ({last}); make a peer with `python3 -m venv peer && peer/bin/pip install torch transformers safetensors lomo-optim`"));
     }
     Ok(())
 }
