@@ -263,3 +263,15 @@ fn embedding_three_ways_with_repeated_ids() {
         assert_close("reference embedding dw", &to_vec(reference::embedding_backward(50, dtype, &ids, g)), &to_vec(dw_ref), t);
     }
 }
+
+#[test]
+fn linear_of_a_few_rows_streams_the_weight_alike() {
+    // Decoding's shapes: one to eight rows, both weight layouts (the tied head is transposed).
+    for dtype in [DType::F32, DType::BF16] {
+        for rows in [1, 3, 8] {
+            linear_case(rows, 96, 700, false, false, dtype);
+            linear_case(rows, 96, 700, true, false, dtype);
+            linear_case(rows, 64, 40, false, true, dtype);
+        }
+    }
+}

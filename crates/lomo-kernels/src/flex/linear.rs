@@ -14,7 +14,7 @@ use burn::tensor::{Element, Shape};
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::elem::{tensor_from, with_elem, Elem};
+use super::elem::{dot, simd, tensor_from, with_elem, Elem};
 
 /// Largest f32 panel of a weight a bf16/f16 product converts at once (1 MiB).
 const PANEL_ELEMS: usize = 1 << 18;
@@ -158,6 +158,74 @@ fn from_f32<E: Elem>(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     tensor_from(out, shape)
 }
 
+/// At most this many rows go through [`matrix_vector`] instead of gemm (decoding's one token).
+const GEMV_ROWS: usize = 8;
+
+
+/// `x · W` for a few rows of `x` (row-major f32 `rows × in`), streaming the weight once in its
+/// storage dtype and layout, in contiguous runs split over the cores: decoding reads every
+/// weight once per token, and gemm (which packs the weight first) spent most of a step on that.
+/// A row-major W is split by its rows (each task's partial sums are added at the end), a
+/// column-major one (a transposed view) by its columns (one dot product each).
+fn matrix_vector<E: Elem>(x: &[f32], rows: usize, w: &View<'_, E>) -> Vec<f32> {
+    let (inner, out) = (w.rows, w.cols);
+    let tasks = 2 * rayon::current_num_threads().max(1);
+    if w.cs == 1 {
+        let per = inner.div_ceil(tasks).max(1);
+        let partial = |t: usize| {
+            let mut acc = vec![0f32; rows * out];
+            simd(
+                #[inline(always)]
+                || {
+                    for k in t * per..((t + 1) * per).min(inner) {
+                        let wk = &w.data[w.offset + k * w.rs..][..out];
+                        for r in 0..rows {
+                            let xk = x[r * inner + k];
+                            acc[r * out..][..out].iter_mut().zip(wk).for_each(|(a, &v)| *a += xk * v.to_f32());
+                        }
+                    }
+                },
+            );
+            acc
+        };
+        return (0..inner.div_ceil(per)).into_par_iter().map(partial).reduce(
+            || vec![0f32; rows * out],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
+    }
+    let per = out.div_ceil(tasks).max(1);
+    let parts: Vec<Vec<f32>> = (0..out.div_ceil(per))
+        .into_par_iter()
+        .map(|t| {
+            let (c0, c1) = (t * per, ((t + 1) * per).min(out));
+            let mut acc = vec![0f32; rows * (c1 - c0)];
+            simd(
+                #[inline(always)]
+                || {
+                    for j in c0..c1 {
+                        let col = &w.data[w.offset + j * w.cs..][..inner];
+                        for r in 0..rows {
+                            acc[r * (c1 - c0) + j - c0] = dot(&x[r * inner..][..inner], col);
+                        }
+                    }
+                },
+            );
+            acc
+        })
+        .collect();
+    let mut y = vec![0f32; rows * out];
+    for (t, part) in parts.iter().enumerate() {
+        let (c0, width) = (t * per, part.len() / rows.max(1));
+        for r in 0..rows {
+            y[r * out + c0..][..width].copy_from_slice(&part[r * width..][..width]);
+        }
+    }
+    y
+}
+
 /// `x · W + b` for `x` `[rows, in]` and `W` `[in, out]` (any strides), `[rows, out]` out.
 pub(crate) fn forward(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
     with_elem!(x.dtype(), |E| {
@@ -165,7 +233,11 @@ pub(crate) fn forward(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor
         let xv = View::<E>::new(&x);
         assert_eq!(xv.cols, w.rows, "linear: x is [rows, in], the weight [in, out]");
         let (rows, inner, out) = (xv.rows, w.rows, w.cols);
-        let mut y = if E::dtype() == burn::tensor::DType::F32 {
+        let gemv = rows <= GEMV_ROWS && (w.cs == 1 || w.rs == 1);
+        // (A column-major W has rs == 1 and its columns contiguous.)
+        let mut y = if gemv {
+            matrix_vector(&xv.to_f32(), rows, &w)
+        } else if E::dtype() == burn::tensor::DType::F32 {
             let (xs, ws): (&[f32], &[f32]) = (bytemuck::cast_slice(xv.data), bytemuck::cast_slice(w.data));
             gemm_new(rows, out, inner, (&xs[xv.offset..], xv.rs, xv.cs), (&ws[w.offset..], w.rs, w.cs))
         } else {
