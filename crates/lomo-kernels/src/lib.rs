@@ -233,6 +233,16 @@ pub trait FusedKernels: Backend {
     }
 }
 
+/// Which bf16 matrix product the CPU backend (Flex) runs here: `"amx"` (Intel AMX tiles, found
+/// at run time) or `"f32 panels"` (the weight converted to f32 in panels, then gemm).
+pub fn cpu_bf16_matmul() -> &'static str {
+    if flex::amx_available() {
+        "amx"
+    } else {
+        "f32 panels"
+    }
+}
+
 fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }

@@ -233,6 +233,8 @@ fn linear_case(rows: usize, inner: usize, out: usize, transposed: bool, bias: bo
 
 #[test]
 fn linear_three_ways_layouts_bias_and_panels() {
+    // bf16 runs on AMX tiles where this CPU has them (else f32 panels): say which was tested.
+    eprintln!("bf16 products here: {}", lomo_kernels::cpu_bf16_matmul());
     for dtype in [DType::F32, DType::BF16] {
         linear_case(7, 33, 20, false, false, dtype);
         linear_case(7, 33, 20, true, false, dtype);

@@ -14,6 +14,7 @@ use burn::tensor::{Element, Shape};
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
+use super::amx;
 use super::elem::{dot, simd, tensor_from, with_elem, Elem};
 
 /// Largest f32 panel of a weight a bf16/f16 product converts at once (1 MiB).
@@ -233,8 +234,17 @@ pub(crate) fn forward(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor
         let xv = View::<E>::new(&x);
         assert_eq!(xv.cols, w.rows, "linear: x is [rows, in], the weight [in, out]");
         let (rows, inner, out) = (xv.rows, w.rows, w.cols);
-        let gemv = rows <= GEMV_ROWS && (w.cs == 1 || w.rs == 1);
+        let bias: Option<Vec<f32>> = bias.map(|b| {
+            let b = b.to_contiguous();
+            b.as_slice::<E>().expect("contiguous").iter().map(|v| v.to_f32()).collect()
+        });
         // (A column-major W has rs == 1 and its columns contiguous.)
+        let gemv = rows <= GEMV_ROWS && (w.cs == 1 || w.rs == 1);
+        if !gemv && use_amx::<E>() {
+            let a = amx::PackedA::new(rows, inner, bf16_matrix(&xv, false));
+            let y = amx_into::<E>(&a, rows, out, inner, bf16_matrix(&w, false), bias.as_deref());
+            return tensor_from(y, vec![rows, out]);
+        }
         let mut y = if gemv {
             matrix_vector(&xv.to_f32(), rows, &w)
         } else if E::dtype() == burn::tensor::DType::F32 {
@@ -243,13 +253,42 @@ pub(crate) fn forward(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor
         } else {
             product_by_weight_panels(&xv.to_f32(), rows, &w)
         };
-        if let Some(bias) = bias {
-            let b = bias.to_contiguous();
-            let b: Vec<f32> = b.as_slice::<E>().expect("contiguous").iter().map(|v| v.to_f32()).collect();
+        if let Some(b) = bias {
             y.par_chunks_mut(out.max(1)).for_each(|row| row.iter_mut().zip(&b).for_each(|(y, b)| *y += b));
         }
         from_f32::<E>(y, vec![rows, out])
     })
+}
+
+/// Whether products of `E` run on AMX tiles: bf16 where the CPU and OS allow it.
+fn use_amx<E: Elem>() -> bool {
+    E::dtype() == burn::tensor::DType::BF16 && amx::available()
+}
+
+/// A bf16 view as AMX's matrix (its transpose with `transposed`).
+fn bf16_matrix<'a, E: Elem>(v: &View<'a, E>, transposed: bool) -> amx::Matrix<'a> {
+    let data: &[half::bf16] = bytemuck::cast_slice(v.data);
+    let (rs, cs) = if transposed { (v.cs, v.rs) } else { (v.rs, v.cs) };
+    amx::Matrix { data, offset: v.offset, rs, cs }
+}
+
+/// `A · B (+ bias)` (`rows × n`) on AMX, rounded once into the storage dtype as each panel is
+/// done.
+fn amx_into<E: Elem>(a: &amx::PackedA, rows: usize, n: usize, k: usize, b: amx::Matrix<'_>, bias: Option<&[f32]>) -> Vec<E> {
+    let mut c: Vec<E> = vec![E::from_f32(0.0); rows * n];
+    let dst = SharedElems(c.as_mut_ptr());
+    amx::product_panels(a, rows, n, k, b, |c0, panel| {
+        let dst = dst;
+        let width = panel.len() / rows.max(1);
+        for (r, row) in panel.chunks_exact(width.max(1)).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                let v = bias.map_or(v, |b| v + b[c0 + j]);
+                // SAFETY: columns c0..c0 + width of every row belong to this panel's task alone.
+                unsafe { *dst.0.add(r * n + c0 + j) = E::from_f32(v) };
+            }
+        }
+    });
+    c
 }
 
 /// Row-major f32 elements of a 2-D tensor: borrowed when it already is one, converted otherwise.
@@ -276,10 +315,13 @@ pub(crate) fn backward(
         let w = View::<E>::new(&weight);
         let (rows, inner, out) = (x.layout().shape()[0], w.rows, w.cols);
         let f32_path = E::dtype() == burn::tensor::DType::F32;
+        let col_major = w.col_major();
+        if use_amx::<E>() {
+            return amx_backward::<E>(&x, &w, bias, &grad, [rows, inner, out], col_major);
+        }
         let (mut dy_keep, mut x_keep) = (Vec::new(), Vec::new());
         let dy = rows_of::<E>(&grad, &mut dy_keep);
         let xs = rows_of::<E>(&x, &mut x_keep);
-        let col_major = w.col_major();
         let (dx, dw) = if f32_path {
             let ws: &[f32] = bytemuck::cast_slice(w.data);
             // Wᵀ read through W's strides.
@@ -309,6 +351,42 @@ pub(crate) fn backward(
         });
         (from_f32::<E>(dx, vec![rows, inner]), dw, db)
     })
+}
+
+/// [`backward`] on AMX tiles, reading `x`, `dy` and `W` as bf16 where they lie: `dx = dy · Wᵀ`,
+/// `dW = xᵀ · dy` (or `dWᵀ = dyᵀ · x` for a column-major W), each rounded into bf16 panel by
+/// panel (no f32 copy of the weight gradient).
+fn amx_backward<E: Elem>(
+    x: &FlexTensor,
+    w: &View<'_, E>,
+    bias: bool,
+    grad: &FlexTensor,
+    [rows, inner, out]: [usize; 3],
+    col_major: bool,
+) -> (FlexTensor, FlexTensor, Option<FlexTensor>) {
+    let (xv, dyv) = (View::<E>::new(x), View::<E>::new(grad));
+    let a = amx::PackedA::new(rows, out, bf16_matrix(&dyv, false));
+    let dx = amx_into::<E>(&a, rows, inner, out, bf16_matrix(w, true), None);
+    let dw = if col_major {
+        let a = amx::PackedA::new(out, rows, bf16_matrix(&dyv, true));
+        amx_into::<E>(&a, out, inner, rows, bf16_matrix(&xv, false), None)
+    } else {
+        let a = amx::PackedA::new(inner, rows, bf16_matrix(&xv, true));
+        amx_into::<E>(&a, inner, out, rows, bf16_matrix(&dyv, false), None)
+    };
+    let dw = if col_major {
+        tensor_from(dw, vec![out, inner]).with_layout(Layout::new(Shape::from(vec![inner, out]), vec![1, inner as isize], 0))
+    } else {
+        tensor_from(dw, vec![inner, out])
+    };
+    let db = bias.then(|| {
+        let mut sum = vec![0f32; out];
+        for r in 0..rows {
+            sum.iter_mut().enumerate().for_each(|(j, s)| *s += dyv.at(r, j).to_f32());
+        }
+        from_f32::<E>(sum, vec![out])
+    });
+    (tensor_from(dx, vec![rows, inner]), dw, db)
 }
 
 /// `xᵀ · dy` for a bf16/f16 weight, in f32 panels converted to the storage dtype as each is

@@ -1,6 +1,7 @@
 //! [`FusedKernels`] for burn's Flex (pure-Rust CPU): kernels over the tensors' own buffers,
 //! parallel on rayon's pool (the one Flex's matmul uses), f32 inside for f32, bf16 and f16.
 
+mod amx;
 mod attention;
 mod elem;
 mod embedding;
@@ -13,6 +14,11 @@ use burn::backend::Flex;
 use burn::tensor::ops::FloatTensor;
 
 use crate::{AttentionSpec, FusedKernels, KeyPadding};
+
+/// Whether bf16 products run on AMX tiles in this process.
+pub(crate) fn amx_available() -> bool {
+    amx::available()
+}
 
 /// Rows of width `n` per parallel task: about 16K elements, at least one row.
 fn rows_per_task(n: usize) -> usize {
