@@ -114,7 +114,24 @@ impl PackedA {
     pub(crate) fn new(rows: usize, k: usize, a: Matrix<'_>) -> Self {
         let (rp, kp) = (rows.next_multiple_of(2 * TILE), k.next_multiple_of(TILE_K));
         let mut data = vec![bf16::ZERO; rp * kp];
-        data.par_chunks_mut(kp).take(rows).enumerate().for_each(|(r, row)| a.row_into(r, 0, &mut row[..k]));
+        if a.cs == 1 || a.rs != 1 {
+            data.par_chunks_mut(kp).take(rows).enumerate().for_each(|(r, row)| a.row_into(r, 0, &mut row[..k]));
+        } else {
+            // A transposed view (its columns contiguous): transpose in 16 × 16 blocks, so that
+            // both the reads and the writes stay within a few cache lines.
+            data.par_chunks_mut(kp * TILE).enumerate().for_each(|(rb, out)| {
+                let r0 = rb * TILE;
+                let r1 = (r0 + TILE).min(rows);
+                for k0 in (0..k).step_by(TILE) {
+                    for kk in k0..(k0 + TILE).min(k) {
+                        let col = &a.data[a.offset + kk * a.cs..];
+                        for r in r0..r1 {
+                            out[(r - r0) * kp + kk] = col[r];
+                        }
+                    }
+                }
+            });
+        }
         Self { data, rows: rp, k: kp }
     }
 }
@@ -123,6 +140,22 @@ impl PackedA {
 /// `[kp/2][16][2]`, zero-padded to `blocks × 16` columns and `kp` rows.
 fn pack_b(b: Matrix<'_>, k: usize, kp: usize, c0: usize, width: usize, blocks: usize) -> Vec<bf16> {
     let mut packed = vec![bf16::ZERO; blocks * kp * TILE];
+    if b.rs == 1 && b.cs != 1 {
+        // B's columns are contiguous (B is a transposed view, as Wᵀ in dx = dy · Wᵀ): the pair
+        // (B[2p, j], B[2p + 1, j]) is two adjacent elements of column j.
+        for j in 0..width {
+            let col = &b.data[b.offset + (c0 + j) * b.cs..][..k];
+            let (blk, lane) = (j / TILE, j % TILE);
+            let dst = &mut packed[blk * kp * TILE..][..kp * TILE];
+            for (pair, two) in col.chunks(2).enumerate() {
+                dst[pair * 2 * TILE + 2 * lane] = two[0];
+                if let Some(&v) = two.get(1) {
+                    dst[pair * 2 * TILE + 2 * lane + 1] = v;
+                }
+            }
+        }
+        return packed;
+    }
     let mut rows = [vec![bf16::ZERO; width], vec![bf16::ZERO; width]];
     for pair in 0..k.div_ceil(2) {
         for (h, row) in rows.iter_mut().enumerate() {

@@ -280,13 +280,20 @@ fn amx_into<E: Elem>(a: &amx::PackedA, rows: usize, n: usize, k: usize, b: amx::
     amx::product_panels(a, rows, n, k, b, |c0, panel| {
         let dst = dst;
         let width = panel.len() / rows.max(1);
-        for (r, row) in panel.chunks_exact(width.max(1)).enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                let v = bias.map_or(v, |b| v + b[c0 + j]);
-                // SAFETY: columns c0..c0 + width of every row belong to this panel's task alone.
-                unsafe { *dst.0.add(r * n + c0 + j) = E::from_f32(v) };
-            }
-        }
+        simd(
+            #[inline(always)]
+            || {
+                for (r, row) in panel.chunks_exact(width.max(1)).enumerate() {
+                    // SAFETY: columns c0..c0 + width of every row belong to this panel's task
+                    // alone, and lie inside `c`.
+                    let out = unsafe { std::slice::from_raw_parts_mut(dst.0.add(r * n + c0), width) };
+                    match bias {
+                        Some(b) => out.iter_mut().zip(row).zip(&b[c0..]).for_each(|((o, &v), &b)| *o = E::from_f32(v + b)),
+                        None => out.iter_mut().zip(row).for_each(|(o, &v)| *o = E::from_f32(v)),
+                    }
+                }
+            },
+        )
     });
     c
 }
