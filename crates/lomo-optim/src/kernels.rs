@@ -191,11 +191,15 @@ mod flex {
     impl Elem for bf16 {
         #[inline(always)]
         fn get(self) -> f32 {
-            self.to_f32()
+            f32::from_bits((self.to_bits() as u32) << 16)
         }
+        /// Round to nearest even as `bf16::from_f32`, without its branches (so that the update
+        /// loop vectorises).
         #[inline(always)]
         fn put(v: f32) -> Self {
-            bf16::from_f32(v)
+            let x = v.to_bits();
+            let rounded = (x.wrapping_add(0x7FFF + ((x >> 16) & 1)) >> 16) as u16;
+            bf16::from_bits(if x & 0x7FFF_FFFF > 0x7F80_0000 { ((x >> 16) | 0x40) as u16 } else { rounded })
         }
     }
     impl Elem for f16 {
