@@ -103,15 +103,22 @@ impl Matrix<'_> {
 
 /// `A` packed: row-major bf16, rows padded to a multiple of 32 and `k` to a multiple of 32, zeros
 /// in the padding.
-pub(crate) struct PackedA {
-    data: Vec<bf16>,
+pub(crate) struct PackedA<'a> {
+    data: std::borrow::Cow<'a, [bf16]>,
+    /// Elements from one row to the next.
+    stride: usize,
     rows: usize,
     k: usize,
 }
 
-impl PackedA {
-    /// `a` (`rows × k`) packed.
-    pub(crate) fn new(rows: usize, k: usize, a: Matrix<'_>) -> Self {
+impl<'a> PackedA<'a> {
+    /// `a` (`rows × k`) packed; borrowed as it is when it already has whole tiles (row-major,
+    /// rows a multiple of 32, `k` of 32), which the model's shapes mostly do.
+    pub(crate) fn new(rows: usize, k: usize, a: Matrix<'a>) -> Self {
+        if a.cs == 1 && rows.is_multiple_of(2 * TILE) && k.is_multiple_of(TILE_K) && rows > 0 {
+            let data = &a.data[a.offset..a.offset + (rows - 1) * a.rs + k];
+            return Self { data: std::borrow::Cow::Borrowed(data), stride: a.rs, rows, k };
+        }
         let (rp, kp) = (rows.next_multiple_of(2 * TILE), k.next_multiple_of(TILE_K));
         let mut data = vec![bf16::ZERO; rp * kp];
         if a.cs == 1 || a.rs != 1 {
@@ -132,7 +139,7 @@ impl PackedA {
                 }
             });
         }
-        Self { data, rows: rp, k: kp }
+        Self { data: std::borrow::Cow::Owned(data), stride: kp, rows: rp, k: kp }
     }
 }
 
@@ -181,7 +188,7 @@ fn pack_b(b: Matrix<'_>, k: usize, kp: usize, c0: usize, width: usize, blocks: u
 /// `C[:, c0..c1] = A · B[:, c0..c1]` for each column panel, handed to `store(c0, panel)` with
 /// the panel row-major f32 `rows × (c1 − c0)` (`rows`: A's unpadded rows). `b` is `k × n`.
 pub(crate) fn product_panels(
-    a: &PackedA,
+    a: &PackedA<'_>,
     rows: usize,
     n: usize,
     k: usize,
@@ -199,15 +206,16 @@ pub(crate) fn product_panels(
         let packed = pack_b(b, k, kp, c0, width, blocks);
         let mut c = vec![0f32; a.rows * wp];
         // SAFETY: the tile configuration is valid; `c` holds `a.rows × wp` f32, `a.data` holds
-        // `a.rows × kp` bf16 and `packed` `blocks × kp × 16`: every tile load and store below
-        // stays inside them (rows in steps of 32 < a.rows, columns in steps of 32 < wp).
+        // `a.rows` rows of `kp` bf16 at `a.stride` and `packed` `blocks × kp × 16`: every tile
+        // load and store below stays inside them (rows in steps of 32 < a.rows, columns in steps
+        // of 32 < wp).
         unsafe {
             std::arch::asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack));
             for r0 in (0..a.rows).step_by(2 * TILE) {
                 for j0 in (0..wp).step_by(2 * TILE) {
                     block_32x32(
-                        a.data.as_ptr().add(r0 * kp),
-                        kp * 2,
+                        a.data.as_ptr().add(r0 * a.stride),
+                        a.stride * 2,
                         packed.as_ptr().add((j0 / TILE) * kp * TILE),
                         packed.as_ptr().add((j0 / TILE + 1) * kp * TILE),
                         kp,

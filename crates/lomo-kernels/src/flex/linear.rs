@@ -274,8 +274,8 @@ fn bf16_matrix<'a, E: Elem>(v: &View<'a, E>, transposed: bool) -> amx::Matrix<'a
 
 /// `A · B (+ bias)` (`rows × n`) on AMX, rounded once into the storage dtype as each panel is
 /// done.
-fn amx_into<E: Elem>(a: &amx::PackedA, rows: usize, n: usize, k: usize, b: amx::Matrix<'_>, bias: Option<&[f32]>) -> Vec<E> {
-    let mut c: Vec<E> = vec![E::from_f32(0.0); rows * n];
+fn amx_into<E: Elem>(a: &amx::PackedA<'_>, rows: usize, n: usize, k: usize, b: amx::Matrix<'_>, bias: Option<&[f32]>) -> Vec<E> {
+    let mut c: Vec<E> = Vec::with_capacity(rows * n);
     let dst = SharedElems(c.as_mut_ptr());
     amx::product_panels(a, rows, n, k, b, |c0, panel| {
         let dst = dst;
@@ -286,15 +286,23 @@ fn amx_into<E: Elem>(a: &amx::PackedA, rows: usize, n: usize, k: usize, b: amx::
                 for (r, row) in panel.chunks_exact(width.max(1)).enumerate() {
                     // SAFETY: columns c0..c0 + width of every row belong to this panel's task
                     // alone, and lie inside `c`.
-                    let out = unsafe { std::slice::from_raw_parts_mut(dst.0.add(r * n + c0), width) };
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(dst.0.add(r * n + c0).cast::<std::mem::MaybeUninit<E>>(), width)
+                    };
                     match bias {
-                        Some(b) => out.iter_mut().zip(row).zip(&b[c0..]).for_each(|((o, &v), &b)| *o = E::from_f32(v + b)),
-                        None => out.iter_mut().zip(row).for_each(|(o, &v)| *o = E::from_f32(v)),
+                        Some(b) => out.iter_mut().zip(row).zip(&b[c0..]).for_each(|((o, &v), &b)| {
+                            o.write(E::from_f32(v + b));
+                        }),
+                        None => out.iter_mut().zip(row).for_each(|(o, &v)| {
+                            o.write(E::from_f32(v));
+                        }),
                     }
                 }
             },
         )
     });
+    // SAFETY: the panels wrote every column of every row.
+    unsafe { c.set_len(rows * n) };
     c
 }
 
