@@ -240,9 +240,13 @@ fn linear_three_ways_layouts_bias_and_panels() {
         linear_case(7, 33, 20, true, false, dtype);
         linear_case(5, 16, 12, false, true, dtype);
     }
-    // Large enough for several weight panels (2^18 elements each) and threaded gemm.
-    linear_case(64, 1024, 600, false, false, DType::BF16);
-    linear_case(64, 600, 1024, true, false, DType::BF16);
+    // Large enough for several weight panels (2^18 elements each) and threaded gemm. f16 never
+    // runs on AMX, so it tests the f32-panel path that bf16 takes on CPUs without AMX.
+    for dtype in [DType::BF16, DType::F16] {
+        linear_case(64, 1024, 600, false, false, dtype);
+        linear_case(64, 600, 1024, true, false, dtype);
+        linear_case(7, 33, 20, true, true, dtype);
+    }
     linear_case(64, 1024, 600, false, true, DType::F32);
 }
 

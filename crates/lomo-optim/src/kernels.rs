@@ -246,7 +246,7 @@ mod flex {
     impl Scalars {
         fn new(prep: &GradPrep, lr: f64, weight_decay: f64) -> Self {
             Self {
-                decay: (weight_decay > 0.0).then(|| (1.0 - lr * weight_decay) as f32),
+                decay: (weight_decay > 0.0).then_some((1.0 - lr * weight_decay) as f32),
                 inv_scale: (prep.inv_scale != 1.0).then_some(prep.inv_scale as f32),
                 clip_value: prep.clip_value.map(|v| v as f32),
                 clip_coef: prep.clip_coef.filter(|&c| c != 1.0).map(|c| c as f32),
@@ -396,7 +396,7 @@ mod flex {
         let numel = (m * n) as f64;
         let denom = ((sum_u / numel).sqrt() / c.clip_threshold).max(1.0) as f32;
         let lr_t = lr * c.eps_scale.max((sum_p / numel).sqrt());
-        let decay = (c.weight_decay > 0.0).then(|| (1.0 - lr_t * c.weight_decay) as f32);
+        let decay = (c.weight_decay > 0.0).then_some((1.0 - lr_t * c.weight_decay) as f32);
         let lr_t = lr_t as f32;
         let p: &mut [P] = param.storage_mut::<P>();
         p.par_chunks_mut(rows_per_task * n).zip(g.par_chunks(rows_per_task * n)).enumerate().for_each(|(task, (p, g))| {

@@ -104,6 +104,14 @@ fn gemm_raw(
 /// A pointer that rayon tasks writing disjoint panels of one buffer may share.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
+
+impl SharedOut {
+    /// The element `i` past the start (a method, so that closures capture the whole `Sync`
+    /// wrapper rather than its raw pointer).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
 // SAFETY: every task writes only its own columns of the buffer (disjoint elements).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
@@ -116,14 +124,13 @@ fn product_by_weight_panels<E: Elem>(x: &[f32], rows: usize, w: &View<'_, E>) ->
     let mut y: Vec<f32> = Vec::with_capacity(rows * out);
     let dst = SharedOut(y.as_mut_ptr());
     (0..out.div_ceil(width)).into_par_iter().for_each(|p| {
-        let dst = dst;
         let (c0, c1) = (p * width, ((p + 1) * width).min(out));
         let mut panel = vec![0f32; inner * (c1 - c0)];
         for (r, row) in panel.chunks_exact_mut(c1 - c0).enumerate() {
             row.iter_mut().enumerate().for_each(|(c, v)| *v = w.at(r, c0 + c).to_f32());
         }
         // SAFETY: columns c0..c1 of y are this task's alone.
-        gemm_raw(rows, c1 - c0, inner, (x, inner, 1), (&panel, c1 - c0, 1), unsafe { dst.0.add(c0) }, out, false);
+        gemm_raw(rows, c1 - c0, inner, (x, inner, 1), (&panel, c1 - c0, 1), dst.at(c0), out, false);
     });
     // SAFETY: the panels cover every column of every row.
     unsafe { y.set_len(rows * out) };
@@ -137,14 +144,13 @@ fn product_by_weight_t_panels<E: Elem>(dy: &[f32], rows: usize, w: &View<'_, E>)
     let mut dx: Vec<f32> = Vec::with_capacity(rows * inner);
     let dst = SharedOut(dx.as_mut_ptr());
     (0..inner.div_ceil(height)).into_par_iter().for_each(|p| {
-        let dst = dst;
         let (r0, r1) = (p * height, ((p + 1) * height).min(inner));
         let mut panel = vec![0f32; (r1 - r0) * out];
         for (r, row) in panel.chunks_exact_mut(out).enumerate() {
             row.iter_mut().enumerate().for_each(|(c, v)| *v = w.at(r0 + r, c).to_f32());
         }
         // dx[:, r0..r1] = dy (rows × out) · panelᵀ (out × (r1 − r0)).
-        gemm_raw(rows, r1 - r0, out, (dy, out, 1), (&panel, 1, out), unsafe { dst.0.add(r0) }, inner, false);
+        gemm_raw(rows, r1 - r0, out, (dy, out, 1), (&panel, 1, out), dst.at(r0), inner, false);
     });
     // SAFETY: the panels cover every column of every row.
     unsafe { dx.set_len(rows * inner) };
@@ -278,7 +284,6 @@ fn amx_into<E: Elem>(a: &amx::PackedA<'_>, rows: usize, n: usize, k: usize, b: a
     let mut c: Vec<E> = Vec::with_capacity(rows * n);
     let dst = SharedElems(c.as_mut_ptr());
     amx::product_panels(a, rows, n, k, b, |c0, panel| {
-        let dst = dst;
         let width = panel.len() / rows.max(1);
         simd(
             #[inline(always)]
@@ -287,7 +292,7 @@ fn amx_into<E: Elem>(a: &amx::PackedA<'_>, rows: usize, n: usize, k: usize, b: a
                     // SAFETY: columns c0..c0 + width of every row belong to this panel's task
                     // alone, and lie inside `c`.
                     let out = unsafe {
-                        std::slice::from_raw_parts_mut(dst.0.add(r * n + c0).cast::<std::mem::MaybeUninit<E>>(), width)
+                        std::slice::from_raw_parts_mut(dst.at(r * n + c0).cast::<std::mem::MaybeUninit<E>>(), width)
                     };
                     match bias {
                         Some(b) => out.iter_mut().zip(row).zip(&b[c0..]).for_each(|((o, &v), &b)| {
@@ -414,7 +419,6 @@ fn weight_grad_panels<E: Elem>(x: &[f32], dy: &[f32], rows: usize, inner: usize,
     let mut dw: Vec<E> = vec![E::from_f32(0.0); inner * out];
     let dst = SharedElems(dw.as_mut_ptr());
     (0..span.div_ceil(width)).into_par_iter().for_each(|p| {
-        let dst = dst;
         let (c0, c1) = (p * width, ((p + 1) * width).min(span));
         let w = c1 - c0;
         let panel = if col_major {
@@ -427,7 +431,7 @@ fn weight_grad_panels<E: Elem>(x: &[f32], dy: &[f32], rows: usize, inner: usize,
         for (r, row) in panel.chunks_exact(w).enumerate() {
             for (c, &v) in row.iter().enumerate() {
                 // SAFETY: element (r, c0 + c) lies in this task's columns only, inside `dw`.
-                unsafe { *dst.0.add(r * span + c0 + c) = E::from_f32(v) };
+                unsafe { *dst.at(r * span + c0 + c) = E::from_f32(v) };
             }
         }
     });
@@ -442,6 +446,12 @@ impl<E> Clone for SharedElems<E> {
     }
 }
 impl<E> Copy for SharedElems<E> {}
+impl<E> SharedElems<E> {
+    /// The element `i` past the start (see [`SharedOut::at`]).
+    fn at(self, i: usize) -> *mut E {
+        self.0.wrapping_add(i)
+    }
+}
 // SAFETY: every task writes only its own columns (disjoint elements).
 unsafe impl<E> Send for SharedElems<E> {}
 unsafe impl<E> Sync for SharedElems<E> {}
