@@ -169,7 +169,9 @@ pub struct PlanConfig {
     /// Whether the backend converts between float dtypes through an f64 copy of the whole
     /// tensor, as burn 0.21's Flex does (`float_cast` in `burn-flex/src/ops/float.rs`): every
     /// bf16/f16 ↔ f32 cast of a weight or gradient then briefly costs 8 bytes per element
-    /// more. True for the CPU backend; false for CUDA and LibTorch.
+    /// more. True for the CPU backend; false for CUDA and LibTorch. The CPU backend is also
+    /// the one with `lomo_optim::UpdateKernels` of its own (updates without weight-sized
+    /// temporaries).
     pub f64_cast_staging: bool,
 }
 
@@ -330,36 +332,29 @@ impl PlanConfig {
     /// Bytes the autodiff graph of one decoder block keeps for one micro-batch, its output
     /// included: every tensor an op saves for its backward, counted once per buffer.
     ///
-    /// From the ops (burn's autodiff saves an operand of `mul`/`matmul` only when the other
-    /// one is tracked, so multiplying by the RoPE tables or a mask saves nothing):
-    /// - each RMSNorm keeps its f32 input, the normalised rows and its output (read by
-    ///   the projections): 3 hidden-sized tensors, f32, f32→storage and storage dtype;
-    /// - attention keeps the (reshaped) queries and the keys for the score matmul, the values
-    ///   and the merged heads read by `o_proj`: 2 × q + 2 × kv;
-    /// - the softmax (burn's default: max-shift, exp, divide) keeps the exp and the
-    ///   probabilities, and the probability matmul its operand: 3 score-sized tensors, f32
-    ///   (in bf16/f16 the last is cast back to the storage dtype);
-    /// - SwiGLU keeps gate, sigmoid(gate), silu(gate), up and their product: 5 × ffn;
-    /// - the residual sum (the block's output).
-    ///
-    /// Measured on Flex (f32, hidden 512, 8 heads, b × t = 2 × 128, 2 × 64, 1 × 256, ffn
-    /// 1408 and 2816): 11.4 hidden-sized, 5.0 ffn-sized and 2.9 score-sized tensors.
+    /// The block's ops are `lomo_kernels`' fused ones, each a single graph node that keeps
+    /// what its backward reads (the input of the block is the boundary activation, counted
+    /// apart; parameters are weights):
+    /// - the two RMSNorm outputs (read by the projections after them) and the residual sum
+    ///   between attention and MLP (the second norm's input): 3 hidden-sized;
+    /// - attention keeps q, k and v and its output (read by `o_proj` too): 2 × q + 2 × kv, and
+    ///   the log-sum-exp of every query row, `batch × heads × tokens` f32 (no score-sized
+    ///   tensor exists);
+    /// - SwiGLU keeps gate and up, and `down_proj` the gated product: 3 × ffn;
+    /// - the block's output.
     fn layer_saved_bytes(&self, s: &Shapes) -> u64 {
         let e = self.dtype.size_of() as u64;
-        let norms = 2 * s.hidden * (F32 + e + e);
-        let attention = (2 * s.q + 2 * s.kv) * e + s.scores * (2 * F32 + e);
-        let mlp = 5 * s.ffn * e;
-        norms + attention + mlp + s.hidden * e
+        let lse = s.scores / self.max_tokens.max(1) as u64 * F32;
+        (4 * s.hidden + 2 * s.q + 2 * s.kv + 3 * s.ffn) * e + lse
     }
 
-
-    /// Bytes of one loss chunk's graph and backward, besides the LM head's gradient: the f32
-    /// logits kept by log-softmax and the two logit-sized gradients its backward makes
-    /// (plus, in bf16/f16, the logits before their cast to f32, and its staging copy).
+    /// Bytes of one loss chunk's graph and backward, besides the LM head's gradient: the
+    /// logits (storage dtype) that `lomo_kernels::log_probs` keeps, which its backward turns
+    /// into their own gradient in place, and the `[targets, hidden]` gradient of the head's
+    /// input next to them.
     fn loss_chunk_bytes(&self, s: &Shapes) -> u64 {
         let e = self.dtype.size_of() as u64;
-        let cast = if e == F32 { 0 } else { e + if self.f64_cast_staging { 8 } else { 0 } };
-        s.logits * (3 * F32 + cast)
+        s.logits * e
     }
 
     /// Bytes of optimizer state.
@@ -393,6 +388,8 @@ impl PlanConfig {
             // contiguous copy of the weight's rows, its f32 copy (through the staging copy)
             // and the f32 gradient rows; the new blocks (storage dtype) are then concatenated
             // once the old weight is dropped: one more copy of a weight larger than a block.
+            // Flex runs LOMO's update as one in-place kernel (`UpdateKernels`).
+            PlanOptimizer::Lomo if self.f64_cast_staging => 0,
             PlanOptimizer::Lomo => {
                 if e == F32 {
                     0
@@ -405,6 +402,9 @@ impl PlanConfig {
             // taken for the update's RMS is one more buffer. In bf16/f16 the gradient is
             // converted to f32 whole (the factored moments need all of it), in blocks then
             // concatenated (its storage copy dropped first); `g²` next to it is the peak.
+            // Flex runs a matrix's AdaLomo update as one kernel (`UpdateKernels`) with no
+            // weight-sized temporaries.
+            PlanOptimizer::AdaLomo if self.f64_cast_staging => 0,
             PlanOptimizer::AdaLomo => {
                 if e == F32 {
                     F32 * n
@@ -419,6 +419,9 @@ impl PlanConfig {
             // Inside the fused step (`BurnOptimizer`) a bf16/f16 gradient first makes a round
             // trip through f32 in `GradPrep`: converted in blocks, then concatenated (its
             // storage copy dropped first), two f32 copies at the concatenation.
+            // On Flex in f32, burn's SGD writes `tensor - grad × lr` over the (unshared)
+            // `grad × lr` buffer: nothing beyond the gradient (measured by the quick suite).
+            PlanOptimizer::Sgd if self.f64_cast_staging && e == F32 => 0,
             PlanOptimizer::Sgd | PlanOptimizer::AdamW => {
                 let round_trip = if self.mode == StepMode::Fused && e != F32 { (2 * F32 - e) * n + staging } else { 0 };
                 (n * e).max(round_trip)
@@ -474,12 +477,13 @@ impl PlanConfig {
                     max_pair(backward, (layer_grads, layer_update))
                 };
                 let layer_stage = (layer_stage.0 + tied_pending, layer_stage.1);
-                // Stage 0: the embedding's gradient is a dense `[vocab, hidden]`, built as zeros
-                // and then the batch's rows added into a second buffer (`select_add`). A tied
-                // one is then summed with the kept one in f32: in bf16/f16 the kept one is
-                // cast to f32 and the new one added, each in blocks then concatenated, so at
-                // the concatenation two f32 buffers live next to the new gradient.
-                let embed_backward = embed * e;
+                // Stage 0: the embedding's gradient is a dense `[vocab, hidden]`, made by
+                // `lomo_kernels::embedding`'s backward as one zeroed buffer with the batch's rows
+                // added in place (no second buffer). A tied one is then summed with the kept one
+                // in f32: in bf16/f16 the kept one is cast to f32 and the new one added, each in
+                // blocks then concatenated, so at the concatenation two f32 buffers live next to
+                // the new gradient.
+                let embed_backward = 0;
                 let embed_stage = if tied {
                     let block = embed.min(BLOCK_ELEMS as u64);
                     let sum = if e == F32 { (0, 0) } else { (embed * (F32 + e), embed * F32 + block * (staging_bytes(self) + F32)) };
@@ -502,11 +506,10 @@ impl PlanConfig {
                 // accumulated gradients of the earlier ones are alive too.
                 let earlier = if micro_batches > 1 { all_grads } else { 0 };
                 let backward = (earlier + head_grad_sum + embed * e, graph + head_grad_peak - embed * e + chunk_act);
-                // Backward ends at the embedding, whose gradient burn builds as zeros plus the
-                // batch's rows added (`select_add`, a second buffer), with every other
-                // gradient alive.
-                // A tied embedding's two contributions are summed there, one more buffer.
-                let backward_end = (all_grads, embed * e * if tied { 2 } else { 1 });
+                // Backward ends at the embedding, whose gradient is one buffer (counted with
+                // the others), every other gradient alive. A tied embedding's two contributions
+                // are summed there, one more buffer.
+                let backward_end = (all_grads, if tied { embed * e } else { 0 });
                 // Then the optimizer, with every gradient alive.
                 let step = (all_grads, update);
                 max_pair(max_pair(backward, backward_end), step)
