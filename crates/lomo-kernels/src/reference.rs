@@ -100,11 +100,12 @@ pub fn log_probs<B: Backend>(logits: Tensor<B, 2>, labels: &[i64]) -> Tensor<B, 
 /// Gradient of the logits of [`log_probs`]: `grad · (onehot(label) − softmax(logits))`.
 pub fn log_probs_backward<B: Backend>(logits: Tensor<B, 2>, labels: &[i64], grad: Tensor<B, 1>) -> Tensor<B, 2> {
     let dtype = logits.dtype();
-    let [n, vocab] = logits.dims();
+    let n = logits.dims()[0];
     let device = logits.device();
-    let probs = softmax(logits.cast(DType::F32), 1);
-    let onehot = label_tensor::<B>(labels, &device).reshape([n]).one_hot::<2>(vocab).float().cast(DType::F32);
-    ((onehot - probs) * grad.cast(DType::F32).reshape([n, 1])).cast(dtype)
+    let g = grad.cast(DType::F32).reshape([n, 1]);
+    // −g · softmax everywhere, then + g at each row's label (no one-hot `[n, vocab]` tensor).
+    let d = softmax(logits.cast(DType::F32), 1) * g.clone().neg();
+    d.scatter(1, label_tensor::<B>(labels, &device), g, burn::tensor::IndexingUpdateOp::Add).cast(dtype)
 }
 
 /// Which keys each query may attend to, as additive f32 terms broadcast onto the scores
