@@ -31,6 +31,8 @@ mod autodiff;
 mod backends;
 mod flex;
 pub mod reference;
+#[cfg(feature = "tch")]
+mod tch;
 
 use std::sync::Arc;
 

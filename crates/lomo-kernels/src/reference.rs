@@ -175,7 +175,7 @@ pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>)
 
 /// The transpose of [`rope`] (its backward): `g · cos + rotate_halfᵀ(g · sin)` with
 /// `rotate_halfᵀ([z1, z2]) = [z2, −z1]`.
-fn rope_transpose<B: Backend>(g: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
+pub(crate) fn rope_transpose<B: Backend>(g: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
     let z = g.clone() * sin.clone().unsqueeze::<4>();
     let half = z.dims()[3] / 2;
     let z1 = z.clone().narrow(3, 0, half);
@@ -184,13 +184,13 @@ fn rope_transpose<B: Backend>(g: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<
 }
 
 /// `[batch, tokens, n × dim]` → `[batch, n, tokens, dim]` (a view).
-fn split_heads<B: Backend>(t: Tensor<B, 3>, n: usize, dim: usize) -> Tensor<B, 4> {
+pub(crate) fn split_heads<B: Backend>(t: Tensor<B, 3>, n: usize, dim: usize) -> Tensor<B, 4> {
     let [batch, tokens, _] = t.dims();
     t.reshape([batch, tokens, n, dim]).swap_dims(1, 2)
 }
 
 /// `[batch, n, tokens, dim]` → `[batch, tokens, n × dim]`.
-fn merge_heads<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 3> {
+pub(crate) fn merge_heads<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 3> {
     let [batch, n, tokens, dim] = t.dims();
     t.swap_dims(1, 2).reshape([batch, tokens, n * dim])
 }

@@ -281,3 +281,48 @@ fn linear_of_a_few_rows_streams_the_weight_alike() {
         }
     }
 }
+
+/// LibTorch's attention (its flash CPU kernels, forward and backward) against the reference
+/// composition differentiated by burn's autodiff, both on LibTorch (`--features tch`).
+#[cfg(feature = "tch")]
+#[test]
+fn libtorch_flash_attention_equals_the_reference() {
+    use burn::backend::LibTorch;
+    type TAD = Autodiff<LibTorch>;
+    for (spec, dtype) in [
+        (AttentionSpec { heads: 4, kv_heads: 4, head_dim: 16 }, DType::F32),
+        (AttentionSpec { heads: 6, kv_heads: 2, head_dim: 8 }, DType::F32),
+        (AttentionSpec { heads: 6, kv_heads: 2, head_dim: 8 }, DType::BF16),
+    ] {
+        let (batch, tokens) = (2, 37);
+        let AttentionSpec { heads, kv_heads, head_dim } = spec;
+        let mk = |shape: [usize; 3], seed, scale| tensor::<LibTorch, 3>(shape, seed, scale, dtype);
+        let (q, k, v) = (mk([batch, tokens, heads * head_dim], 11, 1.5), mk([batch, tokens, kv_heads * head_dim], 12, 1.5), mk([batch, tokens, kv_heads * head_dim], 13, 1.0));
+        let g = mk([batch, tokens, heads * head_dim], 14, 1.0);
+        let (cos, sin) = rope_tables(tokens, head_dim, dtype);
+        let to_t = |t: Tensor<Flex, 2>| Tensor::<LibTorch, 2>::from_data(t.cast(DType::F32).into_data(), &Default::default()).cast(dtype);
+        let (cos, sin) = (to_t(cos), to_t(sin));
+        // The reference runs in f32 on the same (rounded) values: burn-tch's autodiff of a
+        // bf16 matmul after a cast mixes dtypes.
+        let run = |fused: bool| {
+            let ad = |t: &Tensor<LibTorch, 3>| {
+                let t = if fused { t.clone() } else { t.clone().cast(DType::F32) };
+                Tensor::<TAD, 3>::from_inner(t).require_grad()
+            };
+            let (qa, ka, va) = (ad(&q), ad(&k), ad(&v));
+            let c = |t: &Tensor<LibTorch, 2>| Tensor::<TAD, 2>::from_inner(if fused { t.clone() } else { t.clone().cast(DType::F32) });
+            let y = if fused {
+                lomo_kernels::rope_attention(qa.clone(), ka.clone(), va.clone(), c(&cos), c(&sin), None, spec)
+            } else {
+                reference::rope_attention(qa.clone(), ka.clone(), va.clone(), c(&cos), c(&sin), None, spec).0
+            };
+            let g = if fused { g.clone() } else { g.clone().cast(DType::F32) };
+            let mut grads = (y.clone() * Tensor::from_inner(g)).sum().backward();
+            [to_vec(y.inner()), to_vec(qa.grad_remove(&mut grads).unwrap()), to_vec(ka.grad_remove(&mut grads).unwrap()), to_vec(va.grad_remove(&mut grads).unwrap())]
+        };
+        let (want, got) = (run(false), run(true));
+        for (name, (a, b)) in ["out", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
+            assert_close(&format!("libtorch {spec:?} {dtype:?} {name}"), a, b, tol(dtype));
+        }
+    }
+}
