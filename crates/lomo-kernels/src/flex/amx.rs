@@ -8,11 +8,16 @@
 //! weight and runs gemm. `LOMO_NO_AMX=1` turns it off (to compare the two paths).
 //!
 //! The product is computed one column panel of the output at a time: the panel's columns of
-//! `B` are packed into AMX's pair-interleaved layout (`[k/2][16 columns][2]`), `A` is read as
-//! row-major bf16 (packed and zero-padded to whole tiles once per call), every 32 × 32 block of
-//! the panel accumulates in four tile registers over the whole `k`, and the f32 panel is handed
-//! to the caller to store (converted, for a weight gradient, so that no f32 copy of a whole
-//! weight exists).
+//! `B` are packed into AMX's pair-interleaved layout (`[k/2][16 columns][2]`, into a per-thread
+//! buffer, with the rows ahead prefetched), `A` is packed once per call tile by tile (each 16 ×
+//! 32 tile 1 KiB in one run, zero-padded), every 32 × 32 block of the panel accumulates in four
+//! tile registers over the whole `k`, and the f32 panel is handed to the caller to store
+//! (converted, for a weight gradient, so that no f32 copy of a whole weight exists).
+//!
+//! Measured on this machine's cores (`tdpbf16ps` alone: 3.2 TFLOP/s a core): a tile load costs
+//! about as much as a product, so the 2 × 2 block (four loads for four products, the most that
+//! eight tile registers allow) peaks near 1 TFLOP/s a core whether its tiles come from L1 or L2;
+//! the loads are ordered so that each product starts as soon as its operands are in.
 
 use std::sync::OnceLock;
 
@@ -88,107 +93,158 @@ pub(crate) struct Matrix<'a> {
     pub cs: usize,
 }
 
-impl Matrix<'_> {
-    /// Row `r`, columns `c0..c0 + out.len()`, into `out`.
-    #[inline(always)]
-    fn row_into(&self, r: usize, c0: usize, out: &mut [bf16]) {
-        let start = self.offset + r * self.rs + c0 * self.cs;
-        if self.cs == 1 {
-            out.copy_from_slice(&self.data[start..][..out.len()]);
-        } else {
-            out.iter_mut().enumerate().for_each(|(j, o)| *o = self.data[start + j * self.cs]);
-        }
-    }
-}
 
-/// `A` packed: row-major bf16, rows padded to a multiple of 32 and `k` to a multiple of 32, zeros
-/// in the padding.
-pub(crate) struct PackedA<'a> {
-    data: std::borrow::Cow<'a, [bf16]>,
-    /// Elements from one row to the next.
-    stride: usize,
+/// `A` packed tile by tile: for each block of 16 rows, its `kp / 32` tiles of 16 × 32 bf16 one
+/// after the other (`[rows/16][kp/32][16][32]`), so that every tile load reads 1 KiB in one run;
+/// rows padded to a multiple of 32 and `k` to a multiple of 32, zeros in the padding.
+pub(crate) struct PackedA {
+    data: Vec<bf16>,
     rows: usize,
     k: usize,
 }
 
-impl<'a> PackedA<'a> {
-    /// `a` (`rows × k`) packed; borrowed as it is when it already has whole tiles (row-major,
-    /// rows a multiple of 32, `k` of 32), which the model's shapes mostly do.
-    pub(crate) fn new(rows: usize, k: usize, a: Matrix<'a>) -> Self {
-        if a.cs == 1 && rows.is_multiple_of(2 * TILE) && k.is_multiple_of(TILE_K) && rows > 0 {
-            let data = &a.data[a.offset..a.offset + (rows - 1) * a.rs + k];
-            return Self { data: std::borrow::Cow::Borrowed(data), stride: a.rs, rows, k };
-        }
+impl PackedA {
+    /// `a` (`rows × k`) packed.
+    pub(crate) fn new(rows: usize, k: usize, a: Matrix<'_>) -> Self {
         let (rp, kp) = (rows.next_multiple_of(2 * TILE), k.next_multiple_of(TILE_K));
+        let block = TILE * kp;
         let mut data = vec![bf16::ZERO; rp * kp];
-        if a.cs == 1 || a.rs != 1 {
-            data.par_chunks_mut(kp).take(rows).enumerate().for_each(|(r, row)| a.row_into(r, 0, &mut row[..k]));
-        } else {
-            // A transposed view (its columns contiguous): transpose in 16 × 16 blocks, so that
-            // both the reads and the writes stay within a few cache lines.
-            data.par_chunks_mut(kp * TILE).enumerate().for_each(|(rb, out)| {
-                let r0 = rb * TILE;
-                let r1 = (r0 + TILE).min(rows);
-                for k0 in (0..k).step_by(TILE) {
-                    for kk in k0..(k0 + TILE).min(k) {
-                        let col = &a.data[a.offset + kk * a.cs..];
-                        for r in r0..r1 {
-                            out[(r - r0) * kp + kk] = col[r];
-                        }
+        data.par_chunks_mut(block).enumerate().for_each(|(rb, out)| super::elem::simd(#[inline(always)] || {
+            let r0 = rb * TILE;
+            let r1 = (r0 + TILE).min(rows);
+            let at = |r: usize, c: usize| (c / TILE_K) * TILE * TILE_K + (r - r0) * TILE_K + c % TILE_K;
+            if a.cs == 1 {
+                // Row-major: each row's run of 32 into its tile row.
+                for r in r0..r1 {
+                    let row = &a.data[a.offset + r * a.rs..][..k];
+                    for (t, run) in row.chunks(TILE_K).enumerate() {
+                        out[at(r, t * TILE_K)..][..run.len()].copy_from_slice(run);
                     }
                 }
-            });
-        }
-        Self { data: std::borrow::Cow::Owned(data), stride: kp, rows: rp, k: kp }
+            } else {
+                // A transposed view (its columns contiguous, as xᵀ in dW = xᵀ · dy): down each
+                // column's 16 rows of this block.
+                for c in 0..k {
+                    let col = a.offset + c * a.cs;
+                    for r in r0..r1 {
+                        out[at(r, c)] = a.data[col + r * a.rs];
+                    }
+                }
+            }
+        }));
+        Self { data, rows: rp, k: kp }
     }
 }
 
 /// Columns `c0..c0 + width` of `b` (`k × n`) in AMX's pair layout, per 16-column block
-/// `[kp/2][16][2]`, zero-padded to `blocks × 16` columns and `kp` rows.
-fn pack_b(b: Matrix<'_>, k: usize, kp: usize, c0: usize, width: usize, blocks: usize) -> Vec<bf16> {
-    let mut packed = vec![bf16::ZERO; blocks * kp * TILE];
-    if b.rs == 1 && b.cs != 1 {
-        // B's columns are contiguous (B is a transposed view, as Wᵀ in dx = dy · Wᵀ): the pair
-        // (B[2p, j], B[2p + 1, j]) is two adjacent elements of column j.
-        for j in 0..width {
-            let col = &b.data[b.offset + (c0 + j) * b.cs..][..k];
-            let (blk, lane) = (j / TILE, j % TILE);
-            let dst = &mut packed[blk * kp * TILE..][..kp * TILE];
-            for (pair, two) in col.chunks(2).enumerate() {
-                dst[pair * 2 * TILE + 2 * lane] = two[0];
-                if let Some(&v) = two.get(1) {
-                    dst[pair * 2 * TILE + 2 * lane + 1] = v;
+/// `[kp/2][16][2]` (one `u32` per bf16 pair), zero-padded to `blocks × 16` columns and `kp`
+/// rows. Every element of `packed` (`blocks × kp/2 × 16`) is written, so it may hold anything
+/// on entry. Inlined into [`product_panels`]' SIMD dispatch, so that its loops are compiled for
+/// AVX-512.
+#[inline(always)]
+fn pack_b(b: Matrix<'_>, k: usize, kp: usize, c0: usize, width: usize, blocks: usize, packed: &mut [u32]) {
+    let pairs = kp / 2;
+    debug_assert_eq!(packed.len(), blocks * pairs * TILE);
+    let bits: &[u16] = bytemuck::cast_slice(b.data);
+    let pair_of = |lo: u16, hi: u16| u32::from(lo) | (u32::from(hi) << 16);
+    if b.cs == 1 {
+        // Row-major B (a weight W, or dy in dW = xᵀ · dy): two rows' runs of `width` elements
+        // interleaved into each block's pair row, 16 lanes at a time.
+        let row = |r: usize| (r < k).then(|| &bits[b.offset + r * b.rs + c0..][..width]);
+        // Each row's run lies in its own page (the rows are a whole row of B apart), out of the
+        // hardware prefetcher's reach: ask for the rows a few pairs ahead.
+        const AHEAD: usize = 8;
+        let prefetch = |r: usize| {
+            if let Some(run) = row(r) {
+                for line in (0..run.len()).step_by(32) {
+                    prefetch_read(&run[line]);
                 }
             }
+        };
+        (0..2 * AHEAD).for_each(prefetch);
+        for pair in 0..pairs {
+            prefetch(2 * (pair + AHEAD));
+            prefetch(2 * (pair + AHEAD) + 1);
+            let (r0, r1) = (row(2 * pair), row(2 * pair + 1));
+            for blk in 0..blocks {
+                let dst = &mut packed[(blk * pairs + pair) * TILE..][..TILE];
+                let j0 = blk * TILE;
+                let cols = width.saturating_sub(j0).min(TILE);
+                match (r0, r1) {
+                    _ if cols == 0 => {}
+                    (Some(r0), Some(r1)) if cols == TILE => {
+                        let (r0, r1): (&[u16; TILE], &[u16; TILE]) =
+                            (r0[j0..j0 + TILE].try_into().unwrap(), r1[j0..j0 + TILE].try_into().unwrap());
+                        let dst: &mut [u32; TILE] = dst.try_into().unwrap();
+                        (0..TILE).for_each(|j| dst[j] = pair_of(r0[j], r1[j]));
+                    }
+                    (Some(r0), Some(r1)) => {
+                        let (r0, r1) = (&r0[j0..j0 + cols], &r1[j0..j0 + cols]);
+                        dst[..cols].iter_mut().zip(r0.iter().zip(r1)).for_each(|(d, (&lo, &hi))| *d = pair_of(lo, hi));
+                    }
+                    (Some(r0), None) => {
+                        dst[..cols].iter_mut().zip(&r0[j0..j0 + cols]).for_each(|(d, &lo)| *d = u32::from(lo));
+                    }
+                    _ => dst[..cols].fill(0),
+                }
+                dst[cols..].fill(0);
+            }
         }
-        return packed;
+        return;
     }
-    let mut rows = [vec![bf16::ZERO; width], vec![bf16::ZERO; width]];
-    for pair in 0..k.div_ceil(2) {
-        for (h, row) in rows.iter_mut().enumerate() {
-            let kk = 2 * pair + h;
-            if kk < k {
-                b.row_into(kk, c0, row);
+    // A transposed or strided B (Wᵀ in dx = dy · Wᵀ: its columns contiguous when `rs == 1`):
+    // column by column, each pair two elements `rs` apart.
+    for blk in 0..blocks {
+        let dst = &mut packed[blk * pairs * TILE..][..pairs * TILE];
+        for lane in 0..TILE {
+            let j = blk * TILE + lane;
+            if j >= width {
+                (0..pairs).for_each(|p| dst[p * TILE + lane] = 0);
+                continue;
+            }
+            let col = b.offset + (c0 + j) * b.cs;
+            let at = |r: usize| if r < k { bits[col + r * b.rs] } else { 0 };
+            if b.rs == 1 {
+                let full = k / 2;
+                for (p, two) in bits[col..col + 2 * full].chunks_exact(2).enumerate() {
+                    dst[p * TILE + lane] = pair_of(two[0], two[1]);
+                }
+                (full..pairs).for_each(|p| dst[p * TILE + lane] = pair_of(at(2 * p), at(2 * p + 1)));
             } else {
-                row.fill(bf16::ZERO);
-            }
-        }
-        for blk in 0..blocks {
-            let dst = &mut packed[blk * kp * TILE + pair * 2 * TILE..][..2 * TILE];
-            let cols = (blk * TILE..((blk + 1) * TILE).min(width)).len();
-            for j in 0..cols {
-                dst[2 * j] = rows[0][blk * TILE + j];
-                dst[2 * j + 1] = rows[1][blk * TILE + j];
+                (0..pairs).for_each(|p| dst[p * TILE + lane] = pair_of(at(2 * p), at(2 * p + 1)));
             }
         }
     }
-    packed
+}
+
+/// A hint that the cache line holding `at` will be read soon.
+#[inline(always)]
+fn prefetch_read<T>(at: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>((at as *const T).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
+/// Per-thread buffers of [`product_panels`] (packed B and the f32 panel), kept between calls so
+/// that each panel neither allocates nor faults in fresh zeroed pages.
+#[derive(Default)]
+struct Scratch {
+    packed: Vec<u32>,
+    panel: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
 }
 
 /// `C[:, c0..c1] = A · B[:, c0..c1]` for each column panel, handed to `store(c0, panel)` with
 /// the panel row-major f32 `rows × (c1 − c0)` (`rows`: A's unpadded rows). `b` is `k × n`.
 pub(crate) fn product_panels(
-    a: &PackedA<'_>,
+    a: &PackedA,
     rows: usize,
     n: usize,
     k: usize,
@@ -203,21 +259,30 @@ pub(crate) fn product_panels(
         let width = c1 - c0;
         let wp = width.next_multiple_of(2 * TILE);
         let blocks = wp / TILE;
-        let packed = pack_b(b, k, kp, c0, width, blocks);
-        let mut c = vec![0f32; a.rows * wp];
-        // SAFETY: the tile configuration is valid; `c` holds `a.rows × wp` f32, `a.data` holds
-        // `a.rows` rows of `kp` bf16 at `a.stride` and `packed` `blocks × kp × 16`: every tile
-        // load and store below stays inside them (rows in steps of 32 < a.rows, columns in steps
-        // of 32 < wp).
+        // Taken out of the thread's cell (not borrowed), so that a re-entrant call on this
+        // thread gets fresh buffers instead of a conflict.
+        let mut scratch = SCRATCH.take();
+        scratch.packed.resize(blocks * kp / 2 * TILE, 0);
+        super::elem::simd(
+            #[inline(always)]
+            || pack_b(b, k, kp, c0, width, blocks, &mut scratch.packed),
+        );
+        scratch.panel.resize(a.rows * wp, 0.0);
+        let (packed, c) = (&scratch.packed, &mut scratch.panel);
+        // SAFETY: the tile configuration is valid; `c` holds `a.rows × wp` f32, `a.data`
+        // `a.rows / 16` blocks of `16 × kp` bf16 and `packed` `blocks × kp/2 × 16` bf16 pairs:
+        // every tile load and store below stays inside them (rows in steps of 32 < a.rows,
+        // columns in steps of 32 < wp). Every element of `c` is stored before it is read.
         unsafe {
+            let packed = packed.as_ptr().cast::<bf16>();
             std::arch::asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack));
             for r0 in (0..a.rows).step_by(2 * TILE) {
                 for j0 in (0..wp).step_by(2 * TILE) {
                     block_32x32(
-                        a.data.as_ptr().add(r0 * a.stride),
-                        a.stride * 2,
-                        packed.as_ptr().add((j0 / TILE) * kp * TILE),
-                        packed.as_ptr().add((j0 / TILE + 1) * kp * TILE),
+                        a.data.as_ptr().add(r0 * kp),
+                        a.data.as_ptr().add((r0 + TILE) * kp),
+                        packed.add((j0 / TILE) * kp * TILE),
+                        packed.add((j0 / TILE + 1) * kp * TILE),
                         kp,
                         c.as_mut_ptr().add(r0 * wp + j0),
                         wp * 4,
@@ -227,13 +292,15 @@ pub(crate) fn product_panels(
             std::arch::asm!("tilerelease", options(nostack));
         }
         if width == wp {
-            c.truncate(rows * wp);
-            store(c0, &c);
+            store(c0, &c[..rows * wp]);
         } else {
-            let mut out = vec![0f32; rows * width];
-            out.chunks_exact_mut(width).zip(c.chunks_exact(wp)).for_each(|(o, c)| o.copy_from_slice(&c[..width]));
-            store(c0, &out);
+            // Compact the rows in place (each row moves left, never over one not yet moved).
+            for r in 1..rows {
+                c.copy_within(r * wp..r * wp + width, r * width);
+            }
+            store(c0, &c[..rows * width]);
         }
+        SCRATCH.set(scratch);
     });
 }
 
@@ -241,33 +308,37 @@ pub(crate) fn product_panels(
 /// 16-row halves, 6–7 B's two 16-column halves.
 ///
 /// # Safety
-/// The tile configuration must be loaded; `a` must hold 32 rows of `a_stride` bytes with `k`
-/// bf16 each, `b0`/`b1` `k × 16` bf16 in pair layout, `c` 32 rows of `c_stride` bytes.
+/// The tile configuration must be loaded; `a0`/`a1` must each hold `k / 32` tiles of 16 × 32
+/// bf16 in a row (A's packed layout), `b0`/`b1` `k × 16` bf16 in pair layout, `c` 32 rows of
+/// `c_stride` bytes.
 #[inline(always)]
-unsafe fn block_32x32(a: *const bf16, a_stride: usize, b0: *const bf16, b1: *const bf16, k: usize, c: *mut f32, c_stride: usize) {
+unsafe fn block_32x32(a0: *const bf16, a1: *const bf16, b0: *const bf16, b1: *const bf16, k: usize, c: *mut f32, c_stride: usize) {
     use std::arch::asm;
-    let a1 = a.byte_add(TILE * a_stride);
     asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack));
-    let b_stride: usize = 64;
+    // Both operands' tiles are 16 rows of 64 contiguous bytes.
+    let stride: usize = 64;
     for kb in (0..k).step_by(TILE_K) {
-        // A: 16 rows × 32 bf16 at column kb; B: 16 pair-rows (32 k) × 16 columns.
-        let (pa0, pa1) = (a.add(kb), a1.add(kb));
+        // The tiles at column kb: 16 × 32 bf16 of A, 16 pair-rows (32 k) × 16 columns of B.
+        let (pa0, pa1) = (a0.add(kb * TILE), a1.add(kb * TILE));
         let (pb0, pb1) = (b0.add(kb * TILE), b1.add(kb * TILE));
         asm!(
+            // Each load as late as possible and each product as soon as its operands are in:
+            // the tile registers are not renamed, so a load waits for the last product that
+            // reads its register.
             "tileloadd tmm4, [{pa0} + {sa}]",
-            "tileloadd tmm5, [{pa1} + {sa}]",
             "tileloadd tmm6, [{pb0} + {sb}]",
-            "tileloadd tmm7, [{pb1} + {sb}]",
             "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{pb1} + {sb}]",
             "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{pa1} + {sa}]",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
             pa0 = in(reg) pa0,
             pa1 = in(reg) pa1,
             pb0 = in(reg) pb0,
             pb1 = in(reg) pb1,
-            sa = in(reg) a_stride,
-            sb = in(reg) b_stride,
+            sa = in(reg) stride,
+            sb = in(reg) stride,
             options(nostack),
         );
     }

@@ -280,7 +280,7 @@ fn bf16_matrix<'a, E: Elem>(v: &View<'a, E>, transposed: bool) -> amx::Matrix<'a
 
 /// `A · B (+ bias)` (`rows × n`) on AMX, rounded once into the storage dtype as each panel is
 /// done.
-fn amx_into<E: Elem>(a: &amx::PackedA<'_>, rows: usize, n: usize, k: usize, b: amx::Matrix<'_>, bias: Option<&[f32]>) -> Vec<E> {
+fn amx_into<E: Elem>(a: &amx::PackedA, rows: usize, n: usize, k: usize, b: amx::Matrix<'_>, bias: Option<&[f32]>) -> Vec<E> {
     let mut c: Vec<E> = Vec::with_capacity(rows * n);
     let dst = SharedElems(c.as_mut_ptr());
     amx::product_panels(a, rows, n, k, b, |c0, panel| {
