@@ -17,7 +17,7 @@ use crate::config::{LlamaConfig, ModelType, TensorSpec};
 use crate::dtype::{decode_tensor, rows_cols, FloatEncoding, PlainFloats, RowSource, StorageDtype};
 use crate::error::{ModelError, Result};
 use crate::llama::Llama;
-use crate::safetensors::map_file;
+use crate::safetensors::{map_file, release_pages};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -689,7 +689,9 @@ impl GgufFile {
                 });
             }
             let source = GgufRows { bytes: &self.map[start..start + len], ty, rows, cols, unpermute_heads };
-            Ok(decode_tensor(&source, spec.shape.clone(), spec.transposed, dtype))
+            let data = decode_tensor(&source, spec.shape.clone(), spec.transposed, dtype);
+            release_pages(&self.map, &self.map[start..start + len]);
+            Ok(data)
         })?;
         if let Some((name, info)) = by_hf_name.iter().find(|(name, _)| !used.contains(*name)) {
             return Err(ModelError::UnexpectedTensor {

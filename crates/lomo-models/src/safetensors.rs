@@ -39,6 +39,25 @@ pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
     unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))
 }
 
+/// Drops the pages of `bytes` (a tensor already decoded, lying inside `map`) from this process's
+/// resident set: the mapping keeps the file's pages resident once read, so without this a
+/// loaded checkpoint counts twice in the peak RSS (the file and the decoded weights; 22.3 GiB
+/// for a 12.6 GiB LLaMA-7B in bf16). The advice is only a hint, so its failure is ignored.
+pub(crate) fn release_pages(map: &Mmap, bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        let offset = (bytes.as_ptr() as usize).wrapping_sub(map.as_ptr() as usize);
+        if offset.checked_add(bytes.len()).is_some_and(|end| end <= map.len()) && !bytes.is_empty() {
+            // SAFETY: the mapping is private and read-only, so MADV_DONTNEED only drops resident
+            // pages: a later read faults the same file bytes back in, and no slice into the
+            // mapping ever sees other contents.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, bytes.len()) };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (map, bytes);
+}
+
 /// The weight files of the checkpoint in `dir`, and the file that names them (the index,
 /// or the single file) for error messages.
 fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
@@ -133,7 +152,9 @@ impl<B: Backend> Llama<B> {
             used.insert(spec.name.clone());
             let (rows, cols) = rows_cols(&spec.shape);
             let source = PlainFloats { bytes: view.data(), encoding, rows, cols };
-            Ok(decode_tensor(&source, spec.shape.clone(), spec.transposed, dtype))
+            let data = decode_tensor(&source, spec.shape.clone(), spec.transposed, dtype);
+            release_pages(&maps[file], view.data());
+            Ok(data)
         })?;
         if let Some((name, &file)) =
             location.iter().find(|(name, _)| !used.contains(*name) && !ignorable(name, &config))

@@ -233,49 +233,49 @@ mod flex {
         };
     }
 
-    /// The scalars of one update, as f32 the way burn's `mul_scalar` and `clamp` take them.
+    /// The scalars of one update, as f32 the way burn's `mul_scalar` and `clamp` take them. A
+    /// step that is not asked for is its identity (× 1, clamp to ±∞), which IEEE arithmetic
+    /// makes exact for every value, NaN and ±0 included: the loop then has no branch and
+    /// vectorises (with a branch per option it ran scalar, 0.17 s of a 1.3 s bf16 step).
     #[derive(Clone, Copy)]
     struct Scalars {
-        decay: Option<f32>,
-        inv_scale: Option<f32>,
-        clip_value: Option<f32>,
-        clip_coef: Option<f32>,
+        decay: f32,
+        inv_scale: f32,
+        clip_value: f32,
+        clip_coef: f32,
         lr: f32,
     }
 
     impl Scalars {
         fn new(prep: &GradPrep, lr: f64, weight_decay: f64) -> Self {
             Self {
-                decay: (weight_decay > 0.0).then_some((1.0 - lr * weight_decay) as f32),
-                inv_scale: (prep.inv_scale != 1.0).then_some(prep.inv_scale as f32),
-                clip_value: prep.clip_value.map(|v| v as f32),
-                clip_coef: prep.clip_coef.filter(|&c| c != 1.0).map(|c| c as f32),
+                decay: if weight_decay > 0.0 { (1.0 - lr * weight_decay) as f32 } else { 1.0 },
+                inv_scale: prep.inv_scale as f32,
+                clip_value: prep.clip_value.map_or(f32::INFINITY, |v| v as f32),
+                clip_coef: prep.clip_coef.map_or(1.0, |c| c as f32),
                 lr: lr as f32,
             }
         }
 
         /// `GradPrep::apply` on one element, in its order.
         #[inline(always)]
-        fn prep(&self, mut g: f32) -> f32 {
-            if let Some(s) = self.inv_scale {
-                g *= s;
-            }
-            if let Some(v) = self.clip_value {
-                g = g.clamp(-v, v);
-            }
-            if let Some(c) = self.clip_coef {
-                g *= c;
-            }
-            g
+        fn prep(&self, g: f32) -> f32 {
+            // `clamp` without its `min <= max` assertion (a panic path in the loop keeps it
+            // scalar); NaN stays NaN, as in `clamp`.
+            let (g, v) = (g * self.inv_scale, self.clip_value);
+            let g = if g < -v {
+                -v
+            } else if g > v {
+                v
+            } else {
+                g
+            };
+            g * self.clip_coef
         }
 
         #[inline(always)]
         fn step(&self, p: f32, g: f32) -> f32 {
-            let p = match self.decay {
-                Some(d) => p * d,
-                None => p,
-            };
-            p - self.prep(g) * self.lr
+            p * self.decay - self.prep(g) * self.lr
         }
     }
 
