@@ -246,6 +246,10 @@ fn linear_three_ways_layouts_bias_and_panels() {
         linear_case(64, 1024, 600, false, false, dtype);
         linear_case(64, 600, 1024, true, false, dtype);
         linear_case(7, 33, 20, true, true, dtype);
+        // A taller than one AMX row block (1024 rows): the rows of x and dy in the forward and
+        // dx, dyᵀ's (one per output, as a tied head's) and xᵀ's in the weight gradients.
+        linear_case(1100, 40, 1300, true, false, dtype);
+        linear_case(40, 1100, 70, false, true, dtype);
     }
     linear_case(64, 1024, 600, false, true, DType::F32);
 }

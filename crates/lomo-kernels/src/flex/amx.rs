@@ -11,7 +11,8 @@
 //! `B` are packed into AMX's pair-interleaved layout (`[k/2][16 columns][2]`, into a per-thread
 //! buffer, with the rows ahead prefetched), `A` is packed once per call tile by tile (each 16 ×
 //! 32 tile 1 KiB in one run, zero-padded), every 32 × 32 block of the panel accumulates in four
-//! tile registers over the whole `k`, and the f32 panel is handed to the caller to store
+//! tile registers over the whole `k` (for at most 1024 rows of A at a time, so that the f32 panel
+//! stays small), and the f32 panel is handed to the caller to store
 //! (converted, for a weight gradient, so that no f32 copy of a whole weight exists).
 //!
 //! Measured on this machine's cores (`tdpbf16ps` alone: 3.2 TFLOP/s a core): a tile load costs
@@ -241,15 +242,21 @@ thread_local! {
     static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
 }
 
-/// `C[:, c0..c1] = A · B[:, c0..c1]` for each column panel, handed to `store(c0, panel)` with
-/// the panel row-major f32 `rows × (c1 − c0)` (`rows`: A's unpadded rows). `b` is `k × n`.
+/// Rows of C computed per pass over a packed panel of B: bounds the per-thread f32 panel to
+/// `ROW_BLOCK × PANEL` (512 KiB) whatever A's height (a tied LM head's `dWᵀ = dyᵀ · x` has one
+/// row per vocabulary entry: 128k rows would make a 64 MiB panel per thread).
+const ROW_BLOCK: usize = 1024;
+
+/// `C[:, c0..c1] = A · B[:, c0..c1]` for each column panel, handed to `store(r0, c0, width,
+/// block)` in blocks of at most [`ROW_BLOCK`] rows: `block` is row-major f32, rows `r0..` of C
+/// (only A's unpadded `rows`), columns `c0..c0 + width`. `b` is `k × n`.
 pub(crate) fn product_panels(
     a: &PackedA,
     rows: usize,
     n: usize,
     k: usize,
     b: Matrix<'_>,
-    store: impl Fn(usize, &[f32]) + Sync,
+    store: impl Fn(usize, usize, usize, &[f32]) + Sync,
 ) {
     assert!(available(), "AMX product called where AMX is not available");
     assert!(a.k >= k && a.rows >= rows, "packed A too small");
@@ -267,38 +274,41 @@ pub(crate) fn product_panels(
             #[inline(always)]
             || pack_b(b, k, kp, c0, width, blocks, &mut scratch.packed),
         );
-        scratch.panel.resize(a.rows * wp, 0.0);
+        scratch.panel.resize(ROW_BLOCK.min(a.rows) * wp, 0.0);
         let (packed, c) = (&scratch.packed, &mut scratch.panel);
-        // SAFETY: the tile configuration is valid; `c` holds `a.rows × wp` f32, `a.data`
-        // `a.rows / 16` blocks of `16 × kp` bf16 and `packed` `blocks × kp/2 × 16` bf16 pairs:
-        // every tile load and store below stays inside them (rows in steps of 32 < a.rows,
-        // columns in steps of 32 < wp). Every element of `c` is stored before it is read.
-        unsafe {
-            let packed = packed.as_ptr().cast::<bf16>();
-            std::arch::asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack));
-            for r0 in (0..a.rows).step_by(2 * TILE) {
-                for j0 in (0..wp).step_by(2 * TILE) {
-                    block_32x32(
-                        a.data.as_ptr().add(r0 * kp),
-                        a.data.as_ptr().add((r0 + TILE) * kp),
-                        packed.add((j0 / TILE) * kp * TILE),
-                        packed.add((j0 / TILE + 1) * kp * TILE),
-                        kp,
-                        c.as_mut_ptr().add(r0 * wp + j0),
-                        wp * 4,
-                    );
+        for rb in (0..rows).step_by(ROW_BLOCK) {
+            let rb1 = (rb + ROW_BLOCK).min(a.rows);
+            // SAFETY: the tile configuration is valid; `c` holds `min(ROW_BLOCK, a.rows) × wp`
+            // f32 ≥ (rb1 − rb) × wp, `a.data` `a.rows / 16` blocks of `16 × kp` bf16 and
+            // `packed` `blocks × kp/2 × 16` bf16 pairs: every tile load and store below stays
+            // inside them (rows in steps of 32 below rb1 ≤ a.rows, a multiple of 32; columns
+            // in steps of 32 < wp). Every element of `c` is stored before it is read.
+            unsafe {
+                let packed = packed.as_ptr().cast::<bf16>();
+                std::arch::asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack));
+                for r0 in (rb..rb1).step_by(2 * TILE) {
+                    for j0 in (0..wp).step_by(2 * TILE) {
+                        block_32x32(
+                            a.data.as_ptr().add(r0 * kp),
+                            a.data.as_ptr().add((r0 + TILE) * kp),
+                            packed.add((j0 / TILE) * kp * TILE),
+                            packed.add((j0 / TILE + 1) * kp * TILE),
+                            kp,
+                            c.as_mut_ptr().add((r0 - rb) * wp + j0),
+                            wp * 4,
+                        );
+                    }
+                }
+                std::arch::asm!("tilerelease", options(nostack));
+            }
+            let live = rows.min(rb1) - rb;
+            if width != wp {
+                // Compact the rows in place (each row moves left, never over one not yet moved).
+                for r in 1..live {
+                    c.copy_within(r * wp..r * wp + width, r * width);
                 }
             }
-            std::arch::asm!("tilerelease", options(nostack));
-        }
-        if width == wp {
-            store(c0, &c[..rows * wp]);
-        } else {
-            // Compact the rows in place (each row moves left, never over one not yet moved).
-            for r in 1..rows {
-                c.copy_within(r * wp..r * wp + width, r * width);
-            }
-            store(c0, &c[..rows * width]);
+            store(rb, c0, width, &c[..live * width]);
         }
         SCRATCH.set(scratch);
     });

@@ -283,16 +283,15 @@ fn bf16_matrix<'a, E: Elem>(v: &View<'a, E>, transposed: bool) -> amx::Matrix<'a
 fn amx_into<E: Elem>(a: &amx::PackedA, rows: usize, n: usize, k: usize, b: amx::Matrix<'_>, bias: Option<&[f32]>) -> Vec<E> {
     let mut c: Vec<E> = Vec::with_capacity(rows * n);
     let dst = SharedElems(c.as_mut_ptr());
-    amx::product_panels(a, rows, n, k, b, |c0, panel| {
-        let width = panel.len() / rows.max(1);
+    amx::product_panels(a, rows, n, k, b, |r0, c0, width, panel| {
         simd(
             #[inline(always)]
             || {
                 for (r, row) in panel.chunks_exact(width.max(1)).enumerate() {
                     // SAFETY: columns c0..c0 + width of every row belong to this panel's task
-                    // alone, and lie inside `c`.
+                    // alone, and lie inside `c` (row r0 + r < rows).
                     let out = unsafe {
-                        std::slice::from_raw_parts_mut(dst.at(r * n + c0).cast::<std::mem::MaybeUninit<E>>(), width)
+                        std::slice::from_raw_parts_mut(dst.at((r0 + r) * n + c0).cast::<std::mem::MaybeUninit<E>>(), width)
                     };
                     match bias {
                         Some(b) => out.iter_mut().zip(row).zip(&b[c0..]).for_each(|((o, &v), &b)| {
