@@ -93,17 +93,19 @@ impl<B: FusedKernels> Attention<B> {
 fn attend_blocks<B: FusedKernels>(q: Tensor<B, 4>, cache: &LayerKvCache<B>, offset: usize) -> Tensor<B, 4> {
     let queries = q.dims()[2];
     let device = q.device();
-    let mut parts = cache.blocks().iter().map(|block| {
-        let mask = AttentionMask::for_keys(queries, offset, block.start..block.start + block.len(), &device);
-        reference::attend(q.clone(), block.keys.clone(), block.values.clone(), &mask)
-    });
-    let first = parts.next().expect("the cache holds the new positions");
-    let rest: Vec<_> = parts.collect();
-    if rest.is_empty() {
-        return first.0;
+    let mut all: Vec<_> = cache
+        .blocks()
+        .iter()
+        .map(|block| {
+            let mask = AttentionMask::for_keys(queries, offset, block.start..block.start + block.len(), &device);
+            reference::attend(q.clone(), block.keys.clone(), block.values.clone(), &mask)
+        })
+        .collect();
+    assert!(!all.is_empty(), "the cache holds the new positions");
+    if all.len() == 1 {
+        return all.remove(0).0;
     }
-    let dtype = first.0.dtype();
-    let all: Vec<_> = std::iter::once(first).chain(rest).collect();
+    let dtype = all[0].0.dtype();
     let [b, h, t] = all[0].1.dims();
     let lse = Tensor::stack::<4>(all.iter().map(|(_, l)| l.clone()).collect(), 0);
     let max = lse.clone().max_dim(0);
