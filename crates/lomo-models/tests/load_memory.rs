@@ -55,6 +55,7 @@ fn loading_peaks_at_the_weights() {
         check(&format!("safetensors f32 → {dtype:?}"), peak, config.num_bytes(dtype));
         drop(model);
     }
+    std::fs::remove_dir_all(&dir).unwrap();
 
     // A real quantised checkpoint: SmolLM2-135M-Instruct Q4_1 dequantised to bf16.
     if let Some(path) = common::smol_gguf() {
