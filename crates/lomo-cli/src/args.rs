@@ -50,7 +50,8 @@ pub enum OptimizerKind {
 }
 
 /// Storage dtype of the weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DtypeArg {
     F32,
     Bf16,
@@ -68,7 +69,8 @@ impl DtypeArg {
 }
 
 /// The learning-rate schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ScheduleArg {
     Constant,
     Linear,
@@ -76,7 +78,8 @@ pub enum ScheduleArg {
 }
 
 /// A dataset format, overriding detection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum FormatArg {
     /// `{"input_ids": [...], "labels": [...]}` per line.
     Pretokenized,
@@ -91,7 +94,7 @@ pub enum FormatArg {
 }
 
 /// Where the model comes from.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Args, serde::Serialize)]
 #[group(required = false, multiple = false)]
 pub struct ModelSourceArgs {
     /// An HF checkpoint directory (config.json + safetensors) or a .gguf file.
@@ -103,9 +106,17 @@ pub struct ModelSourceArgs {
     pub preset: Option<String>,
 }
 
-#[derive(Debug, Clone, Args)]
+/// `lomo train`'s flags. Serialized (snake_case keys) as the run's resolved config,
+/// `lomo_config.toml`, which `--config` reads back: see [`crate::config`].
+#[derive(Debug, Clone, PartialEq, Args, serde::Serialize)]
 pub struct TrainArgs {
+    /// Read flags from a TOML file: each flag as a snake_case key (`batch_size = 8`,
+    /// `data = ["a.jsonl"]`, `no_shuffle = true`); flags on the command line override it.
+    #[arg(long, value_name = "FILE.toml")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub source: ModelSourceArgs,
     /// Training data; repeat to concatenate several files (e.g. a task's train and dev32).
     #[arg(long, value_name = "PATH", required = true)]
@@ -174,6 +185,12 @@ pub struct TrainArgs {
     /// Also write a checkpoint every N steps (to DIR/step-N).
     #[arg(long, value_name = "N", requires = "save")]
     pub save_every: Option<u64>,
+    /// Keep only the newest N `step-*` checkpoints of --save-every (older ones are deleted).
+    #[arg(long, value_name = "N", requires = "save_every")]
+    pub save_total_limit: Option<usize>,
+    /// With --save-total-limit, also keep the `step-*` checkpoint with the lowest eval loss.
+    #[arg(long, requires_all = ["save_total_limit", "eval"])]
+    pub keep_best: bool,
     /// Continue from a checkpoint written by --save (weights, optimizer state, step, data position).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["model", "preset"])]
     pub resume: Option<PathBuf>,

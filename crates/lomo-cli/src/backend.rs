@@ -4,7 +4,8 @@ use anyhow::{bail, Result};
 use clap::ValueEnum;
 
 /// The backends `--backend` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum BackendKind {
     /// burn's Flex: pure-Rust CPU, f32/bf16/f16. Always built.
     Cpu,

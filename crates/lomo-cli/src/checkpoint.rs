@@ -39,6 +39,9 @@ pub struct TrainerState {
     pub loss_scaler: Option<DynamicLossScaler>,
     /// Tokens trained on so far.
     pub tokens: u64,
+    /// The eval loss at this step, when the run evaluated at it (`--keep-best` reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
 }
 
 /// Writes the checkpoint to `dir`, replacing what was there only once everything is written.
@@ -48,6 +51,7 @@ pub fn save<B: AutodiffBackend>(
     tokenizer: Option<&TextTokenizer>,
     tokenizer_file: Option<&Path>,
     state: &TrainerState,
+    config: &str,
     adalomo: Option<AdaLomoRecord<B::InnerBackend>>,
 ) -> Result<()> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -62,6 +66,8 @@ pub fn save<B: AutodiffBackend>(
         write_tokenizer(&tmp, tokenizer, tokenizer_file)?;
         let json = serde_json::to_string_pretty(state)?;
         std::fs::write(tmp.join(STATE_FILE), json).with_context(|| format!("writing {}", tmp.join(STATE_FILE).display()))?;
+        let file = tmp.join(crate::config::CONFIG_FILE);
+        std::fs::write(&file, config).with_context(|| format!("writing {}", file.display()))?;
         if let Some(record) = adalomo {
             BinFileRecorder::<FullPrecisionSettings>::new()
                 .record(record, tmp.join(OPTIMIZER_FILE))
@@ -93,6 +99,101 @@ pub fn save<B: AutodiffBackend>(
         std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
     }
     Ok(())
+}
+
+/// Makes sure `--save DIR` can be written before anything is trained, and tidies what a killed
+/// save left behind: a temporary directory (`.NAME.tmp-PID`) is removed, and a checkpoint
+/// moved aside for the swap (`.NAME.old-PID`) is put back when its replacement never took its
+/// name. Entries of a `lomo` process still running are left alone. Returns notes to print.
+pub fn prepare_save_dir(dir: &Path) -> Result<Vec<String>> {
+    let at = |what: &str| format!("--save {}: {what}", dir.display());
+    if dir.exists() && !dir.is_dir() {
+        bail!("{}", at("exists and is not a directory"));
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dir.file_name().with_context(|| at("not a directory name"))?.to_string_lossy().into_owned();
+    std::fs::create_dir_all(parent).with_context(|| at(&format!("cannot create {}", parent.display())))?;
+    for place in [Some(parent), dir.is_dir().then_some(dir)].into_iter().flatten() {
+        let probe = place.join(format!(".lomo-write-check-{}", std::process::id()));
+        std::fs::create_dir(&probe).with_context(|| at(&format!("{} is not writable", place.display())))?;
+        std::fs::remove_dir(&probe).with_context(|| at(&format!("removing {}", probe.display())))?;
+    }
+    let mut notes = tidy(parent, |n| n == name)?;
+    if dir.is_dir() {
+        notes.extend(tidy(dir, |n| n.starts_with("step-"))?);
+    }
+    Ok(notes)
+}
+
+/// Tidies `.NAME.tmp-PID` / `.NAME.old-PID` entries in `place` for the names `ours` accepts.
+fn tidy(place: &Path, ours: impl Fn(&str) -> bool) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(place)
+        .with_context(|| format!("reading {}", place.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    // `old` before `tmp`, so that a checkpoint is restored before its replacement is removed.
+    entries.sort_by_key(|p| !p.to_string_lossy().contains(".old-"));
+    for path in entries {
+        let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let Some(rest) = file.strip_prefix('.') else { continue };
+        let Some((name, kind, pid)) = ["tmp", "old"].iter().find_map(|kind| {
+            let (name, pid) = rest.rsplit_once(&format!(".{kind}-"))?;
+            Some((name.to_string(), *kind, pid.parse::<u32>().ok()?))
+        }) else {
+            continue;
+        };
+        if !ours(&name) || !path.is_dir() || lomo_is_running(pid) {
+            continue;
+        }
+        let target = place.join(&name);
+        if kind == "old" && !target.exists() {
+            std::fs::rename(&path, &target).with_context(|| format!("restoring {}", target.display()))?;
+            notes.push(format!("restored {} from an interrupted save (it had been moved aside to {file})", target.display()));
+        } else {
+            std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+            notes.push(format!("removed {}, left by an interrupted save", path.display()));
+        }
+    }
+    Ok(notes)
+}
+
+/// Whether `pid` is a running `lomo` (Linux: `/proc/PID/comm`; elsewhere, assumed not).
+fn lomo_is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == "lomo").unwrap_or(false)
+}
+
+/// `--save-total-limit`: deletes all but the newest `limit` `step-N` checkpoints in `dir` and,
+/// with `keep_best`, the one whose `trainer_state.json` has the lowest eval loss. Returns the
+/// directories removed.
+pub fn rotate(dir: &Path, limit: usize, keep_best: bool) -> Result<Vec<PathBuf>> {
+    let mut steps: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let step = path.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok()?;
+            path.is_dir().then_some((step, path))
+        })
+        .collect();
+    steps.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
+    let best = if keep_best {
+        steps
+            .iter()
+            .filter_map(|(step, path)| Some((load_state(path).ok()?.eval_loss?, *step)))
+            .filter(|(loss, _)| loss.is_finite())
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, step)| step)
+    } else {
+        None
+    };
+    let mut removed = Vec::new();
+    for (step, path) in steps.into_iter().skip(limit) {
+        if Some(step) != best {
+            std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
 }
 
 /// Reads the training state of a checkpoint.

@@ -5,12 +5,14 @@ mod alloc;
 mod args;
 mod backend;
 mod checkpoint;
+mod config;
 mod data;
 mod demo;
 mod eval;
 mod generate;
 mod model;
 mod plan;
+mod plot;
 mod progress;
 mod train;
 mod trainer;
@@ -24,8 +26,19 @@ use args::{Cli, Command};
 #[global_allocator]
 static ALLOCATOR: alloc::Counting = alloc::Counting;
 
+/// A user error: one line, the error and its causes, outermost first.
+fn fail(err: &anyhow::Error) -> ExitCode {
+    let chain: Vec<String> = err.chain().map(|c| c.to_string()).collect();
+    eprintln!("error: {}", chain.join(": "));
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let expanded = match config::expand(std::env::args_os().collect()) {
+        Ok(expanded) => expanded,
+        Err(err) => return fail(&err),
+    };
+    let cli = match Cli::try_parse_from(&expanded.argv) {
         Ok(cli) => cli,
         Err(err) => {
             use clap::error::ErrorKind;
@@ -38,6 +51,16 @@ fn main() -> ExitCode {
             let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: invalid arguments");
             let rest: Vec<&str> = text.lines().skip_while(|l| *l != first).skip(1).map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")).collect();
             let detail = if rest.is_empty() { String::new() } else { format!(" {}", rest.join(", ")) };
+            // A bad value from a config file names the file and line it came from.
+            let origin = match err.get(clap::error::ContextKind::InvalidArg) {
+                Some(clap::error::ContextValue::String(arg)) => arg.split([' ', '=']).next().and_then(|flag| expanded.origin_of(flag)),
+                _ => None,
+            };
+            let at = origin.map(|o| format!("{}:{}: ", o.file.display(), o.line)).unwrap_or_default();
+            let first = match first.strip_prefix("error: ") {
+                Some(rest) if !at.is_empty() => format!("error: {at}{rest}"),
+                _ => first.to_string(),
+            };
             eprintln!("{first}{detail} (see `lomo --help`)");
             return ExitCode::from(2);
         }
@@ -51,11 +74,6 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            // One line: the error and its causes, outermost first.
-            let chain: Vec<String> = err.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", chain.join(": "));
-            ExitCode::from(2)
-        }
+        Err(err) => fail(&err),
     }
 }

@@ -55,8 +55,8 @@ fn validate(args: &TrainArgs) -> Result<()> {
     if args.loss_chunk_tokens == 0 {
         bail!("--loss-chunk-tokens: must be at least 1");
     }
-    if args.eval_every == Some(0) || args.save_every == Some(0) {
-        bail!("--eval-every / --save-every: must be at least 1");
+    if args.eval_every == Some(0) || args.save_every == Some(0) || args.save_total_limit == Some(0) {
+        bail!("--eval-every / --save-every / --save-total-limit: must be at least 1");
     }
     if !(args.loss_scale >= 1.0 && args.loss_scale.is_finite()) {
         bail!("--loss-scale: must be a finite number >= 1, got {}", args.loss_scale);
@@ -69,6 +69,11 @@ fn validate(args: &TrainArgs) -> Result<()> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     validate(&args)?;
+    if let Some(dir) = &args.save {
+        for note in checkpoint::prepare_save_dir(dir)? {
+            eprintln!("note: {note}");
+        }
+    }
     with_backend!(args.backend, |B, device| train::<B>(&args, &device))
 }
 
@@ -159,6 +164,7 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         Some(path) => Some(BufWriter::new(File::create(path).with_context(|| format!("--log {}", path.display()))?)),
         None => None,
     };
+    let config = crate::config::render(args)?;
     let micro = args.micro_batch_size.unwrap_or(args.batch_size);
     let params = model.config().num_params();
     eprintln!(
@@ -170,6 +176,8 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
     let mut model = model;
     let mut last_loss = f64::NAN;
     let mut eval_results: Vec<(u64, EvalResult)> = Vec::new();
+    let chart = args.log.as_deref().map(crate::plot::beside);
+    let mut curves = crate::plot::Curves::default();
     alloc::reset_peak();
     for step in start_step..total_steps {
         let batch = loader.next_batch()?;
@@ -197,13 +205,21 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
             writeln!(log, "{line}")?;
             log.flush()?;
         }
+        curves.train.push((step + 1, report.loss));
+        curves.lr.push((step + 1, lr));
         let done = step + 1;
+        let mut eval_loss = None;
         if let (Some(path), Some(every)) = (&args.eval, args.eval_every) {
             if done % every == 0 || done == total_steps {
                 let r = evaluate(&model.valid(), tokenizer.as_ref(), path, args.format, task, args.max_len, args.batch_size)?;
                 progress.message(&format!("eval at step {done}: {}", serde_json::to_string(&r)?));
+                eval_loss = Some(r.loss);
+                curves.eval.push((done, r.loss));
                 eval_results.push((done, r));
             }
+        }
+        if let Some(path) = &chart {
+            crate::plot::write(path, &curves)?;
         }
         let state = || TrainerState {
             step: done,
@@ -216,17 +232,23 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
             data_position: loader.position(),
             loss_scaler: trainer.scaler().cloned(),
             tokens: tokens_total,
+            eval_loss,
         };
         if let (Some(dir), Some(every)) = (&args.save, args.save_every) {
             if done % every == 0 && done != total_steps {
                 let sub = dir.join(format!("step-{done}"));
-                checkpoint::save(&sub, &model, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), trainer.adalomo().map(|r| r.to_record(&model)))?;
+                checkpoint::save(&sub, &model, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), &config, trainer.adalomo().map(|r| r.to_record(&model)))?;
                 progress.message(&format!("saved {}", sub.display()));
+                if let Some(limit) = args.save_total_limit {
+                    for old in checkpoint::rotate(dir, limit, args.keep_best)? {
+                        progress.message(&format!("removed {} (--save-total-limit {limit})", old.display()));
+                    }
+                }
             }
         }
         if done == total_steps {
             if let Some(dir) = &args.save {
-                checkpoint::save(dir, &model, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), trainer.adalomo().map(|r| r.to_record(&model)))?;
+                checkpoint::save(dir, &model, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), &config, trainer.adalomo().map(|r| r.to_record(&model)))?;
                 progress.message(&format!("saved {}", dir.display()));
             }
         }

@@ -181,3 +181,171 @@ fn a_malformed_data_line_names_the_file_and_line() {
     let _ = lomo(&["train", "--preset", "stories260k", "--data", data.to_str().unwrap(), "--optimizer", "lomo", "--lr", "0.1", "--steps", "1", "--batch-size", "1", "--save", save.to_str().unwrap()]);
     assert!(!save.exists());
 }
+
+/// `lomo train`'s flags for a short stories260K run, as on the command line.
+fn short_run(model: &Path, data: &Path, steps: &str, save: &Path) -> Vec<String> {
+    [
+        "train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--optimizer", "adalomo",
+        "--lr", "0.01", "--steps", steps, "--batch-size", "2", "--max-len", "64", "--seed", "3", "--save", save.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn lomo_strings(args: &[String]) -> Output {
+    lomo(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn weights(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("model.safetensors")).unwrap()
+}
+
+#[test]
+fn a_run_config_reproduces_its_flags_the_command_line_overrides_it_and_checkpoints_carry_it() {
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else { return };
+    let dir = tmp("run_config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let by_flags = dir.join("flags");
+    ok(&lomo_strings(&short_run(&model, &data, "2", &by_flags)));
+
+    // The same run from a file; the file's lr and save are overridden on the command line.
+    let config = dir.join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "# a run\nmodel = {:?}\ndata = [{:?}]\noptimizer = \"adalomo\"\nlr = 0.5\nsteps = 2\nbatch_size = 2\nmax_len = 64\nseed = 3\nsave = {:?}\n",
+            model.to_str().unwrap(),
+            data.to_str().unwrap(),
+            dir.join("unused").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let by_file = dir.join("file");
+    ok(&lomo(&["train", "--config", config.to_str().unwrap(), "--lr", "0.01", "--save", by_file.to_str().unwrap()]));
+    assert!(weights(&by_flags) == weights(&by_file), "--config and the same flags trained different weights");
+    assert!(!dir.join("unused").exists(), "--save on the command line overrides the file's");
+
+    // The checkpoint's resolved config reruns the run.
+    let saved = std::fs::read_to_string(by_file.join("lomo_config.toml")).unwrap();
+    assert!(saved.contains("lr = 0.01") && saved.contains("batch_size = 2"), "{saved}");
+    let rerun = dir.join("rerun");
+    ok(&lomo(&["train", "--config", by_file.join("lomo_config.toml").to_str().unwrap(), "--save", rerun.to_str().unwrap()]));
+    assert!(weights(&by_flags) == weights(&rerun), "the saved lomo_config.toml trained different weights");
+
+    // --data on the command line replaces the file's list, it does not extend it.
+    let missing = dir.join("missing.txt");
+    user_error(&["train", "--config", config.to_str().unwrap(), "--data", missing.to_str().unwrap()], "missing.txt");
+}
+
+#[test]
+fn a_resumed_run_needs_no_flag_but_resume() {
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else { return };
+    let full = tmp("resume_bare_full");
+    ok(&lomo_strings(&short_run(&model, &data, "3", &full)));
+    let interrupted = tmp("resume_bare");
+    let mut args = short_run(&model, &data, "3", &interrupted);
+    args.extend(["--save-every".into(), "1".into()]);
+    ok(&lomo_strings(&args));
+    std::fs::remove_file(interrupted.join("model.safetensors")).unwrap();
+    // Only --resume: everything else (the data, the schedule, --save) comes from step-1's config.
+    ok(&lomo(&["train", "--resume", interrupted.join("step-1").to_str().unwrap()]));
+    assert!(weights(&full) == weights(&interrupted), "the bare resume ended at other weights");
+}
+
+#[test]
+fn bad_config_keys_and_values_name_the_file_and_line() {
+    let dir = tmp("bad_config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("run.toml");
+    let base = "preset = \"stories260k\"\ndata = [\"x.jsonl\"]\noptimizer = \"lomo\"\nlr = 0.1\nsteps = 1\n";
+    std::fs::write(&config, format!("{base}batch_sise = 2\n")).unwrap();
+    user_error(&["train", "--config", config.to_str().unwrap()], "run.toml:6: unknown key `batch_sise`");
+    std::fs::write(&config, format!("{base}batch_size = \"two\"\n")).unwrap();
+    user_error(&["train", "--config", config.to_str().unwrap()], "run.toml:6: invalid value 'two' for '--batch-size");
+    std::fs::write(&config, format!("{base}batch_size = 1\nno_shuffle = 1\n")).unwrap();
+    user_error(&["train", "--config", config.to_str().unwrap()], "run.toml:7: `no_shuffle` is a switch");
+    std::fs::write(&config, format!("{base}batch_size = [1]\n")).unwrap();
+    user_error(&["train", "--config", config.to_str().unwrap()], "run.toml:6: `batch_size` takes one value");
+    std::fs::write(&config, format!("{base}batch_size = \n")).unwrap();
+    user_error(&["train", "--config", config.to_str().unwrap()], "run.toml:6:");
+    user_error(&["train", "--config", dir.join("none.toml").to_str().unwrap()], "none.toml");
+}
+
+#[test]
+fn checkpoints_rotate_keeping_the_best_and_interrupted_saves_are_tidied() {
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else { return };
+    let dir = tmp("rotate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("run");
+    // What a killed save leaves: a temporary directory beside the run and one inside it, and a
+    // checkpoint moved aside whose replacement never took its name (process 4000000 is no lomo).
+    std::fs::create_dir_all(dir.join(".run.tmp-4000000")).unwrap();
+    std::fs::create_dir_all(out.join(".step-1.tmp-4000001")).unwrap();
+    std::fs::create_dir_all(out.join(".step-9.old-4000002")).unwrap();
+    std::fs::write(out.join(".step-9.old-4000002").join("marker"), "x").unwrap();
+    let mut args = short_run(&model, &data, "5", &out);
+    args.extend(
+        ["--save-every", "1", "--save-total-limit", "2", "--keep-best", "--eval", data.to_str().unwrap(), "--eval-every", "1", "--log"]
+            .map(String::from),
+    );
+    args.push(dir.join("log.jsonl").to_str().unwrap().to_string());
+    let run = lomo_strings(&args);
+    ok(&run);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("note: removed") && stderr.contains(".run.tmp-4000000"), "{stderr}");
+    assert!(!dir.join(".run.tmp-4000000").exists() && !out.join(".step-1.tmp-4000001").exists());
+    assert!(out.join("step-9").join("marker").exists(), "the checkpoint moved aside is restored");
+
+    // Kept: the two newest by number (step-9 and step-4) and the one with the lowest eval loss.
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let best = summary["eval"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["step"].as_u64().unwrap() < 5)
+        .min_by(|a, b| a["result"]["loss"].as_f64().unwrap().total_cmp(&b["result"]["loss"].as_f64().unwrap()))
+        .unwrap()["step"]
+        .as_u64()
+        .unwrap();
+    let mut kept: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    kept.sort();
+    // step-9 counts as the newest by its number; best-so-far is never removed, so the best of
+    // steps 1..4 is the best overall.
+    let mut expected: Vec<String> = vec!["step-9".into(), "step-4".into(), format!("step-{best}")];
+    expected.sort();
+    expected.dedup();
+    assert_eq!(kept, expected, "best by eval loss: step-{best}");
+
+    // loss.svg beside the log: train loss, eval loss and the learning rate, one line each.
+    let svg = std::fs::read_to_string(dir.join("loss.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&svg).expect("loss.svg parses as XML");
+    // The data lines are the coloured polylines (plotters draws the axes' ticks in black).
+    let lines = doc
+        .descendants()
+        .filter(|n| n.tag_name().name() == "polyline" && n.attribute("stroke").is_some_and(|s| s != "#000000"))
+        .count();
+    assert_eq!(lines, 3, "{svg}");
+}
+
+#[test]
+fn an_unwritable_save_directory_fails_before_training() {
+    let dir = tmp("unwritable");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("d.jsonl");
+    std::fs::write(&data, "{\"input_ids\": [1, 2, 3]}\n").unwrap();
+    user_error(
+        &["train", "--preset", "stories260k", "--data", data.to_str().unwrap(), "--optimizer", "lomo", "--lr", "0.1", "--steps", "1", "--batch-size", "1", "--save", "/proc/lomo-x"],
+        "--save /proc/lomo-x: /proc is not writable",
+    );
+    let file = dir.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    user_error(
+        &["train", "--preset", "stories260k", "--data", data.to_str().unwrap(), "--optimizer", "lomo", "--lr", "0.1", "--steps", "1", "--batch-size", "1", "--save", file.to_str().unwrap()],
+        "exists and is not a directory",
+    );
+}

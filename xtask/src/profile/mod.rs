@@ -168,7 +168,7 @@ fn write_files(result: &SuiteResult) -> Result<String> {
     write("json", &serde_json::to_string_pretty(result)?)?;
     let table = report::markdown(result);
     write("md", &table)?;
-    write("svg", &report::svg(result))?;
+    write("svg", &report::svg(result)?)?;
     Ok(table)
 }
 

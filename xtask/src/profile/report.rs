@@ -1,6 +1,6 @@
 //! The suite's tables: markdown like the paper's Table 1 and an SVG like its Figure 2
 //! (stacked bars of weights, gradients, optimizer state and activations per optimizer),
-//! written by hand.
+//! drawn with plotters.
 
 use std::fmt::Write;
 
@@ -91,124 +91,98 @@ pub fn markdown(result: &SuiteResult) -> String {
     out
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
 /// The chart: one stacked bar per case (the plan's four parts), a black tick at the
-/// measured peak heap.
-pub fn svg(result: &SuiteResult) -> String {
+/// measured peak heap; drawn with plotters' SVG backend, as `lomo train`'s loss.svg is.
+pub fn svg(result: &SuiteResult) -> anyhow::Result<String> {
+    use plotters::prelude::*;
     let (unit, unit_name) = unit_of(result);
     let cases: &[CaseResult] = &result.cases;
-    let bar_w = 46.0;
-    let gap = 24.0;
-    let (left, top, plot_h, bottom) = (70.0, 40.0, 300.0, 90.0);
-    let width = left + cases.len().max(1) as f64 * (bar_w + gap) + 170.0;
-    let height = top + plot_h + bottom;
+    let n = cases.len().max(1) as u32;
     let max_bytes = cases
         .iter()
         .map(|c| c.plan.total.max(c.measured.as_ref().and_then(|m| m.peak_heap).unwrap_or(0)))
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let max_val = max_bytes / unit;
-    // A round axis maximum: 1, 2 or 5 times a power of ten.
-    let mag = 10f64.powf(max_val.log10().floor());
-    let axis_max = [1.0, 2.0, 5.0, 10.0].iter().map(|k| k * mag).find(|&v| v >= max_val).unwrap_or(10.0 * mag);
-    let y = |v: f64| top + plot_h - v / axis_max * plot_h;
-
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif" font-size="11">"#
+    let top = max_bytes / unit * 1.12;
+    let title = format!(
+        "Peak memory of one step, {} ({} {}): bars plan, tick measured heap",
+        result.suite,
+        cases.first().map_or("", |c| &c.case.model_name),
+        cases.first().map_or("", |c| &c.case.dtype),
     );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{left}" y="20" font-size="13">Peak memory of one step, {} ({} {}) — bars: plan, tick: measured heap</text>"#,
-        escape(&result.suite),
-        escape(cases.first().map_or("", |c| &c.case.model_name)),
-        escape(cases.first().map_or("", |c| &c.case.dtype)),
-    );
-    for i in 0..=5 {
-        let v = axis_max * i as f64 / 5.0;
-        let yy = y(v);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" x2="{:.1}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            width - 170.0,
-            left - 6.0,
-            yy + 4.0,
-            if axis_max >= 10.0 { format!("{v:.0}") } else { format!("{v:.1}") }
-        );
-    }
-    let _ = writeln!(
-        s,
-        r#"<text transform="translate(18,{:.1}) rotate(-90)" text-anchor="middle">{unit_name}</text>"#,
-        top + plot_h / 2.0
-    );
-    let colours = [("weights", "#4e79a7"), ("gradients", "#f28e2b"), ("optimizer state", "#e15759"), ("activations", "#76b7b2")];
-    for (i, c) in cases.iter().enumerate() {
-        let x = left + gap / 2.0 + i as f64 * (bar_w + gap);
-        let parts = [c.plan.weights, c.plan.gradients, c.plan.optimizer_state, c.plan.activations];
-        let mut base = 0.0;
-        for (bytes, (_, colour)) in parts.iter().zip(colours) {
-            let v = *bytes as f64 / unit;
-            if v > 0.0 {
-                let _ = writeln!(
-                    s,
-                    r#"<rect x="{x:.1}" y="{:.1}" width="{bar_w}" height="{:.1}" fill="{colour}"/>"#,
-                    y(base + v),
-                    y(base) - y(base + v)
-                );
-            }
-            base += v;
+    let label = |i: usize| cases.get(i).map(|c| format!("{} {}", c.case.mode.name(), c.case.optimizer.name())).unwrap_or_default();
+    let draw = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing the chart: {e}");
+    let width = 200 + 110 * n;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (width.max(640), 440)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| draw(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 15))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d((0..n).into_segmented(), 0.0..top)
+            .map_err(|e| draw(&e))?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .y_desc(unit_name)
+            .x_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) => label(*i as usize),
+                _ => String::new(),
+            })
+            .draw()
+            .map_err(|e| draw(&e))?;
+        let colours = [
+            ("weights", RGBColor(0x4e, 0x79, 0xa7)),
+            ("gradients", RGBColor(0xf2, 0x8e, 0x2b)),
+            ("optimizer state", RGBColor(0xe1, 0x57, 0x59)),
+            ("activations", RGBColor(0x76, 0xb7, 0xb2)),
+        ];
+        let parts = |c: &CaseResult| [c.plan.weights, c.plan.gradients, c.plan.optimizer_state, c.plan.activations];
+        for (k, (name, colour)) in colours.iter().enumerate() {
+            let bars = cases.iter().enumerate().filter_map(|(i, c)| {
+                let p = parts(c);
+                let base: f64 = p[..k].iter().map(|&b| b as f64 / unit).sum();
+                let v = p[k] as f64 / unit;
+                let i = i as u32;
+                (v > 0.0).then(|| {
+                    let mut bar = Rectangle::new([(SegmentValue::Exact(i), base), (SegmentValue::Exact(i + 1), base + v)], colour.filled());
+                    bar.set_margin(0, 0, 14, 14);
+                    bar
+                })
+            });
+            let colour = *colour;
+            chart
+                .draw_series(bars)
+                .map_err(|e| draw(&e))?
+                .label(*name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
         }
-        if let Some(heap) = c.measured.as_ref().and_then(|m| m.peak_heap) {
-            let yy = y(heap as f64 / unit);
-            let _ = writeln!(
-                s,
-                r#"<line x1="{:.1}" x2="{:.1}" y1="{yy:.1}" y2="{yy:.1}" stroke="black" stroke-width="2"/>"#,
-                x - 4.0,
-                x + bar_w + 4.0
-            );
-        }
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            x + bar_w / 2.0,
-            top + plot_h + 16.0,
-            escape(c.case.mode.name()),
-            x + bar_w / 2.0,
-            top + plot_h + 30.0,
-            escape(c.case.optimizer.name()),
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            x + bar_w / 2.0,
-            y(base) - 4.0,
-            size(c.plan.total, unit)
-        );
+        let ticks = cases.iter().enumerate().filter_map(|(i, c)| {
+            let heap = c.measured.as_ref().and_then(|m| m.peak_heap)? as f64 / unit;
+            let i = i as u32;
+            Some(PathElement::new(vec![(SegmentValue::Exact(i), heap), (SegmentValue::Exact(i + 1), heap)], BLACK.stroke_width(2)))
+        });
+        chart
+            .draw_series(ticks)
+            .map_err(|e| draw(&e))?
+            .label("measured peak heap")
+            .legend(|(x, y)| Rectangle::new([(x, y - 1), (x + 12, y + 1)], BLACK.filled()));
+        let totals = cases.iter().enumerate().map(|(i, c)| {
+            Text::new(size(c.plan.total, unit), (SegmentValue::CenterOf(i as u32), c.plan.total as f64 / unit), ("sans-serif", 11))
+        });
+        chart.draw_series(totals).map_err(|e| draw(&e))?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| draw(&e))?;
+        root.present().map_err(|e| draw(&e))?;
     }
-    let lx = width - 150.0;
-    for (i, (name, colour)) in colours.iter().enumerate() {
-        let ly = top + 10.0 + i as f64 * 18.0;
-        let _ = writeln!(
-            s,
-            r#"<rect x="{lx}" y="{ly}" width="12" height="12" fill="{colour}"/><text x="{:.0}" y="{:.0}">{name}</text>"#,
-            lx + 18.0,
-            ly + 10.0
-        );
-    }
-    let ly = top + 10.0 + 4.0 * 18.0 + 6.0;
-    let _ = writeln!(
-        s,
-        r#"<line x1="{lx}" x2="{:.0}" y1="{ly}" y2="{ly}" stroke="black" stroke-width="2"/><text x="{:.0}" y="{:.0}">measured peak heap</text>"#,
-        lx + 12.0,
-        lx + 18.0,
-        ly + 4.0
-    );
-    s.push_str("</svg>\n");
-    s
+    Ok(svg)
 }
