@@ -95,6 +95,7 @@ pub fn markdown(result: &SuiteResult) -> String {
 /// measured peak heap; drawn with plotters' SVG backend, as `lomo train`'s loss.svg is.
 pub fn svg(result: &SuiteResult) -> anyhow::Result<String> {
     use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
     let (unit, unit_name) = unit_of(result);
     let cases: &[CaseResult] = &result.cases;
     let n = cases.len().max(1) as u32;
@@ -123,7 +124,7 @@ pub fn svg(result: &SuiteResult) -> anyhow::Result<String> {
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(60)
-            .build_cartesian_2d((0..n).into_segmented(), 0.0..top)
+            .build_cartesian_2d((0..n.saturating_sub(1).max(1)).into_segmented(), 0.0..top)
             .map_err(|e| draw(&e))?;
         chart
             .configure_mesh()
@@ -164,7 +165,10 @@ pub fn svg(result: &SuiteResult) -> anyhow::Result<String> {
         let ticks = cases.iter().enumerate().filter_map(|(i, c)| {
             let heap = c.measured.as_ref().and_then(|m| m.peak_heap)? as f64 / unit;
             let i = i as u32;
-            Some(PathElement::new(vec![(SegmentValue::Exact(i), heap), (SegmentValue::Exact(i + 1), heap)], BLACK.stroke_width(2)))
+            let h = top * 0.004;
+            let mut tick = Rectangle::new([(SegmentValue::Exact(i), heap - h), (SegmentValue::Exact(i + 1), heap + h)], BLACK.filled());
+            tick.set_margin(0, 0, 8, 8);
+            Some(tick)
         });
         chart
             .draw_series(ticks)
@@ -172,7 +176,9 @@ pub fn svg(result: &SuiteResult) -> anyhow::Result<String> {
             .label("measured peak heap")
             .legend(|(x, y)| Rectangle::new([(x, y - 1), (x + 12, y + 1)], BLACK.filled()));
         let totals = cases.iter().enumerate().map(|(i, c)| {
-            Text::new(size(c.plan.total, unit), (SegmentValue::CenterOf(i as u32), c.plan.total as f64 / unit), ("sans-serif", 11))
+            let heap = c.measured.as_ref().and_then(|m| m.peak_heap).unwrap_or(0);
+            let y = c.plan.total.max(heap) as f64 / unit + top * 0.045;
+            Text::new(size(c.plan.total, unit), (SegmentValue::CenterOf(i as u32), y), TextStyle::from(("sans-serif", 11).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom)))
         });
         chart.draw_series(totals).map_err(|e| draw(&e))?;
         chart
