@@ -235,7 +235,7 @@ pub struct GenerateArgs {
     pub model: PathBuf,
     #[arg(long, value_name = "TEXT")]
     pub prompt: String,
-    /// Wrap the prompt in the model's chat template (ChatML) as a user turn.
+    /// Wrap the prompt as a user turn in the model's chat template (ChatML if it has none).
     #[arg(long)]
     pub chat: bool,
     #[arg(long, value_name = "N", default_value_t = 64)]

@@ -44,9 +44,7 @@ pub fn load_training(
         config.overlong = Overlong::Skip;
     }
     if let Some(t) = tokenizer {
-        if let Some(template) = t.chat_template_source().and_then(lomo_data::ChatTemplate::detect) {
-            config.chat_template = template;
-        }
+        config.chat_template = t.chat_template().context("the model's chat template (tokenizer_config.json or GGUF)")?;
     }
     let mut examples: Vec<Example> = Vec::new();
     let mut skipped = 0;

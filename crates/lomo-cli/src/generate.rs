@@ -1,6 +1,6 @@
 //! `lomo generate`: continue a prompt, greedily or sampled.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use lomo_models::{generate, GenerationConfig, Sampling};
 
@@ -24,11 +24,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let tokenizer = require_tokenizer(loaded.tokenizer.as_ref(), "lomo generate")?;
         let prompt = if args.chat {
             let message = lomo_data::ChatMessage { role: "user".into(), content: args.prompt.clone() };
-            lomo_data::ChatTemplate::ChatMl.render(&[message], true).text
+            let template = tokenizer.chat_template().context("the model's chat template (tokenizer_config.json or GGUF)")?;
+            template.render(&[message], true)?.text
         } else {
             args.prompt.clone()
         };
-        // The tokenizer adds BOS where the model expects it; a ChatML prompt carries its own markers.
+        // The tokenizer adds BOS where the model expects it; a chat prompt carries its own
+        // (the template writes it where the model wants one, as HF tokenizes it).
         let ids = tokenizer.encode(&prompt, !args.chat)?;
         let sampling = if args.temperature == 0.0 {
             Sampling::Greedy

@@ -188,13 +188,15 @@ pub fn encode_prompt_answer(
 }
 
 /// Encodes `text` and supervises the tokens that overlap any of `spans` (byte ranges of `text`);
-/// used for multi-turn chat, where every assistant turn is learned.
+/// used for multi-turn chat, where every assistant turn is learned. `add_special_tokens`: whether
+/// the tokenizer adds BOS (a model's chat template writes its own).
 pub fn encode_spans(
     tokenizer: &TextTokenizer,
     text: &str,
     spans: &[Range<usize>],
+    add_special_tokens: bool,
 ) -> Result<Example> {
-    let (input_ids, offsets) = tokenizer.encode_with_offsets(text, true)?;
+    let (input_ids, offsets) = tokenizer.encode_with_offsets(text, add_special_tokens)?;
     let labels = input_ids
         .iter()
         .zip(&offsets)

@@ -8,7 +8,8 @@
 //!   fields ([`GgufTokenizerSpec`]).
 //! - [`formats`]: pre-tokenized JSONL, plain text (packed), Alpaca and chat instruction data,
 //!   detected from the file ([`detect_format`]).
-//! - [`templates`]: Stanford Alpaca's prompt and ChatML.
+//! - [`templates`]: Stanford Alpaca's prompt; chat templates (a model's Jinja template, as HF
+//!   renders it, or ChatML).
 //! - [`superglue`]: the LOMO paper's SuperGLUE prompts (RTE, CB, COPA, BoolQ, WiC, WSC, MultiRC),
 //!   training examples and likelihood scoring.
 //! - [`synthetic`]: multi-digit addition with exact-match evaluation, generated from a seed.
@@ -69,5 +70,5 @@ pub use synthetic::{
     exact_match, exact_match_accuracy, AdditionConfig, AdditionProblem, AdditionTask,
     GenerationExample,
 };
-pub use templates::{alpaca_prompt, ChatMessage, ChatTemplate, RenderedChat};
+pub use templates::{alpaca_prompt, ChatMessage, ChatTemplate, JinjaSpec, JinjaTemplate, RenderedChat, TemplateError};
 pub use tokenizer::{GgufTokenizerModel, GgufTokenizerSpec, TextTokenizer};

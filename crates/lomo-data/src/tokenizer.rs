@@ -169,10 +169,15 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 
-    /// The Jinja chat template from `tokenizer_config.json` or the GGUF metadata, if any (see
-    /// [`crate::ChatTemplate::detect`]).
+    /// The Jinja chat template from `tokenizer_config.json` or the GGUF metadata, if any.
     pub fn chat_template_source(&self) -> Option<&str> {
         self.chat_template.as_deref()
+    }
+
+    /// The model's chat template, compiled, with its BOS and EOS tokens; ChatML when it has none.
+    pub fn chat_template(&self) -> std::result::Result<crate::ChatTemplate, crate::TemplateError> {
+        let text = |id: Option<u32>| id.and_then(|i| self.inner.id_to_token(i)).unwrap_or_default();
+        crate::ChatTemplate::for_model(self.chat_template_source(), &text(self.bos_id), &text(self.eos_id))
     }
 
     /// The underlying HF tokenizer.

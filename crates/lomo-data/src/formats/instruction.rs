@@ -29,14 +29,14 @@ pub(crate) fn encode_alpaca(
 pub(crate) fn encode_chat(
     fields: &Fields<'_>,
     tokenizer: &TextTokenizer,
-    template: ChatTemplate,
+    template: &ChatTemplate,
 ) -> Result<Example> {
     let messages = parse_messages(fields)?;
-    let rendered = template.render(&messages, false);
+    let rendered = template.render(&messages, false).map_err(|e| fields.error("messages", e.to_string()))?;
     if rendered.assistant_spans.is_empty() {
         return Err(fields.error("messages", "has no assistant turn: there is nothing to learn"));
     }
-    encode_spans(tokenizer, &rendered.text, &rendered.assistant_spans)
+    encode_spans(tokenizer, &rendered.text, &rendered.assistant_spans, template.add_special_tokens())
 }
 
 pub(crate) fn parse_messages(fields: &Fields<'_>) -> Result<Vec<ChatMessage>> {

@@ -252,7 +252,7 @@ impl ExampleSource {
                         vec![instruction::encode_alpaca(&fields, need()?, self.eos.unwrap_or_default())?]
                     }
                     DataFormat::Chat => {
-                        vec![instruction::encode_chat(&fields, need()?, self.config.chat_template)?]
+                        vec![instruction::encode_chat(&fields, need()?, &self.config.chat_template)?]
                     }
                     DataFormat::SuperGlue(task) => {
                         let tok = need()?;

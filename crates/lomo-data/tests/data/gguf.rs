@@ -142,10 +142,7 @@ fn a_gpt2_gguf_tokenizer_does_byte_level_bpe_with_chatml_tokens() {
     assert_eq!(tokenizer.decode(&ids, true).unwrap(), "hello world12");
     let bytes = tokenizer.encode("é", false).unwrap();
     assert_eq!(bytes, [id(&byte_char(0xC3).to_string()), id(&byte_char(0xA9).to_string())]);
-    assert_eq!(
-        tokenizer.chat_template_source().and_then(ChatTemplate::detect),
-        Some(ChatTemplate::ChatMl)
-    );
+    assert!(matches!(tokenizer.chat_template().unwrap(), ChatTemplate::Jinja(_)));
     let unsupported = GgufTokenizerSpec { pre: Some("qwen2".into()), ..spec };
     assert!(TextTokenizer::from_gguf(&unsupported).unwrap_err().to_string().contains("qwen2"));
 }
