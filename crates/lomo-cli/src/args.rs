@@ -26,6 +26,8 @@ pub enum Command {
     /// Continue a prompt.
     #[command(allow_negative_numbers = true)]
     Generate(GenerateArgs),
+    /// Write a checkpoint as a GGUF file for llama.cpp / Ollama.
+    Export(ExportArgs),
     /// Predict the peak memory of a training step before running it.
     #[command(allow_negative_numbers = true)]
     Plan(PlanArgs),
@@ -251,6 +253,31 @@ pub struct GenerateArgs {
     pub dtype: DtypeArg,
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: BackendKind,
+}
+
+/// The tensor type of an exported GGUF's matrices (norms stay F32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GgufTypeArg {
+    F32,
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// An HF checkpoint directory (e.g. written by `lomo train --save`) or a .gguf file.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// The GGUF file to write.
+    #[arg(long, value_name = "OUT.gguf")]
+    pub gguf: PathBuf,
+    /// f16 (llama.cpp's default), q8_0 (8-bit, half the size) or f32.
+    #[arg(long = "type", value_enum, default_value = "f16")]
+    pub r#type: GgufTypeArg,
+    /// `general.name` (default: the checkpoint's directory or file name).
+    #[arg(long, value_name = "TEXT")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

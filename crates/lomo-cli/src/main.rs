@@ -1,5 +1,5 @@
 //! `lomo`: full-parameter fine-tuning of LLaMA-family models with LOMO / AdaLomo on limited
-//! memory. Subcommands: train, eval, generate, plan, demo.
+//! memory. Subcommands: train, eval, generate, export, plan, demo.
 
 mod alloc;
 mod args;
@@ -9,6 +9,7 @@ mod config;
 mod data;
 mod demo;
 mod eval;
+mod export;
 mod generate;
 mod model;
 mod plan;
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Export(a) => export::run(a),
         Command::Plan(a) => plan::run(a),
         Command::Demo(a) => demo::run(a),
     };

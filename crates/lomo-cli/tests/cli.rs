@@ -349,3 +349,30 @@ fn an_unwritable_save_directory_fails_before_training() {
         "exists and is not a directory",
     );
 }
+
+#[test]
+fn export_writes_a_gguf_that_generates_like_the_checkpoint() {
+    let Some(model) = shared("models/stories260K") else { return };
+    let dir = tmp("export");
+    std::fs::create_dir_all(&dir).unwrap();
+    let continuation = |model: &Path| {
+        let out = lomo(&["generate", "--model", model.to_str().unwrap(), "--prompt", "Once upon a time", "--max-new-tokens", "40"]);
+        ok(&out);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let expected = continuation(&model);
+    for ty in ["f32", "f16", "q8_0"] {
+        let gguf = dir.join(format!("stories-{ty}.gguf"));
+        ok(&lomo(&["export", "--model", model.to_str().unwrap(), "--gguf", gguf.to_str().unwrap(), "--type", ty]));
+        // The tokenizer travels in the GGUF's metadata: the same text comes out.
+        let text = continuation(&gguf);
+        if ty == "q8_0" {
+            // Greedy decoding may take another word once the weights are 8-bit; the start holds.
+            assert_eq!(text.split(' ').take(6).collect::<Vec<_>>(), expected.split(' ').take(6).collect::<Vec<_>>(), "{ty}");
+        } else {
+            assert_eq!(text, expected, "{ty}");
+        }
+    }
+    user_error(&["export", "--model", model.to_str().unwrap(), "--gguf", dir.join("x.bin").to_str().unwrap()], "must end in .gguf");
+    user_error(&["export", "--model", model.to_str().unwrap(), "--gguf", "/nonexistent/x.gguf"], "no directory /nonexistent");
+}

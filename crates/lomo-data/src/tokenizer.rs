@@ -180,6 +180,94 @@ impl TextTokenizer {
         crate::ChatTemplate::for_model(self.chat_template_source(), &text(self.bos_id), &text(self.eos_id))
     }
 
+    /// The GGUF metadata of this tokenizer, as llama.cpp's converter writes it, for
+    /// exporting the model to GGUF: BPE tokenizers only, with a pre-tokenizer llama.cpp has a
+    /// name for (GPT-2's byte level → `gpt2`, SmolLM's digits + byte level → `smollm`, or the
+    /// SentencePiece layout with byte fallback → `llama`, scores `-id` in vocabulary order).
+    pub fn gguf_spec(&self) -> Result<GgufTokenizerSpec> {
+        let unsupported = |what: String| DataError::TokenizerSpec(format!("GGUF export: {what}"));
+        let text = self.inner.to_string(false).map_err(|e| DataError::tokenizer("serialising the tokenizer", e))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| DataError::tokenizer("serialising the tokenizer", Box::new(e)))?;
+        let model = &json["model"];
+        if model["type"] != "BPE" {
+            return Err(unsupported(format!("tokenizer model {} (only BPE is exported)", model["type"])));
+        }
+        let pre = &json["pre_tokenizer"];
+        let byte_level = |v: &Value| v["type"] == "ByteLevel";
+        let spm_normalizer = json["normalizer"].to_string().contains('\u{2581}') || pre["type"] == "Metaspace";
+        let (kind, pre_name) = if byte_level(pre) {
+            (GgufTokenizerModel::Gpt2, Some("gpt2"))
+        } else if pre["type"] == "Sequence"
+            && pre["pretokenizers"].as_array().is_some_and(|p| {
+                p.len() == 2 && p[0]["type"] == "Digits" && p[0]["individual_digits"] == true && byte_level(&p[1])
+            })
+        {
+            (GgufTokenizerModel::Gpt2, Some("smollm"))
+        } else if model["byte_fallback"] == true && spm_normalizer {
+            (GgufTokenizerModel::Llama, None)
+        } else {
+            return Err(unsupported(format!(
+                "pre-tokenizer {pre} has no llama.cpp name lomo knows (exported: GPT-2 byte level, SmolLM's digits + byte level, SentencePiece with byte fallback)"
+            )));
+        };
+        let size = self.inner.get_vocab_size(true);
+        let mut tokens = vec![String::new(); size];
+        for (token, id) in self.inner.get_vocab(true) {
+            if let Some(slot) = tokens.get_mut(id as usize) {
+                *slot = token;
+            }
+        }
+        let added = self.inner.get_added_tokens_decoder();
+        let mut token_types = Vec::with_capacity(size);
+        for (id, token) in tokens.iter_mut().enumerate() {
+            let ty = match added.get(&(id as u32)) {
+                Some(a) if a.special => token_type::CONTROL,
+                Some(_) => token_type::USER_DEFINED,
+                None if token.is_empty() => {
+                    // A gap in the ids: llama.cpp's converter fills it with a padding entry.
+                    *token = format!("[PAD{id}]");
+                    token_type::UNUSED
+                }
+                None if kind == GgufTokenizerModel::Llama && token.len() == 6 && token.starts_with("<0x") && token.ends_with('>') => {
+                    token_type::BYTE
+                }
+                None => token_type::NORMAL,
+            };
+            token_types.push(ty);
+        }
+        let unk_id = model["unk_token"].as_str().and_then(|t| self.inner.token_to_id(t));
+        if let Some(unk) = unk_id {
+            token_types[unk as usize] = token_type::UNKNOWN;
+        }
+        let merges = model["merges"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|m| match m {
+                        Value::String(s) => Some(s.clone()),
+                        Value::Array(pair) => Some(format!("{} {}", pair.first()?.as_str()?, pair.get(1)?.as_str()?)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut spec = GgufTokenizerSpec::new(kind, tokens, merges);
+        spec.pre = pre_name.map(str::to_owned);
+        spec.token_types = token_types;
+        if kind == GgufTokenizerModel::Llama {
+            spec.scores = (0..size).map(|id| -(id as f32)).collect();
+        }
+        spec.bos_id = self.bos_id;
+        spec.eos_id = self.eos_id;
+        spec.unk_id = unk_id;
+        spec.pad_id = self.pad_id;
+        // Whether encoding adds BOS, read off the tokenizer itself.
+        let first = self.inner.encode("a", true).map_err(|e| DataError::tokenizer("encoding", e))?.get_ids().first().copied();
+        spec.add_bos = Some(self.bos_id.is_some() && first == self.bos_id);
+        spec.chat_template = self.chat_template.clone();
+        Ok(spec)
+    }
+
     /// The underlying HF tokenizer.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
@@ -209,6 +297,14 @@ pub enum GgufTokenizerModel {
 }
 
 impl GgufTokenizerModel {
+    /// The `tokenizer.ggml.model` string.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Self::Gpt2 => "gpt2",
+            Self::Llama => "llama",
+        }
+    }
+
     /// Parses the `tokenizer.ggml.model` string.
     pub fn from_gguf_name(name: &str) -> Result<Self> {
         match name {

@@ -709,7 +709,7 @@ fn gguf_name_hint(hf: &str) -> String {
     format!("{hf} (GGUF name {})", gguf_name(hf).unwrap_or_else(|| "?".into()))
 }
 
-fn gguf_name(hf: &str) -> Option<String> {
+pub(crate) fn gguf_name(hf: &str) -> Option<String> {
     Some(match hf {
         "model.embed_tokens.weight" => "token_embd.weight".into(),
         "model.norm.weight" => "output_norm.weight".into(),

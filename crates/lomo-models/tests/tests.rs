@@ -8,3 +8,4 @@ mod checkpoints;
 mod smol;
 mod presets;
 mod fused;
+mod export;

@@ -57,6 +57,11 @@ fn a_llama_gguf_tokenizer_matches_tokenizer_json() {
     let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let spec = stories_spec(&json);
     let built = TextTokenizer::from_gguf(&spec).unwrap();
+    // The HF tokenizer.json exported to GGUF fields (`lomo export`) gives llama.cpp's fields;
+    // scores are -id (the vocabulary's order, which SentencePiece BPE ranks by).
+    let exported = reference.gguf_spec().unwrap();
+    let scores: Vec<f32> = (0..spec.tokens.len()).map(|i| -(i as f32)).collect();
+    assert_eq!(exported, GgufTokenizerSpec { scores, add_bos: Some(true), ..spec.clone() });
     let story = std::fs::read_to_string(shared!("data/tinystories_sample.txt")).unwrap();
     for text in SAMPLES.iter().copied().chain([story.as_str()]) {
         for special in [true, false] {
@@ -143,6 +148,9 @@ fn a_gpt2_gguf_tokenizer_does_byte_level_bpe_with_chatml_tokens() {
     let bytes = tokenizer.encode("é", false).unwrap();
     assert_eq!(bytes, [id(&byte_char(0xC3).to_string()), id(&byte_char(0xA9).to_string())]);
     assert!(matches!(tokenizer.chat_template().unwrap(), ChatTemplate::Jinja(_)));
+    // Exported back to GGUF fields (`lomo export`): the same fields.
+    let back = tokenizer.gguf_spec().unwrap();
+    assert_eq!(back, GgufTokenizerSpec { add_bos: Some(false), ..spec.clone() });
     let unsupported = GgufTokenizerSpec { pre: Some("qwen2".into()), ..spec };
     assert!(TextTokenizer::from_gguf(&unsupported).unwrap_err().to_string().contains("qwen2"));
 }
