@@ -49,6 +49,16 @@ pub struct AttentionSpec {
     pub kv_heads: usize,
     /// Width of one head (even: RoPE rotates pairs of halves).
     pub head_dim: usize,
+    /// Sliding-window attention (Mistral): a query sees only the `window` latest keys, itself
+    /// included (key `j` of query `i` when `i - window < j ≤ i`). `None`: every earlier key.
+    pub window: Option<usize>,
+}
+
+impl AttentionSpec {
+    /// Full causal attention (no window).
+    pub fn causal(heads: usize, kv_heads: usize, head_dim: usize) -> Self {
+        Self { heads, kv_heads, head_dim, window: None }
+    }
 }
 
 /// Which key positions hold real tokens, `[batch, tokens]`: a query never attends to a padded

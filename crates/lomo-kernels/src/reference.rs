@@ -108,6 +108,12 @@ pub fn log_probs_backward<B: Backend>(logits: Tensor<B, 2>, labels: &[i64], grad
     d.scatter(1, label_tensor::<B>(labels, &device), g, burn::tensor::IndexingUpdateOp::Add).cast(dtype)
 }
 
+/// Whether the query at position `query` sees the key at `key`: causal, and within the
+/// sliding window when there is one.
+fn visible(key: usize, query: usize, window: Option<usize>) -> bool {
+    key <= query && window.is_none_or(|w| key + w > query)
+}
+
 /// Which keys each query may attend to, as additive f32 terms broadcast onto the scores
 /// `[batch, heads, queries, keys]`: a causal part `[1, 1, queries, keys]` and a padding part
 /// `[batch, 1, 1, keys]`, kept apart so that neither is `batch × queries × keys`.
@@ -123,10 +129,10 @@ impl<B: Backend> AttentionMask<B> {
     ///
     /// # Panics
     /// If `padding` does not cover `offset + queries` keys.
-    pub fn new(queries: usize, offset: usize, padding: Option<&KeyPadding>, device: &B::Device) -> Self {
+    pub fn new(queries: usize, offset: usize, padding: Option<&KeyPadding>, window: Option<usize>, device: &B::Device) -> Self {
         let keys = offset + queries;
         let causal: Vec<f32> = (0..queries)
-            .flat_map(|q| (0..keys).map(move |k| if k <= offset + q { 0.0 } else { MASKED }))
+            .flat_map(|q| (0..keys).map(move |k| if visible(k, offset + q, window) { 0.0 } else { MASKED }))
             .collect();
         let causal = Tensor::from_data(TensorData::new(causal, [1, 1, queries, keys]), (device, DType::F32));
         let padding = padding.map(|p| {
@@ -140,10 +146,10 @@ impl<B: Backend> AttentionMask<B> {
     /// The causal mask of `queries` new positions following `offset` earlier ones over the keys
     /// at positions `keys` (one block of a KV cache): a key is seen by the queries at or after
     /// it. No padding.
-    pub fn for_keys(queries: usize, offset: usize, keys: std::ops::Range<usize>, device: &B::Device) -> Self {
+    pub fn for_keys(queries: usize, offset: usize, keys: std::ops::Range<usize>, window: Option<usize>, device: &B::Device) -> Self {
         let n = keys.len();
         let causal: Vec<f32> = (0..queries)
-            .flat_map(|q| keys.clone().map(move |k| if k <= offset + q { 0.0 } else { MASKED }))
+            .flat_map(|q| keys.clone().map(move |k| if visible(k, offset + q, window) { 0.0 } else { MASKED }))
             .collect();
         let causal = Tensor::from_data(TensorData::new(causal, [1, 1, queries, n]), (device, DType::F32));
         Self { causal, padding: None }
@@ -235,7 +241,7 @@ pub fn rope_attention<B: Backend>(
     spec: AttentionSpec,
 ) -> (Tensor<B, 3>, Tensor<B, 3>) {
     let tokens = q.dims()[1];
-    let mask = AttentionMask::new(tokens, 0, padding, &q.device());
+    let mask = AttentionMask::new(tokens, 0, padding, spec.window, &q.device());
     let q = rope(split_heads(q, spec.heads, spec.head_dim), &cos, &sin);
     let k = rope(split_heads(k, spec.kv_heads, spec.head_dim), &cos, &sin);
     let v = split_heads(v, spec.kv_heads, spec.head_dim);
@@ -261,11 +267,11 @@ pub fn rope_attention_backward<B: Backend>(
 ) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
     let dtype = q.dtype();
     let [batch, tokens, _] = q.dims();
-    let AttentionSpec { heads, kv_heads, head_dim: dim } = spec;
+    let AttentionSpec { heads, kv_heads, head_dim: dim, window } = spec;
     let groups = heads / kv_heads;
     let f32 = |t: Tensor<B, 3>| t.cast(DType::F32);
     let (cos, sin) = (cos.cast(DType::F32), sin.cast(DType::F32));
-    let mask = AttentionMask::new(tokens, 0, padding, &q.device());
+    let mask = AttentionMask::new(tokens, 0, padding, window, &q.device());
     let scale = (dim as f64).powf(-0.5);
 
     let q = rope(split_heads(f32(q), heads, dim), &cos, &sin).reshape([batch, kv_heads, groups * tokens, dim]);

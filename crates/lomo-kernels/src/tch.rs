@@ -43,13 +43,19 @@ fn heads(
     sin: &T<2>,
     spec: AttentionSpec,
 ) -> (T<4>, T<4>, T<4>) {
-    let AttentionSpec { heads, kv_heads, head_dim } = spec;
+    let AttentionSpec { heads, kv_heads, head_dim, .. } = spec;
     let groups = heads / kv_heads;
     let q = rope(split_heads(float(q), heads, head_dim), cos, sin);
     let k = rope(split_heads(float(k), kv_heads, head_dim), cos, sin);
     let v = split_heads(float(v), kv_heads, head_dim);
     let repeat = |t: T<4>| if groups == 1 { t } else { wrap(raw(t).repeat_interleave_self_int(groups as i64, 1, None)) };
     (q, repeat(k), repeat(v))
+}
+
+/// Whether a sliding window hides keys of this sequence (LibTorch's CPU flash attention has
+/// no window: those run on the reference ops).
+fn windowed(q: &FloatTensor<LibTorch>, spec: AttentionSpec) -> bool {
+    spec.window.is_some_and(|w| (w as i64) < q.tensor.size()[1])
 }
 
 impl FusedKernels for LibTorch {
@@ -62,7 +68,7 @@ impl FusedKernels for LibTorch {
         padding: Option<&KeyPadding>,
         spec: AttentionSpec,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        if !flash(&q, padding) {
+        if !flash(&q, padding) || windowed(&q, spec) {
             let (out, lse) = crate::reference::rope_attention(float(q), float(k), float(v), float(cos), float(sin), padding, spec);
             return (out.into_primitive().tensor(), lse.into_primitive().tensor());
         }
@@ -91,7 +97,7 @@ impl FusedKernels for LibTorch {
         lse: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        if !flash(&q, padding) {
+        if !flash(&q, padding) || windowed(&q, spec) {
             let (dq, dk, dv) = crate::reference::rope_attention_backward(
                 float(q),
                 float(k),
@@ -106,7 +112,7 @@ impl FusedKernels for LibTorch {
             );
             return (dq.into_primitive().tensor(), dk.into_primitive().tensor(), dv.into_primitive().tensor());
         }
-        let AttentionSpec { heads: n_heads, kv_heads, head_dim } = spec;
+        let AttentionSpec { heads: n_heads, kv_heads, head_dim, .. } = spec;
         let (cos, sin) = (float::<2>(cos), float::<2>(sin));
         let (qr, kr, vr) = heads(q, k, v, &cos, &sin, spec);
         let out4 = split_heads(float::<3>(out), n_heads, head_dim);

@@ -143,7 +143,7 @@ fn rope_tables(tokens: usize, dim: usize, dtype: DType) -> (Tensor<Flex, 2>, Ten
 }
 
 fn attention_three_ways(batch: usize, tokens: usize, spec: AttentionSpec, mask: Option<Vec<i64>>, dtype: DType) {
-    let AttentionSpec { heads, kv_heads, head_dim } = spec;
+    let AttentionSpec { heads, kv_heads, head_dim, .. } = spec;
     let q = tensor::<Flex, 3>([batch, tokens, heads * head_dim], 11, 1.5, dtype);
     let k = tensor::<Flex, 3>([batch, tokens, kv_heads * head_dim], 12, 1.5, dtype);
     let v = tensor::<Flex, 3>([batch, tokens, kv_heads * head_dim], 13, 1.0, dtype);
@@ -188,13 +188,18 @@ fn attention_three_ways(batch: usize, tokens: usize, spec: AttentionSpec, mask: 
 
 #[test]
 fn attention_three_ways_mha_gqa_padding_and_blocks() {
-    let mha = AttentionSpec { heads: 4, kv_heads: 4, head_dim: 16 };
-    let gqa = AttentionSpec { heads: 6, kv_heads: 2, head_dim: 8 };
+    let mha = AttentionSpec::causal(4, 4, 16);
+    let gqa = AttentionSpec::causal(6, 2, 8);
     attention_three_ways(2, 9, mha, None, DType::F32);
     attention_three_ways(1, 150, gqa, None, DType::F32); // three query blocks, the last partial
     let mask: Vec<i64> = (0..2 * 70).map(|i| if i >= 70 && i % 70 >= 52 { 0 } else { 1 }).collect();
     attention_three_ways(2, 70, gqa, Some(mask.clone()), DType::F32);
-    attention_three_ways(2, 70, gqa, Some(mask), DType::BF16);
+    attention_three_ways(2, 70, gqa, Some(mask.clone()), DType::BF16);
+    // Mistral's sliding window, shorter than the sequence, across query blocks; with padding,
+    // wide enough that every query still sees a real key (the 18 padded keys of row 2 < 30).
+    attention_three_ways(2, 70, AttentionSpec { window: Some(5), ..gqa }, None, DType::F32);
+    attention_three_ways(2, 70, AttentionSpec { window: Some(30), ..gqa }, Some(mask), DType::F32);
+    attention_three_ways(1, 150, AttentionSpec { window: Some(64), ..mha }, None, DType::BF16);
 }
 
 fn linear_case(rows: usize, inner: usize, out: usize, transposed: bool, bias: bool, dtype: DType) {
@@ -294,12 +299,14 @@ fn libtorch_flash_attention_equals_the_reference() {
     use burn::backend::LibTorch;
     type TAD = Autodiff<LibTorch>;
     for (spec, dtype) in [
-        (AttentionSpec { heads: 4, kv_heads: 4, head_dim: 16 }, DType::F32),
-        (AttentionSpec { heads: 6, kv_heads: 2, head_dim: 8 }, DType::F32),
-        (AttentionSpec { heads: 6, kv_heads: 2, head_dim: 8 }, DType::BF16),
+        (AttentionSpec::causal(4, 4, 16), DType::F32),
+        (AttentionSpec::causal(6, 2, 8), DType::F32),
+        (AttentionSpec::causal(6, 2, 8), DType::BF16),
+        // A window shorter than the sequence: the reference ops, not flash attention.
+        (AttentionSpec { window: Some(5), ..AttentionSpec::causal(6, 2, 8) }, DType::F32),
     ] {
         let (batch, tokens) = (2, 37);
-        let AttentionSpec { heads, kv_heads, head_dim } = spec;
+        let AttentionSpec { heads, kv_heads, head_dim, .. } = spec;
         let mk = |shape: [usize; 3], seed, scale| tensor::<LibTorch, 3>(shape, seed, scale, dtype);
         let (q, k, v) = (mk([batch, tokens, heads * head_dim], 11, 1.5), mk([batch, tokens, kv_heads * head_dim], 12, 1.5), mk([batch, tokens, kv_heads * head_dim], 13, 1.0));
         let g = mk([batch, tokens, heads * head_dim], 14, 1.0);

@@ -14,6 +14,7 @@ use lomo_kernels::reference::{self, AttentionMask};
 use lomo_kernels::{AttentionSpec, FusedKernels, KeyPadding};
 
 use crate::kv_cache::LayerKvCache;
+use crate::norm::RmsNorm;
 use crate::rope::RopeTables;
 
 /// Multi-head attention where `num_heads / num_kv_heads` query heads share a key/value head.
@@ -33,6 +34,12 @@ pub struct Attention<B: Backend> {
     pub num_kv_heads: usize,
     /// Width of a head.
     pub head_dim: usize,
+    /// Qwen3's per-head RMSNorm of the queries, `[head_dim]`, before RoPE.
+    pub q_norm: Option<RmsNorm<B>>,
+    /// Qwen3's per-head RMSNorm of the keys.
+    pub k_norm: Option<RmsNorm<B>>,
+    /// Sliding-window attention (Mistral): keys per query.
+    pub window: Option<usize>,
 }
 
 /// How a forward pass attends: every position of the batch at once (training, scoring), or the
@@ -59,13 +66,13 @@ pub enum AttentionInputs<'a, B: Backend> {
 
 impl<B: FusedKernels> Attention<B> {
     fn spec(&self) -> AttentionSpec {
-        AttentionSpec { heads: self.num_heads, kv_heads: self.num_kv_heads, head_dim: self.head_dim }
+        AttentionSpec { heads: self.num_heads, kv_heads: self.num_kv_heads, head_dim: self.head_dim, window: self.window }
     }
 
     /// Attends `x` (`[batch, tokens, hidden]`) to itself, or to the cached positions too.
     pub fn forward(&self, x: Tensor<B, 3>, inputs: AttentionInputs<'_, B>) -> Tensor<B, 3> {
-        let q = linear_rows(&self.q_proj, x.clone());
-        let k = linear_rows(&self.k_proj, x.clone());
+        let q = per_head_norm(self.q_norm.as_ref(), linear_rows(&self.q_proj, x.clone()), self.num_heads);
+        let k = per_head_norm(self.k_norm.as_ref(), linear_rows(&self.k_proj, x.clone()), self.num_kv_heads);
         let v = linear_rows(&self.v_proj, x);
         let out = match inputs {
             AttentionInputs::Batch { rope, padding } => {
@@ -78,7 +85,7 @@ impl<B: FusedKernels> Attention<B> {
                 let q = reference::rope(split_heads(q, heads), &rope.cos, &rope.sin);
                 let k = reference::rope(split_heads(k, kv_heads), &rope.cos, &rope.sin);
                 cache.append(k, split_heads(v, kv_heads));
-                let out = attend_blocks(q, cache, offset);
+                let out = attend_blocks(q, cache, offset, self.window);
                 out.swap_dims(1, 2).reshape([batch, tokens, heads * dim])
             }
         };
@@ -90,14 +97,14 @@ impl<B: FusedKernels> Attention<B> {
 /// block of `cache`: each block's output and log-sum-exp, merged as
 /// `Σ_b e^(lse_b − lse) · out_b` with `lse = log Σ_b e^(lse_b)` (a block whose keys all lie
 /// after a query contributes weight 0 to it).
-fn attend_blocks<B: FusedKernels>(q: Tensor<B, 4>, cache: &LayerKvCache<B>, offset: usize) -> Tensor<B, 4> {
+fn attend_blocks<B: FusedKernels>(q: Tensor<B, 4>, cache: &LayerKvCache<B>, offset: usize, window: Option<usize>) -> Tensor<B, 4> {
     let queries = q.dims()[2];
     let device = q.device();
     let mut all: Vec<_> = cache
         .blocks()
         .iter()
         .map(|block| {
-            let mask = AttentionMask::for_keys(queries, offset, block.start..block.start + block.len(), &device);
+            let mask = AttentionMask::for_keys(queries, offset, block.start..block.start + block.len(), window, &device);
             reference::attend(q.clone(), block.keys.clone(), block.values.clone(), &mask)
         })
         .collect();
@@ -120,6 +127,14 @@ fn attend_blocks<B: FusedKernels>(q: Tensor<B, 4>, cache: &LayerKvCache<B>, offs
         });
     }
     out.expect("at least two blocks").cast(dtype)
+}
+
+/// `x` (`[batch, tokens, heads × head_dim]`) with each head's vector RMS-normalised by `norm`
+/// (Qwen3's `q_norm` / `k_norm`, applied before RoPE), or `x` itself without one.
+fn per_head_norm<B: FusedKernels>(norm: Option<&RmsNorm<B>>, x: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
+    let Some(norm) = norm else { return x };
+    let [batch, tokens, width] = x.dims();
+    norm.forward(x.reshape([batch * tokens * heads, width / heads])).reshape([batch, tokens, width])
 }
 
 /// `linear` applied to `[batch, tokens, in]` as the 2-D rows `[batch × tokens, in]`.

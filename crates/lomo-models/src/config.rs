@@ -60,6 +60,9 @@ pub struct HfConfig {
     pub pretraining_tp: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_sliding_window: Option<bool>,
+    /// Mistral's window (keys per query); Qwen's only with `use_sliding_window`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bos_token_id: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,6 +83,11 @@ pub enum ModelType {
     Llama,
     /// HF `qwen2`: q, k and v projections always have a bias, o has none.
     Qwen2,
+    /// HF `qwen3`: per-head RMSNorm of queries and keys before RoPE; biases only with
+    /// `attention_bias`.
+    Qwen3,
+    /// HF `mistral`: LLaMA with sliding-window attention (`sliding_window`, when set).
+    Mistral,
 }
 
 impl ModelType {
@@ -88,6 +96,8 @@ impl ModelType {
         match self {
             ModelType::Llama => "llama",
             ModelType::Qwen2 => "qwen2",
+            ModelType::Qwen3 => "qwen3",
+            ModelType::Mistral => "mistral",
         }
     }
 
@@ -95,6 +105,8 @@ impl ModelType {
         match self {
             ModelType::Llama => "LlamaForCausalLM",
             ModelType::Qwen2 => "Qwen2ForCausalLM",
+            ModelType::Qwen3 => "Qwen3ForCausalLM",
+            ModelType::Mistral => "MistralForCausalLM",
         }
     }
 }
@@ -147,6 +159,11 @@ pub struct LlamaConfig {
     pub o_bias: bool,
     /// Whether the MLP projections have a bias.
     pub mlp_bias: bool,
+    /// Whether queries and keys are RMS-normalised per head before RoPE (Qwen3's `q_norm`,
+    /// `k_norm`, `[head_dim]` each).
+    pub qk_norm: bool,
+    /// Sliding-window attention: a query sees its `window` latest keys (Mistral).
+    pub sliding_window: Option<usize>,
     /// Beginning-of-sequence token.
     pub bos_token_id: Option<u32>,
     /// End-of-sequence tokens (generation stops at any of them).
@@ -255,7 +272,11 @@ impl HfConfig {
         let model_type = match self.model_type.as_deref() {
             Some("llama") => ModelType::Llama,
             Some("qwen2") => ModelType::Qwen2,
-            Some(other) => return Err(unsupported(path, "model_type", format!("\"{other}\" (supported: llama, qwen2)"))),
+            Some("qwen3") => ModelType::Qwen3,
+            Some("mistral") => ModelType::Mistral,
+            Some(other) => {
+                return Err(unsupported(path, "model_type", format!("\"{other}\" (supported: llama, mistral, qwen2, qwen3)")))
+            }
             None => return Err(invalid(path, "model_type", "missing")),
         };
         if let Some(act) = &self.hidden_act {
@@ -269,8 +290,20 @@ impl HfConfig {
             }
         }
         if self.use_sliding_window == Some(true) {
-            return Err(unsupported(path, "use_sliding_window", true));
+            return Err(unsupported(path, "use_sliding_window", "true (Qwen's per-layer windows; Mistral's window is supported)"));
         }
+        let sliding_window = match (model_type, &self.sliding_window) {
+            (ModelType::Mistral, Some(Value::Number(n))) => match n.as_u64() {
+                Some(w) if w > 0 => Some(w as usize),
+                _ => return Err(invalid(path, "sliding_window", format!("expected a positive integer or null, found {n}"))),
+            },
+            (ModelType::Mistral, Some(Value::Null) | None) => None,
+            (ModelType::Mistral, Some(other)) => {
+                return Err(invalid(path, "sliding_window", format!("expected a positive integer or null, found {other}")))
+            }
+            // Qwen's `sliding_window` applies only with `use_sliding_window`, refused above.
+            _ => None,
+        };
         if let Some(factor) = self.partial_rotary_factor {
             if factor != 1.0 {
                 return Err(unsupported(path, "partial_rotary_factor", factor));
@@ -317,12 +350,9 @@ impl HfConfig {
                 rope_scaling = Some(scaling);
             }
         }
-        let default_theta = match model_type {
-            ModelType::Llama => 10_000.0,
-            ModelType::Qwen2 => 10_000.0,
-        };
+        let default_theta = 10_000.0;
         let (qkv_bias, o_bias) = match model_type {
-            ModelType::Llama => {
+            ModelType::Llama | ModelType::Qwen3 | ModelType::Mistral => {
                 let bias = self.attention_bias.unwrap_or(false);
                 (bias, bias)
             }
@@ -345,6 +375,8 @@ impl HfConfig {
             qkv_bias,
             o_bias,
             mlp_bias: self.mlp_bias.unwrap_or(false),
+            qk_norm: model_type == ModelType::Qwen3,
+            sliding_window,
             bos_token_id: single_token_id(&self.bos_token_id, path, "bos_token_id")?,
             eos_token_ids: token_ids(&self.eos_token_id, path, "eos_token_id")?,
             pad_token_id: single_token_id(&self.pad_token_id, path, "pad_token_id")?,
@@ -390,17 +422,21 @@ impl LlamaConfig {
             hidden_act: Some("silu".into()),
             tie_word_embeddings: Some(self.tie_word_embeddings),
             attention_bias: match self.model_type {
-                ModelType::Llama => Some(self.qkv_bias),
+                ModelType::Llama | ModelType::Qwen3 | ModelType::Mistral => Some(self.qkv_bias),
                 ModelType::Qwen2 => None,
             },
             mlp_bias: match self.model_type {
                 ModelType::Llama => Some(self.mlp_bias),
-                ModelType::Qwen2 => None,
+                ModelType::Qwen2 | ModelType::Qwen3 | ModelType::Mistral => None,
             },
             pretraining_tp: None,
             use_sliding_window: match self.model_type {
-                ModelType::Llama => None,
-                ModelType::Qwen2 => Some(false),
+                ModelType::Llama | ModelType::Mistral => None,
+                ModelType::Qwen2 | ModelType::Qwen3 => Some(false),
+            },
+            sliding_window: match self.model_type {
+                ModelType::Mistral => Some(self.sliding_window.map_or(Value::Null, Value::from)),
+                _ => None,
             },
             bos_token_id: self.bos_token_id.map(id),
             eos_token_id: match self.eos_token_ids.as_slice() {
@@ -436,6 +472,10 @@ impl LlamaConfig {
             linear("mlp.gate_proj", i, h, self.mlp_bias);
             linear("mlp.up_proj", i, h, self.mlp_bias);
             linear("mlp.down_proj", h, i, self.mlp_bias);
+            if self.qk_norm {
+                specs.push(TensorSpec::new(format!("{p}.self_attn.q_norm.weight"), vec![self.head_dim], false));
+                specs.push(TensorSpec::new(format!("{p}.self_attn.k_norm.weight"), vec![self.head_dim], false));
+            }
             specs.push(TensorSpec::new(format!("{p}.input_layernorm.weight"), vec![h], false));
             specs.push(TensorSpec::new(format!("{p}.post_attention_layernorm.weight"), vec![h], false));
         }

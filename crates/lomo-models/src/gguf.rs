@@ -575,6 +575,8 @@ impl GgufFile {
             qkv_bias: has("blk.0.attn_q.bias"),
             o_bias: has("blk.0.attn_output.bias"),
             mlp_bias: has("blk.0.ffn_gate.bias"),
+            qk_norm: false,
+            sliding_window: None,
             bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
             eos_token_ids: token_id("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
             pad_token_id: token_id("tokenizer.ggml.padding_token_id")?,

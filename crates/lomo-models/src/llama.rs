@@ -198,12 +198,24 @@ impl<B: Backend> Llama<B> {
                 num_heads: config.num_heads,
                 num_kv_heads: config.num_kv_heads,
                 head_dim: config.head_dim,
+                q_norm: None,
+                k_norm: None,
+                window: config.sliding_window,
             };
             let mlp = Mlp {
                 gate_proj: linear(&mut tensor, format!("{p}.mlp.gate_proj"), config.mlp_bias)?,
                 up_proj: linear(&mut tensor, format!("{p}.mlp.up_proj"), config.mlp_bias)?,
                 down_proj: linear(&mut tensor, format!("{p}.mlp.down_proj"), config.mlp_bias)?,
             };
+            let mut self_attn = self_attn;
+            if config.qk_norm {
+                let norm = |t: &mut _, name: &str| -> Result<RmsNorm<B>> {
+                    let t: &mut dyn FnMut(String) -> Result<TensorData> = t;
+                    Ok(RmsNorm { weight: param(t(format!("{p}.self_attn.{name}.weight"))?, device), eps: config.rms_norm_eps })
+                };
+                self_attn.q_norm = Some(norm(&mut tensor, "q_norm")?);
+                self_attn.k_norm = Some(norm(&mut tensor, "k_norm")?);
+            }
             let input_layernorm =
                 RmsNorm { weight: param(tensor(format!("{p}.input_layernorm.weight"))?, device), eps: config.rms_norm_eps };
             let post_attention_layernorm = RmsNorm {
@@ -235,6 +247,11 @@ impl<B: Backend> Llama<B> {
             add_linear(&mut by_name, format!("{p}.self_attn.k_proj"), &layer.self_attn.k_proj);
             add_linear(&mut by_name, format!("{p}.self_attn.v_proj"), &layer.self_attn.v_proj);
             add_linear(&mut by_name, format!("{p}.self_attn.o_proj"), &layer.self_attn.o_proj);
+            for (name, norm) in [("q_norm", &layer.self_attn.q_norm), ("k_norm", &layer.self_attn.k_norm)] {
+                if let Some(norm) = norm {
+                    by_name.insert(format!("{p}.self_attn.{name}.weight"), HfParam::Vector(&norm.weight));
+                }
+            }
             add_linear(&mut by_name, format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
             add_linear(&mut by_name, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
             add_linear(&mut by_name, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);

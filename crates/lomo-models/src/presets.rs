@@ -47,6 +47,8 @@ fn llama(
         qkv_bias: false,
         o_bias: false,
         mlp_bias: false,
+        qk_norm: false,
+        sliding_window: None,
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
         pad_token_id: None,

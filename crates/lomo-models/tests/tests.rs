@@ -9,3 +9,4 @@ mod smol;
 mod presets;
 mod fused;
 mod export;
+mod families;

@@ -77,14 +77,22 @@ impl Rope {
     }
 }
 
-/// Which keys a query may see: key `j ≤ t` of its own row that is not padding.
+/// Which keys a query may see: key `j ≤ t` of its own row that is not padding (and within the
+/// sliding window, if any).
 struct Visibility<'a> {
     /// `[batch, tokens]`, true for a real token; `None` when no row has padding.
     keep: Option<&'a [bool]>,
     tokens: usize,
+    window: Option<usize>,
 }
 
 impl Visibility<'_> {
+    /// The first key a query seeing keys `..limit` may see.
+    #[inline]
+    fn start(&self, limit: usize) -> usize {
+        self.window.map_or(0, |w| limit.saturating_sub(w))
+    }
+
     /// The padding of row `b`'s keys, `None` when nothing is padded.
     #[inline]
     fn keep_row(&self, b: usize) -> Option<&[bool]> {
@@ -92,16 +100,17 @@ impl Visibility<'_> {
     }
 }
 
-/// Sets the scores of keys past the causal limit (`j > t`, at `limit = t + 1`) or padded to
-/// −∞; returns whether any key is left.
+/// Sets the scores of keys past the causal limit (`j > t`, at `limit = t + 1`), before the
+/// window's `start`, or padded to −∞; returns whether any key is left.
 #[inline(always)]
-fn mask_row(row: &mut [f32], limit: usize, keep: Option<&[bool]>) -> bool {
+fn mask_row(row: &mut [f32], start: usize, limit: usize, keep: Option<&[bool]>) -> bool {
     row[limit..].fill(f32::NEG_INFINITY);
+    row[..start].fill(f32::NEG_INFINITY);
     match keep {
-        None => limit > 0,
+        None => limit > start,
         Some(keep) => {
             let mut any = false;
-            for (s, &k) in row[..limit].iter_mut().zip(keep) {
+            for (s, &k) in row[start..limit].iter_mut().zip(&keep[start..limit]) {
                 if !k {
                     *s = f32::NEG_INFINITY;
                 }
@@ -182,7 +191,7 @@ pub(crate) fn forward(
 ) -> (FlexTensor, FlexTensor) {
     let d = Dims::new(&q, &k, spec);
     let rope = Rope::new(&cos, &sin, &d);
-    let vis = Visibility { keep: padding, tokens: d.tokens };
+    let vis = Visibility { keep: padding, tokens: d.tokens, window: spec.window };
     if let Some(keep) = padding {
         assert_eq!(keep.len(), d.batch * d.tokens, "attention: padding mask is [batch, tokens]");
     }
@@ -205,7 +214,8 @@ pub(crate) fn forward(
                 let s = &mut scores[..rows * keys];
                 gemm_f32([rows, keys, dim], (&q[r0 * dim..], dim, 1), (k, 1, dim), (s, keys), false);
                 for (i, row) in s.chunks_exact_mut(keys).enumerate() {
-                    lse[r0 + i] = softmax_row(row, r0 + i + 1, vis.keep_row(b));
+                    let limit = r0 + i + 1;
+                    lse[r0 + i] = softmax_row(row, vis.start(limit), limit, vis.keep_row(b));
                 }
                 gemm_f32([rows, dim, keys], (s, keys, 1), (v, dim, 1), (&mut out[r0 * dim..], dim), false);
             }
@@ -219,8 +229,8 @@ pub(crate) fn forward(
 /// (0 elsewhere) and returns their log-sum-exp; a row that sees nothing becomes all 0
 /// (log-sum-exp 0).
 #[inline(always)]
-fn softmax_row(row: &mut [f32], limit: usize, keep: Option<&[bool]>) -> f32 {
-    if !mask_row(row, limit, keep) {
+fn softmax_row(row: &mut [f32], start: usize, limit: usize, keep: Option<&[bool]>) -> f32 {
+    if !mask_row(row, start, limit, keep) {
         row.fill(0.0);
         return 0.0;
     }
@@ -262,7 +272,7 @@ pub(crate) fn backward(
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
     let d = Dims::new(&q, &k, spec);
     let rope = Rope::new(&cos, &sin, &d);
-    let vis = Visibility { keep: padding, tokens: d.tokens };
+    let vis = Visibility { keep: padding, tokens: d.tokens, window: spec.window };
     let (q, k, v, out, grad, lse) =
         (contiguous(&q), contiguous(&k), contiguous(&v), contiguous(&out), contiguous(&grad), contiguous(&lse));
     let lse = slice::<f32>(&lse);
@@ -301,7 +311,7 @@ pub(crate) fn backward(
                     gemm_f32([rows, keys, dim], (&q[r0 * dim..], dim, 1), (k, 1, dim), (p, keys), false);
                     for (i, row) in p.chunks_exact_mut(keys).enumerate() {
                         let t = r0 + i;
-                        if !mask_row(row, t + 1, vis.keep_row(b)) {
+                        if !mask_row(row, vis.start(t + 1), t + 1, vis.keep_row(b)) {
                             row.fill(0.0);
                             continue;
                         }
