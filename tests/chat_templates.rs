@@ -79,3 +79,44 @@ fn a_model_without_a_template_gets_chatml() {
     let t = ChatTemplate::for_model(None, "<s>", "</s>").unwrap();
     assert_eq!(t, ChatTemplate::ChatMl);
 }
+
+/// Chat training data with SmolLM2-135M-Instruct's own template and tokenizer (from its GGUF):
+/// the text is the template's (its default system turn included), and exactly the assistant
+/// turns' tokens and their `<|im_end|>` carry labels.
+#[test]
+fn chat_data_learns_only_the_assistant_turns_of_smollm2s_template() {
+    use lomo_data::{DataFormat, Dataset, EncodeConfig, GgufTokenizerModel, GgufTokenizerSpec, TextTokenizer};
+    let Some(path) = lomo_testutil::smol_gguf(Path::new(env!("CARGO_TARGET_TMPDIR"))) else { return };
+    let t = GgufFile::open(&path).unwrap().tokenizer().unwrap();
+    let spec = GgufTokenizerSpec {
+        pre: t.pre.clone(),
+        token_types: t.token_types.clone(),
+        bos_id: t.bos_token_id,
+        eos_id: t.eos_token_id,
+        pad_id: t.padding_token_id,
+        add_bos: t.add_bos_token,
+        chat_template: t.chat_template.clone(),
+        ..GgufTokenizerSpec::new(GgufTokenizerModel::from_gguf_name(&t.model).unwrap(), t.tokens.clone(), t.merges.clone())
+    };
+    let tokenizer = TextTokenizer::from_gguf(&spec).unwrap();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("chat_data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("chat.jsonl");
+    std::fs::write(
+        &data,
+        r#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}"#,
+    )
+    .unwrap();
+    let config = EncodeConfig { chat_template: tokenizer.chat_template().unwrap(), ..EncodeConfig::with_max_len(512) };
+    let dataset = Dataset::load(&data, Some(DataFormat::Chat), Some(&tokenizer), &config).unwrap();
+    let example = &dataset.examples[0];
+    let text = tokenizer.decode(&example.input_ids, false).unwrap();
+    assert_eq!(
+        text,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n\
+         <|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"
+    );
+    let learned: Vec<u32> = example.labels.iter().filter(|&&l| l >= 0).map(|&l| l as u32).collect();
+    assert_eq!(tokenizer.decode(&learned, false).unwrap(), "Hello!<|im_end|>4<|im_end|>");
+}

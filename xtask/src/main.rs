@@ -17,7 +17,7 @@ use backend::BackendKind;
 #[global_allocator]
 static ALLOCATOR: lomo_optim::memory::CountingAllocator = lomo_optim::memory::CountingAllocator;
 
-const USAGE: &str = "usage: cargo xtask profile|bench …  (cargo xtask bench --help for the bench)
+const USAGE: &str = "usage: cargo xtask profile|bench|bench-report RUN.json …  (cargo xtask bench --help for the bench)
        cargo xtask profile [--suite quick|paper|scale] [--backend cpu|cuda|tch] [--case LABEL]... [--replan]
   --case    run only this case (`fused lomo`, `full sgd`, ...; repeatable); the others keep their
             results from target/profile/<suite>.json when it has them
@@ -104,6 +104,11 @@ fn main() -> ExitCode {
                 eprintln!("error: {e}\n{}", bench::USAGE);
                 return ExitCode::from(2);
             }
+        },
+        // The md and svg of a bench run again from its json (after a change to the report).
+        Some("bench-report") => match args.get(1) {
+            Some(path) => bench::redraw(std::path::Path::new(path)),
+            None => return usage("bench-report: give the run's .json"),
         },
         // Hidden: one bench case in this process, for `bench`'s child processes.
         Some("bench-case") => match parse_profile_args(&args[1..], true) {

@@ -4,7 +4,7 @@
 //! The bench writes the model as an HF checkpoint and the batch as JSON under
 //! `target/bench/work/`; each case then runs in a child process of this binary (`bench-case`,
 //! so that its peak RSS is its own), and with `--peer` the same step runs in PyTorch through
-//! `xtask/peer/torch_lomo.py`. Results go to `target/bench/<name>.{json,md}`.
+//! `xtask/peer/torch_lomo.py`. Results go to `target/bench/<name>.{json,md,svg}`.
 
 pub mod case;
 mod generate;
@@ -345,13 +345,25 @@ pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
     let dir = out_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let table = report::markdown(&result);
-    for (ext, text) in [("json", serde_json::to_string_pretty(&result)?), ("md", table.clone())] {
+    for (ext, text) in [("json", serde_json::to_string_pretty(&result)?), ("md", table.clone()), ("svg", report::svg(&result)?)] {
         let path = dir.join(format!("{}.{ext}", a.name));
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     println!("{table}");
-    println!("written: {}", dir.join(format!("{}.{{json,md}}", a.name)).display());
+    println!("written: {}", dir.join(format!("{}.{{json,md,svg}}", a.name)).display());
     Ok(Some(result))
+}
+
+/// `cargo xtask bench-report RUN.json`: writes `RUN.md` and `RUN.svg` beside it again.
+pub fn redraw(json: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+    let result: BenchResult = serde_json::from_str(&text).with_context(|| format!("{}: not a bench run", json.display()))?;
+    for (ext, text) in [("md", report::markdown(&result)), ("svg", report::svg(&result)?)] {
+        let path = json.with_extension(ext);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("written: {}", path.display());
+    }
+    Ok(())
 }
 
 /// Runs one case of ours in a child process of this binary.

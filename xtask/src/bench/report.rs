@@ -132,3 +132,95 @@ pub fn markdown(r: &BenchResult) -> String {
     }
     out
 }
+
+/// The chart: per case, our median s/step beside the peer's (whiskers min–max), the ratio
+/// above; drawn with plotters' SVG backend, as the profile's chart and `lomo train`'s loss.svg.
+pub fn svg(r: &BenchResult) -> anyhow::Result<String> {
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    let draw = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing the chart: {e}");
+    let rows: Vec<(String, Option<Stats>, Option<Stats>)> = r
+        .cases
+        .iter()
+        .map(|c| {
+            let ours = c.ours.as_ref().and_then(|o| stats(&ours_seconds(o, r.warmup)));
+            let peer = c.peer.as_ref().and_then(|p| stats(&peer_seconds(p, r.warmup)));
+            (label(c.kind).to_string(), ours, peer)
+        })
+        .collect();
+    let n = rows.len().max(1) as u32;
+    let top = rows.iter().flat_map(|(_, o, p)| [o.as_ref().map(|s| s.max), p.as_ref().map(|s| s.max)]).flatten().fold(0f64, f64::max).max(1e-3) * 1.4;
+    let title = format!("s/step, {} {} {} × {} ({} threads): lomo vs PyTorch + lomo-optim", r.model, r.dtype, r.batch_size, r.tokens, r.threads.unwrap_or(r.cores));
+    let width = 240 + 200 * n;
+    // A case's segment in pixels (the plot less the y labels and margins), for the insets.
+    let seg = (width - 60 - 24) as f64 / n.max(2) as f64;
+    let px = |f: f64| (f * seg).round() as u32;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (width, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| draw(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 14))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d((0..n.saturating_sub(1).max(1)).into_segmented(), 0.0..top)
+            .map_err(|e| draw(&e))?;
+        let names: Vec<String> = rows.iter().map(|(l, _, _)| l.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .y_desc("seconds per step (median)")
+            .x_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) => names.get(*i as usize).cloned().unwrap_or_default(),
+                _ => String::new(),
+            })
+            .draw()
+            .map_err(|e| draw(&e))?;
+        let sides = [("lomo", RGBColor(0x4e, 0x79, 0xa7)), ("PyTorch + lomo-optim", RGBColor(0xf2, 0x8e, 0x2b))];
+        for (side, (name, colour)) in sides.iter().enumerate() {
+            let pick = |row: &(String, Option<Stats>, Option<Stats>)| if side == 0 { row.1.as_ref().map(|s| (s.median, s.min, s.max)) } else { row.2.as_ref().map(|s| (s.median, s.min, s.max)) };
+            // Each side takes half of its case's segment (pixel margins inset it).
+            let bars = rows.iter().enumerate().filter_map(|(i, row)| {
+                let (median, _, _) = pick(row)?;
+                let i = i as u32;
+                let mut bar = Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), median)], colour.filled());
+                if side == 0 { bar.set_margin(0, 0, px(0.1), px(0.52)) } else { bar.set_margin(0, 0, px(0.52), px(0.1)) };
+                Some(bar)
+            });
+            let colour = *colour;
+            chart
+                .draw_series(bars)
+                .map_err(|e| draw(&e))?
+                .label(*name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
+            let whiskers = rows.iter().enumerate().filter_map(|(i, row)| {
+                let (_, min, max) = pick(row)?;
+                let mut w = Rectangle::new([(SegmentValue::Exact(i as u32), min), (SegmentValue::Exact(i as u32 + 1), max)], BLACK.filled());
+                // A 3-pixel bar from min to max at the middle of the side's bar.
+                let (l, r) = if side == 0 { (px(0.29) - 1, px(0.71) - 2) } else { (px(0.71) - 2, px(0.29) - 1) };
+                w.set_margin(0, 0, l, r);
+                Some(w)
+            });
+            chart.draw_series(whiskers).map_err(|e| draw(&e))?;
+        }
+        let ratios = rows.iter().enumerate().filter_map(|(i, (_, ours, peer))| {
+            let (o, p) = (ours.as_ref()?, peer.as_ref()?);
+            Some(Text::new(
+                format!("{:.2} ×", o.median / p.median),
+                (SegmentValue::CenterOf(i as u32), o.max.max(p.max) + top * 0.03),
+                TextStyle::from(("sans-serif", 12).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom)),
+            ))
+        });
+        chart.draw_series(ratios).map_err(|e| draw(&e))?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| draw(&e))?;
+        root.present().map_err(|e| draw(&e))?;
+    }
+    Ok(svg)
+}
