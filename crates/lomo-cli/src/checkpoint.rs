@@ -79,12 +79,14 @@ pub fn save<B: AutodiffBackend>(
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    // Periodic checkpoints (`step-N`) live inside the run's directory: carry them over.
+    // What else lives in the run's directory (periodic `step-N` checkpoints, `--log` and its
+    // loss.svg, the user's own files) is carried over: only the checkpoint's own files are
+    // replaced. An open log keeps writing to its file, which a rename does not change.
     if dir.is_dir() {
         for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
             let entry = entry?;
             let name = entry.file_name();
-            if entry.path().is_dir() && name.to_string_lossy().starts_with("step-") {
+            if !tmp.join(&name).exists() {
                 std::fs::rename(entry.path(), tmp.join(&name)).with_context(|| format!("moving {}", entry.path().display()))?;
             }
         }

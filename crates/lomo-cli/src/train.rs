@@ -21,6 +21,30 @@ use crate::model::{load, load_path, Loaded};
 use crate::progress::Progress;
 use crate::trainer::{StepSettings, Trainer};
 
+/// The lines of an earlier `--log` up to step `upto` (step lines and eval lines), with their
+/// points added to `curves`; a missing file is an empty log, a line that is not ours an error.
+fn kept_log_lines(path: &std::path::Path, upto: u64, curves: &mut crate::plot::Curves) -> Result<String> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(String::new()) };
+    let mut kept = String::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("--log {}:{}: not a line lomo train wrote", path.display(), i + 1))?;
+        let Some(step) = v["step"].as_u64() else { bail!("--log {}:{}: no \"step\"", path.display(), i + 1) };
+        if step > upto {
+            continue;
+        }
+        if let Some(loss) = v["eval"]["loss"].as_f64() {
+            curves.eval.push((step, loss));
+        } else if let (Some(loss), Some(lr)) = (v["loss"].as_f64(), v["lr"].as_f64()) {
+            curves.train.push((step, loss));
+            curves.lr.push((step, lr));
+        }
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    Ok(kept)
+}
+
 /// Refuses flag values and combinations that cannot work, before anything is loaded.
 fn validate(args: &TrainArgs) -> Result<()> {
     let positive = |name: &str, v: Option<f64>| -> Result<()> {
@@ -160,8 +184,19 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         ScheduleArg::Cosine => ScheduleKind::Cosine,
     };
     let schedule = LrSchedule::new(kind, args.lr, args.warmup_ratio, total_steps)?;
+    // A resumed run continues its log: the lines of the steps the checkpoint has are kept (those
+    // of steps after it, which are about to run again, are dropped) and drawn again.
+    let mut curves = crate::plot::Curves::default();
     let mut log = match &args.log {
-        Some(path) => Some(BufWriter::new(File::create(path).with_context(|| format!("--log {}", path.display()))?)),
+        Some(path) => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).with_context(|| format!("--log {}: creating {}", path.display(), parent.display()))?;
+            }
+            let kept = if resumed.is_some() { kept_log_lines(path, start_step, &mut curves)? } else { String::new() };
+            let mut file = BufWriter::new(File::create(path).with_context(|| format!("--log {}", path.display()))?);
+            file.write_all(kept.as_bytes()).with_context(|| format!("--log {}", path.display()))?;
+            Some(file)
+        }
         None => None,
     };
     let config = crate::config::render(args)?;
@@ -177,7 +212,6 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
     let mut last_loss = f64::NAN;
     let mut eval_results: Vec<(u64, EvalResult)> = Vec::new();
     let chart = args.log.as_deref().map(crate::plot::beside);
-    let mut curves = crate::plot::Curves::default();
     alloc::reset_peak();
     for step in start_step..total_steps {
         let batch = loader.next_batch()?;
@@ -215,6 +249,10 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
                 progress.message(&format!("eval at step {done}: {}", serde_json::to_string(&r)?));
                 eval_loss = Some(r.loss);
                 curves.eval.push((done, r.loss));
+                if let Some(log) = log.as_mut() {
+                    writeln!(log, "{}", json!({"step": done, "eval": &r}))?;
+                    log.flush()?;
+                }
                 eval_results.push((done, r));
             }
         }

@@ -245,12 +245,23 @@ fn a_resumed_run_needs_no_flag_but_resume() {
     ok(&lomo_strings(&short_run(&model, &data, "3", &full)));
     let interrupted = tmp("resume_bare");
     let mut args = short_run(&model, &data, "3", &interrupted);
-    args.extend(["--save-every".into(), "1".into()]);
+    let log = interrupted.join("log.jsonl");
+    args.extend(["--save-every".into(), "1".into(), "--log".into(), log.to_str().unwrap().into()]);
     ok(&lomo_strings(&args));
+    let losses = |text: &str| -> Vec<(u64, f64)> {
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+            .collect()
+    };
+    let before = losses(&std::fs::read_to_string(&log).unwrap());
     std::fs::remove_file(interrupted.join("model.safetensors")).unwrap();
-    // Only --resume: everything else (the data, the schedule, --save) comes from step-1's config.
+    // Only --resume: everything else (the data, the schedule, --save, --log) comes from step-1's
+    // config.
     ok(&lomo(&["train", "--resume", interrupted.join("step-1").to_str().unwrap()]));
     assert!(weights(&full) == weights(&interrupted), "the bare resume ended at other weights");
+    // The log goes on from step 1: steps 2 and 3 again, with the same losses, not twice.
+    assert_eq!(losses(&std::fs::read_to_string(&log).unwrap()), before);
 }
 
 #[test]
@@ -289,7 +300,8 @@ fn checkpoints_rotate_keeping_the_best_and_interrupted_saves_are_tidied() {
         ["--save-every", "1", "--save-total-limit", "2", "--keep-best", "--eval", data.to_str().unwrap(), "--eval-every", "1", "--log"]
             .map(String::from),
     );
-    args.push(dir.join("log.jsonl").to_str().unwrap().to_string());
+    // The log inside the run's directory, which every save replaces: it must survive them.
+    args.push(out.join("log.jsonl").to_str().unwrap().to_string());
     let run = lomo_strings(&args);
     ok(&run);
     let stderr = String::from_utf8_lossy(&run.stderr);
@@ -321,8 +333,9 @@ fn checkpoints_rotate_keeping_the_best_and_interrupted_saves_are_tidied() {
     expected.dedup();
     assert_eq!(kept, expected, "best by eval loss: step-{best}");
 
+    assert_eq!(std::fs::read_to_string(out.join("log.jsonl")).unwrap().lines().count(), 5, "one log line per step");
     // loss.svg beside the log: train loss, eval loss and the learning rate, one line each.
-    let svg = std::fs::read_to_string(dir.join("loss.svg")).unwrap();
+    let svg = std::fs::read_to_string(out.join("loss.svg")).unwrap();
     let doc = roxmltree::Document::parse(&svg).expect("loss.svg parses as XML");
     // The data lines are the coloured polylines (plotters draws the axes' ticks in black).
     let lines = doc
