@@ -29,8 +29,19 @@ static ALLOCATOR: alloc::Counting = alloc::Counting;
 
 /// A user error: one line, the error and its causes, outermost first.
 fn fail(err: &anyhow::Error) -> ExitCode {
-    let chain: Vec<String> = err.chain().map(|c| c.to_string()).collect();
-    eprintln!("error: {}", chain.join(": "));
+    // A cause whose text its context already quotes (an error type that prints its source) is
+    // not said twice.
+    let mut line = String::new();
+    for cause in err.chain().map(|c| c.to_string()) {
+        if line.contains(&cause) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&cause);
+    }
+    eprintln!("error: {line}");
     ExitCode::from(2)
 }
 
