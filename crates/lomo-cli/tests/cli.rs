@@ -333,7 +333,9 @@ fn checkpoints_rotate_keeping_the_best_and_interrupted_saves_are_tidied() {
     expected.dedup();
     assert_eq!(kept, expected, "best by eval loss: step-{best}");
 
-    assert_eq!(std::fs::read_to_string(out.join("log.jsonl")).unwrap().lines().count(), 5, "one log line per step");
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    let evals = log.lines().filter(|l| l.contains("\"eval\"")).count();
+    assert_eq!((log.lines().count() - evals, evals), (5, 5), "one log line per step and per eval");
     // loss.svg beside the log: train loss, eval loss and the learning rate, one line each.
     let svg = std::fs::read_to_string(out.join("loss.svg")).unwrap();
     let doc = roxmltree::Document::parse(&svg).expect("loss.svg parses as XML");
