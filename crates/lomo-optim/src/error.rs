@@ -21,6 +21,9 @@ pub enum OptimError {
         /// Why the value is refused.
         message: String,
     },
+    /// A sum across the ranks of a data-parallel step failed (a rank died, a timeout).
+    #[error("data parallel: {0}")]
+    Collective(String),
     /// Saved optimizer state does not fit the model it is loaded into.
     #[error("optimizer state for parameter `{param}`: {message}")]
     State {

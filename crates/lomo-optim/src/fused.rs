@@ -11,11 +11,12 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{DType, ElementConversion, Tensor};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, ElementConversion, Tensor, TensorPrimitive};
 
 use crate::error::OptimError;
 use crate::kernels::UpdateKernels;
+use crate::reduce::StepReducer;
 use crate::rule::{GradPrep, Updater};
 use crate::scaler::{DynamicLossScaler, LossScaleConfig};
 use crate::stages::StagedModel;
@@ -68,6 +69,8 @@ pub struct StepTimings {
     pub backward: Vec<f64>,
     /// The updates, all stages together.
     pub update: f64,
+    /// Data parallel: the sums across ranks (gradients and scalars), inside the phases above.
+    pub reduce: f64,
 }
 
 impl StepTimings {
@@ -154,7 +157,39 @@ impl<U> FusedStep<U> {
         M: StagedModel<B, D>,
         U: Updater<B, M>,
     {
-        let plan = StagePlan::new(&model, micro_batches)?;
+        self.step_reduced(model, micro_batches, lr, &mut crate::Local)
+    }
+
+    /// [`Self::step`] as one rank of a data-parallel step: `micro_batches` are this rank's
+    /// slice of the batch, and `reducer` sums across the ranks (see [`crate::reduce`]), so every
+    /// rank applies the update of the whole batch. The loss is the mean over every rank's
+    /// targets.
+    pub fn step_reduced<B, M, const D: usize>(
+        &mut self,
+        model: M,
+        micro_batches: &[M::Batch],
+        lr: f64,
+        reducer: &mut dyn StepReducer<B::InnerBackend>,
+    ) -> Result<(M, StepReport), OptimError>
+    where
+        B: AutodiffBackend,
+        B::InnerBackend: UpdateKernels,
+        M: StagedModel<B, D>,
+        U: Updater<B, M>,
+    {
+        let mut reduce_seconds = 0.0;
+        let mut plan = StagePlan::new(&model, micro_batches, reducer.world_size() > 1)?;
+        if reducer.world_size() > 1 {
+            let clock = Instant::now();
+            let mut targets = [plan.targets as f64];
+            reducer.sum_scalars(&mut targets)?;
+            reduce_seconds += clock.elapsed().as_secs_f64();
+            plan.targets = targets[0] as usize;
+            if plan.targets == 0 {
+                return Err(OptimError::NoTargets);
+            }
+        }
+        let mut failed: Option<OptimError> = None;
         let clock = Instant::now();
         let boundaries = forward_boundaries::<B, M, D>(&model, micro_batches, plan.num_stages);
         let mut timings = StepTimings { forward: clock.elapsed().as_secs_f64(), ..Default::default() };
@@ -173,22 +208,32 @@ impl<U> FusedStep<U> {
         let mut prep = GradPrep { inv_scale, clip_value: self.config.clip_grad_value, clip_coef: None };
 
         let mut model = model;
+        let mut loss_sum = None;
         if self.config.clip_grad_norm.is_some() || self.scaler.is_some() {
             let clock = Instant::now();
             let mut norm = NormPass { inv_scale, sum_sq: 0.0, overflow: false };
-            let pass = backward_pass::<B, M, D, _>(model, micro_batches, &boundaries, &plan, scale, &mut |m, ready| {
+            let pass = backward_pass::<B, M, D, _>(model, micro_batches, &boundaries, &plan, scale, &mut |m, ready, s| {
+                if let Err(e) = reduce_ready::<B, M>(&m, ready, s, &plan, reducer, &mut reduce_seconds) {
+                    failed = Some(e);
+                    return (m, false);
+                }
                 norm.add::<B, M>(&m, ready);
                 (m, !norm.overflow)
             });
             timings.norm_pass = Some(clock.elapsed().as_secs_f64());
+            if let Some(e) = failed.take() {
+                return Err(e);
+            }
             // The loss stage runs first in backward, before anything can stop the pass.
-            report.loss = pass.loss_sum / plan.targets as f64;
+            loss_sum = Some(pass.loss_sum);
             model = pass.model;
             if norm.overflow {
                 if let Some(s) = self.scaler.as_mut() {
                     s.overflow();
                 }
+                report.loss = reduced_loss(pass_loss(loss_sum), &plan, reducer, &mut reduce_seconds)?;
                 report.skipped = true;
+                timings.reduce = reduce_seconds;
                 report.timings = timings;
                 return Ok((model, report));
             }
@@ -203,17 +248,26 @@ impl<U> FusedStep<U> {
 
         self.updater.begin_step();
         let updater = &mut self.updater;
-        let pass = backward_pass::<B, M, D, _>(model, micro_batches, &boundaries, &plan, scale, &mut |m, ready| {
+        let mut update_reduce = 0.0;
+        let pass = backward_pass::<B, M, D, _>(model, micro_batches, &boundaries, &plan, scale, &mut |m, ready, s| {
+            if let Err(e) = reduce_ready::<B, M>(&m, ready, s, &plan, reducer, &mut update_reduce) {
+                failed = Some(e);
+                return (m, false);
+            }
             (updater.apply(m, ready, &prep, lr), true)
         });
-        if report.loss.is_nan() {
-            report.loss = pass.loss_sum / plan.targets as f64;
+        if let Some(e) = failed.take() {
+            return Err(e);
         }
+        reduce_seconds += update_reduce;
+        report.loss = reduced_loss(loss_sum.unwrap_or(pass.loss_sum), &plan, reducer, &mut reduce_seconds)?;
         if let Some(s) = self.scaler.as_mut() {
             s.clean();
         }
         timings.backward = pass.stage_seconds;
-        timings.update = pass.ready_seconds;
+        // The update phase as the pass timed it holds the sums of that pass: count them once.
+        timings.update = pass.ready_seconds - update_reduce;
+        timings.reduce = reduce_seconds;
         report.timings = timings;
         Ok((pass.model, report))
     }
@@ -230,11 +284,17 @@ pub(crate) struct StagePlan {
 }
 
 impl StagePlan {
+    /// `shared`: one rank of several, whose own slice may hold no target (the ranks' total is
+    /// checked instead).
     pub fn new<B: AutodiffBackend, M: StagedModel<B, D>, const D: usize>(
         model: &M,
         micro_batches: &[M::Batch],
+        shared: bool,
     ) -> Result<Self, OptimError> {
-        let targets = total_targets::<B, M, D>(micro_batches)?;
+        let targets = match total_targets::<B, M, D>(micro_batches) {
+            Err(OptimError::NoTargets) if shared => 0,
+            other => other?,
+        };
         let num_stages = model.num_stages();
         if num_stages < 2 {
             return Err(OptimError::TooFewStages(num_stages));
@@ -304,10 +364,11 @@ pub(crate) fn backward_pass<B, M, const D: usize, F>(
 where
     B: AutodiffBackend,
     M: StagedModel<B, D>,
-    F: FnMut(M, &mut GradientsParams) -> (M, bool),
+    F: FnMut(M, &mut GradientsParams, usize) -> (M, bool),
 {
     let n = plan.num_stages;
-    let loss_weight = loss_scale.unwrap_or(1.0) / plan.targets as f64;
+    // The mean over every rank's targets (a rank without any gets a weight it never uses).
+    let loss_weight = loss_scale.unwrap_or(1.0) / plan.targets.max(1) as f64;
     let mut upstream: Vec<Option<Tensor<B::InnerBackend, D>>> = vec![None; micro_batches.len()];
     let mut pending = GradientsParams::new();
     let mut loss_sum = 0.0;
@@ -348,7 +409,7 @@ where
         stage_seconds[s] = clock.elapsed().as_secs_f64();
         // The stage's graphs are gone: every weight is uniquely owned again.
         let clock = Instant::now();
-        let (next, go_on) = on_ready(model, &mut ready);
+        let (next, go_on) = on_ready(model, &mut ready, s);
         ready_seconds += clock.elapsed().as_secs_f64();
         model = next;
         if !go_on {
@@ -356,6 +417,73 @@ where
         }
     }
     PassResult { model, loss_sum, stage_seconds, ready_seconds }
+}
+
+fn pass_loss(loss_sum: Option<f64>) -> f64 {
+    loss_sum.expect("the norm pass ran the loss stage")
+}
+
+/// The mean loss over every rank's targets from this rank's sum.
+fn reduced_loss<B: Backend>(
+    loss_sum: f64,
+    plan: &StagePlan,
+    reducer: &mut dyn StepReducer<B>,
+    seconds: &mut f64,
+) -> Result<f64, OptimError> {
+    let mut sum = [loss_sum];
+    if reducer.world_size() > 1 {
+        let clock = Instant::now();
+        reducer.sum_scalars(&mut sum)?;
+        *seconds += clock.elapsed().as_secs_f64();
+    }
+    Ok(sum[0] / plan.targets as f64)
+}
+
+/// Data parallel: replaces the gradient of every parameter final at stage `s` by its f32 sum
+/// over the ranks, in the model's visiting order; a parameter this rank has no gradient for
+/// sends zeros. Nothing happens in one process.
+fn reduce_ready<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    ready: &mut GradientsParams,
+    s: usize,
+    plan: &StagePlan,
+    reducer: &mut dyn StepReducer<B::InnerBackend>,
+    seconds: &mut f64,
+) -> Result<(), OptimError> {
+    if reducer.world_size() <= 1 {
+        return Ok(());
+    }
+    struct Visit<'a, B: Backend> {
+        ready: &'a mut GradientsParams,
+        s: usize,
+        plan: &'a StagePlan,
+        reducer: &'a mut dyn StepReducer<B>,
+        failed: Option<OptimError>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Visit<'_, B::InnerBackend> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let id = param.id;
+            if self.failed.is_some() || self.plan.final_stage.get(&id) != Some(&self.s) {
+                return;
+            }
+            let grad = match self.ready.remove::<B::InnerBackend, D>(id) {
+                Some(g) => crate::blocks::cast(g, DType::F32),
+                None => {
+                    let p = param.val().inner();
+                    Tensor::<B::InnerBackend, D>::zeros(p.shape(), (&p.device(), DType::F32))
+                }
+            };
+            match self.reducer.sum_grad(grad.into_primitive().tensor()) {
+                Ok(sum) => self.ready.register::<B::InnerBackend, D>(id, Tensor::from_primitive(TensorPrimitive::Float(sum))),
+                Err(e) => self.failed = Some(e),
+            }
+        }
+    }
+    let clock = Instant::now();
+    let mut visit = Visit::<B::InnerBackend> { ready, s, plan, reducer, failed: None };
+    model.visit(&mut visit);
+    *seconds += clock.elapsed().as_secs_f64();
+    visit.failed.map_or(Ok(()), Err)
 }
 
 /// Moves the gradients of stage `s`'s parameters out of `grads`, adding them to what earlier

@@ -6,5 +6,6 @@ mod adalomo;
 mod blocks;
 mod fused;
 mod kernels;
+mod reduce;
 mod scaling;
 mod schedule;
