@@ -28,6 +28,11 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Write a checkpoint as a GGUF file for llama.cpp / Ollama.
     Export(ExportArgs),
+    /// Data parallel on this machine: start a coordinator and N ranks of `lomo train`
+    /// (`lomo launch --nproc 2 -- train --model … --batch-size 8 …`).
+    Launch(LaunchArgs),
+    /// Serve the coordinator of a data-parallel group spanning machines.
+    Coordinator(CoordinatorArgs),
     /// Predict the peak memory of a training step before running it.
     #[command(allow_negative_numbers = true)]
     Plan(PlanArgs),
@@ -206,6 +211,49 @@ pub struct TrainArgs {
     /// fp16 dynamic loss scaling's first scale (only with --dtype f16).
     #[arg(long, value_name = "F", default_value_t = 65536.0)]
     pub loss_scale: f64,
+    /// Data parallel: the number of ranks (processes) in the group; each takes an equal slice
+    /// of every batch. `lomo launch` sets this and the three flags below.
+    #[arg(long, value_name = "N", env = "WORLD_SIZE", default_value_t = 1)]
+    pub world_size: usize,
+    /// Data parallel: this process's rank, 0..world-size (rank 0 logs, evaluates and saves).
+    #[arg(long, value_name = "R", env = "RANK", default_value_t = 0)]
+    #[serde(skip)]
+    pub rank: usize,
+    /// Data parallel: the coordinator (`lomo coordinator`, or the one `lomo launch` starts).
+    #[arg(long, value_name = "ws://HOST:PORT", env = "LOMO_COORDINATOR")]
+    #[serde(skip)]
+    pub coordinator: Option<String>,
+    /// Data parallel: this rank's address as the other ranks reach it; its port serves this
+    /// rank's tensors (default ws://127.0.0.1 and a free port: one machine).
+    #[arg(long, value_name = "ws://HOST:PORT", env = "LOMO_NODE_ADDRESS")]
+    #[serde(skip)]
+    pub node_address: Option<String>,
+    /// Data parallel: seconds any sum across the ranks may take before this rank gives up
+    /// with an error (a rank that died or never connected). Longer than an eval on rank 0.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub collective_timeout: u64,
+}
+
+/// `lomo launch`.
+#[derive(Debug, Clone, Args)]
+pub struct LaunchArgs {
+    /// Ranks to start on this machine.
+    #[arg(long, value_name = "N")]
+    pub nproc: usize,
+    /// The coordinator's port (default: a free one).
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// `train` and its flags, after `--`.
+    #[arg(last = true, required = true, value_name = "train …")]
+    pub command: Vec<String>,
+}
+
+/// `lomo coordinator`.
+#[derive(Debug, Clone, Args)]
+pub struct CoordinatorArgs {
+    /// The port to serve on (the ranks' --coordinator ws://THIS_HOST:PORT).
+    #[arg(long, value_name = "PORT")]
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -42,6 +42,17 @@ pub struct TrainerState {
     /// The eval loss at this step, when the run evaluated at it (`--keep-best` reads it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
+    /// Data parallel: the ranks that trained it (`--resume` needs as many).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// Writes the checkpoint to `dir`, replacing what was there only once everything is written.

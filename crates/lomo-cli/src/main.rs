@@ -1,5 +1,5 @@
 //! `lomo`: full-parameter fine-tuning of LLaMA-family models with LOMO / AdaLomo on limited
-//! memory. Subcommands: train, eval, generate, export, plan, demo.
+//! memory. Subcommands: train, eval, generate, export, launch, coordinator, plan, demo.
 
 mod alloc;
 mod args;
@@ -11,6 +11,7 @@ mod demo;
 mod eval;
 mod export;
 mod generate;
+mod launch;
 mod model;
 mod plan;
 mod plot;
@@ -82,6 +83,8 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Export(a) => export::run(a),
+        Command::Launch(a) => launch::run(a),
+        Command::Coordinator(a) => launch::coordinator(a),
         Command::Plan(a) => plan::run(a),
         Command::Demo(a) => demo::run(a),
     };

@@ -65,8 +65,29 @@ fn validate(args: &TrainArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size: must be at least 1");
     }
+    if args.world_size == 0 {
+        bail!("--world-size: must be at least 1");
+    }
+    let per_rank = args.batch_size / args.world_size.max(1);
+    if args.world_size > 1 {
+        if !args.batch_size.is_multiple_of(args.world_size) {
+            bail!("--batch-size {}: must be a multiple of --world-size {} (each rank takes an equal slice)", args.batch_size, args.world_size);
+        }
+        if args.rank >= args.world_size {
+            bail!("--rank {}: must be below --world-size {}", args.rank, args.world_size);
+        }
+        if args.coordinator.is_none() {
+            bail!("--world-size {}: give --coordinator ws://HOST:PORT (or run under `lomo launch`)", args.world_size);
+        }
+        if args.collective_timeout == 0 {
+            bail!("--collective-timeout: must be at least 1 second");
+        }
+    }
     if let Some(m) = args.micro_batch_size {
-        if m == 0 || m > args.batch_size || !args.batch_size.is_multiple_of(m) {
+        if m == 0 || m > per_rank || !per_rank.is_multiple_of(m) {
+            if args.world_size > 1 {
+                bail!("--micro-batch-size: must divide a rank's slice, --batch-size / --world-size = {per_rank} (got {m})");
+            }
             bail!("--micro-batch-size: must divide --batch-size {} (got {m})", args.batch_size);
         }
     }
@@ -93,7 +114,7 @@ fn validate(args: &TrainArgs) -> Result<()> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     validate(&args)?;
-    if let Some(dir) = &args.save {
+    if let (Some(dir), 0) = (&args.save, args.rank) {
         for note in checkpoint::prepare_save_dir(dir)? {
             eprintln!("note: {note}");
         }
@@ -133,6 +154,8 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
     loader_config.shuffle = !args.no_shuffle;
     loader_config.seed = args.seed;
     loader_config.padding = tokenizer.as_ref().map(PaddingConfig::for_tokenizer).unwrap_or_default();
+    // Data parallel: every batch is whole, so that it splits into equal slices.
+    loader_config.drop_last = args.world_size > 1;
     let mut loader = BatchLoader::new(dataset, loader_config)?;
     let total_steps = match (args.steps, args.epochs) {
         (Some(s), _) => s,
@@ -157,6 +180,9 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         }
         if state.batch_size != args.batch_size || state.seed != args.seed || state.shuffle == args.no_shuffle {
             bail!("--resume {}: --batch-size, --seed and --no-shuffle must be those of the interrupted run (batch size {}, seed {}, shuffle {})", dir.display(), state.batch_size, state.seed, state.shuffle);
+        }
+        if state.world_size != args.world_size {
+            bail!("--resume {}: the run had --world-size {}, this one {} (the data slices would differ); resume with --world-size {}", dir.display(), state.world_size, args.world_size, state.world_size);
         }
         if state.total_steps != total_steps {
             bail!("--steps / --epochs: the interrupted run was for {} steps (the schedule depends on it), this one for {total_steps}", state.total_steps);
@@ -187,7 +213,9 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
     // A resumed run continues its log: the lines of the steps the checkpoint has are kept (those
     // of steps after it, which are about to run again, are dropped) and drawn again.
     let mut curves = crate::plot::Curves::default();
-    let mut log = match &args.log {
+    // Data parallel: rank 0 logs, evaluates and saves; the others train quietly.
+    let lead = args.rank == 0;
+    let mut log = match args.log.as_ref().filter(|_| lead) {
         Some(path) => {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).with_context(|| format!("--log {}: creating {}", path.display(), parent.display()))?;
@@ -200,27 +228,61 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         None => None,
     };
     let config = crate::config::render(args)?;
-    let micro = args.micro_batch_size.unwrap_or(args.batch_size);
+    let micro = args.micro_batch_size.unwrap_or(args.batch_size / args.world_size);
     let params = model.config().num_params();
-    eprintln!(
+    let mut collective = if args.world_size > 1 {
+        let node_address = match &args.node_address {
+            Some(a) => a.clone(),
+            None => format!("ws://127.0.0.1:{}", lomo_dist::free_port().context("finding a free port for this rank")?),
+        };
+        let dist = lomo_dist::DistConfig {
+            world_size: args.world_size,
+            rank: args.rank,
+            coordinator: args.coordinator.clone().expect("validated"),
+            node_address,
+            timeout: std::time::Duration::from_secs(args.collective_timeout),
+        };
+        let inner_device = burn::tensor::Tensor::<B, 1>::empty([1], device).inner().device();
+        let c = lomo_dist::Collective::<B::InnerBackend>::join(&dist, &inner_device).context("--world-size")?;
+        if lead {
+            eprintln!("data parallel: {} ranks, {} rows each per step", args.world_size, args.batch_size / args.world_size);
+        }
+        Some(c)
+    } else {
+        None
+    };
+    if lead {
+        eprintln!(
         "training {description}: {params} parameters ({:?}), {num_examples} examples, {total_steps} steps of {} (micro-batches of {micro}), {:?}",
         args.dtype, args.batch_size, args.optimizer
     );
+    }
     let progress = Progress::new(total_steps);
     let started = Instant::now();
     let mut model = model;
     let mut last_loss = f64::NAN;
     let mut eval_results: Vec<(u64, EvalResult)> = Vec::new();
-    let chart = args.log.as_deref().map(crate::plot::beside);
+    let chart = args.log.as_deref().filter(|_| lead).map(crate::plot::beside);
     alloc::reset_peak();
     for step in start_step..total_steps {
-        let batch = loader.next_batch()?;
+        let mut batch = loader.next_batch()?;
+        if args.world_size > 1 {
+            // This rank's slice: rows rank·k .. (rank+1)·k of every (whole) batch.
+            let mut slices = batch.micro_batches(args.batch_size / args.world_size)?;
+            if slices.len() != args.world_size {
+                bail!("step {}: the batch does not split into {} slices", step + 1, args.world_size);
+            }
+            batch = slices.swap_remove(args.rank);
+        }
         let micro_batches: Vec<lomo_models::Batch> =
             batch.micro_batches(micro)?.iter().map(to_model_batch).collect::<Result<_>>()?;
         let tokens: u64 = micro_batches.iter().map(|b| b.attention_mask().iter().filter(|&&m| m != 0).count() as u64).sum();
         let lr = schedule.lr(step);
         let t0 = Instant::now();
-        let (next, report) = trainer.step(model, &micro_batches, lr)?;
+        let (next, report) = match collective.as_mut() {
+            Some(c) => trainer.step_reduced(model, &micro_batches, lr, c)?,
+            None => trainer.step(model, &micro_batches, lr)?,
+        };
         model = next;
         let dt = t0.elapsed().as_secs_f64();
         tokens_total += tokens;
@@ -228,7 +290,9 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
             bail!("step {}: the loss is {} (diverged); lower --lr or clip gradients", step + 1, report.loss);
         }
         last_loss = report.loss;
-        progress.update(step + 1, report.loss, lr, tokens as f64 / dt, report.skipped);
+        if lead {
+            progress.update(step + 1, report.loss, lr, tokens as f64 / dt, report.skipped);
+        }
         if let Some(log) = log.as_mut() {
             let line = json!({
                 "step": step + 1, "loss": report.loss, "lr": lr, "tokens": tokens, "tokens_per_s": tokens as f64 / dt,
@@ -243,7 +307,7 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         curves.lr.push((step + 1, lr));
         let done = step + 1;
         let mut eval_loss = None;
-        if let (Some(path), Some(every)) = (&args.eval, args.eval_every) {
+        if let (Some(path), Some(every), true) = (&args.eval, args.eval_every, lead) {
             if done % every == 0 || done == total_steps {
                 let r = evaluate(&model.valid(), tokenizer.as_ref(), path, args.format, task, args.max_len, args.batch_size)?;
                 progress.message(&format!("eval at step {done}: {}", serde_json::to_string(&r)?));
@@ -271,8 +335,9 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
             loss_scaler: trainer.scaler().cloned(),
             tokens: tokens_total,
             eval_loss,
+            world_size: args.world_size,
         };
-        if let (Some(dir), Some(every)) = (&args.save, args.save_every) {
+        if let (Some(dir), Some(every), true) = (&args.save, args.save_every, lead) {
             if done % every == 0 && done != total_steps {
                 let sub = dir.join(format!("step-{done}"));
                 checkpoint::save(&sub, &model, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), &config, trainer.adalomo().map(|r| r.to_record(&model)))?;
@@ -284,7 +349,7 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
                 }
             }
         }
-        if done == total_steps {
+        if done == total_steps && lead {
             if let Some(dir) = &args.save {
                 checkpoint::save(dir, &model, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), &config, trainer.adalomo().map(|r| r.to_record(&model)))?;
                 progress.message(&format!("saved {}", dir.display()));
@@ -292,6 +357,12 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         }
     }
     let wall = started.elapsed().as_secs_f64();
+    if let Some(c) = collective {
+        c.finish().context("--world-size")?;
+    }
+    if !lead {
+        return Ok(());
+    }
     let summary = json!({
         "steps": total_steps - start_step,
         "tokens": tokens_total,

@@ -391,3 +391,104 @@ fn export_writes_a_gguf_that_generates_like_the_checkpoint() {
     user_error(&["export", "--model", model.to_str().unwrap(), "--gguf", dir.join("x.bin").to_str().unwrap()], "must end in .gguf");
     user_error(&["export", "--model", model.to_str().unwrap(), "--gguf", "/nonexistent/x.gguf"], "no directory /nonexistent");
 }
+
+/// Data parallel on loopback: `lomo launch` with 2 ranks, each holding half of every batch,
+/// against one process on the whole batch. The sums across ranks run in f32 in another order
+/// than one process's, so the weights agree to rounding (1e-6), not bit for bit.
+#[test]
+fn two_ranks_on_loopback_train_the_weights_of_one_process() {
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else { return };
+    let dir = tmp("data_parallel");
+    std::fs::create_dir_all(&dir).unwrap();
+    // AdaLomo divides by the update's RMS, which carries f32 rounding further: at lr 0.01 one
+    // process with two micro-batches already differs from one with one by 1.0e-6 (measured),
+    // and 2 ranks from 1 process by 7.7e-7.
+    for (name, optimizer, lr, extra) in [("lomo-clip", "lomo", "0.05", vec!["--clip-grad-norm", "1.0"]), ("adalomo", "adalomo", "0.01", vec![])] {
+        let run = |save: &Path| -> Vec<String> {
+            let mut args: Vec<String> = [
+                "train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--optimizer", optimizer,
+                "--lr", lr, "--steps", "3", "--batch-size", "4", "--max-len", "64", "--seed", "3", "--save", save.to_str().unwrap(),
+            ]
+            .map(String::from)
+            .to_vec();
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args
+        };
+        let one = dir.join(format!("{name}-one"));
+        // One process, with whole batches as the group uses them (a group drops a last partial one).
+        ok(&lomo_strings(&run(&one)));
+        let two = dir.join(format!("{name}-two"));
+        let mut launch: Vec<String> = ["launch", "--nproc", "2", "--"].map(String::from).to_vec();
+        launch.extend(run(&two));
+        launch.extend(["--collective-timeout".into(), "30".into()]);
+        let started = std::time::Instant::now();
+        ok(&lomo_strings(&launch));
+        assert!(started.elapsed().as_secs() < 60, "{name}: the group took {:?}", started.elapsed());
+        let diff = max_diff(&two.join("model.safetensors"), &one.join("model.safetensors"));
+        assert!(diff <= 1e-6, "{name}: 2 ranks vs 1 process: max |diff| {diff}");
+        let state = |d: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(d.join("trainer_state.json")).unwrap()).unwrap() };
+        assert_eq!(state(&two)["world_size"], 2);
+        // A resume must use the same number of ranks.
+        user_error(&["train", "--resume", two.to_str().unwrap(), "--steps", "4"], "--world-size 2");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A rank that never connects, or dies, makes the others exit non-zero within the timeout.
+#[test]
+fn a_missing_or_killed_rank_makes_the_others_fail_within_the_timeout() {
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else { return };
+    let rank = |r: usize, coordinator: u16, steps: &str| -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lomo"));
+        c.args(["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--optimizer", "lomo"])
+            .args(["--lr", "0.01", "--steps", steps, "--batch-size", "2", "--max-len", "64", "--collective-timeout", "5"])
+            .args(["--world-size", "2", "--rank", &r.to_string(), "--coordinator", &format!("ws://127.0.0.1:{coordinator}")])
+            .args(["--node-address", &format!("ws://127.0.0.1:{}", free_port())])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    // Nobody serves the coordinator's port: joining gives up after the timeout.
+    let started = std::time::Instant::now();
+    let out = rank(0, free_port(), "2").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no answer from the other ranks within 5 s"), "{err}");
+    assert!(started.elapsed().as_secs() < 30, "took {:?}", started.elapsed());
+
+    // Both ranks start with a coordinator; rank 1 is killed while they train.
+    let port = free_port();
+    let mut coordinator = Command::new(env!("CARGO_BIN_EXE_lomo"))
+        .args(["coordinator", "--port", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut r0 = rank(0, port, "100000").spawn().unwrap();
+    let mut r1 = rank(1, port, "100000").spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(r0.try_wait().unwrap().is_none(), "rank 0 should still be training");
+    r1.kill().unwrap();
+    let _ = r1.wait();
+    let killed = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = r0.try_wait().unwrap() {
+            break s;
+        }
+        if killed.elapsed().as_secs() > 30 {
+            let _ = r0.kill();
+            panic!("rank 0 still runs 30 s after rank 1 died");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = coordinator.kill();
+    let _ = coordinator.wait();
+    let mut err = String::new();
+    std::io::Read::read_to_string(r0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("data parallel"), "{err}");
+}

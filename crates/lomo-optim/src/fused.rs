@@ -440,8 +440,9 @@ fn reduced_loss<B: Backend>(
 }
 
 /// Data parallel: replaces the gradient of every parameter final at stage `s` by its f32 sum
-/// over the ranks, in the model's visiting order; a parameter this rank has no gradient for
-/// sends zeros. Nothing happens in one process.
+/// over the ranks. The stage's gradients go as one flat f32 tensor, in the model's visiting
+/// order (a parameter this rank has no gradient for sends zeros): one collective call per
+/// stage, at the cost of one stage's gradients copied once. Nothing happens in one process.
 fn reduce_ready<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: &M,
     ready: &mut GradientsParams,
@@ -453,37 +454,62 @@ fn reduce_ready<B: AutodiffBackend, M: AutodiffModule<B>>(
     if reducer.world_size() <= 1 {
         return Ok(());
     }
-    struct Visit<'a, B: Backend> {
+    /// Takes the stage's final gradients out of `ready`, flat, in visiting order.
+    struct Gather<'a, B: Backend> {
         ready: &'a mut GradientsParams,
         s: usize,
         plan: &'a StagePlan,
-        reducer: &'a mut dyn StepReducer<B>,
-        failed: Option<OptimError>,
+        parts: Vec<Tensor<B, 1>>,
     }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Visit<'_, B::InnerBackend> {
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B::InnerBackend> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let id = param.id;
-            if self.failed.is_some() || self.plan.final_stage.get(&id) != Some(&self.s) {
+            if self.plan.final_stage.get(&param.id) != Some(&self.s) {
                 return;
             }
-            let grad = match self.ready.remove::<B::InnerBackend, D>(id) {
+            let grad = match self.ready.remove::<B::InnerBackend, D>(param.id) {
                 Some(g) => crate::blocks::cast(g, DType::F32),
                 None => {
                     let p = param.val().inner();
                     Tensor::<B::InnerBackend, D>::zeros(p.shape(), (&p.device(), DType::F32))
                 }
             };
-            match self.reducer.sum_grad(grad.into_primitive().tensor()) {
-                Ok(sum) => self.ready.register::<B::InnerBackend, D>(id, Tensor::from_primitive(TensorPrimitive::Float(sum))),
-                Err(e) => self.failed = Some(e),
+            let n = grad.shape().num_elements();
+            self.parts.push(grad.reshape([n]));
+        }
+    }
+    /// Puts the summed slices back, in the same order.
+    struct Scatter<'a, B: Backend> {
+        ready: &'a mut GradientsParams,
+        s: usize,
+        plan: &'a StagePlan,
+        sum: Tensor<B, 1>,
+        at: usize,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Scatter<'_, B::InnerBackend> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if self.plan.final_stage.get(&param.id) != Some(&self.s) {
+                return;
             }
+            let shape = param.val().shape();
+            let n = shape.num_elements();
+            let part = self.sum.clone().slice(self.at..self.at + n).reshape(shape);
+            self.at += n;
+            self.ready.register::<B::InnerBackend, D>(param.id, part);
         }
     }
     let clock = Instant::now();
-    let mut visit = Visit::<B::InnerBackend> { ready, s, plan, reducer, failed: None };
-    model.visit(&mut visit);
+    let mut gather = Gather::<B::InnerBackend> { ready, s, plan, parts: Vec::new() };
+    model.visit(&mut gather);
+    let Gather { ready, parts, .. } = gather;
+    if parts.is_empty() {
+        return Ok(());
+    }
+    let flat = if parts.len() == 1 { parts.into_iter().next().expect("one part") } else { Tensor::cat(parts, 0) };
+    let sum = reducer.sum_grad(flat.into_primitive().tensor())?;
+    let sum = Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(sum));
+    model.visit(&mut Scatter::<B::InnerBackend> { ready, s, plan, sum, at: 0 });
     *seconds += clock.elapsed().as_secs_f64();
-    visit.failed.map_or(Ok(()), Err)
+    Ok(())
 }
 
 /// Moves the gradients of stage `s`'s parameters out of `grads`, adding them to what earlier

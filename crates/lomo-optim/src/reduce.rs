@@ -4,10 +4,10 @@
 //! [`crate::FusedStep::step_reduced`].
 //!
 //! Every rank makes the same calls in the same order with the same shapes: the global target
-//! count (the mean loss's denominator) before the backward passes; per stage, every parameter
-//! whose gradient is final there, in the model's visiting order (a rank without a gradient for
-//! it, because its slice had no target, sends zeros), before the norm pass and before the
-//! update; the loss sum at the end. Gradients are summed in f32. The norm, the overflow flag and
+//! count (the mean loss's denominator) before the backward passes; per stage, the gradients of
+//! every parameter final there, flattened into one f32 tensor in the model's visiting order (a
+//! rank without a gradient for one, because its slice had no target, sends zeros), before the
+//! norm pass and before the update; the loss sum at the end. Gradients are summed in f32. The norm, the overflow flag and
 //! the clip coefficient are then computed from identical sums on every rank, so they agree
 //! without a collective of their own.
 
