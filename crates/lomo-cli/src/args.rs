@@ -240,7 +240,7 @@ pub struct LaunchArgs {
     /// Ranks to start on this machine.
     #[arg(long, value_name = "N")]
     pub nproc: usize,
-    /// The coordinator's port (default: a free one).
+    /// The coordinator's port (default: a free one); PORT + 1 serves the ranks' barrier.
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
     /// `train` and its flags, after `--`.
@@ -251,7 +251,8 @@ pub struct LaunchArgs {
 /// `lomo coordinator`.
 #[derive(Debug, Clone, Args)]
 pub struct CoordinatorArgs {
-    /// The port to serve on (the ranks' --coordinator ws://THIS_HOST:PORT).
+    /// The port to serve on (the ranks' --coordinator ws://THIS_HOST:PORT); PORT + 1 serves
+    /// the ranks' barrier.
     #[arg(long, value_name = "PORT")]
     pub port: u16,
 }

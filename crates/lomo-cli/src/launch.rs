@@ -6,7 +6,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use lomo_dist::{free_port, Coordinator};
+use lomo_dist::{free_coordinator_port, free_port, Coordinator};
 
 use crate::args::{CoordinatorArgs, LaunchArgs};
 
@@ -25,7 +25,7 @@ pub fn run(args: LaunchArgs) -> Result<()> {
     }
     let port = match args.port {
         Some(p) => p,
-        None => free_port().context("finding a free port for the coordinator")?,
+        None => free_coordinator_port().context("finding free ports for the coordinator")?,
     };
     let coordinator = Coordinator::start(port)?;
     eprintln!("coordinator on {}; starting {} ranks", coordinator.address, args.nproc);

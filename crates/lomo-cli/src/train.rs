@@ -45,6 +45,16 @@ fn kept_log_lines(path: &std::path::Path, upto: u64, curves: &mut crate::plot::C
     Ok(kept)
 }
 
+/// The coordinator: `--coordinator` / `LOMO_COORDINATOR`, else torchrun's `MASTER_ADDR` and
+/// `MASTER_PORT` as `ws://MASTER_ADDR:MASTER_PORT`.
+fn coordinator_of(args: &TrainArgs) -> Option<String> {
+    args.coordinator.clone().or_else(|| {
+        let host = std::env::var("MASTER_ADDR").ok()?;
+        let port = std::env::var("MASTER_PORT").ok()?;
+        Some(format!("ws://{host}:{port}"))
+    })
+}
+
 /// Refuses flag values and combinations that cannot work, before anything is loaded.
 fn validate(args: &TrainArgs) -> Result<()> {
     let positive = |name: &str, v: Option<f64>| -> Result<()> {
@@ -76,8 +86,8 @@ fn validate(args: &TrainArgs) -> Result<()> {
         if args.rank >= args.world_size {
             bail!("--rank {}: must be below --world-size {}", args.rank, args.world_size);
         }
-        if args.coordinator.is_none() {
-            bail!("--world-size {}: give --coordinator ws://HOST:PORT (or run under `lomo launch`)", args.world_size);
+        if coordinator_of(args).is_none() {
+            bail!("--world-size {}: give --coordinator ws://HOST:PORT, or MASTER_ADDR and MASTER_PORT (or run under `lomo launch`)", args.world_size);
         }
         if args.collective_timeout == 0 {
             bail!("--collective-timeout: must be at least 1 second");
@@ -238,7 +248,7 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         let dist = lomo_dist::DistConfig {
             world_size: args.world_size,
             rank: args.rank,
-            coordinator: args.coordinator.clone().expect("validated"),
+            coordinator: coordinator_of(args).expect("validated"),
             node_address,
             timeout: std::time::Duration::from_secs(args.collective_timeout),
         };

@@ -460,7 +460,7 @@ fn a_missing_or_killed_rank_makes_the_others_fail_within_the_timeout() {
     assert!(started.elapsed().as_secs() < 30, "took {:?}", started.elapsed());
 
     // Both ranks start with a coordinator; rank 1 is killed while they train.
-    let port = free_port();
+    let port = lomo_dist::free_coordinator_port().unwrap();
     let mut coordinator = Command::new(env!("CARGO_BIN_EXE_lomo"))
         .args(["coordinator", "--port", &port.to_string()])
         .stdout(std::process::Stdio::null())

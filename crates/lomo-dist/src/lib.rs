@@ -12,9 +12,10 @@
 //! block without a deadline, so each one here runs on a helper thread and is given up after
 //! [`DistConfig::timeout`]: a rank that died or never came makes the others fail, never hang.
 
+use std::io::{BufRead, BufReader, Write};
 use std::marker::PhantomData;
-use std::net::TcpListener;
-use std::sync::mpsc;
+use std::net::{TcpListener, TcpStream};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use burn::tensor::backend::Backend;
@@ -119,6 +120,17 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A port `P` for a [`Coordinator`], with `P + 1` (its barrier) free too.
+pub fn free_coordinator_port() -> std::io::Result<u16> {
+    for _ in 0..100 {
+        let p = free_port()?;
+        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return Ok(p);
+        }
+    }
+    Err(std::io::Error::other("no two consecutive free ports"))
+}
+
 /// Runs `call` on a helper thread and waits at most `timeout` for it: burn-collective's calls
 /// block with no deadline of their own. A call given up keeps its thread until the process
 /// exits (which a failed rank then does).
@@ -147,6 +159,8 @@ fn bounded<T: Send + 'static>(
 /// This process's membership of a group, as a [`StepReducer`] for the fused step.
 pub struct Collective<B: Backend> {
     peer: PeerId,
+    /// The coordinator's barrier (see [`Collective::all_reduce`]).
+    barrier: BufReader<TcpStream>,
     /// What registering takes, kept to register again after every operation (below).
     config: CollectiveConfig,
     world_size: usize,
@@ -183,10 +197,12 @@ where
             .with_data_service_port(config.data_port())
             .with_global_all_reduce_strategy(AllReduceStrategy::Centralized);
         let peer = PeerId(config.rank as u32);
+        let barrier = connect_barrier(&config.coordinator, config.world_size, config.timeout)?;
         let (dev, c) = (device.clone(), collective.clone());
         bounded("joining the group", config.timeout, move || burn_collective::register::<B>(peer, dev, c))?;
         Ok(Self {
             peer,
+            barrier,
             config: collective,
             world_size: config.world_size,
             timeout: config.timeout,
@@ -205,18 +221,37 @@ where
     /// A global all-reduce (sum). burn-collective 0.21 completes one global operation per
     /// registration: its end-of-operation sync clears a copy of the list of synced peers instead
     /// of the list (`global/node/sync.rs`), so a second operation waits forever. Each
-    /// operation is therefore followed by leaving and joining again (a few ms on loopback), and
-    /// the fused step sends one tensor per stage to keep them few.
+    /// operation is therefore followed by leaving and joining again, with every rank meeting
+    /// at the coordinator's barrier before leaving and before joining (otherwise a fast rank's
+    /// new registration meets a slow rank's old one and the two wait on different sessions).
+    /// The fused step sends one tensor per stage to keep these rounds few.
     fn all_reduce(&mut self, tensor: FloatTensor<B>) -> Result<FloatTensor<B>, DistError> {
         self.calls += 1;
         let (peer, what) = (self.peer, format!("all-reduce #{}", self.calls));
+        let sum = bounded(&what, self.timeout, move || burn_collective::all_reduce::<B>(peer, tensor, ReduceOperation::Sum))?;
+        self.meet(&what)?;
+        bounded(&what, self.timeout, move || burn_collective::finish_collective::<B>(peer))?;
+        self.meet(&what)?;
         let (device, config) = (self.device.clone(), self.config.clone());
-        bounded(&what, self.timeout, move || {
-            let sum = burn_collective::all_reduce::<B>(peer, tensor, ReduceOperation::Sum)?;
-            burn_collective::finish_collective::<B>(peer)?;
-            burn_collective::register::<B>(peer, device, config)?;
-            Ok(sum)
-        })
+        bounded(&what, self.timeout, move || burn_collective::register::<B>(peer, device, config))?;
+        Ok(sum)
+    }
+
+    /// Waits until every rank has reached the same point.
+    fn meet(&mut self, what: &str) -> Result<(), DistError> {
+        let lost = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                DistError::Timeout { what: format!("{what} (barrier)"), seconds: self.timeout.as_secs() }
+            }
+            _ => DistError::Collective { what: format!("{what} (barrier)"), message: e.to_string() },
+        };
+        self.barrier.get_mut().write_all(b"arrive\n").map_err(lost)?;
+        let mut line = String::new();
+        let n = self.barrier.read_line(&mut line).map_err(lost)?;
+        if n == 0 || line.trim() != "go" {
+            return Err(DistError::Collective { what: format!("{what} (barrier)"), message: "the coordinator closed the connection".into() });
+        }
+        Ok(())
     }
 }
 
@@ -248,8 +283,71 @@ where
     }
 }
 
+/// The coordinator's barrier address for `ws://HOST:PORT`: `HOST:PORT+1`.
+fn barrier_address(coordinator: &str) -> Result<String, DistError> {
+    let port = port_of(coordinator).ok_or_else(|| DistError::Config(format!("--coordinator {coordinator}: expected ws://HOST:PORT")))?;
+    let host = coordinator.trim_start_matches("ws://").rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1");
+    let next = port.checked_add(1).ok_or_else(|| DistError::Config(format!("--coordinator {coordinator}: the barrier needs port {port} + 1")))?;
+    Ok(format!("{host}:{next}"))
+}
+
+/// Connects to the coordinator's barrier (retrying until `timeout`) and says the group's size.
+fn connect_barrier(coordinator: &str, world_size: usize, timeout: Duration) -> Result<BufReader<TcpStream>, DistError> {
+    let address = barrier_address(coordinator)?;
+    let deadline = std::time::Instant::now() + timeout;
+    let stream = loop {
+        match TcpStream::connect(&address) {
+            Ok(s) => break s,
+            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => return Err(DistError::Timeout { what: format!("joining the group (barrier {address})"), seconds: timeout.as_secs() }),
+        }
+    };
+    let err = |e: std::io::Error| DistError::Collective { what: format!("barrier {address}"), message: e.to_string() };
+    stream.set_read_timeout(Some(timeout)).map_err(err)?;
+    let mut writer = stream.try_clone().map_err(err)?;
+    writer.write_all(format!("hello {world_size}\n").as_bytes()).map_err(err)?;
+    Ok(BufReader::new(stream))
+}
+
+/// The barrier: every connection says `hello N` once, then `arrive` at each meeting; when N
+/// have arrived, each gets `go`. A connection that closes fails the waiting ones (their
+/// connections are closed), so a rank that dies never leaves the others waiting.
+fn serve_barrier(listener: TcpListener) {
+    struct Round {
+        waiting: Vec<TcpStream>,
+        world: usize,
+    }
+    let round = Arc::new(Mutex::new(Round { waiting: Vec::new(), world: 0 }));
+    for stream in listener.incoming().flatten() {
+        let round = round.clone();
+        std::thread::spawn(move || {
+            let Ok(reply) = stream.try_clone() else { return };
+            let mut lines = BufReader::new(stream).lines();
+            while let Some(Ok(line)) = lines.next() {
+                let mut r = round.lock().expect("the barrier's lock");
+                if let Some(n) = line.strip_prefix("hello ") {
+                    r.world = n.trim().parse().unwrap_or(0);
+                } else if line == "arrive" {
+                    let Ok(me) = reply.try_clone() else { break };
+                    r.waiting.push(me);
+                    if r.world > 0 && r.waiting.len() >= r.world {
+                        for mut w in r.waiting.drain(..) {
+                            let _ = w.write_all(b"go\n");
+                        }
+                    }
+                }
+            }
+            // Gone: fail whoever waits.
+            let mut r = round.lock().expect("the barrier's lock");
+            for w in r.waiting.drain(..) {
+                let _ = w.shutdown(std::net::Shutdown::Both);
+            }
+        });
+    }
+}
+
 /// burn-collective's global orchestrator, serving on a port of this machine until the process
-/// exits.
+/// exits, and the ranks' barrier on the next port.
 #[derive(Debug)]
 pub struct Coordinator {
     /// `ws://127.0.0.1:PORT` (other machines reach it by this machine's name).
@@ -261,6 +359,12 @@ impl Coordinator {
     /// and waits until it accepts connections (at most 10 s).
     pub fn start(port: u16) -> Result<Self, DistError> {
         quiet_logs();
+        let next = port.checked_add(1).ok_or_else(|| DistError::Coordinator(format!("the barrier needs port {port} + 1")))?;
+        let listener = TcpListener::bind(("0.0.0.0", next)).map_err(|e| DistError::Coordinator(format!("barrier on port {next}: {e}")))?;
+        std::thread::Builder::new()
+            .name("lomo-dist barrier".into())
+            .spawn(move || serve_barrier(listener))
+            .map_err(|e| DistError::Coordinator(e.to_string()))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
