@@ -69,14 +69,15 @@ pub struct StepTimings {
     pub backward: Vec<f64>,
     /// The updates, all stages together.
     pub update: f64,
-    /// Data parallel: the sums across ranks (gradients and scalars), inside the phases above.
+    /// Data parallel: the sums across ranks (gradients and scalars), not counted in the phases
+    /// above.
     pub reduce: f64,
 }
 
 impl StepTimings {
     /// Seconds of the whole step as these phases count it.
     pub fn total(&self) -> f64 {
-        self.forward + self.norm_pass.unwrap_or(0.0) + self.backward.iter().sum::<f64>() + self.update
+        self.forward + self.norm_pass.unwrap_or(0.0) + self.backward.iter().sum::<f64>() + self.update + self.reduce
     }
 }
 
@@ -212,15 +213,17 @@ impl<U> FusedStep<U> {
         if self.config.clip_grad_norm.is_some() || self.scaler.is_some() {
             let clock = Instant::now();
             let mut norm = NormPass { inv_scale, sum_sq: 0.0, overflow: false };
+            let mut norm_reduce = 0.0;
             let pass = backward_pass::<B, M, D, _>(model, micro_batches, &boundaries, &plan, scale, &mut |m, ready, s| {
-                if let Err(e) = reduce_ready::<B, M>(&m, ready, s, &plan, reducer, &mut reduce_seconds) {
+                if let Err(e) = reduce_ready::<B, M>(&m, ready, s, &plan, reducer, &mut norm_reduce) {
                     failed = Some(e);
                     return (m, false);
                 }
                 norm.add::<B, M>(&m, ready);
                 (m, !norm.overflow)
             });
-            timings.norm_pass = Some(clock.elapsed().as_secs_f64());
+            timings.norm_pass = Some(clock.elapsed().as_secs_f64() - norm_reduce);
+            reduce_seconds += norm_reduce;
             if let Some(e) = failed.take() {
                 return Err(e);
             }

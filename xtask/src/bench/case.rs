@@ -89,6 +89,20 @@ pub struct BenchCase {
     pub warmup: usize,
     /// Measured steps.
     pub steps: usize,
+    /// Data parallel (`bench --nproc`): this process's rank; `input_ids` is its slice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dist: Option<CaseDist>,
+}
+
+/// A case's place in a data-parallel group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseDist {
+    /// Ranks in all.
+    pub world_size: usize,
+    /// This one.
+    pub rank: usize,
+    /// The coordinator, `ws://127.0.0.1:PORT`.
+    pub coordinator: String,
 }
 
 /// One step as measured.
@@ -149,16 +163,23 @@ impl<B: TrainBackend> Stepper<B> {
         })
     }
 
-    fn step(&mut self, model: Llama<B>, batches: &[Batch], lr: f64) -> Result<(Llama<B>, f64, StepTimings)> {
+    fn step(
+        &mut self,
+        model: Llama<B>,
+        batches: &[Batch],
+        lr: f64,
+        reducer: &mut dyn lomo_optim::StepReducer<B::InnerBackend>,
+    ) -> Result<(Llama<B>, f64, StepTimings)> {
         Ok(match self {
             Stepper::Lomo(s) => {
-                let (m, r) = s.step::<B, Llama<B>, 3>(model, batches, lr)?;
+                let (m, r) = s.step_reduced::<B, Llama<B>, 3>(model, batches, lr, reducer)?;
                 (m, r.loss, r.timings)
             }
             Stepper::AdaLomo(s) => {
-                let (m, r) = s.step::<B, Llama<B>, 3>(model, batches, lr)?;
+                let (m, r) = s.step_reduced::<B, Llama<B>, 3>(model, batches, lr, reducer)?;
                 (m, r.loss, r.timings)
             }
+            Stepper::AdamW(_) if reducer.world_size() > 1 => bail!("--nproc: full backward + AdamW has no data parallel"),
             Stepper::AdamW(o) => {
                 let (m, loss) = full_backward_step::<B, Llama<B>, _, 3>(model, batches, o, lr)?;
                 (m, loss, StepTimings::default())
@@ -177,10 +198,25 @@ impl CaseRunner for Run<'_> {
         let mut model = Llama::<B>::load_hf(&case.model_dir, dtype, &device)
             .with_context(|| format!("loading {}", case.model_dir.display()))?;
         let load_seconds = clock.elapsed().as_secs_f64();
-        if case.input_ids.len() != case.batch_size * case.tokens {
-            bail!("case field `input_ids`: {} ids for a {} × {} batch", case.input_ids.len(), case.batch_size, case.tokens);
+        let rows = case.batch_size / case.dist.as_ref().map_or(1, |d| d.world_size);
+        if case.input_ids.len() != rows * case.tokens {
+            bail!("case field `input_ids`: {} ids for a {} × {} slice", case.input_ids.len(), rows, case.tokens);
         }
-        let batch = Batch::new(case.input_ids.clone(), None, Some(case.input_ids.clone()), [case.batch_size, case.tokens])?;
+        let batch = Batch::new(case.input_ids.clone(), None, Some(case.input_ids.clone()), [rows, case.tokens])?;
+        let mut collective = match &case.dist {
+            Some(d) => {
+                let config = lomo_dist::DistConfig {
+                    world_size: d.world_size,
+                    rank: d.rank,
+                    coordinator: d.coordinator.clone(),
+                    node_address: format!("ws://127.0.0.1:{}", lomo_dist::free_port()?),
+                    timeout: std::time::Duration::from_secs(600),
+                };
+                let inner = burn::tensor::Tensor::<B, 1>::empty([1], &device).inner().device();
+                Some(lomo_dist::Collective::<B::InnerBackend>::join(&config, &inner)?)
+            }
+            None => None,
+        };
         let batches = [batch];
         let mut stepper = Stepper::<B>::new(case.kind)?;
         let mut steps = Vec::with_capacity(case.warmup + case.steps);
@@ -190,11 +226,17 @@ impl CaseRunner for Run<'_> {
                 (cpu0, wall0) = (process_cpu_seconds(), Instant::now());
             }
             let clock = Instant::now();
-            let (next, loss, timings) = stepper.step(model, &batches, case.lr)?;
+            let (next, loss, timings) = match collective.as_mut() {
+                Some(c) => stepper.step(model, &batches, case.lr, c)?,
+                None => stepper.step(model, &batches, case.lr, &mut lomo_optim::Local)?,
+            };
             model = next;
             let seconds = clock.elapsed().as_secs_f64();
             eprintln!("  {} step {}: {seconds:.3} s, loss {loss:.6}", case.kind.name(), i + 1);
             steps.push(StepSample { seconds, loss, timings });
+        }
+        if let Some(c) = collective {
+            c.finish()?;
         }
         Ok(OursResult {
             steps,

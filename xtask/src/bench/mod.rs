@@ -24,7 +24,7 @@ use case::{BenchCase, CaseKind, OursResult};
 pub const USAGE: &str = "usage: cargo xtask bench [--model DIR|FILE.gguf | --preset NAME] [--dtype f32|bf16|f16]
                         [--batch-size N] [--tokens N] [--case lomo|lomo-clip|adalomo|adamw]...
                         [--steps N] [--warmup N] [--threads N] [--backend cpu|cuda|tch]
-                        [--peer] [--python PATH] [--name NAME] [--seed N]
+                        [--peer] [--python PATH] [--name NAME] [--seed N] [--nproc N]
        cargo xtask bench --generate [--model …] [--prompt-ids 1,2,3 | --tokens N] [--max-new-tokens N] [--peer] …
   The default model is a 134M LLaMA (hidden 768, 12 layers, FFN 2048, 12 heads, vocab 32000,
   untied) with random weights; the default batch 2 × 256 random tokens; the default case lomo.
@@ -35,7 +35,9 @@ pub const USAGE: &str = "usage: cargo xtask bench [--model DIR|FILE.gguf | --pre
              backend without autodiff; with --peer beside HF transformers' `generate` on the same
              weights and prompt ids (the prompt: --prompt-ids, else --tokens random ids)
   --threads  threads for both sides (RAYON_NUM_THREADS for ours, torch.set_num_threads for the
-             peer); default: every core";
+             peer); default: every core
+  --nproc    ours as N data-parallel ranks (processes on this machine, the threads shared, each
+             with batch-size / N rows, summing over lomo-dist); reports the all-reduce time";
 
 /// The bench's command line.
 #[derive(Debug, Clone)]
@@ -57,6 +59,7 @@ pub struct BenchArgs {
     generate: bool,
     prompt_ids: Option<Vec<i64>>,
     max_new_tokens: usize,
+    nproc: usize,
 }
 
 /// Parses `bench`'s flags; the message names the flag.
@@ -79,6 +82,7 @@ pub fn parse_args(args: &[String]) -> Result<BenchArgs, String> {
         generate: false,
         prompt_ids: None,
         max_new_tokens: 64,
+        nproc: 1,
     };
     let mut tokens_given = false;
     let mut it = args.iter();
@@ -111,6 +115,7 @@ pub fn parse_args(args: &[String]) -> Result<BenchArgs, String> {
             }
             "--case" => a.cases.push(value()?.parse()?),
             "--steps" => a.steps = count(value()?, flag, 1)?,
+            "--nproc" => a.nproc = count(value()?, flag, 1)?,
             "--warmup" => a.warmup = count(value()?, flag, 0)?,
             "--threads" => a.threads = Some(count(value()?, flag, 1)?),
             "--backend" => {
@@ -147,6 +152,17 @@ pub fn parse_args(args: &[String]) -> Result<BenchArgs, String> {
     }
     if a.cases.is_empty() {
         a.cases.push(CaseKind::Lomo);
+    }
+    if a.nproc > 1 {
+        if a.generate || a.peer {
+            return Err("--nproc: data parallel measures our training step alone (not with --generate or --peer)".into());
+        }
+        if !a.batch_size.is_multiple_of(a.nproc) {
+            return Err(format!("--nproc {}: must divide --batch-size {}", a.nproc, a.batch_size));
+        }
+        if a.cases.contains(&CaseKind::Adamw) {
+            return Err("--nproc: the adamw case (full backward) has no data parallel".into());
+        }
     }
     a.cases.dedup();
     Ok(a)
@@ -225,12 +241,19 @@ pub struct BenchResult {
     pub backend: BackendKind,
     /// Threads given to both sides; `None`: every core.
     pub threads: Option<usize>,
+    /// Data-parallel ranks of ours (`--nproc`), sharing the threads.
+    #[serde(default = "one")]
+    pub nproc: usize,
     /// Cores of this machine.
     pub cores: usize,
     /// Whether this binary was optimised.
     pub release: bool,
     /// One entry per case.
     pub cases: Vec<CaseResult>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Where reports go: `<workspace>/target/bench`, or `$CARGO_TARGET_DIR/bench`.
@@ -303,9 +326,11 @@ pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
             lr: 1e-4,
             warmup: a.warmup,
             steps: a.steps,
+            dist: None,
         };
-        eprintln!("{}: ours ({} backend)", kind.name(), a.backend.name());
-        let (ours, error) = match run_child(&case, a.backend, a.threads) {
+        eprintln!("{}: ours ({} backend{})", kind.name(), a.backend.name(), if a.nproc > 1 { format!(", {} ranks", a.nproc) } else { String::new() });
+        let result = if a.nproc > 1 { run_group(&case, a.backend, a.threads, a.nproc) } else { run_child(&case, a.backend, a.threads) };
+        let (ours, error) = match result {
             Ok(r) => (Some(r), None),
             Err(e) => {
                 eprintln!("  failed: {e}");
@@ -338,6 +363,7 @@ pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
         warmup: a.warmup,
         backend: a.backend,
         threads: a.threads,
+        nproc: a.nproc,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         release: !cfg!(debug_assertions),
         cases: results,
@@ -364,6 +390,30 @@ pub fn redraw(json: &Path) -> Result<()> {
         println!("written: {}", path.display());
     }
     Ok(())
+}
+
+/// Runs one case as `nproc` ranks of a data-parallel group (child processes of this binary, each
+/// with its slice of the batch and its share of the threads), with a coordinator in this
+/// process; rank 0's measurement is the case's (its timers hold the sums' time, `reduce`).
+fn run_group(case: &BenchCase, backend: BackendKind, threads: Option<usize>, nproc: usize) -> Result<OursResult, String> {
+    let port = lomo_dist::free_coordinator_port().map_err(|e| format!("finding ports: {e}"))?;
+    let coordinator = lomo_dist::Coordinator::start(port).map_err(|e| e.to_string())?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_rank = (threads.unwrap_or(cores) / nproc).max(1);
+    let rows = case.batch_size / nproc;
+    let ranks: Vec<_> = (0..nproc)
+        .map(|rank| {
+            let mut mine = case.clone();
+            mine.input_ids = case.input_ids[rank * rows * case.tokens..(rank + 1) * rows * case.tokens].to_vec();
+            mine.dist = Some(case::CaseDist { world_size: nproc, rank, coordinator: coordinator.address.clone() });
+            std::thread::spawn(move || run_child(&mine, backend, Some(per_rank)))
+        })
+        .collect();
+    let mut results: Vec<Result<OursResult, String>> = ranks.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a rank's thread panicked".into()))).collect();
+    if let Some(e) = results.iter().find_map(|r| r.as_ref().err()) {
+        return Err(format!("a rank failed: {e}"));
+    }
+    results.swap_remove(0)
 }
 
 /// Runs one case of ours in a child process of this binary.

@@ -127,6 +127,16 @@ pub fn markdown(r: &BenchResult) -> String {
         let norm = if measured[0].timings.norm_pass.is_some() { format!("{norm:.3}") } else { "–".into() };
         let _ = writeln!(out, "| {} | {fwd:.3} | {norm} | {embed:.3} | {blocks:.3} | {loss:.3} | {upd:.3} | {total:.3} | {wall:.3} |", label(c.kind));
     }
+    if r.nproc > 1 {
+        let _ = writeln!(out, "\nData parallel: {} ranks sharing the threads, each with {} rows; rank 0's timers. The sums across ranks (all-reduce, median s/step, share of the wall time):\n", r.nproc, r.batch_size / r.nproc);
+        for c in &r.cases {
+            let Some(o) = &c.ours else { continue };
+            let measured: Vec<_> = o.steps.iter().skip(r.warmup).collect();
+            let reduce = stats(&measured.iter().map(|s| s.timings.reduce).collect::<Vec<_>>()).map_or(0.0, |s| s.median);
+            let wall = stats(&measured.iter().map(|s| s.seconds).collect::<Vec<_>>()).map_or(0.0, |s| s.median);
+            let _ = writeln!(out, "- {}: {reduce:.3} s of {wall:.3} s ({:.0} %)", label(c.kind), 100.0 * reduce / wall.max(1e-9));
+        }
+    }
     if let Some(p) = r.cases.iter().find_map(|c| c.peer.as_ref()) {
         let _ = writeln!(out, "\nPeer: {} (attention: {}, {} threads).", p.versions, p.attn_implementation.as_deref().unwrap_or("?"), p.threads);
     }
