@@ -188,8 +188,24 @@ impl<B: Backend> Llama<B> {
 
         let embed_tokens = Embedding { weight: param(tensor("model.embed_tokens.weight".into())?, device) };
         let mut layers = Vec::with_capacity(config.num_layers);
+        fn rms<B: Backend>(
+            tensor: &mut impl FnMut(String) -> Result<TensorData>,
+            device: &B::Device,
+            name: String,
+            eps: f64,
+        ) -> Result<RmsNorm<B>> {
+            Ok(RmsNorm { weight: param(tensor(name)?, device), eps })
+        }
+        let eps = config.rms_norm_eps;
+        let rms = |tensor: &mut _, name: String| rms::<B>(tensor, device, name, eps);
         for i in 0..config.num_layers {
             let p = format!("model.layers.{i}");
+            // Qwen3's per-head norms of queries and keys.
+            let (q_norm, k_norm) = if config.qk_norm {
+                (Some(rms(&mut tensor, format!("{p}.self_attn.q_norm.weight"))?), Some(rms(&mut tensor, format!("{p}.self_attn.k_norm.weight"))?))
+            } else {
+                (None, None)
+            };
             let self_attn = Attention {
                 q_proj: linear(&mut tensor, format!("{p}.self_attn.q_proj"), config.qkv_bias)?,
                 k_proj: linear(&mut tensor, format!("{p}.self_attn.k_proj"), config.qkv_bias)?,
@@ -198,8 +214,8 @@ impl<B: Backend> Llama<B> {
                 num_heads: config.num_heads,
                 num_kv_heads: config.num_kv_heads,
                 head_dim: config.head_dim,
-                q_norm: None,
-                k_norm: None,
+                q_norm,
+                k_norm,
                 window: config.sliding_window,
             };
             let mlp = Mlp {
@@ -207,24 +223,11 @@ impl<B: Backend> Llama<B> {
                 up_proj: linear(&mut tensor, format!("{p}.mlp.up_proj"), config.mlp_bias)?,
                 down_proj: linear(&mut tensor, format!("{p}.mlp.down_proj"), config.mlp_bias)?,
             };
-            let mut self_attn = self_attn;
-            if config.qk_norm {
-                let norm = |t: &mut _, name: &str| -> Result<RmsNorm<B>> {
-                    let t: &mut dyn FnMut(String) -> Result<TensorData> = t;
-                    Ok(RmsNorm { weight: param(t(format!("{p}.self_attn.{name}.weight"))?, device), eps: config.rms_norm_eps })
-                };
-                self_attn.q_norm = Some(norm(&mut tensor, "q_norm")?);
-                self_attn.k_norm = Some(norm(&mut tensor, "k_norm")?);
-            }
-            let input_layernorm =
-                RmsNorm { weight: param(tensor(format!("{p}.input_layernorm.weight"))?, device), eps: config.rms_norm_eps };
-            let post_attention_layernorm = RmsNorm {
-                weight: param(tensor(format!("{p}.post_attention_layernorm.weight"))?, device),
-                eps: config.rms_norm_eps,
-            };
+            let input_layernorm = rms(&mut tensor, format!("{p}.input_layernorm.weight"))?;
+            let post_attention_layernorm = rms(&mut tensor, format!("{p}.post_attention_layernorm.weight"))?;
             layers.push(DecoderLayer { input_layernorm, self_attn, post_attention_layernorm, mlp });
         }
-        let norm = RmsNorm { weight: param(tensor("model.norm.weight".into())?, device), eps: config.rms_norm_eps };
+        let norm = rms(&mut tensor, "model.norm.weight".into())?;
         let lm_head = if config.tie_word_embeddings { None } else { Some(linear(&mut tensor, "lm_head".into(), false)?) };
         let rope = RotaryEmbedding::new(&config);
         Ok(Self { embed_tokens, layers, norm, lm_head, config, rope, loss_chunking: LossChunking::default() })

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lomo_models::{Batch, HfParam, Llama, ModelType, StorageDtype};
+use lomo_models::{Batch, Llama, ModelType, StorageDtype};
 
 use crate::common::{self, max_abs_diff, values, AD};
 
@@ -40,20 +40,12 @@ fn check(name: &str, model_type: ModelType) -> (f32, f32) {
     let loss = model.loss(&batch);
     let loss_value = values(loss.clone())[0];
     assert!((loss_value - hf["loss"].1[0]).abs() < 1e-5, "{name}: loss {loss_value} vs HF {}", hf["loss"].1[0]);
-    let grads = loss.backward();
+    let grads = common::hf_grads(&model, &loss.backward());
     let reference = common::read_safetensors(&dir.join("grads.safetensors"));
-    let params = model.hf_params();
     // A tied embedding has one gradient in HF's named_parameters as here.
-    assert_eq!(params.len(), reference.len(), "{name}: parameters");
+    assert_eq!(grads.len(), reference.len(), "{name}: parameters");
     let mut grad_diff = 0f32;
-    for (spec, param) in params {
-        let grad = match param {
-            HfParam::Vector(p) => values(p.val().grad(&grads).expect("a gradient")),
-            HfParam::Matrix(p) => {
-                let g = p.val().grad(&grads).expect("a gradient");
-                values(if spec.transposed { g.transpose() } else { g })
-            }
-        };
+    for (spec, grad) in grads {
         let (shape, expected) = &reference[&spec.name];
         assert_eq!(shape, &spec.shape, "{name}: {}", spec.name);
         let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-3);

@@ -1,7 +1,7 @@
 //! stories260K against the numbers PyTorch / HF transformers produced
 //! (shared/reference/gen_reference.py).
 
-use lomo_models::{generate, GenerationConfig, HfParam, Llama, StorageDtype};
+use lomo_models::{generate, GenerationConfig, Llama, StorageDtype};
 
 use crate::common::{self, max_abs_diff, values, AD, B};
 
@@ -53,17 +53,9 @@ fn gradients_match_hf() {
     let model = Llama::<AD>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();
     let reference = common::read_safetensors(&reference);
     // loss_of(m).backward(); {n: p.grad for n, p in m.named_parameters()}
-    let grads = model.loss(&batch).backward();
-    let params = model.hf_params();
-    assert_eq!(params.len(), reference.len());
-    for (spec, param) in params {
-        let grad = match param {
-            HfParam::Vector(p) => values(p.val().grad(&grads).expect("a gradient")),
-            HfParam::Matrix(p) => {
-                let g = p.val().grad(&grads).expect("a gradient");
-                values(if spec.transposed { g.transpose() } else { g })
-            }
-        };
+    let grads = common::hf_grads(&model, &model.loss(&batch).backward());
+    assert_eq!(grads.len(), reference.len());
+    for (spec, grad) in grads {
         let (shape, expected) = &reference[&spec.name];
         assert_eq!(shape, &spec.shape, "{}", spec.name);
         let diff = max_abs_diff(&grad, expected);

@@ -234,7 +234,7 @@ impl<U> FusedStep<U> {
                 if let Some(s) = self.scaler.as_mut() {
                     s.overflow();
                 }
-                report.loss = reduced_loss(pass_loss(loss_sum), &plan, reducer, &mut reduce_seconds)?;
+                report.loss = reduced_loss(pass.loss_sum, &plan, reducer, &mut reduce_seconds)?;
                 report.skipped = true;
                 timings.reduce = reduce_seconds;
                 report.timings = timings;
@@ -420,10 +420,6 @@ where
         }
     }
     PassResult { model, loss_sum, stage_seconds, ready_seconds }
-}
-
-fn pass_loss(loss_sum: Option<f64>) -> f64 {
-    loss_sum.expect("the norm pass ran the loss stage")
 }
 
 /// The mean loss over every rank's targets from this rank's sum.

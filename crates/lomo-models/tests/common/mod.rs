@@ -61,6 +61,28 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// Every parameter's gradient under its HF name, in HF's layout (`[out, in]`), in the order of
+/// the model's tensor specs: what PyTorch's `{n: p.grad for n, p in m.named_parameters()}` holds.
+pub fn hf_grads(
+    model: &lomo_models::Llama<AD>,
+    grads: &<AD as burn::tensor::backend::AutodiffBackend>::Gradients,
+) -> Vec<(lomo_models::TensorSpec, Vec<f32>)> {
+    model
+        .hf_params()
+        .into_iter()
+        .map(|(spec, param)| {
+            let grad = match param {
+                lomo_models::HfParam::Vector(p) => values(p.val().grad(grads).expect("a gradient")),
+                lomo_models::HfParam::Matrix(p) => {
+                    let g = p.val().grad(grads).expect("a gradient");
+                    values(if spec.transposed { g.transpose() } else { g })
+                }
+            };
+            (spec, grad)
+        })
+        .collect()
+}
+
 /// A tensor's values as f32.
 pub fn values<Bk: Backend, const D: usize>(t: burn::tensor::Tensor<Bk, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec().unwrap()
