@@ -22,7 +22,7 @@ fn reference_batch(rows: std::ops::Range<usize>) -> Option<Batch> {
 
 fn model() -> Option<Llama<B>> {
     let dir = shared("models/stories260K")?;
-    Some(Llama::<B>::load_hf(dir, StorageDtype::F32, &Default::default()).unwrap())
+    Some(Llama::<B>::load_hf(dir, StorageDtype::F32, &burn::backend::flex::FlexDevice).unwrap())
 }
 
 fn weights(model: &Llama<B>) -> Vec<(String, Vec<f32>)> {

@@ -122,6 +122,9 @@ pub enum ModelError {
     /// An unknown preset name.
     #[error("unknown model preset `{0}` (known: {1})")]
     UnknownPreset(String, String),
+    /// A placement of the stages on devices that does not fit the model.
+    #[error("placement: {0}")]
+    Placement(String),
 }
 
 /// Shorthand for results of this crate.

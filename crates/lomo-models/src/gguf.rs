@@ -13,6 +13,7 @@ use burn::tensor::backend::Backend;
 use half::f16;
 use memmap2::Mmap;
 
+use crate::placement::On;
 use crate::config::{LlamaConfig, ModelType, TensorSpec};
 use crate::dtype::{decode_tensor, rows_cols, FloatEncoding, PlainFloats, RowSource, StorageDtype};
 use crate::error::{ModelError, Result};
@@ -644,7 +645,17 @@ impl GgufFile {
     }
 
     /// Builds a model of `config` from this file's tensors, in `dtype`.
-    pub fn load_model<B: Backend>(&self, config: LlamaConfig, dtype: StorageDtype, device: &B::Device) -> Result<Llama<B>> {
+    /// `device` is one device, or a [`crate::Placement`] of the stages on devices.
+    pub fn load_model<'a, B: Backend>(
+        &self,
+        config: LlamaConfig,
+        dtype: StorageDtype,
+        device: impl Into<On<'a, B::Device>>,
+    ) -> Result<Llama<B>>
+    where
+        B::Device: 'a,
+    {
+        let device = device.into();
         let by_hf_name: HashMap<String, &GgufTensorInfo> =
             self.tensors.iter().filter_map(|t| hf_name(&t.name).map(|hf| (hf, t))).collect();
         if let Some(t) = self.tensors.iter().find(|t| hf_name(&t.name).is_none()) {
@@ -740,7 +751,10 @@ pub(crate) fn gguf_name(hf: &str) -> Option<String> {
 impl<B: Backend> Llama<B> {
     /// Loads a GGUF file (architecture `llama`): configuration from its metadata, weights
     /// dequantised to `dtype`. Use [`GgufFile::tokenizer`] for its tokenizer.
-    pub fn load_gguf(path: impl AsRef<Path>, dtype: StorageDtype, device: &B::Device) -> Result<Self> {
+    pub fn load_gguf<'a>(path: impl AsRef<Path>, dtype: StorageDtype, device: impl Into<On<'a, B::Device>>) -> Result<Self>
+    where
+        B::Device: 'a,
+    {
         let file = GgufFile::open(path)?;
         let config = file.config()?;
         file.load_model(config, dtype, device)

@@ -7,6 +7,7 @@
 
 use burn::tensor::backend::Backend;
 
+use crate::placement::On;
 use crate::config::{LlamaConfig, TensorSpec};
 use crate::dtype::{decode_tensor, RowSource, StorageDtype};
 use crate::error::Result;
@@ -56,9 +57,15 @@ fn name_hash(name: &str) -> u64 {
 
 impl<B: Backend> Llama<B> {
     /// A model of `config`'s shape with random weights stored in `dtype`, reproducible
-    /// from `seed`.
-    pub fn init(config: LlamaConfig, dtype: StorageDtype, device: &B::Device, seed: u64) -> Self {
-        let result: Result<Self> = Self::from_tensors(config, device, |spec: &TensorSpec| {
+    /// from `seed`, on one device or placed stage by stage ([`crate::Placement`]).
+    ///
+    /// # Panics
+    /// If a placement is for another number of stages than the config's layers + 2.
+    pub fn init<'a>(config: LlamaConfig, dtype: StorageDtype, device: impl Into<On<'a, B::Device>>, seed: u64) -> Self
+    where
+        B::Device: 'a,
+    {
+        let result: Result<Self> = Self::from_tensors(config, device.into(), |spec: &TensorSpec| {
             let is_norm = spec.name.ends_with("norm.weight");
             let fill = if is_norm {
                 Fill::Constant(1.0)
@@ -72,6 +79,6 @@ impl<B: Backend> Llama<B> {
             let (rows, cols) = crate::dtype::rows_cols(&shape);
             Ok(decode_tensor(&RandomRows { rows, cols, fill }, shape, false, dtype))
         });
-        result.expect("random initialisation cannot fail")
+        result.unwrap_or_else(|e| panic!("{e}"))
     }
 }

@@ -37,6 +37,7 @@ pub mod kv_cache;
 pub mod llama;
 pub mod mlp;
 pub mod norm;
+pub mod placement;
 pub mod plan;
 pub mod presets;
 pub mod rng;
@@ -54,6 +55,7 @@ pub use gguf::{GgufFile, GgufTokenizer};
 pub use gguf_write::GgufExportType;
 pub use kv_cache::KvCache;
 pub use llama::{HfParam, Llama, LossChunking};
+pub use placement::{On, Placement};
 pub use save::SaveOptions;
 
 use burn::tensor::backend::AutodiffBackend;

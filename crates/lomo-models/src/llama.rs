@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
+use crate::placement::{to_device, On};
 use crate::rope::{RopeTables, RotaryEmbedding};
 
 /// One decoder block: pre-norm attention and pre-norm MLP, each with a residual.
@@ -99,11 +100,11 @@ pub struct Llama<B: Backend> {
     /// LM head, `[hidden, vocab]` in burn's layout; `None` when tied to the embedding.
     pub lm_head: Option<Linear<B>>,
     #[module(skip)]
-    config: LlamaConfig,
+    pub(crate) config: LlamaConfig,
     #[module(skip)]
-    rope: RotaryEmbedding,
+    pub(crate) rope: RotaryEmbedding,
     #[module(skip)]
-    loss_chunking: LossChunking,
+    pub(crate) loss_chunking: LossChunking,
 }
 
 impl<B: Backend> Llama<B> {
@@ -161,9 +162,10 @@ impl<B: Backend> Llama<B> {
     /// copy of each tensor stays.
     pub(crate) fn from_tensors(
         config: LlamaConfig,
-        device: &B::Device,
+        on: On<'_, B::Device>,
         mut take: impl FnMut(&TensorSpec) -> Result<TensorData>,
     ) -> Result<Self> {
+        on.check(config.num_layers + 2)?;
         let specs: HashMap<String, TensorSpec> =
             config.tensor_specs().into_iter().map(|s| (s.name.clone(), s)).collect();
         let mut tensor = |name: String| -> Result<TensorData> {
@@ -184,9 +186,9 @@ impl<B: Backend> Llama<B> {
             let bias = if bias { Some(param(tensor(format!("{prefix}.bias"))?, device)) } else { None };
             Ok(Linear { weight, bias })
         }
-        let linear = |tensor: &mut _, prefix: String, bias: bool| linear::<B>(tensor, device, prefix, bias);
+        let linear = |tensor: &mut _, stage: usize, prefix: String, bias: bool| linear::<B>(tensor, on.stage(stage), prefix, bias);
 
-        let embed_tokens = Embedding { weight: param(tensor("model.embed_tokens.weight".into())?, device) };
+        let embed_tokens = Embedding { weight: param(tensor("model.embed_tokens.weight".into())?, on.stage(0)) };
         let mut layers = Vec::with_capacity(config.num_layers);
         fn rms<B: Backend>(
             tensor: &mut impl FnMut(String) -> Result<TensorData>,
@@ -197,20 +199,22 @@ impl<B: Backend> Llama<B> {
             Ok(RmsNorm { weight: param(tensor(name)?, device), eps })
         }
         let eps = config.rms_norm_eps;
-        let rms = |tensor: &mut _, name: String| rms::<B>(tensor, device, name, eps);
+        let rms = |tensor: &mut _, stage: usize, name: String| rms::<B>(tensor, on.stage(stage), name, eps);
+        let head = config.num_layers + 1;
         for i in 0..config.num_layers {
             let p = format!("model.layers.{i}");
+            let stage = i + 1;
             // Qwen3's per-head norms of queries and keys.
             let (q_norm, k_norm) = if config.qk_norm {
-                (Some(rms(&mut tensor, format!("{p}.self_attn.q_norm.weight"))?), Some(rms(&mut tensor, format!("{p}.self_attn.k_norm.weight"))?))
+                (Some(rms(&mut tensor, stage, format!("{p}.self_attn.q_norm.weight"))?), Some(rms(&mut tensor, stage, format!("{p}.self_attn.k_norm.weight"))?))
             } else {
                 (None, None)
             };
             let self_attn = Attention {
-                q_proj: linear(&mut tensor, format!("{p}.self_attn.q_proj"), config.qkv_bias)?,
-                k_proj: linear(&mut tensor, format!("{p}.self_attn.k_proj"), config.qkv_bias)?,
-                v_proj: linear(&mut tensor, format!("{p}.self_attn.v_proj"), config.qkv_bias)?,
-                o_proj: linear(&mut tensor, format!("{p}.self_attn.o_proj"), config.o_bias)?,
+                q_proj: linear(&mut tensor, stage, format!("{p}.self_attn.q_proj"), config.qkv_bias)?,
+                k_proj: linear(&mut tensor, stage, format!("{p}.self_attn.k_proj"), config.qkv_bias)?,
+                v_proj: linear(&mut tensor, stage, format!("{p}.self_attn.v_proj"), config.qkv_bias)?,
+                o_proj: linear(&mut tensor, stage, format!("{p}.self_attn.o_proj"), config.o_bias)?,
                 num_heads: config.num_heads,
                 num_kv_heads: config.num_kv_heads,
                 head_dim: config.head_dim,
@@ -219,16 +223,16 @@ impl<B: Backend> Llama<B> {
                 window: config.sliding_window,
             };
             let mlp = Mlp {
-                gate_proj: linear(&mut tensor, format!("{p}.mlp.gate_proj"), config.mlp_bias)?,
-                up_proj: linear(&mut tensor, format!("{p}.mlp.up_proj"), config.mlp_bias)?,
-                down_proj: linear(&mut tensor, format!("{p}.mlp.down_proj"), config.mlp_bias)?,
+                gate_proj: linear(&mut tensor, stage, format!("{p}.mlp.gate_proj"), config.mlp_bias)?,
+                up_proj: linear(&mut tensor, stage, format!("{p}.mlp.up_proj"), config.mlp_bias)?,
+                down_proj: linear(&mut tensor, stage, format!("{p}.mlp.down_proj"), config.mlp_bias)?,
             };
-            let input_layernorm = rms(&mut tensor, format!("{p}.input_layernorm.weight"))?;
-            let post_attention_layernorm = rms(&mut tensor, format!("{p}.post_attention_layernorm.weight"))?;
+            let input_layernorm = rms(&mut tensor, stage, format!("{p}.input_layernorm.weight"))?;
+            let post_attention_layernorm = rms(&mut tensor, stage, format!("{p}.post_attention_layernorm.weight"))?;
             layers.push(DecoderLayer { input_layernorm, self_attn, post_attention_layernorm, mlp });
         }
-        let norm = rms(&mut tensor, "model.norm.weight".into())?;
-        let lm_head = if config.tie_word_embeddings { None } else { Some(linear(&mut tensor, "lm_head".into(), false)?) };
+        let norm = rms(&mut tensor, head, "model.norm.weight".into())?;
+        let lm_head = if config.tie_word_embeddings { None } else { Some(linear(&mut tensor, head, "lm_head".into(), false)?) };
         let rope = RotaryEmbedding::new(&config);
         Ok(Self { embed_tokens, layers, norm, lm_head, config, rope, loss_chunking: LossChunking::default() })
     }
@@ -303,16 +307,18 @@ impl<B: FusedKernels> Llama<B> {
         lomo_kernels::embedding(self.embed_tokens.weight.val(), batch.input_ids(), [batch.batch_size(), batch.seq_len()])
     }
 
-    /// RoPE tables and padded keys for a training / scoring forward over `batch`.
-    pub(crate) fn attention_inputs(&self, batch: &Batch) -> (RopeTables<B>, Option<KeyPadding>) {
-        let rope = self.rope.tables(0, batch.seq_len(), self.dtype().to_burn(), &self.device());
+    /// RoPE tables on `device` and padded keys for a training / scoring forward over `batch`.
+    pub(crate) fn attention_inputs(&self, batch: &Batch, device: &B::Device) -> (RopeTables<B>, Option<KeyPadding>) {
+        let rope = self.rope.tables(0, batch.seq_len(), self.dtype().to_burn(), device);
         (rope, KeyPadding::from_mask(batch.attention_mask(), batch.batch_size()))
     }
 
-    /// Runs decoder block `layer` on `x` (no cache: training and scoring).
+    /// Runs decoder block `layer` on `x` (no cache: training and scoring), on the block's
+    /// device (`x` is moved there first when it is elsewhere).
     pub fn block(&self, layer: usize, x: Tensor<B, 3>, batch: &Batch) -> Tensor<B, 3> {
-        let (rope, padding) = self.attention_inputs(batch);
-        self.layers[layer].forward(x, AttentionInputs::Batch { rope: &rope, padding: padding.as_ref() })
+        let device = self.stage_device(layer + 1);
+        let (rope, padding) = self.attention_inputs(batch, &device);
+        self.layers[layer].forward(to_device(x, &device), AttentionInputs::Batch { rope: &rope, padding: padding.as_ref() })
     }
 
     /// Final norm and LM head: logits `[batch, tokens, vocab]` in f32.
@@ -331,22 +337,32 @@ impl<B: FusedKernels> Llama<B> {
     }
 
     /// Final norm and LM head on rows, `[rows, hidden]` → `[rows, vocab]` in the storage dtype.
+    /// Runs on the loss stage's device (`x` is moved there first when it is elsewhere).
     fn head_logits(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = self.norm.forward(x);
+        let device = self.head_device();
+        let x = self.norm.forward(to_device(x, &device));
         match &self.lm_head {
             Some(head) => crate::attention::dense(head, x),
-            // Tied: the embedding `[vocab, hidden]` read as a `[hidden, vocab]` view, no copy.
-            None => lomo_kernels::linear(x, self.embed_tokens.weight.val().transpose(), None),
+            // Tied: the embedding `[vocab, hidden]` read as a `[hidden, vocab]` view, no copy;
+            // a copy on the head's device when the embedding's stage is placed elsewhere.
+            None => lomo_kernels::linear(x, to_device(self.embed_tokens.weight.val(), &device).transpose(), None),
         }
     }
 
     /// The last decoder block's output for `batch`, `[batch, tokens, hidden]` (before the
     /// final norm): the whole model but the head.
     pub fn hidden_states(&self, batch: &Batch) -> Tensor<B, 3> {
-        let (rope, padding) = self.attention_inputs(batch);
         let mut x = self.embed(batch);
-        for layer in &self.layers {
-            x = layer.forward(x, AttentionInputs::Batch { rope: &rope, padding: padding.as_ref() });
+        let mut inputs: Option<(B::Device, RopeTables<B>, Option<KeyPadding>)> = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            // The tables are made again only where the placement changes device.
+            let device = self.stage_device(i + 1);
+            if inputs.as_ref().is_none_or(|(d, ..)| d != &device) {
+                let (rope, padding) = self.attention_inputs(batch, &device);
+                inputs = Some((device.clone(), rope, padding));
+            }
+            let (_, rope, padding) = inputs.as_ref().expect("made above");
+            x = layer.forward(to_device(x, &device), AttentionInputs::Batch { rope, padding: padding.as_ref() });
         }
         x
     }
@@ -370,7 +386,7 @@ impl<B: FusedKernels> Llama<B> {
     /// If a position is outside the batch or a token outside the vocabulary.
     pub fn log_probs(&self, batch: &Batch, reads: &[(usize, i64)]) -> Tensor<B, 1> {
         if reads.is_empty() {
-            return Tensor::zeros([0], (&self.device(), DType::F32));
+            return Tensor::zeros([0], (&self.head_device(), DType::F32));
         }
         let positions = batch.batch_size() * batch.seq_len();
         let vocab = self.config.vocab_size as i64;
@@ -412,13 +428,17 @@ impl<B: FusedKernels> Llama<B> {
     /// Logits of the last position of each row for `input_ids` (`[batch, tokens]`, no
     /// padding) following the positions in `cache`, which it extends: incremental decoding.
     pub fn forward_cached(&self, input_ids: &[i64], batch_size: usize, cache: &mut KvCache<B>) -> Tensor<B, 2> {
-        let device = self.device();
         let tokens = input_ids.len() / batch_size;
         let offset = cache.len();
         let mut x = lomo_kernels::embedding(self.embed_tokens.weight.val(), input_ids, [batch_size, tokens]);
-        let rope = self.rope.tables(offset, tokens, self.dtype().to_burn(), &device);
+        let mut tables: Option<(B::Device, RopeTables<B>)> = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x, AttentionInputs::Cached { rope: &rope, offset, cache: cache.layer_mut(i) });
+            let device = self.stage_device(i + 1);
+            if tables.as_ref().is_none_or(|(d, _)| d != &device) {
+                tables = Some((device.clone(), self.rope.tables(offset, tokens, self.dtype().to_burn(), &device)));
+            }
+            let (_, rope) = tables.as_ref().expect("made above");
+            x = layer.forward(to_device(x, &device), AttentionInputs::Cached { rope, offset, cache: cache.layer_mut(i) });
         }
         cache.advance(tokens);
         let logits = self.head(x.narrow(1, tokens - 1, 1));

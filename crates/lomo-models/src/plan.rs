@@ -429,6 +429,162 @@ impl PlanConfig {
         }
     }
 
+    /// The parts of the fused step's peak, by kind of stage: what [`Self::plan`] sums for one
+    /// device and [`Self::plan_devices`] per device.
+    fn fused_pieces(&self) -> FusedPieces {
+        let s = self.shapes();
+        let m = &self.model;
+        let e = self.dtype.size_of() as u64;
+        let micro_batches = (self.batch_size / self.micro_batch_size) as u64;
+        let embed = self.embedding_params();
+        let tied = m.tie_word_embeddings;
+        let update = self.update_transient_bytes();
+        let loss_chunks = self.targets_per_micro_batch().div_ceil(self.loss_chunk_targets()) as u64;
+        let layer_saved = self.layer_saved_bytes(&s);
+        let chunk_act = self.loss_chunk_bytes(&s);
+        // The LM head's gradient while the loss stage runs backward: with several chunks the
+        // sum of the earlier chunks' is kept while the next one is computed. The head sees
+        // 2-D `[targets, hidden]` rows: an untied head's Linear makes its gradient in one
+        // matmul; the tied one's is made transposed, then laid out as the embedding.
+        let head_grad_peak = if tied { 2 * embed * e } else { embed * e };
+        let head_grad_sum = if loss_chunks > 1 || micro_batches > 1 { embed * e } else { 0 };
+        // Gradients summed over micro-batches, chunks or the two stages of a tied
+        // embedding are kept in f32 so that they do not round.
+        let sum_e = if e == F32 { e } else { F32 };
+        let grad_e = if micro_batches > 1 { sum_e } else { e };
+        let tied_pending = if tied { embed * sum_e } else { 0 };
+        // (gradients, activations beyond boundaries and upstream) at the peak of each
+        // kind of stage: during its backward, or during its update.
+        let loss = {
+            let kept = if head_grad_sum > 0 { embed * sum_e } else { 0 };
+            let backward = (kept + embed * e, head_grad_peak - embed * e + chunk_act);
+            let after = (if loss_chunks > 1 || micro_batches > 1 { embed * sum_e } else { embed * e }, update);
+            max_pair(backward, after)
+        };
+        let layer_grads = self.layer_params() * grad_e;
+        let layer = {
+            let backward = (layer_grads, layer_saved + 2 * s.hidden * e);
+            let layer_update = update.min(self.update_transient_for(self.largest_layer_param()));
+            max_pair(backward, (layer_grads, layer_update))
+        };
+        // Stage 0: the embedding's gradient is a dense `[vocab, hidden]`, made by
+        // `lomo_kernels::embedding`'s backward as one zeroed buffer with the batch's rows
+        // added in place (no second buffer). A tied one is then summed with the kept one
+        // in f32: in bf16/f16 the kept one is cast to f32 and the new one added, each in
+        // blocks then concatenated, so at the concatenation two f32 buffers live next to
+        // the new gradient.
+        let embed_backward = 0;
+        let embed_stage = if tied {
+            let block = embed.min(BLOCK_ELEMS as u64);
+            let sum = if e == F32 { (0, 0) } else { (embed * (F32 + e), embed * F32 + block * (staging_bytes(self) + F32)) };
+            max_pair((tied_pending + embed * e, embed_backward), sum)
+        } else {
+            (embed * grad_e, embed_backward)
+        };
+        let embed_stage = max_pair(embed_stage, (embed * grad_e.max(if tied { sum_e } else { 0 }), update));
+        FusedPieces {
+            boundary: micro_batches * s.hidden * e,
+            // Each micro-batch's upstream gradient, plus the one being produced.
+            upstream: (micro_batches + 1) * s.hidden * e,
+            tied_pending,
+            loss,
+            layer,
+            embed: embed_stage,
+            moved_input: s.hidden * e,
+            tied_copy: if tied { embed * e } else { 0 },
+        }
+    }
+
+    /// Bytes of weights and of optimizer state of each stage (embedding, blocks, loss stage).
+    fn stage_bytes(&self) -> Vec<(u64, u64)> {
+        let layers = self.model.num_layers;
+        let e = self.dtype.size_of() as u64;
+        let mut out = vec![(0u64, 0u64); layers + 2];
+        for spec in self.model.tensor_specs() {
+            let stage = if spec.name == "model.embed_tokens.weight" {
+                0
+            } else if let Some(rest) = spec.name.strip_prefix("model.layers.") {
+                1 + rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).expect("layer tensors are model.layers.N.…")
+            } else {
+                layers + 1
+            };
+            let n = spec.numel() as u64;
+            let state = match self.optimizer {
+                PlanOptimizer::Lomo | PlanOptimizer::Sgd => 0,
+                PlanOptimizer::AdamW => 2 * n * e,
+                PlanOptimizer::AdaLomo => spec.shape.iter().sum::<usize>() as u64 * F32,
+            };
+            out[stage].0 += n * e;
+            out[stage].1 += state;
+        }
+        out
+    }
+
+    /// The fused step's stages split over `devices` devices in contiguous ranges (the order of
+    /// the model: embedding first, loss stage last), chosen so that the largest per-device peak
+    /// is as small as it can be, with each device's predicted peak.
+    ///
+    /// Per device: its stages' weights and optimizer state, the boundary activations its stages
+    /// produce, the upstream gradients (they pass through every device), and the largest of its
+    /// stages' backward-and-update peaks; a device whose first stage is not stage 0 also holds
+    /// the copy of the boundary moved in from the device before it. A tied embedding's gradient
+    /// waits on stage 0's device from the loss stage on (with one incoming gradient beside it),
+    /// and a loss stage on another device holds a copy of the embedding.
+    ///
+    /// # Errors
+    /// A field [`Self::plan`] rejects, no device, more devices than stages, or the full-backward
+    /// mode (one whole-model graph: not planned per device).
+    pub fn plan_devices(&self, devices: usize) -> Result<DevicePlan, PlanError> {
+        self.check()?;
+        let n = self.model.num_layers + 2;
+        if devices == 0 {
+            return Err(PlanError::field("devices", "must be at least 1"));
+        }
+        if devices > n {
+            return Err(PlanError::field("devices", format!("{devices} devices for {n} stages: each device needs a stage")));
+        }
+        if self.mode != StepMode::Fused {
+            return Err(PlanError::field("mode", "a per-device plan is for the fused step (lomo, adalomo)"));
+        }
+        let pieces = self.fused_pieces();
+        let bytes = self.stage_bytes();
+        let cost = |a: usize, b: usize| device_share(&pieces, &bytes, a, b, devices > 1);
+        // best[k][i]: the smallest largest peak of stages 0..i on k + 1 devices, and where the
+        // last range starts.
+        let mut best = vec![vec![(u64::MAX, 0usize); n + 1]; devices];
+        for i in 1..=n {
+            best[0][i] = (cost(0, i).total, 0);
+        }
+        for k in 1..devices {
+            for i in k + 1..=n {
+                for start in k..i {
+                    let before = best[k - 1][start].0;
+                    if before == u64::MAX {
+                        continue;
+                    }
+                    let peak = before.max(cost(start, i).total);
+                    if peak < best[k][i].0 {
+                        best[k][i] = (peak, start);
+                    }
+                }
+            }
+        }
+        let mut bounds = vec![n];
+        let mut end = n;
+        for k in (1..devices).rev() {
+            end = best[k][end].1;
+            bounds.push(end);
+        }
+        bounds.push(0);
+        bounds.reverse();
+        let shares: Vec<DeviceShare> = bounds
+            .windows(2)
+            .map(|w| DeviceShare { first_stage: w[0], last_stage: w[1] - 1, plan: cost(w[0], w[1]) })
+            .collect();
+        let assignment = shares.iter().enumerate().flat_map(|(d, sh)| std::iter::repeat_n(d, sh.last_stage - sh.first_stage + 1)).collect();
+        Ok(DevicePlan { num_stages: n, assignment, devices: shares })
+    }
+
     /// The predicted peak of one steady-state step (the optimizer's state already exists).
     pub fn plan(&self) -> Result<MemoryPlan, PlanError> {
         self.check()?;
@@ -454,46 +610,10 @@ impl PlanConfig {
 
         let (gradients, activations) = match self.mode {
             StepMode::Fused => {
-                // Gradients summed over micro-batches, chunks or the two stages of a tied
-                // embedding are kept in f32 so that they do not round.
-                let sum_e = if e == F32 { e } else { F32 };
-                let grad_e = if micro_batches > 1 { sum_e } else { e };
-                let boundaries = micro_batches * (layers + 1) * s.hidden * e;
-                // Each micro-batch's upstream gradient, plus the one being produced.
-                let upstream = (micro_batches + 1) * s.hidden * e;
-                let tied_pending = if tied { embed * sum_e } else { 0 };
-                // (gradients, activations beyond boundaries and upstream) at the peak of each
-                // kind of stage: during its backward, or during its update.
-                let loss_stage = {
-                    let kept = if head_grad_sum > 0 { embed * sum_e } else { 0 };
-                    let backward = (kept + embed * e, head_grad_peak - embed * e + chunk_act);
-                    let after = (if loss_chunks > 1 || micro_batches > 1 { embed * sum_e } else { embed * e }, update);
-                    max_pair(backward, after)
-                };
-                let layer_grads = self.layer_params() * grad_e;
-                let layer_stage = {
-                    let backward = (layer_grads, layer_saved + 2 * s.hidden * e);
-                    let layer_update = update.min(self.update_transient_for(self.largest_layer_param()));
-                    max_pair(backward, (layer_grads, layer_update))
-                };
-                let layer_stage = (layer_stage.0 + tied_pending, layer_stage.1);
-                // Stage 0: the embedding's gradient is a dense `[vocab, hidden]`, made by
-                // `lomo_kernels::embedding`'s backward as one zeroed buffer with the batch's rows
-                // added in place (no second buffer). A tied one is then summed with the kept one
-                // in f32: in bf16/f16 the kept one is cast to f32 and the new one added, each in
-                // blocks then concatenated, so at the concatenation two f32 buffers live next to
-                // the new gradient.
-                let embed_backward = 0;
-                let embed_stage = if tied {
-                    let block = embed.min(BLOCK_ELEMS as u64);
-                    let sum = if e == F32 { (0, 0) } else { (embed * (F32 + e), embed * F32 + block * (staging_bytes(self) + F32)) };
-                    max_pair((tied_pending + embed * e, embed_backward), sum)
-                } else {
-                    (embed * grad_e, embed_backward)
-                };
-                let embed_stage = max_pair(embed_stage, (embed * grad_e.max(if tied { sum_e } else { 0 }), update));
-                let (g, a) = max_pair(max_pair(loss_stage, layer_stage), embed_stage);
-                (g, boundaries + upstream + a)
+                let p = self.fused_pieces();
+                let layer_stage = (p.layer.0 + p.tied_pending, p.layer.1);
+                let (g, a) = max_pair(max_pair(p.loss, layer_stage), p.embed);
+                (g, (layers + 1) * p.boundary + p.upstream + a)
             }
             StepMode::Full => {
                 let all_grads = m.num_params() * e;
@@ -517,6 +637,129 @@ impl PlanConfig {
         };
         let total = weights + gradients + optimizer_state + activations;
         Ok(MemoryPlan { weights, gradients, optimizer_state, activations, total })
+    }
+}
+
+/// The parts of the fused step's peak by kind of stage ((gradients, activations) pairs beyond
+/// the boundaries and upstream gradients).
+struct FusedPieces {
+    /// One stage's boundary activations, every micro-batch.
+    boundary: u64,
+    /// The upstream gradients of every micro-batch, plus the one being produced.
+    upstream: u64,
+    /// A tied embedding's gradient, kept from the loss stage back to stage 0.
+    tied_pending: u64,
+    /// The loss stage's peak.
+    loss: (u64, u64),
+    /// A decoder block's peak (without `tied_pending`).
+    layer: (u64, u64),
+    /// The embedding stage's peak (with `tied_pending`).
+    embed: (u64, u64),
+    /// A boundary activation moved in from the device before.
+    moved_input: u64,
+    /// A tied embedding's copy on the loss stage's device when that is another device.
+    tied_copy: u64,
+}
+
+/// The peak of one device that holds stages `a..b` of `n = bytes.len()`.
+fn device_share(p: &FusedPieces, bytes: &[(u64, u64)], a: usize, b: usize, split: bool) -> MemoryPlan {
+    let n = bytes.len();
+    let weights: u64 = bytes[a..b].iter().map(|s| s.0).sum();
+    let optimizer_state: u64 = bytes[a..b].iter().map(|s| s.1).sum();
+    // The boundaries this device's stages produce (the loss stage produces none).
+    let produced = (a..b).filter(|&s| s < n - 1).count() as u64;
+    let moved = if a > 0 { p.moved_input } else { 0 };
+    let holds_embed = a == 0;
+    let holds_loss = b == n;
+    let holds_layers = (a..b).any(|s| s > 0 && s < n - 1);
+    let mut pairs = Vec::new();
+    if holds_embed {
+        pairs.push(p.embed);
+        if split && p.tied_pending > 0 {
+            // The tied gradient waits here while the other devices run; one incoming
+            // gradient (a loss chunk's, moved back) is added to it.
+            pairs.push((p.tied_pending + p.tied_copy, 0));
+        }
+    }
+    if holds_layers {
+        let pending = if holds_embed { p.tied_pending } else { 0 };
+        pairs.push((p.layer.0 + pending, p.layer.1 + moved));
+    }
+    if holds_loss {
+        let copy = if holds_embed { 0 } else { p.tied_copy };
+        pairs.push((p.loss.0, p.loss.1 + moved + copy));
+    }
+    let (gradients, extra) = pairs.into_iter().fold((0, 0), max_pair);
+    let activations = produced * p.boundary + p.upstream + extra;
+    MemoryPlan { weights, gradients, optimizer_state, activations, total: weights + gradients + optimizer_state + activations }
+}
+
+/// The fused step's stages split over devices: [`PlanConfig::plan_devices`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DevicePlan {
+    /// Stages of the model (embedding, blocks, loss).
+    pub num_stages: usize,
+    /// For each stage, the index of its device.
+    pub assignment: Vec<usize>,
+    /// Each device's stages and predicted peak.
+    pub devices: Vec<DeviceShare>,
+}
+
+/// One device of a [`DevicePlan`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DeviceShare {
+    /// Its first stage.
+    pub first_stage: usize,
+    /// Its last stage (inclusive).
+    pub last_stage: usize,
+    /// Its predicted peak.
+    pub plan: MemoryPlan,
+}
+
+impl DevicePlan {
+    /// The largest per-device peak.
+    pub fn max_peak(&self) -> u64 {
+        self.devices.iter().map(|d| d.plan.total).max().unwrap_or(0)
+    }
+}
+
+/// What stages `first..=last` of a model with `n` stages are, in words.
+fn stage_names(first: usize, last: usize, n: usize) -> String {
+    let mut parts = Vec::new();
+    if first == 0 {
+        parts.push("embedding".to_string());
+    }
+    let (lo, hi) = (first.max(1), last.min(n - 2));
+    if lo <= hi {
+        parts.push(if lo == hi { format!("layer {}", lo - 1) } else { format!("layers {}–{}", lo - 1, hi - 1) });
+    }
+    if last == n - 1 {
+        parts.push("norm + LM head".to_string());
+    }
+    parts.join(", ")
+}
+
+impl fmt::Display for DevicePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<7} {:<28} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            "device", "stages", "weights", "gradients", "opt. state", "activations", "peak"
+        )?;
+        for (d, share) in self.devices.iter().enumerate() {
+            let p = share.plan;
+            writeln!(
+                f,
+                "{d:<7} {:<28} {:>11} {:>11} {:>11} {:>11} {:>11}",
+                stage_names(share.first_stage, share.last_stage, self.num_stages),
+                human(p.weights),
+                human(p.gradients),
+                human(p.optimizer_state),
+                human(p.activations),
+                human(p.total)
+            )?;
+        }
+        writeln!(f, "largest per-device peak: {}", human(self.max_peak()))
     }
 }
 
@@ -581,6 +824,72 @@ mod tests {
         let per_layer = (q + h) + 2 * (kv + h) + (h + q) + 3 * (f + h) + 2 * h;
         let expected = 4 * ((v + h) + l * per_layer + h);
         assert_eq!(c.plan().unwrap().optimizer_state, expected);
+    }
+
+    #[test]
+    fn one_device_is_the_whole_plan() {
+        for name in ["LLaMA-7B", "stories260K", "SmolLM2-135M"] {
+            for optimizer in [PlanOptimizer::Lomo, PlanOptimizer::AdaLomo] {
+                for (batch, micro) in [(1, 1), (4, 2)] {
+                    for dtype in [StorageDtype::F32, StorageDtype::BF16] {
+                        let mut c = config(optimizer, StepMode::Fused);
+                        (c.model, c.batch_size, c.micro_batch_size, c.dtype) = (preset(name).unwrap(), batch, micro, dtype);
+                        let one = c.plan_devices(1).unwrap();
+                        assert_eq!(one.assignment, vec![0; c.model.num_layers + 2]);
+                        assert_eq!(one.devices[0].plan.total, c.plan().unwrap().total, "{name} {optimizer} {batch}/{micro} {dtype:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn llama_65b_on_8_devices_splits_its_stages_evenly_and_fits_24_gib() {
+        let mut c = config(PlanOptimizer::Lomo, StepMode::Fused);
+        c.model = preset("LLaMA-65B").unwrap();
+        c.dtype = StorageDtype::BF16;
+        let whole = c.plan().unwrap();
+        let split = c.plan_devices(8).unwrap();
+        assert_eq!(split.devices.len(), 8);
+        // Contiguous, in order, every stage once.
+        assert_eq!(split.assignment.len(), 82);
+        assert!(split.assignment.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1));
+        assert_eq!(split.devices.iter().map(|d| d.plan.weights).sum::<u64>(), whole.weights);
+        // The paper's claim: 65B with LOMO on 8 × 24 GB. Balanced: within one block of the mean.
+        let max = split.max_peak();
+        assert!(max < 24 * (1 << 30), "{}", human(max));
+        let mean_weights = whole.weights / 8;
+        let block = c.layer_params() * 2;
+        assert!(split.devices.iter().all(|d| d.plan.weights <= mean_weights + 2 * block), "{split}");
+        // Splitting helps: the largest device holds about an eighth of the one-device peak.
+        assert!((max as f64) < whole.total as f64 / 7.0, "{} vs {}", human(max), human(whole.total));
+        let text = split.to_string();
+        assert!(text.contains("embedding") && text.contains("norm + LM head") && text.contains("largest per-device peak"), "{text}");
+    }
+
+    #[test]
+    fn a_tied_embedding_split_from_its_head_costs_a_copy_and_a_waiting_gradient() {
+        let mut c = config(PlanOptimizer::Lomo, StepMode::Fused);
+        c.model = preset("SmolLM2-135M").unwrap();
+        c.dtype = StorageDtype::F32;
+        let split = c.plan_devices(2).unwrap();
+        let embed = c.embedding_params() * 4;
+        let first = split.devices[0].plan;
+        let last = split.devices[1].plan;
+        assert!(first.gradients >= embed, "the tied gradient waits on device 0: {first:?}");
+        assert!(last.activations >= embed, "the head's copy of the embedding: {last:?}");
+    }
+
+    #[test]
+    fn device_counts_and_modes_are_checked() {
+        let mut c = config(PlanOptimizer::Lomo, StepMode::Fused);
+        c.model = preset("stories260K").unwrap();
+        assert!(c.plan_devices(0).unwrap_err().to_string().contains("`devices`"));
+        let err = c.plan_devices(8).unwrap_err().to_string();
+        assert!(err.contains("`devices`") && err.contains("7 stages"), "{err}");
+        assert_eq!(c.plan_devices(7).unwrap().assignment, (0..7).collect::<Vec<_>>());
+        c.mode = StepMode::Full;
+        assert!(c.plan_devices(2).unwrap_err().to_string().contains("`mode`"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
+use crate::placement::On;
 use crate::config::{LlamaConfig, TensorSpec};
 use crate::dtype::{decode_tensor, rows_cols, FloatEncoding, PlainFloats, StorageDtype};
 use crate::error::{ModelError, Result};
@@ -102,14 +103,28 @@ impl<B: Backend> Llama<B> {
     ///
     /// Errors name the file and the tensor or field: a missing or unexpected tensor, a shape
     /// that contradicts `config.json`, an unreadable element type, a malformed file.
-    pub fn load_hf(dir: impl AsRef<Path>, dtype: StorageDtype, device: &B::Device) -> Result<Self> {
+    /// `device` is one device, or a [`crate::Placement`] of the stages on devices (each tensor
+    /// is built on its stage's device).
+    pub fn load_hf<'a>(dir: impl AsRef<Path>, dtype: StorageDtype, device: impl Into<On<'a, B::Device>>) -> Result<Self>
+    where
+        B::Device: 'a,
+    {
         let dir = dir.as_ref();
         let config = LlamaConfig::from_file(dir.join("config.json"))?;
         Self::load_safetensors(dir, config, dtype, device)
     }
 
     /// Loads safetensors weights from `dir` into a model of `config`.
-    pub fn load_safetensors(dir: &Path, config: LlamaConfig, dtype: StorageDtype, device: &B::Device) -> Result<Self> {
+    pub fn load_safetensors<'a>(
+        dir: &Path,
+        config: LlamaConfig,
+        dtype: StorageDtype,
+        device: impl Into<On<'a, B::Device>>,
+    ) -> Result<Self>
+    where
+        B::Device: 'a,
+    {
+        let device = device.into();
         let (files, listing) = weight_files(dir)?;
         let maps = files.iter().map(|f| map_file(f)).collect::<Result<Vec<_>>>()?;
         let parsed = maps

@@ -10,3 +10,4 @@ mod presets;
 mod fused;
 mod export;
 mod families;
+mod placement;

@@ -272,7 +272,7 @@ pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
     let model_dir = work.join("model");
     // The model, written once as an HF checkpoint in its storage dtype: ours and the peer read
     // these very bytes.
-    let device = Default::default();
+    let device = burn::backend::flex::FlexDevice;
     let (model, description): (Llama<burn::backend::Flex>, String) = match (&a.model, &a.preset) {
         (Some(path), _) if path.is_dir() => {
             (Llama::load_hf(path, a.dtype, &device).with_context(|| format!("--model {}", path.display()))?, path.display().to_string())
