@@ -174,6 +174,12 @@ pub struct TrainArgs {
     pub dtype: DtypeArg,
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: BackendKind,
+    /// Place the stages on several devices, a contiguous range each, split by the planner
+    /// (`lomo plan --devices N` prints the split): `cuda:0,cuda:1,…` or `all` with `--backend
+    /// cuda`; `cuda:N`, `cpu`, `mps` with `--backend tch`; `cpu` (repeated) on the CPU backend,
+    /// which has one device: the placement runs and nothing moves. Fused step only.
+    #[arg(long, value_name = "LIST")]
+    pub devices: Option<String>,
     /// Seed of the shuffle, the random init of a preset, and sampling.
     #[arg(long, value_name = "N", default_value_t = 42)]
     pub seed: u64,
@@ -349,6 +355,10 @@ pub struct PlanArgs {
     /// The backend the step would run on (the CPU backend casts through an f64 copy).
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: BackendKind,
+    /// Split the stages over N devices (as `lomo train --devices` does) and print each
+    /// device's peak.
+    #[arg(long, value_name = "N")]
+    pub devices: Option<usize>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

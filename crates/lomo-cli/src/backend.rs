@@ -64,3 +64,46 @@ pub fn not_built<T>(feature: &str) -> Result<T> {
     };
     bail!("--backend {feature}: this lomo was built without it; rebuild with `cargo install --path crates/lomo-cli --features {feature}`{extra}")
 }
+
+/// The devices `--devices LIST` names for the backend `kind` (whose device type is `B`'s):
+/// `cuda:N` (CUDA, LibTorch), `all` (every CUDA device), `cpu` (the CPU backend, LibTorch),
+/// `mps` (LibTorch). A device may repeat (two ranges of stages on one device).
+pub fn parse_devices<B: burn::tensor::backend::Backend>(kind: BackendKind, list: &str) -> Result<Vec<B::Device>> {
+    use burn::tensor::backend::{Device, DeviceId};
+    let cuda_count = || B::device_count(0);
+    if list.trim() == "all" {
+        return match kind {
+            BackendKind::Cuda => {
+                let n = cuda_count();
+                if n == 0 {
+                    bail!("--devices all: CUDA reports no device");
+                }
+                Ok((0..n).map(|i| B::Device::from_id(DeviceId::new(0, i as u16))).collect())
+            }
+            BackendKind::Cpu => Ok(vec![B::Device::default()]),
+            BackendKind::Tch => bail!("--devices all: LibTorch does not say how many GPUs it sees here; list them (cuda:0,cuda:1,…)"),
+        };
+    }
+    let mut devices = Vec::new();
+    for item in list.split(',').map(str::trim) {
+        let device = match (kind, item) {
+            (BackendKind::Cpu, "cpu") => B::Device::default(),
+            (BackendKind::Tch, "cpu") => B::Device::from_id(DeviceId::new(2, 0)),
+            (BackendKind::Tch, "mps") => B::Device::from_id(DeviceId::new(1, 0)),
+            (BackendKind::Cuda | BackendKind::Tch, cuda) if cuda.starts_with("cuda:") => {
+                let index: u16 = cuda["cuda:".len()..]
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--devices: `{item}`: expected cuda:N with N a device number"))?;
+                if kind == BackendKind::Cuda && usize::from(index) >= cuda_count() {
+                    bail!("--devices: `{item}`: CUDA sees {} devices", cuda_count());
+                }
+                B::Device::from_id(DeviceId::new(0, index))
+            }
+            (BackendKind::Cpu, _) => bail!("--devices: `{item}`: the CPU backend has one device, `cpu`"),
+            (BackendKind::Cuda, _) => bail!("--devices: `{item}`: expected cuda:N or all"),
+            (BackendKind::Tch, _) => bail!("--devices: `{item}`: expected cuda:N, cpu or mps"),
+        };
+        devices.push(device);
+    }
+    Ok(devices)
+}

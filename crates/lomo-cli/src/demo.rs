@@ -94,7 +94,7 @@ fn demo<B: TrainBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
     let started = Instant::now();
     let (mut model, tokenizer, what) = match &args.model {
         Some(path) => {
-            let loaded = load_path::<B>(path, StorageDtype::F32, device)?;
+            let loaded = load_path::<B>(path, StorageDtype::F32, lomo_models::On::One(device))?;
             let t = require_tokenizer(loaded.tokenizer.as_ref(), "lomo demo --model")?.clone();
             (loaded.model, t, loaded.description)
         }

@@ -33,7 +33,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let task = parse_task(args.task.as_deref())?;
     with_backend!(args.backend, |B, device| {
-        let loaded = load_path::<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend>(&args.model, args.dtype.storage(), &device)?;
+        let loaded = load_path::<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend>(&args.model, args.dtype.storage(), lomo_models::On::One(&device))?;
         let result = evaluate(&loaded.model, loaded.tokenizer.as_ref(), &args.data, args.format, task, args.max_len, args.batch_size)?;
         println!("{}", serde_json::to_string(&result)?);
         Ok(())

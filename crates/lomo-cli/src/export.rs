@@ -50,7 +50,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
         GgufTypeArg::Q8_0 => GgufExportType::Q8_0,
     };
     let device = Default::default();
-    let loaded = load_path::<Cpu>(&args.model, StorageDtype::F32, &device)?;
+    let loaded = load_path::<Cpu>(&args.model, StorageDtype::F32, lomo_models::On::One(&device))?;
     let tokenizer = if args.model.is_dir() {
         let t = loaded.tokenizer.as_ref().with_context(|| format!("--model {}: no tokenizer.json (a GGUF file needs the tokenizer)", args.model.display()))?;
         to_gguf(t.gguf_spec().with_context(|| format!("the tokenizer of {}", args.model.display()))?)

@@ -20,7 +20,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     with_backend!(args.backend, |B, device| {
         // Generation records no graph: the model lives on the backend under autodiff.
-        let loaded = load_path::<<B as AutodiffBackend>::InnerBackend>(&args.model, args.dtype.storage(), &device)?;
+        let loaded = load_path::<<B as AutodiffBackend>::InnerBackend>(&args.model, args.dtype.storage(), lomo_models::On::One(&device))?;
         let tokenizer = require_tokenizer(loaded.tokenizer.as_ref(), "lomo generate")?;
         let prompt = if args.chat {
             let message = lomo_data::ChatMessage { role: "user".into(), content: args.prompt.clone() };

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use lomo_data::{GgufTokenizerModel, GgufTokenizerSpec, TextTokenizer};
-use lomo_models::{GgufFile, GgufTokenizer, Llama, StorageDtype};
+use lomo_models::{GgufFile, GgufTokenizer, Llama, On, StorageDtype};
 
 use crate::args::ModelSourceArgs;
 
@@ -21,7 +21,10 @@ pub struct Loaded<B: Backend> {
 }
 
 /// Loads `--model PATH` or builds `--preset NAME` with random weights.
-pub fn load<B: Backend>(source: &ModelSourceArgs, dtype: StorageDtype, device: &B::Device, seed: u64) -> Result<Loaded<B>> {
+///
+/// `device`: one device, or a [`lomo_models::Placement`] of the stages (each tensor is built on
+/// its stage's device).
+pub fn load<B: Backend>(source: &ModelSourceArgs, dtype: StorageDtype, device: On<'_, B::Device>, seed: u64) -> Result<Loaded<B>> {
     match (&source.model, &source.preset) {
         (Some(path), _) => load_path(path, dtype, device),
         (None, Some(name)) => {
@@ -34,7 +37,7 @@ pub fn load<B: Backend>(source: &ModelSourceArgs, dtype: StorageDtype, device: &
 }
 
 /// Loads an HF checkpoint directory or a `.gguf` file.
-pub fn load_path<B: Backend>(path: &Path, dtype: StorageDtype, device: &B::Device) -> Result<Loaded<B>> {
+pub fn load_path<B: Backend>(path: &Path, dtype: StorageDtype, device: On<'_, B::Device>) -> Result<Loaded<B>> {
     if !path.exists() {
         bail!("--model {}: no such file or directory", path.display());
     }

@@ -1,11 +1,14 @@
 //! `lomo plan`: the predicted peak memory of a training step (weights, gradients, optimizer
-//! state, activations, total) from the model's shape alone: nothing is allocated.
+//! state, activations, total) from the model's shape alone: nothing is allocated. With
+//! `--devices N`, the stages split over N devices and each device's peak; `lomo train
+//! --devices` places the stages by the same split.
 
 use anyhow::{bail, Context, Result};
 use lomo_models::plan::{PlanConfig, PlanOptimizer, StepMode};
-use lomo_models::{GgufFile, LlamaConfig, LossChunking};
+use lomo_models::{GgufFile, LlamaConfig, LossChunking, StorageDtype};
 
-use crate::args::{OptimizerKind, PlanArgs};
+use crate::args::{ModelSourceArgs, OptimizerKind, PlanArgs};
+use crate::backend::BackendKind;
 
 pub fn run(args: PlanArgs) -> Result<()> {
     if args.batch_size == 0 || args.max_len == 0 || args.loss_chunk_tokens == 0 {
@@ -15,55 +18,107 @@ pub fn run(args: PlanArgs) -> Result<()> {
     if micro == 0 || !args.batch_size.is_multiple_of(micro) {
         bail!("--micro-batch-size: must divide --batch-size {} (got {micro})", args.batch_size);
     }
-    let (model, what) = config_of(&args)?;
-    let (optimizer, mode) = match args.optimizer {
-        OptimizerKind::Lomo => (PlanOptimizer::Lomo, StepMode::Fused),
-        OptimizerKind::Adalomo => (PlanOptimizer::AdaLomo, StepMode::Fused),
-        OptimizerKind::Sgd => (PlanOptimizer::Sgd, StepMode::Full),
-        OptimizerKind::Adamw => (PlanOptimizer::AdamW, StepMode::Full),
-    };
+    let (model, what) = config_of(&args.source)?;
     let params = model.num_params();
-    let config = PlanConfig {
-        model,
+    let shape = StepShape {
+        optimizer: args.optimizer,
         dtype: args.dtype.storage(),
-        optimizer,
-        mode,
         batch_size: args.batch_size,
         micro_batch_size: micro,
-        max_tokens: args.max_len,
-        loss_chunking: LossChunking::Tokens(args.loss_chunk_tokens),
-        f64_cast_staging: args.backend == crate::backend::BackendKind::Cpu,
+        max_len: args.max_len,
+        loss_chunk_tokens: args.loss_chunk_tokens,
+        backend: args.backend,
     };
-    let plan = config.plan()?;
-    if args.json {
-        println!("{}", serde_json::to_string(&plan)?);
-    } else {
-        println!(
-            "{what}: {params} parameters, {:?}, {} {} step, batch {} (micro-batches of {micro}) × {} tokens",
-            args.dtype,
-            optimizer.name(),
-            mode.name(),
-            args.batch_size,
-            args.max_len
-        );
-        print!("{plan}");
+    let config = shape.plan_config(model);
+    let (optimizer, mode) = (config.optimizer, config.mode);
+    let heading = format!(
+        "{what}: {params} parameters, {:?}, {} {} step, batch {} (micro-batches of {micro}) × {} tokens",
+        args.dtype,
+        optimizer.name(),
+        mode.name(),
+        args.batch_size,
+        args.max_len
+    );
+    match args.devices {
+        None => {
+            let plan = config.plan()?;
+            if args.json {
+                println!("{}", serde_json::to_string(&plan)?);
+            } else {
+                println!("{heading}");
+                print!("{plan}");
+            }
+        }
+        Some(n) => {
+            let plan = config.plan_devices(n).with_context(|| format!("--devices {n}"))?;
+            if args.json {
+                println!("{}", serde_json::to_string(&plan)?);
+            } else {
+                println!("{heading}, stages split over {n} devices");
+                print!("{plan}");
+            }
+        }
     }
     Ok(())
 }
 
-/// The model's shape: a preset, an HF directory's config.json, or a GGUF's metadata.
-fn config_of(args: &PlanArgs) -> Result<(LlamaConfig, String)> {
-    match (&args.source.model, &args.source.preset) {
+/// What a step's memory depends on besides the model's shape.
+#[derive(Debug, Clone, Copy)]
+pub struct StepShape {
+    pub optimizer: OptimizerKind,
+    pub dtype: StorageDtype,
+    pub batch_size: usize,
+    pub micro_batch_size: usize,
+    pub max_len: usize,
+    pub loss_chunk_tokens: usize,
+    pub backend: BackendKind,
+}
+
+impl StepShape {
+    /// The planner's request for `model`.
+    pub fn plan_config(&self, model: LlamaConfig) -> PlanConfig {
+        let (optimizer, mode) = match self.optimizer {
+            OptimizerKind::Lomo => (PlanOptimizer::Lomo, StepMode::Fused),
+            OptimizerKind::Adalomo => (PlanOptimizer::AdaLomo, StepMode::Fused),
+            OptimizerKind::Sgd => (PlanOptimizer::Sgd, StepMode::Full),
+            OptimizerKind::Adamw => (PlanOptimizer::AdamW, StepMode::Full),
+        };
+        PlanConfig {
+            model,
+            dtype: self.dtype,
+            optimizer,
+            mode,
+            batch_size: self.batch_size,
+            micro_batch_size: self.micro_batch_size,
+            max_tokens: self.max_len,
+            loss_chunking: LossChunking::Tokens(self.loss_chunk_tokens),
+            f64_cast_staging: self.backend == BackendKind::Cpu,
+        }
+    }
+}
+
+/// The model's shape: a preset, an HF directory's config.json, or a GGUF's metadata, read
+/// without loading a weight; and what it is, for messages.
+pub fn config_of(source: &ModelSourceArgs) -> Result<(LlamaConfig, String)> {
+    match (&source.model, &source.preset) {
         (_, Some(name)) => Ok((lomo_models::presets::preset(name).with_context(|| format!("--preset {name}"))?, name.clone())),
-        (Some(path), None) if path.is_dir() => {
-            let file = path.join("config.json");
-            Ok((LlamaConfig::from_file(&file).with_context(|| format!("reading {}", file.display()))?, path.display().to_string()))
-        }
-        (Some(path), None) if path.extension().and_then(|e| e.to_str()) == Some("gguf") => {
-            let gguf = GgufFile::open(path).with_context(|| format!("reading {}", path.display()))?;
-            Ok((gguf.config()?, path.display().to_string()))
-        }
-        (Some(path), None) => bail!("--model {}: expected an HF checkpoint directory or a .gguf file", path.display()),
+        (Some(path), None) => Ok((config_of_path(path)?, path.display().to_string())),
         (None, None) => bail!("give --model PATH or --preset NAME"),
     }
+}
+
+/// The shape of the checkpoint at `path` (HF directory or .gguf).
+pub fn config_of_path(path: &std::path::Path) -> Result<LlamaConfig> {
+    if path.is_dir() {
+        let file = path.join("config.json");
+        return LlamaConfig::from_file(&file).with_context(|| format!("reading {}", file.display()));
+    }
+    if path.extension().and_then(|e| e.to_str()) == Some("gguf") {
+        let gguf = GgufFile::open(path).with_context(|| format!("reading {}", path.display()))?;
+        return Ok(gguf.config()?);
+    }
+    if !path.exists() {
+        bail!("--model {}: no such file or directory", path.display());
+    }
+    bail!("--model {}: expected an HF checkpoint directory or a .gguf file", path.display())
 }

@@ -1,6 +1,6 @@
 //! `lomo train`: the training loop around [`crate::trainer::Trainer`].
 
-use lomo_models::TrainBackend;
+use lomo_models::{On, Placement, TrainBackend};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::time::Instant;
@@ -18,6 +18,7 @@ use crate::checkpoint::{self, TrainerState};
 use crate::data::{load_training, parse_task};
 use crate::eval::{evaluate, to_model_batch, EvalResult};
 use crate::model::{load, load_path, Loaded};
+use crate::plan::{self, StepShape};
 use crate::progress::Progress;
 use crate::trainer::{StepSettings, Trainer};
 
@@ -132,15 +133,51 @@ pub fn run(args: TrainArgs) -> Result<()> {
     with_backend!(args.backend, |B, device| train::<B>(&args, &device))
 }
 
+/// `--devices LIST`: the planner's split of the model's stages over the devices listed (the
+/// step's shape as this run has it: this rank's slice, its micro-batches, --max-len).
+fn place_stages<B: TrainBackend>(args: &TrainArgs, list: &str) -> Result<Placement<B::Device>> {
+    if !matches!(args.optimizer, OptimizerKind::Lomo | OptimizerKind::Adalomo) {
+        bail!("--devices: stages are placed on devices by the fused step (--optimizer lomo or adalomo)");
+    }
+    let devices = crate::backend::parse_devices::<B>(args.backend, list)?;
+    if devices.is_empty() {
+        bail!("--devices: no device listed");
+    }
+    let config = match &args.resume {
+        Some(dir) => plan::config_of_path(dir)?,
+        None => plan::config_of(&args.source)?.0,
+    };
+    let per_rank = args.batch_size / args.world_size.max(1);
+    let shape = StepShape {
+        optimizer: args.optimizer,
+        dtype: args.dtype.storage(),
+        batch_size: per_rank,
+        micro_batch_size: args.micro_batch_size.unwrap_or(per_rank),
+        max_len: args.max_len,
+        loss_chunk_tokens: args.loss_chunk_tokens,
+        backend: args.backend,
+    };
+    let split = shape.plan_config(config).plan_devices(devices.len()).map_err(|e| anyhow::anyhow!("--devices {list}: {e}"))?;
+    if args.rank == 0 {
+        eprint!("stages on {} devices (predicted peaks):\n{split}", devices.len());
+    }
+    Ok(Placement::from_assignment(&devices, &split.assignment)?)
+}
+
 fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
     let dtype = args.dtype.storage();
     let resumed = match &args.resume {
         Some(dir) => Some(checkpoint::load_state(dir)?),
         None => None,
     };
+    let placement = args.devices.as_deref().map(|list| place_stages::<B>(args, list)).transpose()?;
+    let on = match &placement {
+        Some(p) => On::Stages(p),
+        None => On::One(device),
+    };
     let loaded: Loaded<B> = match &args.resume {
-        Some(dir) => load_path(dir, dtype, device)?,
-        None => load(&args.source, dtype, device, args.seed)?,
+        Some(dir) => load_path(dir, dtype, on)?,
+        None => load(&args.source, dtype, on, args.seed)?,
     };
     let Loaded { model, tokenizer, tokenizer_file, description } = loaded;
     let model = model.with_loss_chunking(lomo_models::LossChunking::Tokens(args.loss_chunk_tokens));

@@ -492,3 +492,55 @@ fn a_missing_or_killed_rank_makes_the_others_fail_within_the_timeout() {
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("data parallel"), "{err}");
 }
+
+#[test]
+fn stages_placed_with_devices_train_the_weights_of_one_device_bit_for_bit() {
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else { return };
+    let dir = tmp("devices");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (optimizer, lr, extra) in [("lomo", "0.05", vec!["--clip-grad-norm", "1.0"]), ("adalomo", "0.01", vec!["--micro-batch-size", "2"])] {
+        let run = |save: &Path, devices: Option<&str>| -> Output {
+            let mut args = vec![
+                "train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--optimizer", optimizer,
+                "--lr", lr, "--steps", "3", "--batch-size", "4", "--max-len", "64", "--seed", "3", "--save", save.to_str().unwrap(),
+            ];
+            args.extend(extra.iter().copied());
+            if let Some(d) = devices {
+                args.extend(["--devices", d]);
+            }
+            lomo(&args)
+        };
+        let one = dir.join(format!("{optimizer}-one"));
+        ok(&run(&one, None));
+        let placed = dir.join(format!("{optimizer}-placed"));
+        let out = run(&placed, Some("cpu,cpu,cpu"));
+        ok(&out);
+        // The split is printed, each device with its stages and predicted peak.
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("stages on 3 devices") && err.contains("embedding") && err.contains("norm + LM head"), "{err}");
+        assert!(weights(&placed) == weights(&one), "{optimizer}: the placed run's weights differ from one device's");
+    }
+    let base = ["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--lr", "0.1", "--steps", "1", "--batch-size", "1"];
+    let with = |extra: &[&'static str]| -> Vec<&str> { base.iter().copied().chain(extra.iter().copied()).collect() };
+    user_error(&with(&["--optimizer", "lomo", "--devices", "cuda:0"]), "the CPU backend has one device");
+    user_error(&with(&["--optimizer", "adamw", "--devices", "cpu"]), "fused step");
+    user_error(&with(&["--optimizer", "lomo", "--devices", "cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu"]), "each device needs a stage");
+}
+
+#[test]
+fn plan_splits_llama_65b_over_8_devices_within_24_gib_each() {
+    let out = lomo(&["plan", "--preset", "llama-65b", "--devices", "8", "--dtype", "bf16", "--optimizer", "lomo", "--batch-size", "1", "--max-len", "512"]);
+    ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().filter(|l| l.starts_with(|c: char| c.is_ascii_digit()) && l.contains(" GiB")).count(), 8, "{text}");
+    assert!(text.contains("largest per-device peak"), "{text}");
+    let out = lomo(&["plan", "--preset", "llama-65b", "--devices", "8", "--dtype", "bf16", "--optimizer", "lomo", "--batch-size", "1", "--max-len", "512", "--json"]);
+    ok(&out);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let devices = plan["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 8);
+    for d in devices {
+        assert!(d["plan"]["total"].as_u64().unwrap() < 24 << 30, "{d}");
+    }
+    user_error(&["plan", "--preset", "stories260k", "--devices", "9", "--optimizer", "lomo", "--batch-size", "1", "--max-len", "8"], "--devices 9");
+}

@@ -228,7 +228,12 @@ where
     fn all_reduce(&mut self, tensor: FloatTensor<B>) -> Result<FloatTensor<B>, DistError> {
         self.calls += 1;
         let (peer, what) = (self.peer, format!("all-reduce #{}", self.calls));
+        // With stages placed on several devices, a stage's gradients are summed on the device
+        // this rank registered and come back to theirs.
+        let home = B::float_device(&tensor);
+        let tensor = if home == self.device { tensor } else { B::float_to_device(tensor, &self.device) };
         let sum = bounded(&what, self.timeout, move || burn_collective::all_reduce::<B>(peer, tensor, ReduceOperation::Sum))?;
+        let sum = if home == self.device { sum } else { B::float_to_device(sum, &home) };
         self.meet(&what)?;
         bounded(&what, self.timeout, move || burn_collective::finish_collective::<B>(peer))?;
         self.meet(&what)?;

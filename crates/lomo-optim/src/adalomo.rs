@@ -108,6 +108,17 @@ impl<B: Backend> AdaLomo<B> {
         self.step
     }
 
+    /// The second moment of `id`, taken out, on `device` (the parameter's): a state restored
+    /// from a checkpoint lands on one device, while the stages of a placed model live on
+    /// several.
+    fn take_state(&mut self, id: ParamId, device: &B::Device) -> Option<SecondMoment<B>> {
+        let on = |t: Tensor<B, 1>| if &t.device() == device { t } else { t.to_device(device) };
+        self.state.remove(&id).map(|m| match m {
+            SecondMoment::Factored { row, col } => SecondMoment::Factored { row: on(row), col: on(col) },
+            SecondMoment::Full(v) => SecondMoment::Full(on(v)),
+        })
+    }
+
     /// The state of one parameter, if it has been updated.
     pub fn second_moment(&self, id: ParamId) -> Option<&SecondMoment<B>> {
         self.state.get(&id)
@@ -241,7 +252,7 @@ impl<B: UpdateKernels> UpdateRule<B> for AdaLomo<B> {
             let sq: Tensor<B, 3> = sq.reshape([lead, m, n]);
             let row_mean = sq.clone().mean_dim(2).reshape([lead * m]);
             let col_mean = sq.mean_dim(1).reshape([lead * n]);
-            let (row, col) = match self.state.remove(&id) {
+            let (row, col) = match self.take_state(id, &grad.device()) {
                 Some(SecondMoment::Factored { row, col }) => {
                     (row.mul_scalar(beta) + row_mean.mul_scalar(1.0 - beta), col.mul_scalar(beta) + col_mean.mul_scalar(1.0 - beta))
                 }
@@ -257,7 +268,7 @@ impl<B: UpdateKernels> UpdateRule<B> for AdaLomo<B> {
         } else {
             let n = dims[0];
             let sq1: Tensor<B, 1> = sq.reshape([n]);
-            let v = match self.state.remove(&id) {
+            let v = match self.take_state(id, &grad.device()) {
                 Some(SecondMoment::Full(v)) => v.mul_scalar(beta) + sq1.mul_scalar(1.0 - beta),
                 _ => sq1.mul_scalar(1.0 - beta),
             };
@@ -285,7 +296,7 @@ impl<B: UpdateKernels> UpdateRule<B> for AdaLomo<B> {
         }
         let t = self.step.max(1) as f64;
         let beta = 1.0 - t.powf(self.config.decay_rate);
-        let moment = match self.state.remove(&id) {
+        let moment = match self.take_state(id, &grad.device()) {
             Some(SecondMoment::Factored { row, col }) => Some((row.into_primitive().tensor(), col.into_primitive().tensor())),
             _ => None,
         };
