@@ -16,7 +16,7 @@
 //! use lomo_models::{generate, GenerationConfig, Llama, SaveOptions, StorageDtype};
 //!
 //! type B = burn::backend::Flex;
-//! let device = Default::default();
+//! let device = burn::backend::flex::FlexDevice;
 //! let model = Llama::<B>::load_hf("models/stories260K", StorageDtype::BF16, &device)?;
 //! let new_tokens = generate(&model, &[1, 403, 407, 261, 378], &GenerationConfig::greedy(40));
 //! model.save_hf("stories260K-bf16", &SaveOptions::default())?;
