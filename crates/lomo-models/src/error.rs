@@ -125,6 +125,9 @@ pub enum ModelError {
     /// A placement of the stages on devices that does not fit the model.
     #[error("placement: {0}")]
     Placement(String),
+    /// A working copy for `--offload disk` cannot be made or read.
+    #[error("offload: {0}")]
+    Offload(String),
 }
 
 /// Shorthand for results of this crate.

@@ -656,13 +656,24 @@ impl GgufFile {
         B::Device: 'a,
     {
         let device = device.into();
+        self.with_tensors(&config, dtype, |take| Llama::from_tensors(config.clone(), device, take))
+    }
+
+    /// Hands `build` a reader of this file's tensors (burn's layout, `dtype`); after `build`, a
+    /// tensor it did not read is an error.
+    pub(crate) fn with_tensors<R>(
+        &self,
+        config: &LlamaConfig,
+        dtype: StorageDtype,
+        build: impl FnOnce(&mut dyn FnMut(&TensorSpec) -> Result<burn::tensor::TensorData>) -> Result<R>,
+    ) -> Result<R> {
         let by_hf_name: HashMap<String, &GgufTensorInfo> =
             self.tensors.iter().filter_map(|t| hf_name(&t.name).map(|hf| (hf, t))).collect();
         if let Some(t) = self.tensors.iter().find(|t| hf_name(&t.name).is_none()) {
             return Err(ModelError::UnexpectedTensor { path: self.path.clone(), tensor: t.name.clone(), model_type: "llama".into() });
         }
         let mut used = HashSet::new();
-        let model = Llama::from_tensors(config.clone(), device, |spec: &TensorSpec| {
+        let built = build(&mut |spec: &TensorSpec| {
             let info = *by_hf_name
                 .get(&spec.name)
                 .ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: gguf_name_hint(&spec.name) })?;
@@ -713,7 +724,7 @@ impl GgufFile {
                 model_type: "llama".into(),
             });
         }
-        Ok(model)
+        Ok(built)
     }
 }
 

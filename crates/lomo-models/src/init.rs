@@ -65,20 +65,25 @@ impl<B: Backend> Llama<B> {
     where
         B::Device: 'a,
     {
-        let result: Result<Self> = Self::from_tensors(config, device.into(), |spec: &TensorSpec| {
-            let is_norm = spec.name.ends_with("norm.weight");
-            let fill = if is_norm {
-                Fill::Constant(1.0)
-            } else if spec.name.ends_with(".bias") {
-                Fill::Constant(0.0)
-            } else {
-                Fill::Normal { std: INITIALIZER_RANGE, seed: mix(&[seed, name_hash(&spec.name)]) }
-            };
-            // Generated straight in burn's layout: no transpose needed for random values.
-            let shape = if spec.transposed { vec![spec.shape[1], spec.shape[0]] } else { spec.shape.clone() };
-            let (rows, cols) = crate::dtype::rows_cols(&shape);
-            Ok(decode_tensor(&RandomRows { rows, cols, fill }, shape, false, dtype))
-        });
+        let result: Result<Self> =
+            Self::from_tensors(config, device.into(), |spec: &TensorSpec| Ok(init_tensor(spec, dtype, seed)));
         result.unwrap_or_else(|e| panic!("{e}"))
     }
+}
+
+/// The random tensor of `spec` in `dtype`, in burn's layout, as [`Llama::init`] makes it (its
+/// own seeded stream: the same whatever order tensors are made in).
+pub(crate) fn init_tensor(spec: &TensorSpec, dtype: StorageDtype, seed: u64) -> burn::tensor::TensorData {
+    let is_norm = spec.name.ends_with("norm.weight");
+    let fill = if is_norm {
+        Fill::Constant(1.0)
+    } else if spec.name.ends_with(".bias") {
+        Fill::Constant(0.0)
+    } else {
+        Fill::Normal { std: INITIALIZER_RANGE, seed: mix(&[seed, name_hash(&spec.name)]) }
+    };
+    // Generated straight in burn's layout: no transpose needed for random values.
+    let shape = if spec.transposed { vec![spec.shape[1], spec.shape[0]] } else { spec.shape.clone() };
+    let (rows, cols) = crate::dtype::rows_cols(&shape);
+    decode_tensor(&RandomRows { rows, cols, fill }, shape, false, dtype)
 }

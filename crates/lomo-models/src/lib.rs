@@ -37,6 +37,7 @@ pub mod kv_cache;
 pub mod llama;
 pub mod mlp;
 pub mod norm;
+pub mod offload;
 pub mod placement;
 pub mod plan;
 pub mod presets;
@@ -55,6 +56,7 @@ pub use gguf::{GgufFile, GgufTokenizer};
 pub use gguf_write::GgufExportType;
 pub use kv_cache::KvCache;
 pub use llama::{HfParam, Llama, LossChunking};
+pub use offload::{DiskStore, IoStats, WorkingCopy};
 pub use placement::{On, Placement};
 pub use save::SaveOptions;
 

@@ -11,6 +11,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
+use burn::tensor::TensorData;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
@@ -125,61 +126,71 @@ impl<B: Backend> Llama<B> {
         B::Device: 'a,
     {
         let device = device.into();
-        let (files, listing) = weight_files(dir)?;
-        let maps = files.iter().map(|f| map_file(f)).collect::<Result<Vec<_>>>()?;
-        let parsed = maps
-            .iter()
-            .zip(&files)
-            .map(|(map, path)| {
-                SafeTensors::deserialize(map)
-                    .map_err(|e| ModelError::InvalidSafetensors { path: path.clone(), reason: e.to_string() })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut location: HashMap<String, usize> = HashMap::new();
-        for (file, st) in parsed.iter().enumerate() {
-            for name in st.names() {
-                location.insert(name.to_string(), file);
-            }
+        with_safetensors(dir, &config, dtype, |take| Self::from_tensors(config.clone(), device, take))
+    }
+}
+
+/// Hands `build` a reader of the safetensors weights in `dir` (each tensor in burn's layout and
+/// `dtype`, its mapped pages dropped once decoded); after `build`, a tensor of the files it did
+/// not read is an error.
+pub(crate) fn with_safetensors<R>(
+    dir: &Path,
+    config: &LlamaConfig,
+    dtype: StorageDtype,
+    build: impl FnOnce(&mut dyn FnMut(&TensorSpec) -> Result<TensorData>) -> Result<R>,
+) -> Result<R> {
+    let (files, listing) = weight_files(dir)?;
+    let maps = files.iter().map(|f| map_file(f)).collect::<Result<Vec<_>>>()?;
+    let parsed = maps
+        .iter()
+        .zip(&files)
+        .map(|(map, path)| {
+            SafeTensors::deserialize(map)
+                .map_err(|e| ModelError::InvalidSafetensors { path: path.clone(), reason: e.to_string() })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut location: HashMap<String, usize> = HashMap::new();
+    for (file, st) in parsed.iter().enumerate() {
+        for name in st.names() {
+            location.insert(name.to_string(), file);
         }
-        let mut used = HashSet::new();
-        let model = Self::from_tensors(config.clone(), device, |spec: &TensorSpec| {
-            let file = *location
-                .get(&spec.name)
-                .ok_or_else(|| ModelError::MissingTensor { path: listing.clone(), tensor: spec.name.clone() })?;
-            let path = &files[file];
-            let view = parsed[file].tensor(&spec.name).map_err(|e| ModelError::InvalidSafetensors {
-                path: path.clone(),
-                reason: format!("tensor `{}`: {e}", spec.name),
-            })?;
-            if view.shape() != spec.shape.as_slice() {
-                return Err(ModelError::ShapeMismatch {
-                    path: path.clone(),
-                    tensor: spec.name.clone(),
-                    expected: spec.shape.clone(),
-                    found: view.shape().to_vec(),
-                });
-            }
-            let encoding = encoding(view.dtype()).ok_or_else(|| ModelError::UnsupportedTensorType {
+    }
+    let mut used = HashSet::new();
+    let built = build(&mut |spec: &TensorSpec| {
+        let file = *location
+            .get(&spec.name)
+            .ok_or_else(|| ModelError::MissingTensor { path: listing.clone(), tensor: spec.name.clone() })?;
+        let path = &files[file];
+        let view = parsed[file].tensor(&spec.name).map_err(|e| ModelError::InvalidSafetensors {
+            path: path.clone(),
+            reason: format!("tensor `{}`: {e}", spec.name),
+        })?;
+        if view.shape() != spec.shape.as_slice() {
+            return Err(ModelError::ShapeMismatch {
                 path: path.clone(),
                 tensor: spec.name.clone(),
-                dtype: format!("{:?}", view.dtype()),
-            })?;
-            used.insert(spec.name.clone());
-            let (rows, cols) = rows_cols(&spec.shape);
-            let source = PlainFloats { bytes: view.data(), encoding, rows, cols };
-            let data = decode_tensor(&source, spec.shape.clone(), spec.transposed, dtype);
-            release_pages(&maps[file], view.data());
-            Ok(data)
-        })?;
-        if let Some((name, &file)) =
-            location.iter().find(|(name, _)| !used.contains(*name) && !ignorable(name, &config))
-        {
-            return Err(ModelError::UnexpectedTensor {
-                path: files[file].clone(),
-                tensor: name.clone(),
-                model_type: config.model_type.hf_name().into(),
+                expected: spec.shape.clone(),
+                found: view.shape().to_vec(),
             });
         }
-        Ok(model)
+        let encoding = encoding(view.dtype()).ok_or_else(|| ModelError::UnsupportedTensorType {
+            path: path.clone(),
+            tensor: spec.name.clone(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
+        used.insert(spec.name.clone());
+        let (rows, cols) = rows_cols(&spec.shape);
+        let source = PlainFloats { bytes: view.data(), encoding, rows, cols };
+        let data = decode_tensor(&source, spec.shape.clone(), spec.transposed, dtype);
+        release_pages(&maps[file], view.data());
+        Ok(data)
+    })?;
+    if let Some((name, &file)) = location.iter().find(|(name, _)| !used.contains(*name) && !ignorable(name, config)) {
+        return Err(ModelError::UnexpectedTensor {
+            path: files[file].clone(),
+            tensor: name.clone(),
+            model_type: config.model_type.hf_name().into(),
+        });
     }
+    Ok(built)
 }

@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use serde_json::{json, Value};
 
+use burn::tensor::TensorData;
+
+use crate::config::{LlamaConfig, TensorSpec};
+use crate::dtype::StorageDtype;
 use crate::error::{ModelError, Result};
 use crate::llama::Llama;
 use crate::safetensors::{INDEX_FILE, SINGLE_FILE};
@@ -65,17 +69,34 @@ impl<B: Backend> Llama<B> {
     /// A checkpoint of the other form (single file vs. shards) left in `dir` by an earlier
     /// save is removed, so that a loader cannot pick up stale weights.
     pub fn save_hf(&self, dir: impl AsRef<Path>, options: &SaveOptions) -> Result<()> {
-        let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-        let dtype = self.dtype();
         let tensors = self.hf_tensors();
+        save_hf_tensors(dir.as_ref(), self.config(), self.dtype(), options, &mut |spec| {
+            let (_, tensor) = tensors.iter().find(|(s, _)| s.name == spec.name).expect("a tensor of the specs");
+            // `into_data` gives the logical layout: `[out, in]` for a transposed view.
+            Ok(tensor.clone().into_data())
+        })
+    }
+}
+
+/// Writes an HF checkpoint of `config` in `dir`: every tensor of [`LlamaConfig::tensor_specs`]
+/// as `read` hands it over (HF's layout, `dtype`), one at a time.
+pub(crate) fn save_hf_tensors(
+    dir: &Path,
+    config: &LlamaConfig,
+    dtype: StorageDtype,
+    options: &SaveOptions,
+    read: &mut dyn FnMut(&TensorSpec) -> Result<TensorData>,
+) -> Result<()> {
+    {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        let tensors = config.tensor_specs();
 
         // Shards: consecutive tensors while they fit, at least one tensor per shard.
         let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
         let mut shard_bytes = 0u64;
         let entries: Vec<Entry> = tensors
             .iter()
-            .map(|(spec, _)| Entry {
+            .map(|spec| Entry {
                 name: spec.name.clone(),
                 shape: spec.shape.clone(),
                 bytes: (spec.numel() * dtype.size_of()) as u64,
@@ -124,9 +145,8 @@ impl<B: Backend> Llama<B> {
                 out.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
                 out.write_all(&header).map_err(io)?;
                 for &i in members {
-                    let (spec, tensor) = &tensors[i];
-                    let data = tensor.clone().into_data();
-                    // `into_data` gives the logical layout: `[out, in]` for a transposed view.
+                    let spec = &tensors[i];
+                    let data = read(spec)?;
                     if data.as_bytes().len() as u64 != entries[i].bytes {
                         return Err(ModelError::TensorRead {
                             tensor: spec.name.clone(),
@@ -152,7 +172,7 @@ impl<B: Backend> Llama<B> {
             written.push((tmp, index_path.clone()));
         }
         let config_path = dir.join("config.json");
-        let config = self.config().to_hf(dtype);
+        let config = config.to_hf(dtype);
         let tmp = write_atomic(&config_path, |out| {
             serde_json::to_writer_pretty(&mut *out, &config)
                 .map_err(|e| ModelError::io(&config_path, std::io::Error::other(e)))

@@ -11,3 +11,4 @@ mod fused;
 mod export;
 mod families;
 mod placement;
+mod offload;

@@ -24,6 +24,9 @@ pub enum OptimError {
     /// A sum across the ranks of a data-parallel step failed (a rank died, a timeout).
     #[error("data parallel: {0}")]
     Collective(String),
+    /// A stage store could not fetch or write back a stage's weights (a file, a device).
+    #[error("offload: {0}")]
+    Store(String),
     /// Saved optimizer state does not fit the model it is loaded into.
     #[error("optimizer state for parameter `{param}`: {message}")]
     State {

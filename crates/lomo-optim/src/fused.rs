@@ -20,6 +20,7 @@ use crate::reduce::StepReducer;
 use crate::rule::{GradPrep, Updater};
 use crate::scaler::{DynamicLossScaler, LossScaleConfig};
 use crate::stages::StagedModel;
+use crate::store::StageStore;
 
 /// What the fused step does besides the update rule.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -178,6 +179,27 @@ impl<U> FusedStep<U> {
         M: StagedModel<B, D>,
         U: Updater<B, M>,
     {
+        self.step_stored(model, micro_batches, lr, reducer, &mut crate::Resident)
+    }
+
+    /// [`Self::step_reduced`] with the weights kept in `store` while their stage is not running
+    /// (see [`crate::store`]): each stage's parameters are fetched before the stage runs in each
+    /// pass and released after it, the updated ones written back. `model` comes in and goes out
+    /// holding the placeholders the store leaves.
+    pub fn step_stored<B, M, const D: usize>(
+        &mut self,
+        model: M,
+        micro_batches: &[M::Batch],
+        lr: f64,
+        reducer: &mut dyn StepReducer<B::InnerBackend>,
+        store: &mut dyn StageStore<B, M>,
+    ) -> Result<(M, StepReport), OptimError>
+    where
+        B: AutodiffBackend,
+        B::InnerBackend: UpdateKernels,
+        M: StagedModel<B, D>,
+        U: Updater<B, M>,
+    {
         let mut reduce_seconds = 0.0;
         let mut plan = StagePlan::new(&model, micro_batches, reducer.world_size() > 1)?;
         if reducer.world_size() > 1 {
@@ -192,7 +214,7 @@ impl<U> FusedStep<U> {
         }
         let mut failed: Option<OptimError> = None;
         let clock = Instant::now();
-        let boundaries = forward_boundaries::<B, M, D>(&model, micro_batches, plan.num_stages);
+        let (model, boundaries) = forward_boundaries::<B, M, D>(model, micro_batches, plan.num_stages, store)?;
         let mut timings = StepTimings { forward: clock.elapsed().as_secs_f64(), ..Default::default() };
         let scale = self.scaler.as_ref().map(|s| s.scale());
         let mut report = StepReport {
@@ -214,14 +236,14 @@ impl<U> FusedStep<U> {
             let clock = Instant::now();
             let mut norm = NormPass { inv_scale, sum_sq: 0.0, overflow: false };
             let mut norm_reduce = 0.0;
-            let pass = backward_pass::<B, M, D, _>(model, micro_batches, &boundaries, &plan, scale, &mut |m, ready, s| {
+            let pass = backward_pass::<B, M, D, _>(model, micro_batches, &boundaries, &plan, scale, store, false, &mut |m, ready, s| {
                 if let Err(e) = reduce_ready::<B, M>(&m, ready, s, &plan, reducer, &mut norm_reduce) {
                     failed = Some(e);
                     return (m, false);
                 }
                 norm.add::<B, M>(&m, ready);
                 (m, !norm.overflow)
-            });
+            })?;
             timings.norm_pass = Some(clock.elapsed().as_secs_f64() - norm_reduce);
             reduce_seconds += norm_reduce;
             if let Some(e) = failed.take() {
@@ -252,16 +274,17 @@ impl<U> FusedStep<U> {
         self.updater.begin_step();
         let updater = &mut self.updater;
         let mut update_reduce = 0.0;
-        let pass = backward_pass::<B, M, D, _>(model, micro_batches, &boundaries, &plan, scale, &mut |m, ready, s| {
+        let pass = backward_pass::<B, M, D, _>(model, micro_batches, &boundaries, &plan, scale, store, true, &mut |m, ready, s| {
             if let Err(e) = reduce_ready::<B, M>(&m, ready, s, &plan, reducer, &mut update_reduce) {
                 failed = Some(e);
                 return (m, false);
             }
             (updater.apply(m, ready, &prep, lr), true)
-        });
+        })?;
         if let Some(e) = failed.take() {
             return Err(e);
         }
+        store.end_step()?;
         reduce_seconds += update_reduce;
         report.loss = reduced_loss(loss_sum.unwrap_or(pass.loss_sum), &plan, reducer, &mut reduce_seconds)?;
         if let Some(s) = self.scaler.as_mut() {
@@ -284,6 +307,8 @@ pub(crate) struct StagePlan {
     pub stage_params: Vec<HashSet<ParamId>>,
     /// For each parameter, the lowest stage that reads it: where backward finishes its gradient.
     pub final_stage: HashMap<ParamId, usize>,
+    /// For each stage, the parameters whose gradient is final there (updated there).
+    pub home: Vec<Vec<ParamId>>,
 }
 
 impl StagePlan {
@@ -304,14 +329,18 @@ impl StagePlan {
         }
         let mut stage_params = Vec::with_capacity(num_stages);
         let mut final_stage = HashMap::new();
+        let mut home = vec![Vec::new(); num_stages];
         for s in 0..num_stages {
-            let ids: HashSet<ParamId> = model.stage_params(s).into_iter().collect();
+            let ids = model.stage_params(s);
             for &id in &ids {
-                final_stage.entry(id).or_insert(s);
+                if let std::collections::hash_map::Entry::Vacant(e) = final_stage.entry(id) {
+                    e.insert(s);
+                    home[s].push(id);
+                }
             }
-            stage_params.push(ids);
+            stage_params.push(ids.into_iter().collect::<HashSet<ParamId>>());
         }
-        Ok(Self { num_stages, targets, stage_params, final_stage })
+        Ok(Self { num_stages, targets, stage_params, final_stage, home })
     }
 }
 
@@ -329,41 +358,51 @@ pub(crate) fn total_targets<B: AutodiffBackend, M: StagedModel<B, D>, const D: u
     }
 }
 
-/// The boundary activations `[mb][k]` = input of stage `k + 1`, computed without a tape. The
-/// loss stage does not run here: its forward is part of the backward pass, which reads the loss
-/// off it.
+/// The boundary activations `[mb][k]` = input of stage `k + 1`, computed without a tape, stage
+/// by stage over the micro-batches (each stage's weights fetched from `store` once). The loss
+/// stage does not run here: its forward is part of the backward pass, which reads the loss off
+/// it.
+#[allow(clippy::type_complexity)]
 pub(crate) fn forward_boundaries<B: AutodiffBackend, M: StagedModel<B, D>, const D: usize>(
-    model: &M,
+    mut model: M,
     micro_batches: &[M::Batch],
     num_stages: usize,
-) -> Vec<Vec<Tensor<B::InnerBackend, D>>> {
-    let inner = model.valid();
-    let mut boundaries = Vec::with_capacity(micro_batches.len());
-    for batch in micro_batches {
-        let mut per_stage = Vec::with_capacity(num_stages - 1);
-        let mut h = M::inner_forward_stage(&inner, 0, None, batch);
-        for s in 1..num_stages - 1 {
-            let next = M::inner_forward_stage(&inner, s, Some(h.clone()), batch);
-            per_stage.push(h);
-            h = next;
+    store: &mut dyn StageStore<B, M>,
+) -> Result<(M, Vec<Vec<Tensor<B::InnerBackend, D>>>), OptimError> {
+    let mut boundaries: Vec<Vec<Tensor<B::InnerBackend, D>>> =
+        micro_batches.iter().map(|_| Vec::with_capacity(num_stages - 1)).collect();
+    for s in 0..num_stages - 1 {
+        model = store.fetch(model, s)?;
+        // The next stage to run: the following block, or after the last one the loss stage,
+        // where the backward pass begins.
+        store.prefetch(s + 1)?;
+        let inner = model.valid();
+        for (mb, batch) in micro_batches.iter().enumerate() {
+            let input = boundaries[mb].last().cloned();
+            let out = M::inner_forward_stage(&inner, s, input, batch);
+            boundaries[mb].push(out);
         }
-        per_stage.push(h);
-        boundaries.push(per_stage);
+        drop(inner);
+        model = store.release(model, s, &[])?;
     }
-    boundaries
+    Ok((model, boundaries))
 }
 
 /// Backward through every stage in reverse. After each stage, `on_ready` gets the model and
 /// the gradients that are final (raw, summed over micro-batches and stages) and returns the
-/// model and whether to go on.
+/// model and whether to go on. Each stage's weights are fetched from `store` before it runs and
+/// released after `on_ready`; in the `updating` pass with the parameters updated there.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_pass<B, M, const D: usize, F>(
     mut model: M,
     micro_batches: &[M::Batch],
     boundaries: &[Vec<Tensor<B::InnerBackend, D>>],
     plan: &StagePlan,
     loss_scale: Option<f64>,
+    store: &mut dyn StageStore<B, M>,
+    updating: bool,
     on_ready: &mut F,
-) -> PassResult<M>
+) -> Result<PassResult<M>, OptimError>
 where
     B: AutodiffBackend,
     M: StagedModel<B, D>,
@@ -379,6 +418,14 @@ where
     let mut ready_seconds = 0.0;
     for s in (0..n).rev() {
         let clock = Instant::now();
+        model = store.fetch(model, s)?;
+        // After stage 0 of the norm pass, the updating pass starts again at the loss stage.
+        // (Stage 0 of the next step's forward is the one being updated now: nothing to read.)
+        match (s, updating) {
+            (0, true) => {}
+            (0, false) => store.prefetch(n - 1)?,
+            _ => store.prefetch(s - 1)?,
+        }
         let mut ready = GradientsParams::new();
         for (mb, batch) in micro_batches.iter().enumerate() {
             if s == n - 1 {
@@ -414,12 +461,13 @@ where
         let clock = Instant::now();
         let (next, go_on) = on_ready(model, &mut ready, s);
         ready_seconds += clock.elapsed().as_secs_f64();
-        model = next;
+        let updated: &[ParamId] = if updating && go_on { &plan.home[s] } else { &[] };
+        model = store.release(next, s, updated)?;
         if !go_on {
             break;
         }
     }
-    PassResult { model, loss_sum, stage_seconds, ready_seconds }
+    Ok(PassResult { model, loss_sum, stage_seconds, ready_seconds })
 }
 
 /// The mean loss over every rank's targets from this rank's sum.

@@ -28,6 +28,7 @@ pub mod rule;
 pub mod scaler;
 pub mod schedule;
 pub mod stages;
+pub mod store;
 
 pub use adalomo::{AdaLomo, AdaLomoConfig, AdaLomoParamRecord, AdaLomoRecord, SecondMoment};
 pub use baseline::{full_backward_grads, full_backward_step, full_forward_loss, BurnOptimizer};
@@ -40,3 +41,4 @@ pub use rule::{param_paths, GradPrep, RuleUpdater, UpdateRule, Updater};
 pub use scaler::{DynamicLossScaler, LossScaleConfig};
 pub use schedule::{LrSchedule, ScheduleKind};
 pub use stages::{param_ids, StagedModel};
+pub use store::{put_params, take_params, Held, HostStore, Resident, StageParams, StageStore, Take};
