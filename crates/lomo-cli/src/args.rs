@@ -56,6 +56,16 @@ pub enum OptimizerKind {
     Sgd,
 }
 
+/// Where `--offload` keeps the weights of the stages that are not running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffloadArg {
+    /// Host memory (the device holds the running stage).
+    Host,
+    /// A directory of safetensors files, one per stage.
+    Disk,
+}
+
 /// Storage dtype of the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -180,6 +190,16 @@ pub struct TrainArgs {
     /// which has one device: the placement runs and nothing moves. Fused step only.
     #[arg(long, value_name = "LIST")]
     pub devices: Option<String>,
+    /// Keep each stage's weights off the device while the stage is not running, bringing them
+    /// in just before it runs and writing the update back after: `host` (host memory; on the CPU
+    /// backend nothing moves) or `disk` (a working copy, one safetensors file per stage, in
+    /// --offload-dir; the model is never whole in memory). Fused step only.
+    #[arg(long, value_enum, value_name = "WHERE")]
+    pub offload: Option<OffloadArg>,
+    /// The working copy of `--offload disk` (default: `offload` inside --save). Made from
+    /// --model (never written) or --preset at the start of a run, or from --resume's checkpoint.
+    #[arg(long, value_name = "DIR")]
+    pub offload_dir: Option<PathBuf>,
     /// Seed of the shuffle, the random init of a preset, and sampling.
     #[arg(long, value_name = "N", default_value_t = 42)]
     pub seed: u64,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use lomo_data::{DataPosition, TextTokenizer};
 use lomo_models::{Llama, SaveOptions};
 use lomo_optim::{AdaLomoRecord, DynamicLossScaler};
@@ -56,9 +56,11 @@ fn is_one(n: &usize) -> bool {
 }
 
 /// Writes the checkpoint to `dir`, replacing what was there only once everything is written.
-pub fn save<B: AutodiffBackend>(
+#[allow(clippy::too_many_arguments)]
+pub fn save<B: lomo_models::TrainBackend>(
     dir: &Path,
     model: &Llama<B>,
+    store: Option<&lomo_models::DiskStore>,
     tokenizer: Option<&TextTokenizer>,
     tokenizer_file: Option<&Path>,
     state: &TrainerState,
@@ -73,7 +75,12 @@ pub fn save<B: AutodiffBackend>(
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
     let result = (|| -> Result<()> {
-        model.valid().save_hf(&tmp, &SaveOptions::default()).with_context(|| format!("saving the model to {}", tmp.display()))?;
+        match store {
+            // `--offload disk`: the weights are in the working copy, the model holds placeholders.
+            Some(store) => store.save_hf(model, &tmp, &SaveOptions::default()),
+            None => model.valid().save_hf(&tmp, &SaveOptions::default()),
+        }
+        .with_context(|| format!("saving the model to {}", tmp.display()))?;
         write_tokenizer(&tmp, tokenizer, tokenizer_file)?;
         let json = serde_json::to_string_pretty(state)?;
         std::fs::write(tmp.join(STATE_FILE), json).with_context(|| format!("writing {}", tmp.join(STATE_FILE).display()))?;

@@ -17,7 +17,8 @@ use crate::backend::with_backend;
 use crate::checkpoint::{self, TrainerState};
 use crate::data::{load_training, parse_task};
 use crate::eval::{evaluate, to_model_batch, EvalResult};
-use crate::model::{load, load_path, Loaded};
+use crate::args::OffloadArg;
+use crate::model::{load, load_offloaded, load_path, load_path_offloaded, Loaded};
 use crate::plan::{self, StepShape};
 use crate::progress::Progress;
 use crate::trainer::{StepSettings, Trainer};
@@ -114,6 +115,20 @@ fn validate(args: &TrainArgs) -> Result<()> {
     if args.eval_every == Some(0) || args.save_every == Some(0) || args.save_total_limit == Some(0) {
         bail!("--eval-every / --save-every / --save-total-limit: must be at least 1");
     }
+    if args.offload.is_some() && !matches!(args.optimizer, OptimizerKind::Lomo | OptimizerKind::Adalomo) {
+        bail!("--offload: stages are fetched and written back by the fused step (--optimizer lomo or adalomo)");
+    }
+    if args.offload_dir.is_some() && args.offload != Some(OffloadArg::Disk) {
+        bail!("--offload-dir: only --offload disk keeps a working copy");
+    }
+    if args.offload == Some(OffloadArg::Disk) {
+        if args.offload_dir.is_none() && args.save.is_none() {
+            bail!("--offload disk: give --offload-dir DIR for the working copy (or --save DIR, which puts it in DIR/offload)");
+        }
+        if args.eval.is_some() {
+            bail!("--offload disk with --eval: evaluation runs the whole model at once, which --offload disk never holds; evaluate the saved checkpoint with `lomo eval`");
+        }
+    }
     if !(args.loss_scale >= 1.0 && args.loss_scale.is_finite()) {
         bail!("--loss-scale: must be a finite number >= 1, got {}", args.loss_scale);
     }
@@ -164,6 +179,67 @@ fn place_stages<B: TrainBackend>(args: &TrainArgs, list: &str) -> Result<Placeme
     Ok(Placement::from_assignment(&devices, &split.assignment)?)
 }
 
+/// Where the weights of the stages that are not running wait (`--offload`).
+enum Store<B: TrainBackend> {
+    Resident(lomo_optim::Resident),
+    Host(lomo_optim::HostStore<B::InnerBackend>),
+    Disk(lomo_models::DiskStore),
+}
+
+impl<B: TrainBackend> Store<B> {
+    fn as_dyn(&mut self) -> &mut dyn lomo_optim::StageStore<B, lomo_models::Llama<B>> {
+        match self {
+            Store::Resident(r) => r,
+            Store::Host(h) => h,
+            Store::Disk(d) => d,
+        }
+    }
+
+    fn disk(&self) -> Option<&lomo_models::DiskStore> {
+        match self {
+            Store::Disk(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Runs `f` on the whole model (and the working copy, which holds it with `--offload disk`):
+    /// host memory's weights come back for it and go again after.
+    fn whole<R>(
+        &mut self,
+        model: lomo_models::Llama<B>,
+        host: &Option<B::Device>,
+        f: impl FnOnce(&lomo_models::Llama<B>, Option<&lomo_models::DiskStore>) -> Result<R>,
+    ) -> Result<(lomo_models::Llama<B>, R)> {
+        match self {
+            Store::Host(h) => {
+                let model = h.fetch_all(model)?;
+                let r = f(&model, None)?;
+                let inner_host = host.as_ref().map(|d| burn::tensor::Tensor::<B, 1>::empty([1], d).inner().device());
+                let (model, store) = lomo_optim::HostStore::new::<B, _, 3>(model, inner_host)?;
+                *h = store;
+                Ok((model, r))
+            }
+            Store::Disk(d) => {
+                let r = f(&model, Some(d))?;
+                Ok((model, r))
+            }
+            Store::Resident(_) => {
+                let r = f(&model, None)?;
+                Ok((model, r))
+            }
+        }
+    }
+}
+
+/// `--offload disk`'s working copy.
+fn offload_dir(args: &TrainArgs) -> Option<std::path::PathBuf> {
+    match (&args.offload, &args.offload_dir, &args.save) {
+        (Some(OffloadArg::Disk), Some(dir), _) => Some(dir.clone()),
+        (Some(OffloadArg::Disk), None, Some(save)) => Some(save.join("offload")),
+        _ => None,
+    }
+}
+
 fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
     let dtype = args.dtype.storage();
     let resumed = match &args.resume {
@@ -175,10 +251,52 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         Some(p) => On::Stages(p),
         None => On::One(device),
     };
-    let loaded: Loaded<B> = match &args.resume {
-        Some(dir) => load_path(dir, dtype, on)?,
-        None => load(&args.source, dtype, on, args.seed)?,
+    let store_dir = offload_dir(args);
+    // The host store's device: the CPU of the backend where it has one (LibTorch), the device
+    // itself on the CPU backends; else host bytes.
+    let host_device: Option<B::Device> = match args.backend {
+        crate::backend::BackendKind::Cuda => None,
+        kind => crate::backend::parse_devices::<B>(kind, "cpu").ok().and_then(|d| d.into_iter().next()),
     };
+    let (mut loaded, mut store): (Loaded<B>, Store<B>) = match (&store_dir, &args.resume) {
+        (Some(store_dir), resume) => {
+            if let (Some(ckpt), Ok(copy)) = (resume, lomo_models::DiskStore::inspect(store_dir)) {
+                let state = resumed.as_ref().expect("resumed");
+                let steps: std::collections::BTreeSet<u64> = copy.stage_steps.iter().copied().collect();
+                if copy.interrupted() {
+                    eprintln!(
+                        "--offload disk: the working copy in {} was interrupted during step {} (its stages are from steps {steps:?}); it is made again from {}, at step {}",
+                        store_dir.display(), copy.step + 1, ckpt.display(), state.step
+                    );
+                } else {
+                    eprintln!(
+                        "--offload disk: the working copy in {} is at step {}; it is made again from {}, at step {}",
+                        store_dir.display(), copy.step, ckpt.display(), state.step
+                    );
+                }
+            }
+            let step = resumed.as_ref().map_or(0, |s| s.step);
+            let (loaded, disk) = match &args.resume {
+                Some(dir) => load_path_offloaded(dir, dtype, on, store_dir, step)?,
+                None => load_offloaded(&args.source, dtype, on, args.seed, store_dir)?,
+            };
+            let mut disk = disk;
+            // Crash tests: the write-back after this many fails, as a crash between two stages'
+            // write-backs would stop the step.
+            if let Ok(n) = std::env::var("LOMO_OFFLOAD_FAIL_AFTER") {
+                disk.fail_after_writes(n.parse().context("LOMO_OFFLOAD_FAIL_AFTER: a number of write-backs")?);
+            }
+            (loaded, Store::Disk(disk))
+        }
+        (None, Some(dir)) => (load_path(dir, dtype, on)?, Store::Resident(lomo_optim::Resident)),
+        (None, None) => (load(&args.source, dtype, on, args.seed)?, Store::Resident(lomo_optim::Resident)),
+    };
+    if args.offload == Some(OffloadArg::Host) {
+        let inner_host = host_device.as_ref().map(|d| burn::tensor::Tensor::<B, 1>::empty([1], d).inner().device());
+        let (model, host) = lomo_optim::HostStore::new::<B, _, 3>(loaded.model, inner_host)?;
+        store = Store::Host(host);
+        loaded = Loaded { model, ..loaded };
+    }
     let Loaded { model, tokenizer, tokenizer_file, description } = loaded;
     let model = model.with_loss_chunking(lomo_models::LossChunking::Tokens(args.loss_chunk_tokens));
     let task = parse_task(args.task.as_deref())?;
@@ -326,11 +444,22 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         let tokens: u64 = micro_batches.iter().map(|b| b.attention_mask().iter().filter(|&&m| m != 0).count() as u64).sum();
         let lr = schedule.lr(step);
         let t0 = Instant::now();
+        let io_before = store.disk().map(|d| d.io());
         let (next, report) = match collective.as_mut() {
-            Some(c) => trainer.step_reduced(model, &micro_batches, lr, c)?,
-            None => trainer.step(model, &micro_batches, lr)?,
+            Some(c) => trainer.step_reduced(model, &micro_batches, lr, c, store.as_dyn())?,
+            None => trainer.step_reduced(model, &micro_batches, lr, &mut lomo_optim::Local, store.as_dyn())?,
         };
         model = next;
+        // The working copy is whole at this step (a skipped step wrote nothing back).
+        if let Store::Disk(d) = &mut store {
+            if d.step() != step + 1 {
+                d.write_step(step + 1).context("--offload disk")?;
+            }
+        }
+        let offload_io = match (io_before, store.disk()) {
+            (Some(before), Some(d)) => Some(json!({"read_bytes": d.io().read - before.read, "written_bytes": d.io().written - before.written})),
+            _ => None,
+        };
         let dt = t0.elapsed().as_secs_f64();
         tokens_total += tokens;
         if !report.loss.is_finite() && report.loss_scale.is_none() {
@@ -344,7 +473,7 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
             let line = json!({
                 "step": step + 1, "loss": report.loss, "lr": lr, "tokens": tokens, "tokens_per_s": tokens as f64 / dt,
                 "seconds": dt, "grad_norm": report.grad_norm, "clip_coef": report.clip_coef, "loss_scale": report.loss_scale,
-                "skipped": report.skipped, "peak_heap_bytes": alloc::peak(), "elapsed_s": progress.elapsed(),
+                "skipped": report.skipped, "peak_heap_bytes": alloc::peak(), "elapsed_s": progress.elapsed(), "offload": offload_io,
                 "timings": (!report.timings.backward.is_empty()).then_some(&report.timings),
             });
             writeln!(log, "{line}")?;
@@ -356,7 +485,10 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         let mut eval_loss = None;
         if let (Some(path), Some(every), true) = (&args.eval, args.eval_every, lead) {
             if done % every == 0 || done == total_steps {
-                let r = evaluate(&model.valid(), tokenizer.as_ref(), path, args.format, task, args.max_len, args.batch_size)?;
+                let (m, r) = store.whole(model, &host_device, |m, _| {
+                    evaluate(&m.valid(), tokenizer.as_ref(), path, args.format, task, args.max_len, args.batch_size)
+                })?;
+                model = m;
                 progress.message(&format!("eval at step {done}: {}", serde_json::to_string(&r)?));
                 eval_loss = Some(r.loss);
                 curves.eval.push((done, r.loss));
@@ -387,7 +519,10 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         if let (Some(dir), Some(every), true) = (&args.save, args.save_every, lead) {
             if done % every == 0 && done != total_steps {
                 let sub = dir.join(format!("step-{done}"));
-                checkpoint::save(&sub, &model, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), &config, trainer.adalomo().map(|r| r.to_record(&model)))?;
+                let (m, ()) = store.whole(model, &host_device, |m, disk| {
+                    checkpoint::save(&sub, m, disk, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), &config, trainer.adalomo().map(|r| r.to_record(m)))
+                })?;
+                model = m;
                 progress.message(&format!("saved {}", sub.display()));
                 if let Some(limit) = args.save_total_limit {
                     for old in checkpoint::rotate(dir, limit, args.keep_best)? {
@@ -398,7 +533,15 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         }
         if done == total_steps && lead {
             if let Some(dir) = &args.save {
-                checkpoint::save(dir, &model, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), &config, trainer.adalomo().map(|r| r.to_record(&model)))?;
+                let (m, ()) = store.whole(model, &host_device, |m, disk| {
+                    checkpoint::save(dir, m, disk, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), &config, trainer.adalomo().map(|r| r.to_record(m)))
+                })?;
+                model = m;
+                // The working copy is a scratch copy of what the checkpoint now holds.
+                if let Some(d) = store.disk() {
+                    std::fs::remove_dir_all(d.dir()).with_context(|| format!("removing the working copy {}", d.dir().display()))?;
+                    progress.message(&format!("removed the working copy {}", d.dir().display()));
+                }
                 progress.message(&format!("saved {}", dir.display()));
             }
         }

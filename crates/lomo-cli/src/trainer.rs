@@ -60,24 +60,25 @@ impl<B: TrainBackend> Trainer<B> {
 
     /// One step over `micro_batches` at learning rate `lr`.
     pub fn step(&mut self, model: Llama<B>, micro_batches: &[Batch], lr: f64) -> Result<(Llama<B>, StepReport)> {
-        self.step_reduced(model, micro_batches, lr, &mut lomo_optim::Local)
+        self.step_reduced(model, micro_batches, lr, &mut lomo_optim::Local, &mut lomo_optim::Resident)
     }
 
-    /// One step as a rank of a data-parallel group (`reducer` sums across the ranks); the
-    /// full-backward baselines have no data parallelism.
+    /// One step as a rank of a data-parallel group (`reducer` sums across the ranks), the
+    /// weights of the stages not running in `store`; the full-backward baselines have neither.
     pub fn step_reduced(
         &mut self,
         model: Llama<B>,
         micro_batches: &[Batch],
         lr: f64,
         reducer: &mut dyn lomo_optim::StepReducer<B::InnerBackend>,
+        store: &mut dyn lomo_optim::StageStore<B, Llama<B>>,
     ) -> Result<(Llama<B>, StepReport)> {
         if reducer.world_size() > 1 && matches!(self, Self::Sgd(..) | Self::AdamW(..)) {
             anyhow::bail!("--world-size: data parallelism runs the fused optimizers (lomo, adalomo), not the full-backward baselines");
         }
         Ok(match self {
-            Self::Lomo(step) => step.step_reduced(model, micro_batches, lr, reducer)?,
-            Self::AdaLomo(step) => step.step_reduced(model, micro_batches, lr, reducer)?,
+            Self::Lomo(step) => step.step_stored(model, micro_batches, lr, reducer, store)?,
+            Self::AdaLomo(step) => step.step_stored(model, micro_batches, lr, reducer, store)?,
             Self::Sgd(optim, s) => {
                 // As LOMO: the gradient is of the undecayed weights, p = p * (1 - lr * wd) - lr * g.
                 let wd = s.weight_decay;

@@ -544,3 +544,72 @@ fn plan_splits_llama_65b_over_8_devices_within_24_gib_each() {
     }
     user_error(&["plan", "--preset", "stories260k", "--devices", "9", "--optimizer", "lomo", "--batch-size", "1", "--max-len", "8"], "--devices 9");
 }
+
+#[test]
+fn offload_to_disk_or_host_trains_the_weights_of_the_resident_run_bit_for_bit_and_resumes_after_a_crash() {
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else { return };
+    let dir = tmp("offload");
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |optimizer: &str, save: &Path, extra: &[&str]| -> Output {
+        let (lr, more): (&str, &[&str]) = match optimizer {
+            "lomo" => ("0.05", &["--clip-grad-norm", "1.0"]),
+            _ => ("0.01", &["--micro-batch-size", "2"]),
+        };
+        let mut args = vec![
+            "train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--optimizer", optimizer,
+            "--lr", lr, "--steps", "3", "--batch-size", "4", "--max-len", "64", "--seed", "3", "--save", save.to_str().unwrap(),
+        ];
+        args.extend(more.iter().copied());
+        args.extend(extra.iter().copied());
+        lomo(&args)
+    };
+    for optimizer in ["lomo", "adalomo"] {
+        let resident = dir.join(format!("{optimizer}-resident"));
+        ok(&run(optimizer, &resident, &[]));
+        let disk = dir.join(format!("{optimizer}-disk"));
+        let out = run(optimizer, &disk, &["--offload", "disk"]);
+        ok(&out);
+        assert!(weights(&disk) == weights(&resident), "{optimizer}: --offload disk's weights differ from the resident run's");
+        assert!(!disk.join("offload").exists(), "the working copy goes once the checkpoint holds it");
+        let host = dir.join(format!("{optimizer}-host"));
+        ok(&run(optimizer, &host, &["--offload", "host"]));
+        assert!(weights(&host) == weights(&resident), "{optimizer}: --offload host's weights differ from the resident run's");
+
+        // A crash between two stages' write-backs in step 3 (stories260K: 7 stage files, each
+        // written back once a step), then --resume from the step-2 checkpoint.
+        let crashed = dir.join(format!("{optimizer}-crashed"));
+        let fail = Command::new(env!("CARGO_BIN_EXE_lomo"))
+            .env("LOMO_OFFLOAD_FAIL_AFTER", "17")
+            .args([
+                "train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--optimizer", optimizer,
+                "--lr", if optimizer == "lomo" { "0.05" } else { "0.01" }, "--steps", "3", "--batch-size", "4", "--max-len", "64",
+                "--seed", "3", "--save", crashed.to_str().unwrap(), "--save-every", "1", "--offload", "disk",
+            ])
+            .args(if optimizer == "lomo" { ["--clip-grad-norm", "1.0"] } else { ["--micro-batch-size", "2"] })
+            .output()
+            .unwrap();
+        assert!(!fail.status.success());
+        let err = String::from_utf8_lossy(&fail.stderr);
+        assert!(err.contains("injected failure") && !err.contains("panicked"), "{err}");
+        let step2 = crashed.join("step-2");
+        let out = Command::new(env!("CARGO_BIN_EXE_lomo"))
+            .args([
+                "train", "--resume", step2.to_str().unwrap(), "--data", data.to_str().unwrap(), "--optimizer", optimizer,
+                "--lr", if optimizer == "lomo" { "0.05" } else { "0.01" }, "--steps", "3", "--batch-size", "4", "--max-len", "64",
+                "--seed", "3", "--save", crashed.to_str().unwrap(), "--offload", "disk",
+            ])
+            .args(if optimizer == "lomo" { ["--clip-grad-norm", "1.0"] } else { ["--micro-batch-size", "2"] })
+            .output()
+            .unwrap();
+        ok(&out);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("interrupted during step 3") && err.contains("at step 2"), "{err}");
+        assert!(weights(&crashed) == weights(&resident), "{optimizer}: the resumed run's weights differ from the uninterrupted run's");
+    }
+    let base = ["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--lr", "0.1", "--steps", "1", "--batch-size", "1"];
+    let with = |extra: &[&'static str]| -> Vec<&str> { base.iter().copied().chain(extra.iter().copied()).collect() };
+    user_error(&with(&["--optimizer", "adamw", "--offload", "host"]), "fused step");
+    user_error(&with(&["--optimizer", "lomo", "--offload", "disk"]), "--offload-dir");
+    user_error(&with(&["--optimizer", "lomo", "--offload", "host", "--offload-dir", "x"]), "only --offload disk");
+    user_error(&with(&["--optimizer", "lomo", "--offload", "disk", "--offload-dir", "x", "--eval", "y.jsonl"]), "--eval");
+}
