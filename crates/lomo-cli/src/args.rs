@@ -379,6 +379,14 @@ pub struct PlanArgs {
     /// device's peak.
     #[arg(long, value_name = "N")]
     pub devices: Option<usize>,
+    /// Plan the step with the weights offloaded (as `lomo train --offload`): the resident
+    /// stages' weights, the peak, and the bytes read and written per step.
+    #[arg(long, value_enum, value_name = "WHERE")]
+    pub offload: Option<OffloadArg>,
+    /// The step clips by global norm (as `lomo train --clip-grad-norm`): one more pass over
+    /// the stages, which offload reads once more.
+    #[arg(long, value_name = "F")]
+    pub clip_grad_norm: Option<f64>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

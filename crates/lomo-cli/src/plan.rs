@@ -39,6 +39,24 @@ pub fn run(args: PlanArgs) -> Result<()> {
         args.batch_size,
         args.max_len
     );
+    if let Some(target) = args.offload {
+        if args.devices.is_some() {
+            bail!("--offload with --devices: give one (the offload plan is for one device)");
+        }
+        let target = match target {
+            crate::args::OffloadArg::Host => lomo_models::plan::OffloadTarget::Host,
+            crate::args::OffloadArg::Disk => lomo_models::plan::OffloadTarget::Disk,
+        };
+        let norm_pass = args.clip_grad_norm.is_some() || args.dtype == crate::args::DtypeArg::F16;
+        let plan = config.plan_offload(target, norm_pass).context("--offload")?;
+        if args.json {
+            println!("{}", serde_json::to_string(&plan)?);
+        } else {
+            println!("{heading}, weights offloaded to {}", if target == lomo_models::plan::OffloadTarget::Host { "host memory" } else { "disk" });
+            print!("{plan}");
+        }
+        return Ok(());
+    }
     match args.devices {
         None => {
             let plan = config.plan()?;

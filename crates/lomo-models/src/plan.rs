@@ -640,6 +640,94 @@ impl PlanConfig {
     }
 }
 
+/// Where `--offload` keeps the weights of the stages that are not running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffloadTarget {
+    /// Host memory; the device holds the running stage and the one fetched next.
+    Host,
+    /// A working copy on disk; memory holds the running stage and the one read ahead.
+    Disk,
+}
+
+/// The fused step with the weights offloaded: [`PlanConfig::plan_offload`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffloadPlan {
+    /// Where the weights wait.
+    pub target: OffloadTarget,
+    /// The device's (for `disk`, the process's) peak: `weights` is the resident stages'.
+    pub device: MemoryPlan,
+    /// Weights waiting in host memory (all of them, for `host`; none for `disk`).
+    pub host_weights: u64,
+    /// Bytes brought in per step: every stage's weights once per pass (the tape-free forward,
+    /// without the loss stage; the norm pass, with clip-by-norm or loss scaling; the updating
+    /// pass); a tied embedding also with the loss stage.
+    pub read_per_step: u64,
+    /// Bytes written back per step: every weight once.
+    pub written_per_step: u64,
+}
+
+impl fmt::Display for OffloadPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.device)?;
+        if self.target == OffloadTarget::Host {
+            writeln!(f, "{:<16} {:>12}", "in host memory", human(self.host_weights))?;
+        }
+        writeln!(f, "{:<16} {:>12}", "read per step", human(self.read_per_step))?;
+        writeln!(f, "{:<16} {:>12}", "written per step", human(self.written_per_step))
+    }
+}
+
+impl PlanConfig {
+    /// The fused step's peak with the weights offloaded to `target`: the resident weights are
+    /// the two largest neighbouring stages' (the one running and the one fetched next, as the
+    /// fused step goes forward and back), plus, for `disk`, the largest tensor's copy while it
+    /// is written back; gradients, optimizer state (resident) and activations are the fused
+    /// step's. `norm_pass`: the step clips by global norm or scales the loss (one more pass).
+    ///
+    /// # Errors
+    /// A field [`Self::plan`] rejects, or the full-backward mode (offload is the fused step's).
+    pub fn plan_offload(&self, target: OffloadTarget, norm_pass: bool) -> Result<OffloadPlan, PlanError> {
+        if self.mode != StepMode::Fused {
+            return Err(PlanError::field("mode", "offload is for the fused step (lomo, adalomo)"));
+        }
+        let resident_plan = self.plan()?;
+        let e = self.dtype.size_of() as u64;
+        let bytes = self.stage_bytes();
+        let n = bytes.len();
+        // What each stage reads: its own weights, and the loss stage a tied embedding too.
+        let mut reads: Vec<u64> = bytes.iter().map(|b| b.0).collect();
+        let tied = self.model.tie_word_embeddings;
+        if tied {
+            reads[n - 1] += self.embedding_params() * e;
+        }
+        // The forward pass reads ahead stage s + 1 while s runs, the backward pass s - 1; the
+        // norm pass's last stage reads the loss stage ahead.
+        let mut resident = reads.windows(2).map(|w| w[0] + w[1]).max().unwrap_or(0);
+        if norm_pass {
+            resident = resident.max(reads[0] + reads[n - 1]);
+        }
+        if target == OffloadTarget::Disk {
+            resident += self.largest_param() * e;
+        }
+        let forward: u64 = reads[..n - 1].iter().sum();
+        let all: u64 = reads.iter().sum();
+        let weights = self.model.num_bytes(self.dtype);
+        let device = MemoryPlan {
+            weights: resident,
+            total: resident_plan.total - resident_plan.weights + resident,
+            ..resident_plan
+        };
+        Ok(OffloadPlan {
+            target,
+            device,
+            host_weights: if target == OffloadTarget::Host { weights } else { 0 },
+            read_per_step: forward + if norm_pass { 2 } else { 1 } * all,
+            written_per_step: weights,
+        })
+    }
+}
+
 /// The parts of the fused step's peak by kind of stage ((gradients, activations) pairs beyond
 /// the boundaries and upstream gradients).
 struct FusedPieces {
@@ -878,6 +966,32 @@ mod tests {
         let last = split.devices[1].plan;
         assert!(first.gradients >= embed, "the tied gradient waits on device 0: {first:?}");
         assert!(last.activations >= embed, "the head's copy of the embedding: {last:?}");
+    }
+
+    #[test]
+    fn llama_13b_offloaded_to_disk_holds_two_stages_and_fits_24_gib() {
+        let mut c = config(PlanOptimizer::Lomo, StepMode::Fused);
+        c.model = crate::presets::preset("llama-13b").unwrap();
+        c.dtype = StorageDtype::BF16;
+        let resident = c.plan().unwrap();
+        let disk = c.plan_offload(OffloadTarget::Disk, false).unwrap();
+        let e = 2;
+        let block = c.layer_params() * e;
+        let head = c.embedding_params() * e;
+        // The running stage and its neighbour (two blocks: more than the last block and the
+        // head), and the largest tensor's write-back copy.
+        assert!(block > head);
+        assert_eq!(disk.device.weights, 2 * block + c.largest_param() * e);
+        assert_eq!(disk.device.total - disk.device.weights, resident.total - resident.weights);
+        assert!(resident.total > 24 << 30 && disk.device.total < 6 << 30, "{resident} {disk}");
+        let weights = c.model.num_bytes(StorageDtype::BF16);
+        assert_eq!(disk.written_per_step, weights);
+        assert_eq!(disk.read_per_step, 2 * weights - (head + 5120 * e));
+        let host = c.plan_offload(OffloadTarget::Host, true).unwrap();
+        assert_eq!(host.host_weights, weights);
+        assert_eq!(host.read_per_step, 3 * weights - (head + 5120 * e));
+        c.mode = StepMode::Full;
+        assert!(c.plan_offload(OffloadTarget::Disk, false).is_err());
     }
 
     #[test]
