@@ -97,7 +97,7 @@ impl StageFile {
 }
 
 /// What was read and written, in bytes, since the store was made.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IoStats {
     /// Bytes read from the stage files.
     pub read: u64,

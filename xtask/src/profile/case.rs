@@ -8,12 +8,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::optim::{AdamWConfig, SgdConfig};
 use burn::tensor::backend::AutodiffBackend;
-use lomo_models::plan::{MemoryPlan, PlanConfig, PlanOptimizer, StepMode};
+use lomo_models::plan::{MemoryPlan, OffloadTarget, PlanConfig, PlanOptimizer, StepMode};
 use lomo_models::rng::SplitMix64;
-use lomo_models::{Batch, HfConfig, Llama, LlamaConfig, LossChunking, StorageDtype};
+use lomo_models::{Batch, DiskStore, HfConfig, Llama, LlamaConfig, LossChunking, StorageDtype};
 use lomo_optim::{
-    full_backward_grads, full_backward_step, AdaLomoConfig, BurnOptimizer, FusedConfig, FusedStep, GradPrep, Lomo,
-    RuleUpdater, Updater,
+    full_backward_grads, full_backward_step, AdaLomoConfig, BurnOptimizer, FusedConfig, FusedStep, GradPrep, HostStore,
+    Local, Lomo, Resident, RuleUpdater, StageStore, Updater,
 };
 use serde::{Deserialize, Serialize};
 
@@ -47,12 +47,19 @@ pub struct Case {
     pub loss_chunk_tokens: Option<usize>,
     /// Seed of the random weights and tokens.
     pub seed: u64,
+    /// The weights offloaded while their stage is not running (fused step only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<OffloadTarget>,
 }
 
 impl Case {
     /// A label like `fused adamw`.
     pub fn label(&self) -> String {
-        format!("{} {}", self.mode, self.optimizer)
+        match self.offload {
+            None => format!("{} {}", self.mode, self.optimizer),
+            Some(OffloadTarget::Disk) => format!("{} {} (offload disk)", self.mode, self.optimizer),
+            Some(OffloadTarget::Host) => format!("{} {} (offload host)", self.mode, self.optimizer),
+        }
     }
 
     /// The resolved model configuration.
@@ -87,7 +94,12 @@ impl Case {
 
     /// The planner's prediction on `backend`.
     pub fn plan(&self, backend: BackendKind) -> Result<MemoryPlan> {
-        Ok(self.plan_config(backend)?.plan()?)
+        let config = self.plan_config(backend)?;
+        Ok(match self.offload {
+            // The profiled steps do not clip: no norm pass.
+            Some(target) => config.plan_offload(target, false)?.device,
+            None => config.plan()?,
+        })
     }
 }
 
@@ -114,6 +126,10 @@ pub struct Measurement {
     pub init_seconds: f64,
     /// Mean loss the measured step reported.
     pub loss: f64,
+    /// With offload to disk: bytes read from and written to the working copy in the measured
+    /// step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload_io: Option<lomo_models::IoStats>,
 }
 
 /// `batch_size / micro_batch_size` micro-batches of random tokens, every position a target.
@@ -149,7 +165,25 @@ impl CaseRunner for Run<'_> {
         let dtype = case.storage_dtype()?;
         let batches = micro_batches(case, config.vocab_size)?;
         let start = Instant::now();
-        let model = Llama::<B>::init(config, dtype, &device, case.seed).with_loss_chunking(case.loss_chunking());
+        // The working copy of an offload-to-disk case: beside the reports, removed afterwards.
+        let work = crate::profile::out_dir().join(format!("offload-work-{}", std::process::id()));
+        let (model, mut store) = match case.offload {
+            None => (Llama::<B>::init(config, dtype, &device, case.seed), Store::Resident(Resident)),
+            Some(OffloadTarget::Disk) => {
+                if case.mode != StepMode::Fused {
+                    bail!("offload is for the fused step");
+                }
+                let (model, disk) = Llama::<B>::init_offloaded(config, dtype, &device, case.seed, &work)?;
+                (model, Store::Disk(disk))
+            }
+            Some(OffloadTarget::Host) => {
+                let model = Llama::<B>::init(config, dtype, &device, case.seed);
+                let host = burn::tensor::Tensor::<B, 1>::empty([1], &device).inner().device();
+                let (model, store) = HostStore::new::<B, _, 3>(model, Some(host))?;
+                (model, Store::Host(store))
+            }
+        };
+        let model = model.with_loss_chunking(case.loss_chunking());
         let init_seconds = start.elapsed().as_secs_f64();
         let init_peak_rss = alloc::peak_rss();
 
@@ -158,18 +192,28 @@ impl CaseRunner for Run<'_> {
         let mut stepper = Stepper::<B>::new(case)?;
         let mut model = Some(model);
         if case.optimizer.has_state() {
-            model = Some(stepper.step(model.take().expect("model"), &batches)?.0);
+            model = Some(stepper.step(model.take().expect("model"), &batches, store.as_dyn())?.0);
         }
+        let io_before = store.io();
         let heap_before_step = alloc::live();
         let rss_reset = reset_peak_rss();
         alloc::reset_peak();
         let start = Instant::now();
-        let (model, loss) = stepper.step(model.take().expect("model"), &batches)?;
+        let (model, loss) = stepper.step(model.take().expect("model"), &batches, store.as_dyn())?;
         let seconds_per_step = start.elapsed().as_secs_f64();
+        let offload_io = match (io_before, store.io()) {
+            (Some(a), Some(b)) => Some(lomo_models::IoStats { read: b.read - a.read, written: b.written - a.written }),
+            _ => None,
+        };
         let peak_heap = alloc::peak();
         let step_peak_rss = if rss_reset { alloc::peak_rss() } else { None };
         let gpu_reserved = memory.device_reserved_bytes();
         drop(model);
+        if let Store::Disk(d) = store {
+            let dir = d.dir().to_path_buf();
+            drop(d);
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing the working copy {}", dir.display()))?;
+        }
         let peak_rss = match (init_peak_rss, step_peak_rss) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -184,7 +228,32 @@ impl CaseRunner for Run<'_> {
             seconds_per_step,
             init_seconds,
             loss,
+            offload_io,
         })
+    }
+}
+
+/// Where a case's weights wait between their stage's runs.
+enum Store<B: TrainBackend> {
+    Resident(Resident),
+    Host(HostStore<B::InnerBackend>),
+    Disk(DiskStore),
+}
+
+impl<B: TrainBackend> Store<B> {
+    fn as_dyn(&mut self) -> &mut dyn StageStore<B, Llama<B>> {
+        match self {
+            Store::Resident(r) => r,
+            Store::Host(h) => h,
+            Store::Disk(d) => d,
+        }
+    }
+
+    fn io(&self) -> Option<lomo_models::IoStats> {
+        match self {
+            Store::Disk(d) => Some(d.io()),
+            _ => None,
+        }
     }
 }
 
@@ -230,13 +299,14 @@ impl<B: TrainBackend> Stepper<B> {
     }
 
     /// One step; returns the model and the mean loss before the update.
-    fn step(&mut self, model: Llama<B>, batches: &[Batch]) -> Result<(Llama<B>, f64)> {
+    fn step(&mut self, model: Llama<B>, batches: &[Batch], store: &mut dyn StageStore<B, Llama<B>>) -> Result<(Llama<B>, f64)> {
         fn fused<B: TrainBackend, U: Updater<B, Llama<B>>>(
             step: &mut FusedStep<U>,
             model: Llama<B>,
             batches: &[Batch],
+            store: &mut dyn StageStore<B, Llama<B>>,
         ) -> Result<(Llama<B>, f64)> {
-            let (model, report) = step.step::<B, Llama<B>, 3>(model, batches, LR)?;
+            let (model, report) = step.step_stored::<B, Llama<B>, 3>(model, batches, LR, &mut Local, store)?;
             Ok((model, report.loss))
         }
         fn full_rule<B: TrainBackend, U: Updater<B, Llama<B>>>(
@@ -249,10 +319,10 @@ impl<B: TrainBackend> Stepper<B> {
             Ok((updater.apply(model, &mut grads, &GradPrep::default(), LR), loss))
         }
         match &mut self.kind {
-            StepKind::FusedLomo(s) => fused(s, model, batches),
-            StepKind::FusedAdaLomo(s) => fused(s, model, batches),
-            StepKind::FusedSgd(s) => fused(s, model, batches),
-            StepKind::FusedAdamW(s) => fused(s, model, batches),
+            StepKind::FusedLomo(s) => fused(s, model, batches, store),
+            StepKind::FusedAdaLomo(s) => fused(s, model, batches, store),
+            StepKind::FusedSgd(s) => fused(s, model, batches, store),
+            StepKind::FusedAdamW(s) => fused(s, model, batches, store),
             StepKind::FullLomo(u) => full_rule(u, model, batches),
             StepKind::FullAdaLomo(u) => full_rule(u, model, batches),
             StepKind::FullSgd(o) => Ok(full_backward_step::<B, Llama<B>, _, 3>(model, batches, o, LR)?),

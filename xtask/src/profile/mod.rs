@@ -63,7 +63,7 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// Where the reports go: `<workspace>/target/profile`, or `$CARGO_TARGET_DIR/profile`.
-fn out_dir() -> PathBuf {
+pub(crate) fn out_dir() -> PathBuf {
     target_dir().join("profile")
 }
 

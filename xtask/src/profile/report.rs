@@ -88,6 +88,17 @@ pub fn markdown(result: &SuiteResult) -> String {
             size(p.total, unit),
         );
     }
+    for c in &result.cases {
+        if let Some(io) = c.measured.as_ref().and_then(|m| m.offload_io) {
+            let _ = writeln!(
+                out,
+                "\n`{}`: the measured step read {} and wrote {} of the working copy ({unit_name}); the plan's weights are the two resident stages'.",
+                c.case.label(),
+                size(io.read, unit),
+                size(io.written, unit),
+            );
+        }
+    }
     out
 }
 

@@ -1,14 +1,14 @@
 //! The profile suites: which cases each runs.
 
 use anyhow::{bail, Result};
-use lomo_models::plan::{PlanOptimizer, StepMode};
+use lomo_models::plan::{OffloadTarget, PlanOptimizer, StepMode};
 use lomo_models::presets::preset;
 use lomo_models::{LlamaConfig, StorageDtype};
 
 use super::case::Case;
 
 /// The suites `--suite` names.
-pub const SUITES: &[&str] = &["quick", "paper", "scale"];
+pub const SUITES: &[&str] = &["quick", "paper", "scale", "offload"];
 
 /// The model of the quick suite: small enough that all eight cases run in about two minutes
 /// on two cores, with blocks wide and many enough that one stage's gradients and
@@ -55,6 +55,7 @@ fn all_optimizers(
                 tokens,
                 loss_chunk_tokens,
                 seed: 0,
+                offload: None,
             });
         }
     }
@@ -68,7 +69,14 @@ pub fn cases(suite: &str) -> Result<Vec<Case>> {
         // f32, one row of 128 tokens, the loss in one chunk (the default chunking). (Before
         // every Linear ran on 2-D rows, burn's 3-D Linear backward made b weight-sized
         // products per projection, and b = 2 put this model's fused step at 1.35× its weights.)
-        "quick" => all_optimizers("custom-16L-768", &quick_model(), StorageDtype::F32, 1, 128, None, &both),
+        "quick" => {
+            let mut cases = all_optimizers("custom-16L-768", &quick_model(), StorageDtype::F32, 1, 128, None, &both);
+            // Fused LOMO with the weights on disk: two stages resident instead of the model.
+            let mut offloaded = cases[0].clone();
+            offloaded.offload = Some(OffloadTarget::Disk);
+            cases.push(offloaded);
+            cases
+        }
         // The largest preset whose full-backward AdamW step fits this 24 GiB machine: the
         // 1.24B Llama-3.2-1B in bf16 (weights 2.3 GiB, gradients 2.3, AdamW moments 4.6,
         // plus activations); Llama-3.2-3B would need 24 GiB for those three alone.
@@ -82,6 +90,15 @@ pub fn cases(suite: &str) -> Result<Vec<Case>> {
             let model = preset("LLaMA-7B")?;
             let mut cases = all_optimizers("LLaMA-7B", &model, StorageDtype::BF16, 1, 512, None, &[StepMode::Fused]);
             cases.retain(|c| c.optimizer == PlanOptimizer::Lomo);
+            cases
+        }
+        // One fused LOMO step of the LLaMA-13B shape in bf16 with the weights on disk: 24.2 GiB
+        // of weights, more than this 24 GiB machine can hold beside anything else.
+        "offload" => {
+            let model = preset("llama-13b")?;
+            let mut cases = all_optimizers("LLaMA-13B", &model, StorageDtype::BF16, 1, 512, None, &[StepMode::Fused]);
+            cases.retain(|c| c.optimizer == PlanOptimizer::Lomo);
+            cases.iter_mut().for_each(|c| c.offload = Some(OffloadTarget::Disk));
             cases
         }
         other => bail!("--suite: unknown suite `{other}` ({})", SUITES.join(", ")),
