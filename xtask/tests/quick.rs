@@ -1,6 +1,7 @@
 //! Runs `cargo xtask profile --suite quick` (the built binary) and checks the memory story
 //! of design/lomo.md on its measurements: fused LOMO holds about one copy of the weights,
-//! full-backward AdamW about four, and the planner predicts every case's peak within 10%.
+//! full-backward AdamW about four, with the weights offloaded to disk a fraction of one, and the
+//! planner predicts every case's peak within 10%.
 
 use std::path::Path;
 use std::process::Command;
@@ -30,16 +31,16 @@ fn quick_suite_fused_lomo_fits_in_one_copy_and_the_plan_matches() {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let result: Value = serde_json::from_str(&text).expect("quick.json is JSON");
     let cases = result["cases"].as_array().expect("cases");
-    assert_eq!(cases.len(), 8, "four optimizers in two modes");
+    assert_eq!(cases.len(), 9, "four optimizers in two modes, and fused LOMO offloaded to disk");
 
     let find = |mode: &str, optimizer: &str| {
         cases
             .iter()
-            .find(|c| c["case"]["mode"] == mode && c["case"]["optimizer"] == optimizer)
+            .find(|c| c["case"]["mode"] == mode && c["case"]["optimizer"] == optimizer && c["case"]["offload"].is_null())
             .unwrap_or_else(|| panic!("no {mode} {optimizer} case"))
     };
     for c in cases {
-        let label = format!("{} {}", c["case"]["mode"], c["case"]["optimizer"]);
+        let label = format!("{} {} (offload {})", c["case"]["mode"], c["case"]["optimizer"], c["case"]["offload"]);
         assert!(c["error"].is_null(), "{label} failed: {}", c["error"]);
         let heap = u64_at(c, &["measured", "peak_heap"]) as f64;
         let plan = u64_at(c, &["plan", "total"]) as f64;
@@ -51,6 +52,11 @@ fn quick_suite_fused_lomo_fits_in_one_copy_and_the_plan_matches() {
     let weights = u64_at(lomo, &["plan", "weights"]) as f64;
     let ratio = u64_at(lomo, &["measured", "peak_heap"]) as f64 / weights;
     assert!(ratio <= 1.2, "fused LOMO peak heap {ratio:.3} × weight bytes");
+    // With the weights on disk, two stages are resident, not the model.
+    let offloaded = cases.iter().find(|c| c["case"]["offload"] == "disk").expect("the offload case");
+    let ratio = u64_at(offloaded, &["measured", "peak_heap"]) as f64 / weights;
+    assert!(ratio <= 0.3, "fused LOMO offloaded to disk: peak heap {ratio:.3} × weight bytes");
+    assert_eq!(u64_at(offloaded, &["measured", "offload_io", "written"]) as f64, weights, "every weight written back once");
     let adamw = find("full", "adamw");
     let ratio = u64_at(adamw, &["measured", "peak_heap"]) as f64 / weights;
     assert!(ratio >= 3.5, "full-backward AdamW peak heap {ratio:.3} × weight bytes");
