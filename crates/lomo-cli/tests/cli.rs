@@ -613,3 +613,24 @@ fn offload_to_disk_or_host_trains_the_weights_of_the_resident_run_bit_for_bit_an
     user_error(&with(&["--optimizer", "lomo", "--offload", "host", "--offload-dir", "x"]), "only --offload disk");
     user_error(&with(&["--optimizer", "lomo", "--offload", "disk", "--offload-dir", "x", "--eval", "y.jsonl"]), "--eval");
 }
+
+#[test]
+fn plan_with_offload_to_disk_fits_a_llama_13b_step_in_a_fraction_of_24_gib() {
+    let args = ["plan", "--preset", "llama-13b", "--offload", "disk", "--dtype", "bf16", "--optimizer", "lomo", "--batch-size", "1", "--max-len", "512"];
+    let out = lomo(&args);
+    ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("offloaded to disk") && text.contains("read per step") && text.contains("written per step"), "{text}");
+    let json: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+    let out = lomo(&json);
+    ok(&out);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let resident = lomo(&["plan", "--preset", "llama-13b", "--dtype", "bf16", "--optimizer", "lomo", "--batch-size", "1", "--max-len", "512", "--json"]);
+    ok(&resident);
+    let resident: serde_json::Value = serde_json::from_slice(&resident.stdout).unwrap();
+    assert!(resident["total"].as_u64().unwrap() > 24 << 30, "{resident}");
+    assert!(plan["device"]["total"].as_u64().unwrap() < 6 << 30, "{plan}");
+    assert_eq!(plan["written_per_step"], resident["weights"], "{plan}");
+    user_error(&["plan", "--preset", "llama-13b", "--offload", "disk", "--devices", "2", "--optimizer", "lomo", "--batch-size", "1", "--max-len", "8"], "--devices");
+    user_error(&["plan", "--preset", "llama-13b", "--offload", "disk", "--optimizer", "adamw", "--batch-size", "1", "--max-len", "8"], "fused step");
+}
