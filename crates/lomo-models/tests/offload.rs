@@ -169,3 +169,19 @@ fn a_failure_between_write_backs_then_resuming_from_the_checkpoint_ends_at_the_s
     assert_eq!(store.step(), 3);
     assert_same(&saved_weights(&store, &skeleton, "offload-crash-final"), &weights(&uninterrupted), "resumed");
 }
+
+#[test]
+fn a_working_copy_made_from_a_gguf_file_holds_its_weights() {
+    let Some(path) = crate::common::smol_gguf() else { return };
+    let device = crate::common::device();
+    let gguf = lomo_models::GgufFile::open(&path).unwrap();
+    let config = gguf.config().unwrap();
+    let resident = gguf.load_model::<AD>(config.clone(), StorageDtype::BF16, &device).unwrap();
+    let dir = temp_dir("offload-gguf");
+    let (skeleton, store) = gguf.load_model_offloaded::<AD>(config, StorageDtype::BF16, &device, &dir).unwrap();
+    assert_eq!(store.step(), 0);
+    let saved = temp_dir("offload-gguf-saved");
+    store.save_hf(&skeleton, &saved, &SaveOptions::default()).unwrap();
+    let reloaded = Llama::<AD>::load_hf(&saved, StorageDtype::BF16, &device).unwrap();
+    assert_same(&weights(&reloaded), &weights(&resident), "from GGUF");
+}
