@@ -303,6 +303,9 @@ pub struct EvalArgs {
     pub dtype: DtypeArg,
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: BackendKind,
+    /// Place the stages on several devices, as `lomo train --devices` does.
+    #[arg(long, value_name = "LIST")]
+    pub devices: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -328,6 +331,9 @@ pub struct GenerateArgs {
     pub dtype: DtypeArg,
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: BackendKind,
+    /// Place the stages on several devices, as `lomo train --devices` does.
+    #[arg(long, value_name = "LIST")]
+    pub devices: Option<String>,
 }
 
 /// The tensor type of an exported GGUF's matrices (norms stay F32).

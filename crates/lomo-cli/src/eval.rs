@@ -33,7 +33,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let task = parse_task(args.task.as_deref())?;
     with_backend!(args.backend, |B, device| {
-        let loaded = load_path::<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend>(&args.model, args.dtype.storage(), lomo_models::On::One(&device))?;
+        type Inner = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+        let placement = match &args.devices {
+            Some(list) => Some(crate::plan::inference_placement::<Inner>(list, args.backend, &args.model, args.dtype.storage(), args.batch_size, args.max_len)?),
+            None => None,
+        };
+        let on = match &placement {
+            Some(p) => lomo_models::On::Stages(p),
+            None => lomo_models::On::One(&device),
+        };
+        let loaded = load_path::<Inner>(&args.model, args.dtype.storage(), on)?;
         let result = evaluate(&loaded.model, loaded.tokenizer.as_ref(), &args.data, args.format, task, args.max_len, args.batch_size)?;
         println!("{}", serde_json::to_string(&result)?);
         Ok(())

@@ -20,7 +20,21 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     with_backend!(args.backend, |B, device| {
         // Generation records no graph: the model lives on the backend under autodiff.
-        let loaded = load_path::<<B as AutodiffBackend>::InnerBackend>(&args.model, args.dtype.storage(), lomo_models::On::One(&device))?;
+        type Inner = <B as AutodiffBackend>::InnerBackend;
+        let placement = match &args.devices {
+            // Planned for one row of a prompt and the new tokens (the weights dominate the split).
+            Some(list) => {
+                let context = crate::plan::config_of_path(&args.model)?.max_position_embeddings;
+                let context = context.min(args.max_new_tokens + 1024).max(2);
+                Some(crate::plan::inference_placement::<Inner>(list, args.backend, &args.model, args.dtype.storage(), 1, context)?)
+            }
+            None => None,
+        };
+        let on = match &placement {
+            Some(p) => lomo_models::On::Stages(p),
+            None => lomo_models::On::One(&device),
+        };
+        let loaded = load_path::<Inner>(&args.model, args.dtype.storage(), on)?;
         let tokenizer = require_tokenizer(loaded.tokenizer.as_ref(), "lomo generate")?;
         let prompt = if args.chat {
             let message = lomo_data::ChatMessage { role: "user".into(), content: args.prompt.clone() };

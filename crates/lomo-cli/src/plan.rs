@@ -140,3 +140,45 @@ pub fn config_of_path(path: &std::path::Path) -> Result<LlamaConfig> {
     }
     bail!("--model {}: expected an HF checkpoint directory or a .gguf file", path.display())
 }
+
+/// `--devices LIST`: the devices named, and the planner's split of `config`'s stages over them
+/// for a step of `shape` (contiguous ranges, the smallest largest per-device peak).
+pub fn split_devices<B: burn::tensor::backend::Backend>(
+    list: &str,
+    shape: &StepShape,
+    config: LlamaConfig,
+) -> Result<(lomo_models::Placement<B::Device>, lomo_models::plan::DevicePlan)> {
+    let devices = crate::backend::parse_devices::<B>(shape.backend, list)?;
+    if devices.is_empty() {
+        bail!("--devices: no device listed");
+    }
+    let split = shape.plan_config(config).plan_devices(devices.len()).map_err(|e| anyhow::anyhow!("--devices {list}: {e}"))?;
+    let placement = lomo_models::Placement::from_assignment(&devices, &split.assignment)?;
+    Ok((placement, split))
+}
+
+/// `--devices LIST` for a command that runs the model forward only (`lomo eval`, `lomo
+/// generate`): the split the planner makes for a fused LOMO step of `batch × max_len` tokens in
+/// `dtype` (the weights dominate it, as they do inference).
+pub fn inference_placement<B: burn::tensor::backend::Backend>(
+    list: &str,
+    backend: BackendKind,
+    model: &std::path::Path,
+    dtype: StorageDtype,
+    batch: usize,
+    max_len: usize,
+) -> Result<lomo_models::Placement<B::Device>> {
+    let shape = StepShape {
+        optimizer: OptimizerKind::Lomo,
+        dtype,
+        batch_size: batch,
+        micro_batch_size: batch,
+        max_len,
+        loss_chunk_tokens: 1024,
+        backend,
+    };
+    let (placement, split) = split_devices::<B>(list, &shape, config_of_path(model)?)?;
+    eprint!("stages on {} devices:\n{split}", split.devices.len());
+    Ok(placement)
+}
+

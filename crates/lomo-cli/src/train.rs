@@ -154,10 +154,6 @@ fn place_stages<B: TrainBackend>(args: &TrainArgs, list: &str) -> Result<Placeme
     if !matches!(args.optimizer, OptimizerKind::Lomo | OptimizerKind::Adalomo) {
         bail!("--devices: stages are placed on devices by the fused step (--optimizer lomo or adalomo)");
     }
-    let devices = crate::backend::parse_devices::<B>(args.backend, list)?;
-    if devices.is_empty() {
-        bail!("--devices: no device listed");
-    }
     let config = match &args.resume {
         Some(dir) => plan::config_of_path(dir)?,
         None => plan::config_of(&args.source)?.0,
@@ -172,11 +168,11 @@ fn place_stages<B: TrainBackend>(args: &TrainArgs, list: &str) -> Result<Placeme
         loss_chunk_tokens: args.loss_chunk_tokens,
         backend: args.backend,
     };
-    let split = shape.plan_config(config).plan_devices(devices.len()).map_err(|e| anyhow::anyhow!("--devices {list}: {e}"))?;
+    let (placement, split) = plan::split_devices::<B>(list, &shape, config)?;
     if args.rank == 0 {
-        eprint!("stages on {} devices (predicted peaks):\n{split}", devices.len());
+        eprint!("stages on {} devices (predicted peaks):\n{split}", split.devices.len());
     }
-    Ok(Placement::from_assignment(&devices, &split.assignment)?)
+    Ok(placement)
 }
 
 /// Where the weights of the stages that are not running wait (`--offload`).

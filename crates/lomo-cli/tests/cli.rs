@@ -634,3 +634,32 @@ fn plan_with_offload_to_disk_fits_a_llama_13b_step_in_a_fraction_of_24_gib() {
     user_error(&["plan", "--preset", "llama-13b", "--offload", "disk", "--devices", "2", "--optimizer", "lomo", "--batch-size", "1", "--max-len", "8"], "--devices");
     user_error(&["plan", "--preset", "llama-13b", "--offload", "disk", "--optimizer", "adamw", "--batch-size", "1", "--max-len", "8"], "fused step");
 }
+
+#[test]
+fn eval_and_generate_with_stages_placed_on_devices_give_the_one_device_results() {
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("reference/stories260K/batch.jsonl")) else { return };
+    let eval = |devices: &[&str]| -> Output {
+        let args: Vec<&str> = ["eval", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()].iter().copied().chain(devices.iter().copied()).collect();
+        lomo(&args)
+    };
+    let one = eval(&[]);
+    ok(&one);
+    let placed = eval(&["--devices", "cpu,cpu,cpu"]);
+    ok(&placed);
+    assert_eq!(one.stdout, placed.stdout, "eval: the placed model's result differs");
+    assert!(String::from_utf8_lossy(&placed.stderr).contains("stages on 3 devices"));
+    let generate = |devices: &[&str]| -> Output {
+        let args: Vec<&str> = ["generate", "--model", model.to_str().unwrap(), "--prompt", "Once upon a time", "--max-new-tokens", "40"]
+            .iter()
+            .copied()
+            .chain(devices.iter().copied())
+            .collect();
+        lomo(&args)
+    };
+    let one = generate(&[]);
+    ok(&one);
+    let placed = generate(&["--devices", "cpu,cpu"]);
+    ok(&placed);
+    assert_eq!(String::from_utf8_lossy(&one.stdout), String::from_utf8_lossy(&placed.stdout), "generate: the placed model's text differs");
+    user_error(&["eval", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--devices", "cuda:0"], "the CPU backend has one device");
+}
