@@ -185,3 +185,18 @@ fn a_working_copy_made_from_a_gguf_file_holds_its_weights() {
     let reloaded = Llama::<AD>::load_hf(&saved, StorageDtype::BF16, &device).unwrap();
     assert_same(&weights(&reloaded), &weights(&resident), "from GGUF");
 }
+
+#[test]
+fn offload_composes_with_stages_placed_on_devices() {
+    // The CPU device repeated: the placement code runs, the store puts each stage's weights
+    // on the device its placeholders name.
+    let device = crate::common::device();
+    let placement = lomo_models::Placement::from_assignment(&[device; 3], &[0, 0, 1, 1, 1, 2, 2]).unwrap();
+    let (resident, _) = run(Llama::<AD>::init(config(false), StorageDtype::F32, &device, 4), &mut lomo_step(), &mut Resident, 2);
+    let dir = temp_dir("offload-placed");
+    let (skeleton, mut store) = Llama::<AD>::init_offloaded(config(false), StorageDtype::F32, &placement, 4, &dir).unwrap();
+    assert_eq!(skeleton.placement(), placement);
+    let (skeleton, _) = run(skeleton, &mut lomo_step(), &mut store, 2);
+    assert_eq!(skeleton.placement(), placement, "placeholders keep their stage's device");
+    assert_same(&saved_weights(&store, &skeleton, "offload-placed-saved"), &weights(&resident), "placed and offloaded");
+}
