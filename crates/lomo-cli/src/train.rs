@@ -227,13 +227,15 @@ impl<B: TrainBackend> Store<B> {
     }
 }
 
-/// `--offload disk`'s working copy.
+/// `--offload disk`'s working copy; with several ranks, each its own (`rank-R` inside it), since
+/// `lomo launch` hands every rank the same flags.
 fn offload_dir(args: &TrainArgs) -> Option<std::path::PathBuf> {
-    match (&args.offload, &args.offload_dir, &args.save) {
-        (Some(OffloadArg::Disk), Some(dir), _) => Some(dir.clone()),
-        (Some(OffloadArg::Disk), None, Some(save)) => Some(save.join("offload")),
-        _ => None,
-    }
+    let dir = match (&args.offload, &args.offload_dir, &args.save) {
+        (Some(OffloadArg::Disk), Some(dir), _) => dir.clone(),
+        (Some(OffloadArg::Disk), None, Some(save)) => save.join("offload"),
+        _ => return None,
+    };
+    Some(if args.world_size > 1 { dir.join(format!("rank-{}", args.rank)) } else { dir })
 }
 
 fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
@@ -533,12 +535,20 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
                     checkpoint::save(dir, m, disk, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), &config, trainer.adalomo().map(|r| r.to_record(m)))
                 })?;
                 model = m;
-                // The working copy is a scratch copy of what the checkpoint now holds.
-                if let Some(d) = store.disk() {
-                    std::fs::remove_dir_all(d.dir()).with_context(|| format!("removing the working copy {}", d.dir().display()))?;
-                    progress.message(&format!("removed the working copy {}", d.dir().display()));
-                }
                 progress.message(&format!("saved {}", dir.display()));
+            }
+        }
+        // The working copy is a scratch copy of what the final checkpoint holds (rank 0 writes
+        // it from its own copy; every rank's weights are the same), so it goes once the run is
+        // done.
+        if let (true, Some(_), Some(d)) = (done == total_steps, &args.save, store.disk()) {
+            std::fs::remove_dir_all(d.dir()).with_context(|| format!("removing the working copy {}", d.dir().display()))?;
+            if lead {
+                progress.message(&format!("removed the working copy {}", d.dir().display()));
+            }
+            if let (Some(parent), true) = (d.dir().parent(), args.world_size > 1) {
+                // `offload/` once every rank's copy is gone (another rank may still hold one).
+                let _ = std::fs::remove_dir(parent);
             }
         }
     }

@@ -426,6 +426,15 @@ fn two_ranks_on_loopback_train_the_weights_of_one_process() {
         assert!(started.elapsed().as_secs() < 60, "{name}: the group took {:?}", started.elapsed());
         let diff = max_diff(&two.join("model.safetensors"), &one.join("model.safetensors"));
         assert!(diff <= 1e-6, "{name}: 2 ranks vs 1 process: max |diff| {diff}");
+        // The same group with its weights on disk (a working copy per rank): the same sums in
+        // the same order, so the resident group's weights bit for bit.
+        let offloaded = dir.join(format!("{name}-two-offload"));
+        let mut launch: Vec<String> = ["launch", "--nproc", "2", "--"].map(String::from).to_vec();
+        launch.extend(run(&offloaded));
+        launch.extend(["--collective-timeout", "30", "--offload", "disk"].map(String::from));
+        ok(&lomo_strings(&launch));
+        assert!(weights(&offloaded) == weights(&two), "{name}: 2 ranks offloaded to disk differ from 2 resident ranks");
+        assert!(!offloaded.join("offload").exists(), "{name}: the ranks' working copies are removed");
         let state = |d: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(d.join("trainer_state.json")).unwrap()).unwrap() };
         assert_eq!(state(&two)["world_size"], 2);
         // A resume must use the same number of ranks.
