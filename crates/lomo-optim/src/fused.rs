@@ -73,12 +73,25 @@ pub struct StepTimings {
     /// Data parallel: the sums across ranks (gradients and scalars), not counted in the phases
     /// above.
     pub reduce: f64,
+    /// Offload: seconds in the store's `fetch` and `prefetch` (bringing stages in, waiting for
+    /// a read ahead), every pass, not counted in the phases above.
+    #[serde(default)]
+    pub store_fetch: f64,
+    /// Offload: seconds in the store's `release` (the write-backs), every pass.
+    #[serde(default)]
+    pub store_release: f64,
 }
 
 impl StepTimings {
     /// Seconds of the whole step as these phases count it.
     pub fn total(&self) -> f64 {
-        self.forward + self.norm_pass.unwrap_or(0.0) + self.backward.iter().sum::<f64>() + self.update + self.reduce
+        self.forward
+            + self.norm_pass.unwrap_or(0.0)
+            + self.backward.iter().sum::<f64>()
+            + self.update
+            + self.reduce
+            + self.store_fetch
+            + self.store_release
     }
 }
 
@@ -91,6 +104,8 @@ pub(crate) struct PassResult<M> {
     stage_seconds: Vec<f64>,
     /// Seconds in `on_ready`.
     ready_seconds: f64,
+    /// Seconds in the store's fetch / prefetch and release.
+    store_seconds: (f64, f64),
 }
 
 /// The fused LOMO step with an update rule (`U`: [`crate::RuleUpdater`] over [`crate::Lomo`]
@@ -214,8 +229,13 @@ impl<U> FusedStep<U> {
         }
         let mut failed: Option<OptimError> = None;
         let clock = Instant::now();
-        let (model, boundaries) = forward_boundaries::<B, M, D>(model, micro_batches, plan.num_stages, store)?;
-        let mut timings = StepTimings { forward: clock.elapsed().as_secs_f64(), ..Default::default() };
+        let (model, boundaries, (fetch, release)) = forward_boundaries::<B, M, D>(model, micro_batches, plan.num_stages, store)?;
+        let mut timings = StepTimings {
+            forward: clock.elapsed().as_secs_f64() - fetch - release,
+            store_fetch: fetch,
+            store_release: release,
+            ..Default::default()
+        };
         let scale = self.scaler.as_ref().map(|s| s.scale());
         let mut report = StepReport {
             loss: f64::NAN,
@@ -244,7 +264,9 @@ impl<U> FusedStep<U> {
                 norm.add::<B, M>(&m, ready);
                 (m, !norm.overflow)
             })?;
-            timings.norm_pass = Some(clock.elapsed().as_secs_f64() - norm_reduce);
+            timings.norm_pass = Some(clock.elapsed().as_secs_f64() - norm_reduce - pass.store_seconds.0 - pass.store_seconds.1);
+            timings.store_fetch += pass.store_seconds.0;
+            timings.store_release += pass.store_seconds.1;
             reduce_seconds += norm_reduce;
             if let Some(e) = failed.take() {
                 return Err(e);
@@ -291,6 +313,8 @@ impl<U> FusedStep<U> {
             s.clean();
         }
         timings.backward = pass.stage_seconds;
+        timings.store_fetch += pass.store_seconds.0;
+        timings.store_release += pass.store_seconds.1;
         // The update phase as the pass timed it holds the sums of that pass: count them once.
         timings.update = pass.ready_seconds - update_reduce;
         timings.reduce = reduce_seconds;
@@ -362,20 +386,24 @@ pub(crate) fn total_targets<B: AutodiffBackend, M: StagedModel<B, D>, const D: u
 /// by stage over the micro-batches (each stage's weights fetched from `store` once). The loss
 /// stage does not run here: its forward is part of the backward pass, which reads the loss off
 /// it.
+/// Also returns the seconds in the store's fetches and releases.
 #[allow(clippy::type_complexity)]
 pub(crate) fn forward_boundaries<B: AutodiffBackend, M: StagedModel<B, D>, const D: usize>(
     mut model: M,
     micro_batches: &[M::Batch],
     num_stages: usize,
     store: &mut dyn StageStore<B, M>,
-) -> Result<(M, Vec<Vec<Tensor<B::InnerBackend, D>>>), OptimError> {
+) -> Result<(M, Vec<Vec<Tensor<B::InnerBackend, D>>>, (f64, f64)), OptimError> {
+    let (mut fetch, mut release) = (0.0, 0.0);
     let mut boundaries: Vec<Vec<Tensor<B::InnerBackend, D>>> =
         micro_batches.iter().map(|_| Vec::with_capacity(num_stages - 1)).collect();
     for s in 0..num_stages - 1 {
+        let clock = Instant::now();
         model = store.fetch(model, s)?;
         // The next stage to run: the following block, or after the last one the loss stage,
         // where the backward pass begins.
         store.prefetch(s + 1)?;
+        fetch += clock.elapsed().as_secs_f64();
         let inner = model.valid();
         for (mb, batch) in micro_batches.iter().enumerate() {
             let input = boundaries[mb].last().cloned();
@@ -383,9 +411,11 @@ pub(crate) fn forward_boundaries<B: AutodiffBackend, M: StagedModel<B, D>, const
             boundaries[mb].push(out);
         }
         drop(inner);
+        let clock = Instant::now();
         model = store.release(model, s, &[])?;
+        release += clock.elapsed().as_secs_f64();
     }
-    Ok((model, boundaries))
+    Ok((model, boundaries, (fetch, release)))
 }
 
 /// Backward through every stage in reverse. After each stage, `on_ready` gets the model and
@@ -416,8 +446,9 @@ where
     let mut loss_sum = 0.0;
     let mut stage_seconds = vec![0.0; n];
     let mut ready_seconds = 0.0;
+    let mut store_seconds = (0.0, 0.0);
     for s in (0..n).rev() {
-        let clock = Instant::now();
+        let fetch_clock = Instant::now();
         model = store.fetch(model, s)?;
         // After stage 0 of the norm pass, the updating pass starts again at the loss stage.
         // (Stage 0 of the next step's forward is the one being updated now: nothing to read.)
@@ -426,6 +457,8 @@ where
             (0, false) => store.prefetch(n - 1)?,
             _ => store.prefetch(s - 1)?,
         }
+        store_seconds.0 += fetch_clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
         let mut ready = GradientsParams::new();
         for (mb, batch) in micro_batches.iter().enumerate() {
             if s == n - 1 {
@@ -462,12 +495,14 @@ where
         let (next, go_on) = on_ready(model, &mut ready, s);
         ready_seconds += clock.elapsed().as_secs_f64();
         let updated: &[ParamId] = if updating && go_on { &plan.home[s] } else { &[] };
+        let clock = Instant::now();
         model = store.release(next, s, updated)?;
+        store_seconds.1 += clock.elapsed().as_secs_f64();
         if !go_on {
             break;
         }
     }
-    Ok(PassResult { model, loss_sum, stage_seconds, ready_seconds })
+    Ok(PassResult { model, loss_sum, stage_seconds, ready_seconds, store_seconds })
 }
 
 /// The mean loss over every rank's targets from this rank's sum.

@@ -130,6 +130,9 @@ pub struct Measurement {
     /// step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offload_io: Option<lomo_models::IoStats>,
+    /// The fused step's phase timers of the measured step (fused cases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<lomo_optim::StepTimings>,
 }
 
 /// `batch_size / micro_batch_size` micro-batches of random tokens, every position a target.
@@ -192,14 +195,14 @@ impl CaseRunner for Run<'_> {
         let mut stepper = Stepper::<B>::new(case)?;
         let mut model = Some(model);
         if case.optimizer.has_state() {
-            model = Some(stepper.step(model.take().expect("model"), &batches, store.as_dyn())?.0);
+            model = Some(stepper.step(model.take().expect("model"), &batches, store.as_dyn())?.0 .0);
         }
         let io_before = store.io();
         let heap_before_step = alloc::live();
         let rss_reset = reset_peak_rss();
         alloc::reset_peak();
         let start = Instant::now();
-        let (model, loss) = stepper.step(model.take().expect("model"), &batches, store.as_dyn())?;
+        let ((model, loss), timings) = stepper.step(model.take().expect("model"), &batches, store.as_dyn())?;
         let seconds_per_step = start.elapsed().as_secs_f64();
         let offload_io = match (io_before, store.io()) {
             (Some(a), Some(b)) => Some(lomo_models::IoStats { read: b.read - a.read, written: b.written - a.written }),
@@ -229,6 +232,7 @@ impl CaseRunner for Run<'_> {
             init_seconds,
             loss,
             offload_io,
+            timings,
         })
     }
 }
@@ -299,15 +303,21 @@ impl<B: TrainBackend> Stepper<B> {
     }
 
     /// One step; returns the model and the mean loss before the update.
-    fn step(&mut self, model: Llama<B>, batches: &[Batch], store: &mut dyn StageStore<B, Llama<B>>) -> Result<(Llama<B>, f64)> {
+    #[allow(clippy::type_complexity)]
+    fn step(
+        &mut self,
+        model: Llama<B>,
+        batches: &[Batch],
+        store: &mut dyn StageStore<B, Llama<B>>,
+    ) -> Result<((Llama<B>, f64), Option<lomo_optim::StepTimings>)> {
         fn fused<B: TrainBackend, U: Updater<B, Llama<B>>>(
             step: &mut FusedStep<U>,
             model: Llama<B>,
             batches: &[Batch],
             store: &mut dyn StageStore<B, Llama<B>>,
-        ) -> Result<(Llama<B>, f64)> {
+        ) -> Result<((Llama<B>, f64), Option<lomo_optim::StepTimings>)> {
             let (model, report) = step.step_stored::<B, Llama<B>, 3>(model, batches, LR, &mut Local, store)?;
-            Ok((model, report.loss))
+            Ok(((model, report.loss), Some(report.timings)))
         }
         fn full_rule<B: TrainBackend, U: Updater<B, Llama<B>>>(
             updater: &mut U,
@@ -323,10 +333,10 @@ impl<B: TrainBackend> Stepper<B> {
             StepKind::FusedAdaLomo(s) => fused(s, model, batches, store),
             StepKind::FusedSgd(s) => fused(s, model, batches, store),
             StepKind::FusedAdamW(s) => fused(s, model, batches, store),
-            StepKind::FullLomo(u) => full_rule(u, model, batches),
-            StepKind::FullAdaLomo(u) => full_rule(u, model, batches),
-            StepKind::FullSgd(o) => Ok(full_backward_step::<B, Llama<B>, _, 3>(model, batches, o, LR)?),
-            StepKind::FullAdamW(o) => Ok(full_backward_step::<B, Llama<B>, _, 3>(model, batches, o, LR)?),
+            StepKind::FullLomo(u) => Ok((full_rule(u, model, batches)?, None)),
+            StepKind::FullAdaLomo(u) => Ok((full_rule(u, model, batches)?, None)),
+            StepKind::FullSgd(o) => Ok((full_backward_step::<B, Llama<B>, _, 3>(model, batches, o, LR)?, None)),
+            StepKind::FullAdamW(o) => Ok((full_backward_step::<B, Llama<B>, _, 3>(model, batches, o, LR)?, None)),
         }
     }
 }

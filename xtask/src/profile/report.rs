@@ -97,6 +97,17 @@ pub fn markdown(result: &SuiteResult) -> String {
                 size(io.read, unit),
                 size(io.written, unit),
             );
+            if let Some(t) = c.measured.as_ref().and_then(|m| m.timings.as_ref()) {
+                let _ = writeln!(
+                    out,
+                    "Its phases (s): tape-free forward {:.2}, stages' backward {:.2}, updates {:.2}, fetching from the store {:.2}, writing back {:.2}.",
+                    t.forward,
+                    t.backward.iter().sum::<f64>() + t.norm_pass.unwrap_or(0.0),
+                    t.update,
+                    t.store_fetch,
+                    t.store_release,
+                );
+            }
         }
     }
     out
