@@ -203,15 +203,13 @@ impl<B: TrainBackend> Store<B> {
     fn whole<R>(
         &mut self,
         model: lomo_models::Llama<B>,
-        host: &Option<B::Device>,
         f: impl FnOnce(&lomo_models::Llama<B>, Option<&lomo_models::DiskStore>) -> Result<R>,
     ) -> Result<(lomo_models::Llama<B>, R)> {
         match self {
             Store::Host(h) => {
                 let model = h.fetch_all(model)?;
                 let r = f(&model, None)?;
-                let inner_host = host.as_ref().map(|d| burn::tensor::Tensor::<B, 1>::empty([1], d).inner().device());
-                let (model, store) = lomo_optim::HostStore::new::<B, _, 3>(model, inner_host)?;
+                let (model, store) = lomo_optim::HostStore::new::<B, _, 3>(model, h.host().cloned())?;
                 *h = store;
                 Ok((model, r))
             }
@@ -483,7 +481,7 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         let mut eval_loss = None;
         if let (Some(path), Some(every), true) = (&args.eval, args.eval_every, lead) {
             if done % every == 0 || done == total_steps {
-                let (m, r) = store.whole(model, &host_device, |m, _| {
+                let (m, r) = store.whole(model, |m, _| {
                     evaluate(&m.valid(), tokenizer.as_ref(), path, args.format, task, args.max_len, args.batch_size)
                 })?;
                 model = m;
@@ -517,7 +515,7 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         if let (Some(dir), Some(every), true) = (&args.save, args.save_every, lead) {
             if done % every == 0 && done != total_steps {
                 let sub = dir.join(format!("step-{done}"));
-                let (m, ()) = store.whole(model, &host_device, |m, disk| {
+                let (m, ()) = store.whole(model, |m, disk| {
                     checkpoint::save(&sub, m, disk, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), &config, trainer.adalomo().map(|r| r.to_record(m)))
                 })?;
                 model = m;
@@ -531,7 +529,7 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         }
         if done == total_steps && lead {
             if let Some(dir) = &args.save {
-                let (m, ()) = store.whole(model, &host_device, |m, disk| {
+                let (m, ()) = store.whole(model, |m, disk| {
                     checkpoint::save(dir, m, disk, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), &config, trainer.adalomo().map(|r| r.to_record(m)))
                 })?;
                 model = m;

@@ -246,6 +246,11 @@ impl<B: Backend> HostStore<B> {
         Ok((model, store))
     }
 
+    /// Where the parameters wait: a device of the backend, or `None` for host bytes.
+    pub fn host(&self) -> Option<&B::Device> {
+        self.host.as_ref()
+    }
+
     /// Bytes of the parameters held now (not on a device).
     pub fn held_bytes(&self) -> usize {
         self.held
