@@ -48,7 +48,8 @@ fn templates_render_as_hf_transformers_renders_them() {
             },
         };
         let template = ChatTemplate::Jinja(
-            JinjaTemplate::new(&source, spec["bos_token"].as_str().unwrap(), spec["eos_token"].as_str().unwrap()).unwrap(),
+            JinjaTemplate::new(&source, spec["bos_token"].as_str().unwrap(), spec["eos_token"].as_str().unwrap())
+                .unwrap(),
         );
         let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
         let add_generation_prompt = case["add_generation_prompt"].as_bool().unwrap();
@@ -58,8 +59,12 @@ fn templates_render_as_hf_transformers_renders_them() {
         let spans: Vec<&str> = rendered.assistant_spans.iter().map(|s| &rendered.text[s.clone()]).collect();
         match case.get("generation_spans") {
             Some(hf) => {
-                let hf: Vec<std::ops::Range<usize>> =
-                    hf.as_array().unwrap().iter().map(|s| s[0].as_u64().unwrap() as usize..s[1].as_u64().unwrap() as usize).collect();
+                let hf: Vec<std::ops::Range<usize>> = hf
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s[0].as_u64().unwrap() as usize..s[1].as_u64().unwrap() as usize)
+                    .collect();
                 assert_eq!(rendered.assistant_spans, hf, "{what}: {spans:?}");
             }
             None => {
@@ -96,7 +101,11 @@ fn chat_data_learns_only_the_assistant_turns_of_smollm2s_template() {
         pad_id: t.padding_token_id,
         add_bos: t.add_bos_token,
         chat_template: t.chat_template.clone(),
-        ..GgufTokenizerSpec::new(GgufTokenizerModel::from_gguf_name(&t.model).unwrap(), t.tokens.clone(), t.merges.clone())
+        ..GgufTokenizerSpec::new(
+            GgufTokenizerModel::from_gguf_name(&t.model).unwrap(),
+            t.tokens.clone(),
+            t.merges.clone(),
+        )
     };
     let tokenizer = TextTokenizer::from_gguf(&spec).unwrap();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("chat_data");

@@ -29,7 +29,9 @@ fn weights(model: &Llama<B>) -> Vec<(String, Vec<f32>)> {
     let mut out: Vec<(String, Vec<f32>)> = model
         .hf_tensors()
         .into_iter()
-        .map(|(spec, t): (_, Tensor<B, 2>)| (spec.name.clone(), t.cast(DType::F32).into_data().to_vec::<f32>().unwrap()))
+        .map(|(spec, t): (_, Tensor<B, 2>)| {
+            (spec.name.clone(), t.cast(DType::F32).into_data().to_vec::<f32>().unwrap())
+        })
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
@@ -43,7 +45,8 @@ fn max_diff_to_reference(model: &Llama<B>, file: &Path) -> f32 {
     assert_eq!(ours.len(), st.len(), "tensor count");
     for (name, values) in ours {
         let view = st.tensor(&name).unwrap_or_else(|_| panic!("{name} missing from {}", file.display()));
-        let reference: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let reference: Vec<f32> =
+            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         assert_eq!(values.len(), reference.len(), "{name}");
         for (x, y) in values.iter().zip(&reference) {
             worst = worst.max((x - y).abs());
@@ -67,9 +70,17 @@ fn one_lomo_step_from_data_to_weights_equals_the_reference() {
 #[test]
 fn two_micro_batches_of_one_row_equal_one_batch_of_two_on_a_real_llama() {
     let (Some(a), Some(b)) = (model(), model()) else { return };
-    let (Some(full), Some(r0), Some(r1)) = (reference_batch(0..2), reference_batch(0..1), reference_batch(1..2)) else { return };
+    let (Some(full), Some(r0), Some(r1)) = (reference_batch(0..2), reference_batch(0..1), reference_batch(1..2)) else {
+        return;
+    };
     // Rows of different lengths and prompt masks: the mean is over all 61 targets, not per row.
-    let new_step = || FusedStep::new(RuleUpdater::new(AdaLomoConfig::default().init().unwrap()), FusedConfig { clip_grad_norm: Some(1.0), ..Default::default() }).unwrap();
+    let new_step = || {
+        FusedStep::new(
+            RuleUpdater::new(AdaLomoConfig::default().init().unwrap()),
+            FusedConfig { clip_grad_norm: Some(1.0), ..Default::default() },
+        )
+        .unwrap()
+    };
     let (mut sa, mut sb) = (new_step(), new_step());
     let (mut a, mut b) = (a.with_loss_chunking(LossChunking::Tokens(16)), b);
     for _ in 0..2 {
@@ -81,7 +92,11 @@ fn two_micro_batches_of_one_row_equal_one_batch_of_two_on_a_real_llama() {
         (a, b) = (na, nb);
     }
     let (wa, wb) = (weights(&a), weights(&b));
-    let worst = wa.iter().zip(&wb).flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs())).fold(0f32, f32::max);
+    let worst = wa
+        .iter()
+        .zip(&wb)
+        .flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0f32, f32::max);
     // The second row alone is 27 tokens wide, in the batch it is padded to 40: reductions run
     // over different lengths, so agreement is to rounding (the updates are ~1e-3), as the
     // references' 1e-5.

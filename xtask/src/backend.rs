@@ -88,7 +88,9 @@ pub fn run_on<R>(kind: BackendKind, f: impl CaseRunner<Output = R>) -> Result<R>
             f.run::<burn::backend::Autodiff<burn::backend::Cuda>>(device, &stats)
         }
         #[cfg(feature = "tch")]
-        BackendKind::Tch => f.run::<burn::backend::Autodiff<burn::backend::LibTorch>>(Default::default(), &NoDeviceMemory),
+        BackendKind::Tch => {
+            f.run::<burn::backend::Autodiff<burn::backend::LibTorch>>(Default::default(), &NoDeviceMemory)
+        }
         #[allow(unreachable_patterns)] // Reached only for a backend this binary was built without.
         other => bail!("--backend {}: not built", other.name()),
     }

@@ -38,7 +38,8 @@ struct ProfileArgs {
 }
 
 fn parse_profile_args(args: &[String], hidden_case: bool) -> Result<ProfileArgs, UsageError> {
-    let mut parsed = ProfileArgs { suite: "quick".into(), backend: BackendKind::Cpu, case: None, replan: false, only: Vec::new() };
+    let mut parsed =
+        ProfileArgs { suite: "quick".into(), backend: BackendKind::Cpu, case: None, replan: false, only: Vec::new() };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |flag: &str| it.next().cloned().ok_or_else(|| UsageError(format!("{flag}: missing value")));
@@ -60,7 +61,9 @@ fn parse_profile_args(args: &[String], hidden_case: bool) -> Result<ProfileArgs,
                 backend.check_built().map_err(|e| UsageError(e.to_string()))?;
                 parsed.backend = backend;
             }
-            other if hidden_case && parsed.case.is_none() && !other.starts_with("--") => parsed.case = Some(other.into()),
+            other if hidden_case && parsed.case.is_none() && !other.starts_with("--") => {
+                parsed.case = Some(other.into())
+            }
             other => return Err(UsageError(format!("unexpected argument `{other}`"))),
         }
     }

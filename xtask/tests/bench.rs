@@ -27,8 +27,27 @@ fn run(args: &[&str]) {
 #[test]
 fn bench_runs_every_case_and_reports_phases() {
     run(&[
-        "bench", "--preset", "stories260k", "--batch-size", "2", "--tokens", "16", "--warmup", "1", "--steps", "2",
-        "--case", "lomo", "--case", "lomo-clip", "--case", "adalomo", "--case", "adamw", "--name", "ci-step",
+        "bench",
+        "--preset",
+        "stories260k",
+        "--batch-size",
+        "2",
+        "--tokens",
+        "16",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--case",
+        "lomo",
+        "--case",
+        "lomo-clip",
+        "--case",
+        "adalomo",
+        "--case",
+        "adamw",
+        "--name",
+        "ci-step",
     ]);
     let r = report("ci-step");
     let cases = r["cases"].as_array().expect("cases");
@@ -49,7 +68,11 @@ fn bench_runs_every_case_and_reports_phases() {
         } else {
             // Embedding, 5 blocks, loss stage.
             assert_eq!(timings["backward"].as_array().unwrap().len(), 7, "{kind}");
-            assert_eq!(timings["norm_pass"].is_null(), kind != "lomo-clip", "{kind}: the norm pass runs with clipping only");
+            assert_eq!(
+                timings["norm_pass"].is_null(),
+                kind != "lomo-clip",
+                "{kind}: the norm pass runs with clipping only"
+            );
         }
         assert!(c["peer"].is_null() && c["peer_error"].is_string(), "{kind}: no peer was asked for");
     }
@@ -59,7 +82,18 @@ fn bench_runs_every_case_and_reports_phases() {
 
 #[test]
 fn bench_generate_decodes_the_asked_tokens() {
-    run(&["bench", "--generate", "--preset", "stories260k", "--tokens", "5", "--max-new-tokens", "70", "--name", "ci-generate"]);
+    run(&[
+        "bench",
+        "--generate",
+        "--preset",
+        "stories260k",
+        "--tokens",
+        "5",
+        "--max-new-tokens",
+        "70",
+        "--name",
+        "ci-generate",
+    ]);
     let r = report("ci-generate");
     assert_eq!(r["prompt_ids"].as_array().unwrap().len(), 5);
     // 5 + 70 positions: past one block of the KV cache.

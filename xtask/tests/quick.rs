@@ -36,7 +36,9 @@ fn quick_suite_fused_lomo_fits_in_one_copy_and_the_plan_matches() {
     let find = |mode: &str, optimizer: &str| {
         cases
             .iter()
-            .find(|c| c["case"]["mode"] == mode && c["case"]["optimizer"] == optimizer && c["case"]["offload"].is_null())
+            .find(|c| {
+                c["case"]["mode"] == mode && c["case"]["optimizer"] == optimizer && c["case"]["offload"].is_null()
+            })
             .unwrap_or_else(|| panic!("no {mode} {optimizer} case"))
     };
     for c in cases {
@@ -56,7 +58,11 @@ fn quick_suite_fused_lomo_fits_in_one_copy_and_the_plan_matches() {
     let offloaded = cases.iter().find(|c| c["case"]["offload"] == "disk").expect("the offload case");
     let ratio = u64_at(offloaded, &["measured", "peak_heap"]) as f64 / weights;
     assert!(ratio <= 0.3, "fused LOMO offloaded to disk: peak heap {ratio:.3} × weight bytes");
-    assert_eq!(u64_at(offloaded, &["measured", "offload_io", "written"]) as f64, weights, "every weight written back once");
+    assert_eq!(
+        u64_at(offloaded, &["measured", "offload_io", "written"]) as f64,
+        weights,
+        "every weight written back once"
+    );
     let adamw = find("full", "adamw");
     let ratio = u64_at(adamw, &["measured", "peak_heap"]) as f64 / weights;
     assert!(ratio >= 3.5, "full-backward AdamW peak heap {ratio:.3} × weight bytes");

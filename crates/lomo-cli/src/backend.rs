@@ -81,7 +81,9 @@ pub fn parse_devices<B: burn::tensor::backend::Backend>(kind: BackendKind, list:
                 Ok((0..n).map(|i| B::Device::from_id(DeviceId::new(0, i as u16))).collect())
             }
             BackendKind::Cpu => Ok(vec![B::Device::default()]),
-            BackendKind::Tch => bail!("--devices all: LibTorch does not say how many GPUs it sees here; list them (cuda:0,cuda:1,…)"),
+            BackendKind::Tch => {
+                bail!("--devices all: LibTorch does not say how many GPUs it sees here; list them (cuda:0,cuda:1,…)")
+            }
         };
     }
     let mut devices = Vec::new();

@@ -83,7 +83,8 @@ pub fn save<B: lomo_models::TrainBackend>(
         .with_context(|| format!("saving the model to {}", tmp.display()))?;
         write_tokenizer(&tmp, tokenizer, tokenizer_file)?;
         let json = serde_json::to_string_pretty(state)?;
-        std::fs::write(tmp.join(STATE_FILE), json).with_context(|| format!("writing {}", tmp.join(STATE_FILE).display()))?;
+        std::fs::write(tmp.join(STATE_FILE), json)
+            .with_context(|| format!("writing {}", tmp.join(STATE_FILE).display()))?;
         let file = tmp.join(crate::config::CONFIG_FILE);
         std::fs::write(&file, config).with_context(|| format!("writing {}", file.display()))?;
         if let Some(record) = adalomo {
@@ -105,7 +106,8 @@ pub fn save<B: lomo_models::TrainBackend>(
             let entry = entry?;
             let name = entry.file_name();
             if !tmp.join(&name).exists() {
-                std::fs::rename(entry.path(), tmp.join(&name)).with_context(|| format!("moving {}", entry.path().display()))?;
+                std::fs::rename(entry.path(), tmp.join(&name))
+                    .with_context(|| format!("moving {}", entry.path().display()))?;
             }
         }
     }
@@ -169,7 +171,10 @@ fn tidy(place: &Path, ours: impl Fn(&str) -> bool) -> Result<Vec<String>> {
         let target = place.join(&name);
         if kind == "old" && !target.exists() {
             std::fs::rename(&path, &target).with_context(|| format!("restoring {}", target.display()))?;
-            notes.push(format!("restored {} from an interrupted save (it had been moved aside to {file})", target.display()));
+            notes.push(format!(
+                "restored {} from an interrupted save (it had been moved aside to {file})",
+                target.display()
+            ));
         } else {
             std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
             notes.push(format!("removed {}, left by an interrupted save", path.display()));
@@ -243,20 +248,20 @@ fn write_tokenizer(dir: &Path, tokenizer: Option<&TextTokenizer>, file: Option<&
         std::fs::copy(file, dir.join("tokenizer.json")).with_context(|| format!("copying {}", file.display()))?;
         let config = file.with_file_name("tokenizer_config.json");
         if config.exists() {
-            std::fs::copy(&config, dir.join("tokenizer_config.json")).with_context(|| format!("copying {}", config.display()))?;
+            std::fs::copy(&config, dir.join("tokenizer_config.json"))
+                .with_context(|| format!("copying {}", config.display()))?;
         }
         return Ok(());
     }
     let Some(tokenizer) = tokenizer else { return Ok(()) };
     let out = dir.join("tokenizer.json");
-    tokenizer
-        .inner()
-        .save(&out, false)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
+    tokenizer.inner().save(&out, false).map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
     let name = |id: Option<u32>| id.and_then(|i| tokenizer.inner().id_to_token(i));
     let mut config = serde_json::Map::new();
     config.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
-    for (key, id) in [("bos_token", tokenizer.bos_id()), ("eos_token", tokenizer.eos_id()), ("pad_token", tokenizer.pad_id())] {
+    for (key, id) in
+        [("bos_token", tokenizer.bos_id()), ("eos_token", tokenizer.eos_id()), ("pad_token", tokenizer.pad_id())]
+    {
         if let Some(token) = name(id) {
             config.insert(key.into(), token.into());
         }
@@ -265,6 +270,7 @@ fn write_tokenizer(dir: &Path, tokenizer: Option<&TextTokenizer>, file: Option<&
         config.insert("chat_template".into(), template.into());
     }
     let path = dir.join("tokenizer_config.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&config)?).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&config)?)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -179,7 +179,13 @@ fn read(file: &Path) -> Result<Vec<(String, Entry)>> {
             }
         };
         let args = match (action, value.get_ref()) {
-            (ArgAction::SetTrue, DeValue::Boolean(on)) => if *on { vec![OsString::from(&flag)] } else { Vec::new() },
+            (ArgAction::SetTrue, DeValue::Boolean(on)) => {
+                if *on {
+                    vec![OsString::from(&flag)]
+                } else {
+                    Vec::new()
+                }
+            }
             (ArgAction::SetTrue, _) => bail!("{at}: `{name}` is a switch: true or false"),
             (ArgAction::Append, DeValue::Array(items)) => {
                 let mut args = Vec::new();
@@ -202,7 +208,9 @@ fn read(file: &Path) -> Result<Vec<(String, Entry)>> {
 pub fn render(args: &TrainArgs) -> Result<String> {
     let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
     let mut args = args.clone();
-    for path in [&mut args.source.model, &mut args.eval, &mut args.save, &mut args.resume, &mut args.log].into_iter().flatten() {
+    for path in
+        [&mut args.source.model, &mut args.eval, &mut args.save, &mut args.resume, &mut args.log].into_iter().flatten()
+    {
         *path = absolute(path);
     }
     for path in &mut args.data {
@@ -241,10 +249,41 @@ mod tests {
     #[test]
     fn the_resolved_config_reads_back_as_the_same_flags() {
         let argv = os(&[
-            "lomo", "train", "--preset", "stories260k", "--data", "/d/a.jsonl", "--data", "/d/b.jsonl", "--optimizer", "adalomo",
-            "--lr", "3e-4", "--schedule", "cosine", "--warmup-ratio", "0.03", "--epochs", "2", "--batch-size", "8",
-            "--micro-batch-size", "2", "--clip-grad-norm", "1", "--dtype", "bf16", "--no-shuffle", "--format", "chat",
-            "--save", "/out", "--save-every", "10", "--save-total-limit", "3",
+            "lomo",
+            "train",
+            "--preset",
+            "stories260k",
+            "--data",
+            "/d/a.jsonl",
+            "--data",
+            "/d/b.jsonl",
+            "--optimizer",
+            "adalomo",
+            "--lr",
+            "3e-4",
+            "--schedule",
+            "cosine",
+            "--warmup-ratio",
+            "0.03",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--micro-batch-size",
+            "2",
+            "--clip-grad-norm",
+            "1",
+            "--dtype",
+            "bf16",
+            "--no-shuffle",
+            "--format",
+            "chat",
+            "--save",
+            "/out",
+            "--save-every",
+            "10",
+            "--save-total-limit",
+            "3",
         ]);
         let args = train_args(&argv);
         let file = temp_file("round_trip.toml", &render(&args).unwrap());
@@ -258,7 +297,9 @@ mod tests {
     fn the_command_line_overrides_a_key_and_the_keys_it_excludes() {
         let file = temp_file("excl.toml", "preset = \"stories260k\"\ndata = [\"/a\", \"/b\"]\noptimizer = \"lomo\"\nlr = 0.1\nsteps = 5\nbatch_size = 2\n");
         let config = file.to_str().unwrap();
-        let expanded = expand(os(&["lomo", "train", "--config", config, "--epochs", "1", "--data", "/c", "--model", "/m"])).unwrap();
+        let expanded =
+            expand(os(&["lomo", "train", "--config", config, "--epochs", "1", "--data", "/c", "--model", "/m"]))
+                .unwrap();
         let args = train_args(&expanded.argv);
         assert_eq!((args.steps, args.epochs), (None, Some(1)));
         assert_eq!(args.data, [PathBuf::from("/c")]);

@@ -3,16 +3,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use lomo_data::{
-    read_superglue, DataFormat, Dataset, EncodeConfig, Example, Overlong, SuperGlueTask, TextTokenizer,
-};
+use lomo_data::{read_superglue, DataFormat, Dataset, EncodeConfig, Example, Overlong, SuperGlueTask, TextTokenizer};
 
 use crate::args::FormatArg;
 
 /// The task `--task` names.
 pub fn parse_task(task: Option<&str>) -> Result<Option<SuperGlueTask>> {
     task.map(|t| {
-        SuperGlueTask::from_name(t).with_context(|| format!("--task {t}: unknown (expected rte, cb, copa, boolq, wic, wsc or multirc)"))
+        SuperGlueTask::from_name(t)
+            .with_context(|| format!("--task {t}: unknown (expected rte, cb, copa, boolq, wic, wsc or multirc)"))
     })
     .transpose()
 }
@@ -44,7 +43,8 @@ pub fn load_training(
         config.overlong = Overlong::Skip;
     }
     if let Some(t) = tokenizer {
-        config.chat_template = t.chat_template().context("the model's chat template (tokenizer_config.json or GGUF)")?;
+        config.chat_template =
+            t.chat_template().context("the model's chat template (tokenizer_config.json or GGUF)")?;
     }
     let mut examples: Vec<Example> = Vec::new();
     let mut skipped = 0;

@@ -7,7 +7,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
-use lomo_data::{exact_match_accuracy, AdditionConfig, AdditionTask, BatchLoader, Dataset, EncodeConfig, GenerationExample, LoaderConfig, PaddingConfig, TextTokenizer};
+use lomo_data::{
+    exact_match_accuracy, AdditionConfig, AdditionTask, BatchLoader, Dataset, EncodeConfig, GenerationExample,
+    LoaderConfig, PaddingConfig, TextTokenizer,
+};
 use lomo_models::{generate, GenerationConfig, Llama, LlamaConfig, StorageDtype};
 use lomo_optim::{full_backward_step, FusedConfig, FusedStep, Lomo, LrSchedule, RuleUpdater, ScheduleKind};
 
@@ -15,8 +18,8 @@ use crate::alloc;
 use crate::args::DemoArgs;
 use crate::backend::with_backend;
 use crate::eval::to_model_batch;
-use crate::trainer::{StepSettings, Trainer};
 use crate::model::{load_path, require_tokenizer};
+use crate::trainer::{StepSettings, Trainer};
 
 /// Characters of the addition task; one token each.
 const CHARS: &str = "0123456789+=";
@@ -47,7 +50,8 @@ pub fn char_tokenizer() -> Result<TextTokenizer> {
         "decoder": {"type": "Fuse"},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []}
     });
-    let inner: tokenizers::Tokenizer = json.to_string().parse().map_err(|e| anyhow::anyhow!("building the demo tokenizer: {e}"))?;
+    let inner: tokenizers::Tokenizer =
+        json.to_string().parse().map_err(|e| anyhow::anyhow!("building the demo tokenizer: {e}"))?;
     Ok(TextTokenizer::from_parts(inner, Some(1), Some(2), Some(0)))
 }
 
@@ -72,7 +76,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
         anyhow::bail!("--steps, --batch-size and --layers: must be at least 1");
     }
     if args.hidden < 64 || !args.hidden.is_multiple_of(64) {
-        anyhow::bail!("--hidden: must be a multiple of 64 (heads of 32, 2 query heads per KV head), got {}", args.hidden);
+        anyhow::bail!(
+            "--hidden: must be a multiple of 64 (heads of 32, 2 query heads per KV head), got {}",
+            args.hidden
+        );
     }
     if !(args.lr > 0.0 && args.lr.is_finite()) {
         anyhow::bail!("--lr: must be a finite number > 0, got {}", args.lr);
@@ -80,7 +87,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
     with_backend!(args.backend, |B, device| demo::<B>(&args, &device))
 }
 
-fn accuracy<B: lomo_kernels::FusedKernels>(model: &Llama<B>, tokenizer: &TextTokenizer, eval: &[GenerationExample]) -> Result<f64> {
+fn accuracy<B: lomo_kernels::FusedKernels>(
+    model: &Llama<B>,
+    tokenizer: &TextTokenizer,
+    eval: &[GenerationExample],
+) -> Result<f64> {
     let config = GenerationConfig::greedy(8);
     let mut generated = Vec::with_capacity(eval.len());
     for e in eval {
@@ -101,7 +112,11 @@ fn demo<B: TrainBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
         None => {
             let tokenizer = char_tokenizer()?;
             let config = demo_config(16, args.hidden, args.layers)?;
-            (Llama::<B>::init(config, StorageDtype::F32, device, args.seed), tokenizer, "a small LLaMA (random init)".to_string())
+            (
+                Llama::<B>::init(config, StorageDtype::F32, device, args.seed),
+                tokenizer,
+                "a small LLaMA (random init)".to_string(),
+            )
         }
     };
     let task = AdditionTask::generate(&AdditionConfig { seed: args.seed, ..Default::default() })?;
@@ -118,7 +133,8 @@ fn demo<B: TrainBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
     loader_config.padding = PaddingConfig::for_tokenizer(&tokenizer);
     let mut loader = BatchLoader::new(Dataset::from_examples("synthetic:addition", examples)?, loader_config)?;
     let schedule = LrSchedule::new(ScheduleKind::Cosine, args.lr, 0.05, steps)?;
-    let settings = StepSettings { weight_decay: 0.0, clip_grad_norm: Some(1.0), clip_grad_value: None, loss_scale: None };
+    let settings =
+        StepSettings { weight_decay: 0.0, clip_grad_norm: Some(1.0), clip_grad_value: None, loss_scale: None };
     let mut step = Trainer::<B>::new(args.optimizer, settings)?;
     let t0 = Instant::now();
     for s in 0..steps {
@@ -130,7 +146,12 @@ fn demo<B: TrainBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
         }
     }
     let after = accuracy(&model.valid(), &tokenizer, &eval)?;
-    println!("exact match after {steps} {:?} steps: {:.1}%  (before: {:.1}%)", args.optimizer, after * 100.0, before * 100.0);
+    println!(
+        "exact match after {steps} {:?} steps: {:.1}%  (before: {:.1}%)",
+        args.optimizer,
+        after * 100.0,
+        before * 100.0
+    );
 
     memory_table::<B>(device, args.seed).context("measuring memory")?;
     println!("total {:.0} s", started.elapsed().as_secs_f64());
@@ -157,10 +178,11 @@ fn memory_table<B: TrainBackend>(device: &B::Device, seed: u64) -> Result<()> {
     let (model, _) = lomo_step.step(model, std::slice::from_ref(&batch), 1e-3)?;
     let mut slot = Some(model);
     let mut failed = None;
-    let (lomo_peak, _) = measure(&mut || match lomo_step.step(slot.take().expect("model"), std::slice::from_ref(&batch), 1e-3) {
-        Ok((m, _)) => drop(m),
-        Err(e) => failed = Some(e),
-    });
+    let (lomo_peak, _) =
+        measure(&mut || match lomo_step.step(slot.take().expect("model"), std::slice::from_ref(&batch), 1e-3) {
+            Ok((m, _)) => drop(m),
+            Err(e) => failed = Some(e),
+        });
     if let Some(e) = failed.take() {
         return Err(e.into());
     }
@@ -168,7 +190,12 @@ fn memory_table<B: TrainBackend>(device: &B::Device, seed: u64) -> Result<()> {
     let model = Llama::<B>::init(config, StorageDtype::F32, device, seed);
     let (model, _) = full_backward_step::<B, _, _, 3>(model, std::slice::from_ref(&batch), &mut adamw, 1e-3)?;
     let mut slot = Some(model);
-    let (adamw_peak, _) = measure(&mut || match full_backward_step::<B, _, _, 3>(slot.take().expect("model"), std::slice::from_ref(&batch), &mut adamw, 1e-3) {
+    let (adamw_peak, _) = measure(&mut || match full_backward_step::<B, _, _, 3>(
+        slot.take().expect("model"),
+        std::slice::from_ref(&batch),
+        &mut adamw,
+        1e-3,
+    ) {
         Ok((m, _)) => drop(m),
         Err(e) => failed = Some(e),
     });
@@ -180,8 +207,16 @@ fn memory_table<B: TrainBackend>(device: &B::Device, seed: u64) -> Result<()> {
     println!("| optimizer                 | peak heap  | × weights |");
     println!("|---------------------------|------------|-----------|");
     println!("| weights alone             | {:>10} | {:>9.2} |", alloc::human(weight_bytes), 1.0);
-    println!("| LOMO (fused, stage-wise)  | {:>10} | {:>9.2} |", alloc::human(lomo_peak), lomo_peak as f64 / weight_bytes as f64);
-    println!("| AdamW (full backward)     | {:>10} | {:>9.2} |", alloc::human(adamw_peak), adamw_peak as f64 / weight_bytes as f64);
+    println!(
+        "| LOMO (fused, stage-wise)  | {:>10} | {:>9.2} |",
+        alloc::human(lomo_peak),
+        lomo_peak as f64 / weight_bytes as f64
+    );
+    println!(
+        "| AdamW (full backward)     | {:>10} | {:>9.2} |",
+        alloc::human(adamw_peak),
+        adamw_peak as f64 / weight_bytes as f64
+    );
     println!("LOMO needs {:.0}% of AdamW's memory here.", 100.0 * lomo_peak as f64 / adamw_peak as f64);
     Ok(())
 }

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
-use lomo_data::{collate, load_scoring_set, EncodeConfig, Example, PaddingConfig, SuperGlueTask, TextTokenizer, IGNORE_INDEX};
+use lomo_data::{
+    collate, load_scoring_set, EncodeConfig, Example, PaddingConfig, SuperGlueTask, TextTokenizer, IGNORE_INDEX,
+};
 use lomo_models::{Batch, Llama};
 use serde::Serialize;
 
@@ -35,7 +37,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     with_backend!(args.backend, |B, device| {
         type Inner = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
         let placement = match &args.devices {
-            Some(list) => Some(crate::plan::inference_placement::<Inner>(list, args.backend, &args.model, args.dtype.storage(), args.batch_size, args.max_len)?),
+            Some(list) => Some(crate::plan::inference_placement::<Inner>(
+                list,
+                args.backend,
+                &args.model,
+                args.dtype.storage(),
+                args.batch_size,
+                args.max_len,
+            )?),
             None => None,
         };
         let on = match &placement {
@@ -43,7 +52,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
             None => lomo_models::On::One(&device),
         };
         let loaded = load_path::<Inner>(&args.model, args.dtype.storage(), on)?;
-        let result = evaluate(&loaded.model, loaded.tokenizer.as_ref(), &args.data, args.format, task, args.max_len, args.batch_size)?;
+        let result = evaluate(
+            &loaded.model,
+            loaded.tokenizer.as_ref(),
+            &args.data,
+            args.format,
+            task,
+            args.max_len,
+            args.batch_size,
+        )?;
         println!("{}", serde_json::to_string(&result)?);
         Ok(())
     })
@@ -142,7 +159,12 @@ pub fn score_candidates<B: lomo_kernels::FusedKernels>(
                 && candidate.labels[n - 1] != IGNORE_INDEX
                 && candidate.labels[1..n - 1].iter().all(|&l| l == IGNORE_INDEX);
             if !last_only {
-                reads.push((1..n).filter(|&t| candidate.labels[t] != IGNORE_INDEX).map(|t| (t - 1, candidate.labels[t], e, c)).collect());
+                reads.push(
+                    (1..n)
+                        .filter(|&t| candidate.labels[t] != IGNORE_INDEX)
+                        .map(|t| (t - 1, candidate.labels[t], e, c))
+                        .collect(),
+                );
                 rows.push(candidate.clone());
                 continue;
             }
@@ -212,14 +234,17 @@ mod tests {
 
     fn answer(prompt: &[u32], answer: &[u32]) -> Example {
         let input_ids: Vec<u32> = prompt.iter().chain(answer).copied().collect();
-        let labels = (0..input_ids.len()).map(|t| if t < prompt.len() { IGNORE_INDEX } else { i64::from(input_ids[t]) }).collect();
+        let labels = (0..input_ids.len())
+            .map(|t| if t < prompt.len() { IGNORE_INDEX } else { i64::from(input_ids[t]) })
+            .collect();
         Example { input_ids, labels }
     }
 
     /// Merged prompts read the same numbers as every candidate run alone.
     #[test]
     fn shared_prompts_score_as_separate_rows() {
-        let model = Llama::<Flex>::init(preset("stories260k").unwrap(), StorageDtype::F32, &burn::backend::flex::FlexDevice, 7);
+        let model =
+            Llama::<Flex>::init(preset("stories260k").unwrap(), StorageDtype::F32, &burn::backend::flex::FlexDevice, 7);
         let examples = [
             // One-token answers after one prompt: one row for the three.
             vec![answer(&[1, 5, 9, 33, 2], &[40]), answer(&[1, 5, 9, 33, 2], &[41]), answer(&[1, 5, 9, 33, 2], &[7])],
@@ -236,7 +261,10 @@ mod tests {
                     let alone = to_model_batch(&collate([candidate], &pad).unwrap()).unwrap();
                     let want = row_log_likelihoods(&model, &alone).unwrap()[0];
                     let got = merged[e][c];
-                    assert!(want < 0.0 && (want - got).abs() <= 1e-5, "example {e} candidate {c}, batches of {batch_size}: {got} vs {want}");
+                    assert!(
+                        want < 0.0 && (want - got).abs() <= 1e-5,
+                        "example {e} candidate {c}, batches of {batch_size}: {got} vs {want}"
+                    );
                 }
             }
         }

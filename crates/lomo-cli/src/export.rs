@@ -52,10 +52,14 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let device = Default::default();
     let loaded = load_path::<Cpu>(&args.model, StorageDtype::F32, lomo_models::On::One(&device))?;
     let tokenizer = if args.model.is_dir() {
-        let t = loaded.tokenizer.as_ref().with_context(|| format!("--model {}: no tokenizer.json (a GGUF file needs the tokenizer)", args.model.display()))?;
+        let t = loaded.tokenizer.as_ref().with_context(|| {
+            format!("--model {}: no tokenizer.json (a GGUF file needs the tokenizer)", args.model.display())
+        })?;
         to_gguf(t.gguf_spec().with_context(|| format!("the tokenizer of {}", args.model.display()))?)
     } else {
-        GgufFile::open(&args.model)?.tokenizer().with_context(|| format!("the tokenizer of {}", args.model.display()))?
+        GgufFile::open(&args.model)?
+            .tokenizer()
+            .with_context(|| format!("the tokenizer of {}", args.model.display()))?
     };
     let model: &Llama<Cpu> = &loaded.model;
     let name = args.name.clone().unwrap_or_else(|| {
@@ -64,6 +68,12 @@ pub fn run(args: ExportArgs) -> Result<()> {
     });
     model.save_gguf(out, ty, &tokenizer, &name).with_context(|| format!("writing {}", out.display()))?;
     let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-    eprintln!("wrote {} ({:.1} MB, {:?}, {} parameters)", out.display(), bytes as f64 / 1e6, args.r#type, model.config().num_params());
+    eprintln!(
+        "wrote {} ({:.1} MB, {:?}, {} parameters)",
+        out.display(),
+        bytes as f64 / 1e6,
+        args.r#type,
+        model.config().num_params()
+    );
     Ok(())
 }

@@ -26,7 +26,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             Some(list) => {
                 let context = crate::plan::config_of_path(&args.model)?.max_position_embeddings;
                 let context = context.min(args.max_new_tokens + 1024).max(2);
-                Some(crate::plan::inference_placement::<Inner>(list, args.backend, &args.model, args.dtype.storage(), 1, context)?)
+                Some(crate::plan::inference_placement::<Inner>(
+                    list,
+                    args.backend,
+                    &args.model,
+                    args.dtype.storage(),
+                    1,
+                    context,
+                )?)
             }
             None => None,
         };
@@ -38,7 +45,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let tokenizer = require_tokenizer(loaded.tokenizer.as_ref(), "lomo generate")?;
         let prompt = if args.chat {
             let message = lomo_data::ChatMessage { role: "user".into(), content: args.prompt.clone() };
-            let template = tokenizer.chat_template().context("the model's chat template (tokenizer_config.json or GGUF)")?;
+            let template =
+                tokenizer.chat_template().context("the model's chat template (tokenizer_config.json or GGUF)")?;
             template.render(&[message], true)?.text
         } else {
             args.prompt.clone()

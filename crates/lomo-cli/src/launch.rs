@@ -20,7 +20,9 @@ pub fn run(args: LaunchArgs) -> Result<()> {
     if args.command.first().map(String::as_str) != Some("train") {
         bail!("lomo launch: the command after `--` must be `train …`");
     }
-    if let Some(flag) = args.command.iter().find(|a| SET_BY_LAUNCH.iter().any(|f| a.as_str() == *f || a.starts_with(&format!("{f}=")))) {
+    if let Some(flag) =
+        args.command.iter().find(|a| SET_BY_LAUNCH.iter().any(|f| a.as_str() == *f || a.starts_with(&format!("{f}="))))
+    {
         bail!("lomo launch: {flag} is set by launch for each rank; leave it out of the command");
     }
     let port = match args.port {
@@ -78,7 +80,10 @@ fn kill_all(children: &mut [(usize, Child)]) {
 
 pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
     let c = Coordinator::start(args.port)?;
-    eprintln!("coordinator serving on port {} (ranks: --coordinator ws://THIS_HOST:{}); Ctrl-C stops it", args.port, args.port);
+    eprintln!(
+        "coordinator serving on port {} (ranks: --coordinator ws://THIS_HOST:{}); Ctrl-C stops it",
+        args.port, args.port
+    );
     let _ = c;
     loop {
         std::thread::park();

@@ -55,18 +55,35 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => {
             use clap::error::ErrorKind;
-            if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = err.print();
-                return if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { ExitCode::from(2) } else { ExitCode::SUCCESS };
+                return if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
             }
             // One line, as every other user error: clap's first line, and where to look.
             let text = err.render().to_string();
             let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: invalid arguments");
-            let rest: Vec<&str> = text.lines().skip_while(|l| *l != first).skip(1).map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")).collect();
+            let rest: Vec<&str> = text
+                .lines()
+                .skip_while(|l| *l != first)
+                .skip(1)
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .collect();
             let detail = if rest.is_empty() { String::new() } else { format!(" {}", rest.join(", ")) };
             // A bad value from a config file names the file and line it came from.
             let origin = match err.get(clap::error::ContextKind::InvalidArg) {
-                Some(clap::error::ContextValue::String(arg)) => arg.split([' ', '=']).next().and_then(|flag| expanded.origin_of(flag)),
+                Some(clap::error::ContextValue::String(arg)) => {
+                    arg.split([' ', '=']).next().and_then(|flag| expanded.origin_of(flag))
+                }
                 _ => None,
             };
             let at = origin.map(|o| format!("{}:{}: ", o.file.display(), o.line)).unwrap_or_default();

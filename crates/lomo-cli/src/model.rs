@@ -24,13 +24,23 @@ pub struct Loaded<B: Backend> {
 ///
 /// `device`: one device, or a [`lomo_models::Placement`] of the stages (each tensor is built on
 /// its stage's device).
-pub fn load<B: Backend>(source: &ModelSourceArgs, dtype: StorageDtype, device: On<'_, B::Device>, seed: u64) -> Result<Loaded<B>> {
+pub fn load<B: Backend>(
+    source: &ModelSourceArgs,
+    dtype: StorageDtype,
+    device: On<'_, B::Device>,
+    seed: u64,
+) -> Result<Loaded<B>> {
     match (&source.model, &source.preset) {
         (Some(path), _) => load_path(path, dtype, device),
         (None, Some(name)) => {
             let config = lomo_models::presets::preset(name).with_context(|| format!("--preset {name}"))?;
             let model = Llama::init(config, dtype, device, seed);
-            Ok(Loaded { model, tokenizer: None, tokenizer_file: None, description: format!("preset {name} (random weights)") })
+            Ok(Loaded {
+                model,
+                tokenizer: None,
+                tokenizer_file: None,
+                description: format!("preset {name} (random weights)"),
+            })
         }
         (None, None) => bail!("give --model PATH or --preset NAME"),
     }

@@ -52,7 +52,10 @@ pub fn run(args: PlanArgs) -> Result<()> {
         if args.json {
             println!("{}", serde_json::to_string(&plan)?);
         } else {
-            println!("{heading}, weights offloaded to {}", if target == lomo_models::plan::OffloadTarget::Host { "host memory" } else { "disk" });
+            println!(
+                "{heading}, weights offloaded to {}",
+                if target == lomo_models::plan::OffloadTarget::Host { "host memory" } else { "disk" }
+            );
             print!("{plan}");
         }
         return Ok(());
@@ -119,7 +122,9 @@ impl StepShape {
 /// without loading a weight; and what it is, for messages.
 pub fn config_of(source: &ModelSourceArgs) -> Result<(LlamaConfig, String)> {
     match (&source.model, &source.preset) {
-        (_, Some(name)) => Ok((lomo_models::presets::preset(name).with_context(|| format!("--preset {name}"))?, name.clone())),
+        (_, Some(name)) => {
+            Ok((lomo_models::presets::preset(name).with_context(|| format!("--preset {name}"))?, name.clone()))
+        }
         (Some(path), None) => Ok((config_of_path(path)?, path.display().to_string())),
         (None, None) => bail!("give --model PATH or --preset NAME"),
     }
@@ -152,7 +157,8 @@ pub fn split_devices<B: burn::tensor::backend::Backend>(
     if devices.is_empty() {
         bail!("--devices: no device listed");
     }
-    let split = shape.plan_config(config).plan_devices(devices.len()).map_err(|e| anyhow::anyhow!("--devices {list}: {e}"))?;
+    let split =
+        shape.plan_config(config).plan_devices(devices.len()).map_err(|e| anyhow::anyhow!("--devices {list}: {e}"))?;
     let placement = lomo_models::Placement::from_assignment(&devices, &split.assignment)?;
     Ok((placement, split))
 }
@@ -181,4 +187,3 @@ pub fn inference_placement<B: burn::tensor::backend::Backend>(
     eprint!("stages on {} devices:\n{split}", split.devices.len());
     Ok(placement)
 }
-

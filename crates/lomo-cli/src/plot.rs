@@ -79,7 +79,8 @@ pub fn render(curves: &Curves) -> Result<String> {
             .draw()
             .map_err(draw)?;
         // Legend marks are squares, so that each series is exactly one line in the file.
-        let mark = |colour: RGBColor| move |(x, y): (i32, i32)| Rectangle::new([(x, y - 4), (x + 12, y + 4)], colour.filled());
+        let mark =
+            |colour: RGBColor| move |(x, y): (i32, i32)| Rectangle::new([(x, y - 4), (x + 12, y + 4)], colour.filled());
         let blue = RGBColor(0x4e, 0x79, 0xa7);
         let orange = RGBColor(0xf2, 0x8e, 0x2b);
         let green = RGBColor(0x59, 0xa1, 0x4f);

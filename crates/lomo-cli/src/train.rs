@@ -12,12 +12,12 @@ use lomo_optim::{LrSchedule, ScheduleKind};
 use serde_json::json;
 
 use crate::alloc;
+use crate::args::OffloadArg;
 use crate::args::{OptimizerKind, ScheduleArg, TrainArgs};
 use crate::backend::with_backend;
 use crate::checkpoint::{self, TrainerState};
 use crate::data::{load_training, parse_task};
 use crate::eval::{evaluate, to_model_batch, EvalResult};
-use crate::args::OffloadArg;
 use crate::model::{load, load_offloaded, load_path, load_path_offloaded, Loaded};
 use crate::plan::{self, StepShape};
 use crate::progress::Progress;
@@ -29,8 +29,8 @@ fn kept_log_lines(path: &std::path::Path, upto: u64, curves: &mut crate::plot::C
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(String::new()) };
     let mut kept = String::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("--log {}:{}: not a line lomo train wrote", path.display(), i + 1))?;
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("--log {}:{}: not a line lomo train wrote", path.display(), i + 1))?;
         let Some(step) = v["step"].as_u64() else { bail!("--log {}:{}: no \"step\"", path.display(), i + 1) };
         if step > upto {
             continue;
@@ -83,7 +83,11 @@ fn validate(args: &TrainArgs) -> Result<()> {
     let per_rank = args.batch_size / args.world_size.max(1);
     if args.world_size > 1 {
         if !args.batch_size.is_multiple_of(args.world_size) {
-            bail!("--batch-size {}: must be a multiple of --world-size {} (each rank takes an equal slice)", args.batch_size, args.world_size);
+            bail!(
+                "--batch-size {}: must be a multiple of --world-size {} (each rank takes an equal slice)",
+                args.batch_size,
+                args.world_size
+            );
         }
         if args.rank >= args.world_size {
             bail!("--rank {}: must be below --world-size {}", args.rank, args.world_size);
@@ -267,7 +271,10 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
                 } else {
                     eprintln!(
                         "--offload disk: the working copy in {} is at step {}; it is made again from {}, at step {}",
-                        store_dir.display(), copy.step, ckpt.display(), state.step
+                        store_dir.display(),
+                        copy.step,
+                        ckpt.display(),
+                        state.step
                     );
                 }
             }
@@ -298,7 +305,10 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
     let task = parse_task(args.task.as_deref())?;
     let dataset = load_training(&args.data, args.format, task, tokenizer.as_ref(), args.max_len, args.skip_overlong)?;
     if dataset.skipped_too_long > 0 {
-        eprintln!("skipped {} examples whose answer alone is longer than --max-len {}", dataset.skipped_too_long, args.max_len);
+        eprintln!(
+            "skipped {} examples whose answer alone is longer than --max-len {}",
+            dataset.skipped_too_long, args.max_len
+        );
     }
     let vocab = model.config().vocab_size as i64;
     if let Some((i, id)) = dataset
@@ -337,7 +347,12 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
     if let Some(state) = &resumed {
         let dir = args.resume.as_ref().expect("resumed");
         if state.optimizer != args.optimizer {
-            bail!("--optimizer {:?}: the checkpoint {} was trained with {:?}", args.optimizer, dir.display(), state.optimizer);
+            bail!(
+                "--optimizer {:?}: the checkpoint {} was trained with {:?}",
+                args.optimizer,
+                dir.display(),
+                state.optimizer
+            );
         }
         if state.batch_size != args.batch_size || state.seed != args.seed || state.shuffle == args.no_shuffle {
             bail!("--resume {}: --batch-size, --seed and --no-shuffle must be those of the interrupted run (batch size {}, seed {}, shuffle {})", dir.display(), state.batch_size, state.seed, state.shuffle);
@@ -351,7 +366,9 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         if args.optimizer == OptimizerKind::Adamw {
             bail!("--resume with --optimizer adamw: AdamW's moments are not saved in checkpoints; resume works with lomo, adalomo and sgd");
         }
-        loader.seek(&state.data_position).with_context(|| format!("--resume {}: the data differ from the interrupted run's", dir.display()))?;
+        loader
+            .seek(&state.data_position)
+            .with_context(|| format!("--resume {}: the data differ from the interrupted run's", dir.display()))?;
         if let Some(rule) = trainer.adalomo_mut() {
             let record = checkpoint::load_adalomo::<B::InnerBackend>(dir, device)?;
             rule.load_record(record, &model)?;
@@ -379,7 +396,8 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
     let mut log = match args.log.as_ref().filter(|_| lead) {
         Some(path) => {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).with_context(|| format!("--log {}: creating {}", path.display(), parent.display()))?;
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("--log {}: creating {}", path.display(), parent.display()))?;
             }
             let kept = if resumed.is_some() { kept_log_lines(path, start_step, &mut curves)? } else { String::new() };
             let mut file = BufWriter::new(File::create(path).with_context(|| format!("--log {}", path.display()))?);
@@ -406,7 +424,11 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         let inner_device = burn::tensor::Tensor::<B, 1>::empty([1], device).inner().device();
         let c = lomo_dist::Collective::<B::InnerBackend>::join(&dist, &inner_device).context("--world-size")?;
         if lead {
-            eprintln!("data parallel: {} ranks, {} rows each per step", args.world_size, args.batch_size / args.world_size);
+            eprintln!(
+                "data parallel: {} ranks, {} rows each per step",
+                args.world_size,
+                args.batch_size / args.world_size
+            );
         }
         Some(c)
     } else {
@@ -437,7 +459,8 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         }
         let micro_batches: Vec<lomo_models::Batch> =
             batch.micro_batches(micro)?.iter().map(to_model_batch).collect::<Result<_>>()?;
-        let tokens: u64 = micro_batches.iter().map(|b| b.attention_mask().iter().filter(|&&m| m != 0).count() as u64).sum();
+        let tokens: u64 =
+            micro_batches.iter().map(|b| b.attention_mask().iter().filter(|&&m| m != 0).count() as u64).sum();
         let lr = schedule.lr(step);
         let t0 = Instant::now();
         let io_before = store.disk().map(|d| d.io());
@@ -453,7 +476,9 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
             }
         }
         let offload_io = match (io_before, store.disk()) {
-            (Some(before), Some(d)) => Some(json!({"read_bytes": d.io().read - before.read, "written_bytes": d.io().written - before.written})),
+            (Some(before), Some(d)) => {
+                Some(json!({"read_bytes": d.io().read - before.read, "written_bytes": d.io().written - before.written}))
+            }
             _ => None,
         };
         let dt = t0.elapsed().as_secs_f64();
@@ -516,7 +541,16 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
             if done % every == 0 && done != total_steps {
                 let sub = dir.join(format!("step-{done}"));
                 let (m, ()) = store.whole(model, |m, disk| {
-                    checkpoint::save(&sub, m, disk, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), &config, trainer.adalomo().map(|r| r.to_record(m)))
+                    checkpoint::save(
+                        &sub,
+                        m,
+                        disk,
+                        tokenizer.as_ref(),
+                        tokenizer_file.as_deref(),
+                        &state(),
+                        &config,
+                        trainer.adalomo().map(|r| r.to_record(m)),
+                    )
                 })?;
                 model = m;
                 progress.message(&format!("saved {}", sub.display()));
@@ -530,7 +564,16 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         if done == total_steps && lead {
             if let Some(dir) = &args.save {
                 let (m, ()) = store.whole(model, |m, disk| {
-                    checkpoint::save(dir, m, disk, tokenizer.as_ref(), tokenizer_file.as_deref(), &state(), &config, trainer.adalomo().map(|r| r.to_record(m)))
+                    checkpoint::save(
+                        dir,
+                        m,
+                        disk,
+                        tokenizer.as_ref(),
+                        tokenizer_file.as_deref(),
+                        &state(),
+                        &config,
+                        trainer.adalomo().map(|r| r.to_record(m)),
+                    )
                 })?;
                 model = m;
                 progress.message(&format!("saved {}", dir.display()));
@@ -540,7 +583,8 @@ fn train<B: TrainBackend>(args: &TrainArgs, device: &B::Device) -> Result<()> {
         // it from its own copy; every rank's weights are the same), so it goes once the run is
         // done.
         if let (true, Some(_), Some(d)) = (done == total_steps, &args.save, store.disk()) {
-            std::fs::remove_dir_all(d.dir()).with_context(|| format!("removing the working copy {}", d.dir().display()))?;
+            std::fs::remove_dir_all(d.dir())
+                .with_context(|| format!("removing the working copy {}", d.dir().display()))?;
             if lead {
                 progress.message(&format!("removed the working copy {}", d.dir().display()));
             }

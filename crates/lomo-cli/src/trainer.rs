@@ -1,12 +1,12 @@
 //! One optimizer step, whatever `--optimizer` says: the fused step for LOMO and AdaLomo,
 //! full backward + a burn optimizer for the SGD and AdamW baselines.
 
-use lomo_models::TrainBackend;
 use anyhow::Result;
 use burn::module::{ModuleMapper, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig};
 use burn::tensor::{DType, ElementConversion, Tensor};
+use lomo_models::TrainBackend;
 use lomo_models::{Batch, Llama};
 use lomo_optim::{
     full_backward_grads, AdaLomo, AdaLomoConfig, FusedConfig, FusedStep, Lomo, LossScaleConfig, RuleUpdater, StepReport,
@@ -51,10 +51,9 @@ impl<B: TrainBackend> Trainer<B> {
                 // burn's SGD decay is an L2 term, so it stays off.
                 Self::Sgd(SgdConfig::new().init(), s)
             }
-            OptimizerKind::Adamw => Self::AdamW(
-                AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(s.weight_decay as f32).init(),
-                s,
-            ),
+            OptimizerKind::Adamw => {
+                Self::AdamW(AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(s.weight_decay as f32).init(), s)
+            }
         })
     }
 
@@ -135,7 +134,16 @@ fn full_step<B: TrainBackend>(
     let (grads, loss) = full_backward_grads::<B, _, 3>(&model, micro_batches)?;
     let targets = micro_batches.iter().map(Batch::num_targets).sum();
     let (grads, grad_norm, clip_coef) = clip(&model, grads, s)?;
-    let report = StepReport { loss, targets, lr, grad_norm, clip_coef, loss_scale: None, skipped: false, timings: Default::default() };
+    let report = StepReport {
+        loss,
+        targets,
+        lr,
+        grad_norm,
+        clip_coef,
+        loss_scale: None,
+        skipped: false,
+        timings: Default::default(),
+    };
     Ok((apply(model, grads), report))
 }
 

@@ -60,8 +60,22 @@ fn train_reference(optimizer: &str, lr: &str, extra: &[&str], out: &Path) -> Opt
     let model = shared("models/stories260K")?;
     let data = shared("reference/stories260K/batch.jsonl")?;
     let mut args = vec![
-        "train", "--model", model.to_str()?, "--data", data.to_str()?, "--optimizer", optimizer, "--lr", lr,
-        "--steps", "3", "--batch-size", "2", "--no-shuffle", "--save", out.to_str()?,
+        "train",
+        "--model",
+        model.to_str()?,
+        "--data",
+        data.to_str()?,
+        "--optimizer",
+        optimizer,
+        "--lr",
+        lr,
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--no-shuffle",
+        "--save",
+        out.to_str()?,
     ];
     args.extend_from_slice(extra);
     ok(&lomo(&args));
@@ -73,7 +87,9 @@ fn lomo_with_clipping_and_weight_decay_reproduces_the_authors_package() {
     // gen_reference.py: Lomo(m, lr=0.05, clip_grad_norm=1.0, weight_decay=0.01); per step
     // opt.grad_norm(loss); opt.fused_backward(loss, 0.05) — three steps on batch.json.
     let out = tmp("lomo_clip");
-    let Some(()) = train_reference("lomo", "0.05", &["--clip-grad-norm", "1.0", "--weight-decay", "0.01"], &out) else { return };
+    let Some(()) = train_reference("lomo", "0.05", &["--clip-grad-norm", "1.0", "--weight-decay", "0.01"], &out) else {
+        return;
+    };
     let reference = shared("reference/stories260K/lomo_clip_3steps.safetensors").unwrap();
     let diff = max_diff(&out.join("model.safetensors"), &reference);
     assert!(diff <= 1e-5, "weights after 3 clipped LOMO steps differ from the reference by {diff}");
@@ -91,12 +107,34 @@ fn adalomo_reproduces_the_authors_package() {
 
 #[test]
 fn adalomo_stopped_after_step_2_and_resumed_equals_the_uninterrupted_run_bit_for_bit() {
-    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else { return };
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
     let common = |out: &Path| -> Vec<String> {
         [
-            "train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--optimizer", "adalomo",
-            "--lr", "0.01", "--steps", "4", "--batch-size", "2", "--max-len", "64", "--schedule", "cosine",
-            "--warmup-ratio", "0.25", "--seed", "7", "--save", out.to_str().unwrap(),
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--optimizer",
+            "adalomo",
+            "--lr",
+            "0.01",
+            "--steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--max-len",
+            "64",
+            "--schedule",
+            "cosine",
+            "--warmup-ratio",
+            "0.25",
+            "--seed",
+            "7",
+            "--save",
+            out.to_str().unwrap(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -125,7 +163,9 @@ fn adalomo_stopped_after_step_2_and_resumed_equals_the_uninterrupted_run_bit_for
 
 #[test]
 fn eval_gives_the_reference_loss() {
-    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("reference/stories260K/batch.jsonl")) else { return };
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("reference/stories260K/batch.jsonl")) else {
+        return;
+    };
     let out = lomo(&["eval", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()]);
     ok(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -139,7 +179,15 @@ fn eval_gives_the_reference_loss() {
 #[test]
 fn generate_continues_the_story_like_hf_transformers() {
     let Some(model) = shared("models/stories260K") else { return };
-    let out = lomo(&["generate", "--model", model.to_str().unwrap(), "--prompt", "Once upon a time", "--max-new-tokens", "40"]);
+    let out = lomo(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "Once upon a time",
+        "--max-new-tokens",
+        "40",
+    ]);
     ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     // shared/README.md: HF transformers' greedy continuation of `<s> Once upon a time`.
@@ -157,13 +205,121 @@ fn user_error(args: &[&str], expect: &str) {
 
 #[test]
 fn user_errors_are_one_line_and_exit_2() {
-    user_error(&["train", "--preset", "stories260k", "--data", "/nonexistent/data.jsonl", "--optimizer", "lomo", "--lr", "0.1", "--steps", "1", "--batch-size", "1"], "/nonexistent/data.jsonl");
-    user_error(&["train", "--preset", "stories260k", "--data", "x.jsonl", "--optimizer", "lomo", "--lr", "-1", "--steps", "1", "--batch-size", "1"], "--lr");
-    user_error(&["train", "--preset", "nosuchmodel", "--data", "x.jsonl", "--optimizer", "lomo", "--lr", "0.1", "--steps", "1", "--batch-size", "1"], "nosuchmodel");
-    user_error(&["train", "--preset", "stories260k", "--data", "x.jsonl", "--optimizer", "lomo", "--lr", "0.1", "--steps", "1", "--batch-size", "4", "--micro-batch-size", "3"], "--micro-batch-size");
+    user_error(
+        &[
+            "train",
+            "--preset",
+            "stories260k",
+            "--data",
+            "/nonexistent/data.jsonl",
+            "--optimizer",
+            "lomo",
+            "--lr",
+            "0.1",
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+        ],
+        "/nonexistent/data.jsonl",
+    );
+    user_error(
+        &[
+            "train",
+            "--preset",
+            "stories260k",
+            "--data",
+            "x.jsonl",
+            "--optimizer",
+            "lomo",
+            "--lr",
+            "-1",
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+        ],
+        "--lr",
+    );
+    user_error(
+        &[
+            "train",
+            "--preset",
+            "nosuchmodel",
+            "--data",
+            "x.jsonl",
+            "--optimizer",
+            "lomo",
+            "--lr",
+            "0.1",
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+        ],
+        "nosuchmodel",
+    );
+    user_error(
+        &[
+            "train",
+            "--preset",
+            "stories260k",
+            "--data",
+            "x.jsonl",
+            "--optimizer",
+            "lomo",
+            "--lr",
+            "0.1",
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--micro-batch-size",
+            "3",
+        ],
+        "--micro-batch-size",
+    );
     user_error(&["generate", "--model", "/nonexistent", "--prompt", "hi"], "/nonexistent");
-    user_error(&["train", "--preset", "stories260k", "--data", "x.jsonl", "--optimizer", "lomo", "--lr", "0.1", "--steps", "1", "--batch-size", "1", "--backend", "cuda"], "--features cuda");
-    user_error(&["train", "--preset", "stories260k", "--data", "x.jsonl", "--optimizer", "adamw", "--lr", "0.1", "--steps", "1", "--batch-size", "1", "--dtype", "f16"], "--dtype f16");
+    user_error(
+        &[
+            "train",
+            "--preset",
+            "stories260k",
+            "--data",
+            "x.jsonl",
+            "--optimizer",
+            "lomo",
+            "--lr",
+            "0.1",
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+            "--backend",
+            "cuda",
+        ],
+        "--features cuda",
+    );
+    user_error(
+        &[
+            "train",
+            "--preset",
+            "stories260k",
+            "--data",
+            "x.jsonl",
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "0.1",
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+            "--dtype",
+            "f16",
+        ],
+        "--dtype f16",
+    );
 }
 
 #[test]
@@ -173,20 +329,67 @@ fn a_malformed_data_line_names_the_file_and_line() {
     let data = dir.join("bad.jsonl");
     std::fs::write(&data, "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": \"oops\"}\n").unwrap();
     user_error(
-        &["train", "--preset", "stories260k", "--data", data.to_str().unwrap(), "--optimizer", "lomo", "--lr", "0.1", "--steps", "1", "--batch-size", "1"],
+        &[
+            "train",
+            "--preset",
+            "stories260k",
+            "--data",
+            data.to_str().unwrap(),
+            "--optimizer",
+            "lomo",
+            "--lr",
+            "0.1",
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+        ],
         "bad.jsonl:2",
     );
     // Nothing is half-written: no checkpoint directory appears.
     let save = dir.join("out");
-    let _ = lomo(&["train", "--preset", "stories260k", "--data", data.to_str().unwrap(), "--optimizer", "lomo", "--lr", "0.1", "--steps", "1", "--batch-size", "1", "--save", save.to_str().unwrap()]);
+    let _ = lomo(&[
+        "train",
+        "--preset",
+        "stories260k",
+        "--data",
+        data.to_str().unwrap(),
+        "--optimizer",
+        "lomo",
+        "--lr",
+        "0.1",
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--save",
+        save.to_str().unwrap(),
+    ]);
     assert!(!save.exists());
 }
 
 /// `lomo train`'s flags for a short stories260K run, as on the command line.
 fn short_run(model: &Path, data: &Path, steps: &str, save: &Path) -> Vec<String> {
     [
-        "train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--optimizer", "adalomo",
-        "--lr", "0.01", "--steps", steps, "--batch-size", "2", "--max-len", "64", "--seed", "3", "--save", save.to_str().unwrap(),
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--optimizer",
+        "adalomo",
+        "--lr",
+        "0.01",
+        "--steps",
+        steps,
+        "--batch-size",
+        "2",
+        "--max-len",
+        "64",
+        "--seed",
+        "3",
+        "--save",
+        save.to_str().unwrap(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -203,7 +406,9 @@ fn weights(dir: &Path) -> Vec<u8> {
 
 #[test]
 fn a_run_config_reproduces_its_flags_the_command_line_overrides_it_and_checkpoints_carry_it() {
-    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else { return };
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
     let dir = tmp("run_config");
     std::fs::create_dir_all(&dir).unwrap();
     let by_flags = dir.join("flags");
@@ -230,7 +435,13 @@ fn a_run_config_reproduces_its_flags_the_command_line_overrides_it_and_checkpoin
     let saved = std::fs::read_to_string(by_file.join("lomo_config.toml")).unwrap();
     assert!(saved.contains("lr = 0.01") && saved.contains("batch_size = 2"), "{saved}");
     let rerun = dir.join("rerun");
-    ok(&lomo(&["train", "--config", by_file.join("lomo_config.toml").to_str().unwrap(), "--save", rerun.to_str().unwrap()]));
+    ok(&lomo(&[
+        "train",
+        "--config",
+        by_file.join("lomo_config.toml").to_str().unwrap(),
+        "--save",
+        rerun.to_str().unwrap(),
+    ]));
     assert!(weights(&by_flags) == weights(&rerun), "the saved lomo_config.toml trained different weights");
 
     // --data on the command line replaces the file's list, it does not extend it.
@@ -240,7 +451,9 @@ fn a_run_config_reproduces_its_flags_the_command_line_overrides_it_and_checkpoin
 
 #[test]
 fn a_resumed_run_needs_no_flag_but_resume() {
-    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else { return };
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
     let full = tmp("resume_bare_full");
     ok(&lomo_strings(&short_run(&model, &data, "3", &full)));
     let interrupted = tmp("resume_bare");
@@ -285,7 +498,9 @@ fn bad_config_keys_and_values_name_the_file_and_line() {
 
 #[test]
 fn checkpoints_rotate_keeping_the_best_and_interrupted_saves_are_tidied() {
-    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else { return };
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
     let dir = tmp("rotate");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("run");
@@ -297,8 +512,19 @@ fn checkpoints_rotate_keeping_the_best_and_interrupted_saves_are_tidied() {
     std::fs::write(out.join(".step-9.old-4000002").join("marker"), "x").unwrap();
     let mut args = short_run(&model, &data, "5", &out);
     args.extend(
-        ["--save-every", "1", "--save-total-limit", "2", "--keep-best", "--eval", data.to_str().unwrap(), "--eval-every", "1", "--log"]
-            .map(String::from),
+        [
+            "--save-every",
+            "1",
+            "--save-total-limit",
+            "2",
+            "--keep-best",
+            "--eval",
+            data.to_str().unwrap(),
+            "--eval-every",
+            "1",
+            "--log",
+        ]
+        .map(String::from),
     );
     // The log inside the run's directory, which every save replaces: it must survive them.
     args.push(out.join("log.jsonl").to_str().unwrap().to_string());
@@ -354,13 +580,45 @@ fn an_unwritable_save_directory_fails_before_training() {
     let data = dir.join("d.jsonl");
     std::fs::write(&data, "{\"input_ids\": [1, 2, 3]}\n").unwrap();
     user_error(
-        &["train", "--preset", "stories260k", "--data", data.to_str().unwrap(), "--optimizer", "lomo", "--lr", "0.1", "--steps", "1", "--batch-size", "1", "--save", "/proc/lomo-x"],
+        &[
+            "train",
+            "--preset",
+            "stories260k",
+            "--data",
+            data.to_str().unwrap(),
+            "--optimizer",
+            "lomo",
+            "--lr",
+            "0.1",
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+            "--save",
+            "/proc/lomo-x",
+        ],
         "--save /proc/lomo-x: /proc is not writable",
     );
     let file = dir.join("a-file");
     std::fs::write(&file, "").unwrap();
     user_error(
-        &["train", "--preset", "stories260k", "--data", data.to_str().unwrap(), "--optimizer", "lomo", "--lr", "0.1", "--steps", "1", "--batch-size", "1", "--save", file.to_str().unwrap()],
+        &[
+            "train",
+            "--preset",
+            "stories260k",
+            "--data",
+            data.to_str().unwrap(),
+            "--optimizer",
+            "lomo",
+            "--lr",
+            "0.1",
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+            "--save",
+            file.to_str().unwrap(),
+        ],
         "exists and is not a directory",
     );
 }
@@ -371,7 +629,15 @@ fn export_writes_a_gguf_that_generates_like_the_checkpoint() {
     let dir = tmp("export");
     std::fs::create_dir_all(&dir).unwrap();
     let continuation = |model: &Path| {
-        let out = lomo(&["generate", "--model", model.to_str().unwrap(), "--prompt", "Once upon a time", "--max-new-tokens", "40"]);
+        let out = lomo(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "Once upon a time",
+            "--max-new-tokens",
+            "40",
+        ]);
         ok(&out);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
@@ -383,13 +649,23 @@ fn export_writes_a_gguf_that_generates_like_the_checkpoint() {
         let text = continuation(&gguf);
         if ty == "q8_0" {
             // Greedy decoding may take another word once the weights are 8-bit; the start holds.
-            assert_eq!(text.split(' ').take(6).collect::<Vec<_>>(), expected.split(' ').take(6).collect::<Vec<_>>(), "{ty}");
+            assert_eq!(
+                text.split(' ').take(6).collect::<Vec<_>>(),
+                expected.split(' ').take(6).collect::<Vec<_>>(),
+                "{ty}"
+            );
         } else {
             assert_eq!(text, expected, "{ty}");
         }
     }
-    user_error(&["export", "--model", model.to_str().unwrap(), "--gguf", dir.join("x.bin").to_str().unwrap()], "must end in .gguf");
-    user_error(&["export", "--model", model.to_str().unwrap(), "--gguf", "/nonexistent/x.gguf"], "no directory /nonexistent");
+    user_error(
+        &["export", "--model", model.to_str().unwrap(), "--gguf", dir.join("x.bin").to_str().unwrap()],
+        "must end in .gguf",
+    );
+    user_error(
+        &["export", "--model", model.to_str().unwrap(), "--gguf", "/nonexistent/x.gguf"],
+        "no directory /nonexistent",
+    );
 }
 
 /// Data parallel on loopback: `lomo launch` with 2 ranks, each holding half of every batch,
@@ -397,17 +673,38 @@ fn export_writes_a_gguf_that_generates_like_the_checkpoint() {
 /// than one process's, so the weights agree to rounding (1e-6), not bit for bit.
 #[test]
 fn two_ranks_on_loopback_train_the_weights_of_one_process() {
-    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else { return };
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
     let dir = tmp("data_parallel");
     std::fs::create_dir_all(&dir).unwrap();
     // AdaLomo divides by the update's RMS, which carries f32 rounding further: at lr 0.01 one
     // process with two micro-batches already differs from one with one by 1.0e-6 (measured),
     // and 2 ranks from 1 process by 7.7e-7.
-    for (name, optimizer, lr, extra) in [("lomo-clip", "lomo", "0.05", vec!["--clip-grad-norm", "1.0"]), ("adalomo", "adalomo", "0.01", vec![])] {
+    for (name, optimizer, lr, extra) in
+        [("lomo-clip", "lomo", "0.05", vec!["--clip-grad-norm", "1.0"]), ("adalomo", "adalomo", "0.01", vec![])]
+    {
         let run = |save: &Path| -> Vec<String> {
             let mut args: Vec<String> = [
-                "train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--optimizer", optimizer,
-                "--lr", lr, "--steps", "3", "--batch-size", "4", "--max-len", "64", "--seed", "3", "--save", save.to_str().unwrap(),
+                "train",
+                "--model",
+                model.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--optimizer",
+                optimizer,
+                "--lr",
+                lr,
+                "--steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--max-len",
+                "64",
+                "--seed",
+                "3",
+                "--save",
+                save.to_str().unwrap(),
             ]
             .map(String::from)
             .to_vec();
@@ -435,7 +732,9 @@ fn two_ranks_on_loopback_train_the_weights_of_one_process() {
         ok(&lomo_strings(&launch));
         assert!(weights(&offloaded) == weights(&two), "{name}: 2 ranks offloaded to disk differ from 2 resident ranks");
         assert!(!offloaded.join("offload").exists(), "{name}: the ranks' working copies are removed");
-        let state = |d: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(d.join("trainer_state.json")).unwrap()).unwrap() };
+        let state = |d: &Path| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(d.join("trainer_state.json")).unwrap()).unwrap()
+        };
         assert_eq!(state(&two)["world_size"], 2);
         // A resume must use the same number of ranks.
         user_error(&["train", "--resume", two.to_str().unwrap(), "--steps", "4"], "--world-size 2");
@@ -449,12 +748,32 @@ fn free_port() -> u16 {
 /// A rank that never connects, or dies, makes the others exit non-zero within the timeout.
 #[test]
 fn a_missing_or_killed_rank_makes_the_others_fail_within_the_timeout() {
-    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else { return };
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
     let rank = |r: usize, coordinator: u16, steps: &str| -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_lomo"));
         c.args(["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--optimizer", "lomo"])
-            .args(["--lr", "0.01", "--steps", steps, "--batch-size", "2", "--max-len", "64", "--collective-timeout", "5"])
-            .args(["--world-size", "2", "--rank", &r.to_string(), "--coordinator", &format!("ws://127.0.0.1:{coordinator}")])
+            .args([
+                "--lr",
+                "0.01",
+                "--steps",
+                steps,
+                "--batch-size",
+                "2",
+                "--max-len",
+                "64",
+                "--collective-timeout",
+                "5",
+            ])
+            .args([
+                "--world-size",
+                "2",
+                "--rank",
+                &r.to_string(),
+                "--coordinator",
+                &format!("ws://127.0.0.1:{coordinator}"),
+            ])
             .args(["--node-address", &format!("ws://127.0.0.1:{}", free_port())])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
@@ -504,14 +823,35 @@ fn a_missing_or_killed_rank_makes_the_others_fail_within_the_timeout() {
 
 #[test]
 fn stages_placed_with_devices_train_the_weights_of_one_device_bit_for_bit() {
-    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else { return };
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
     let dir = tmp("devices");
     std::fs::create_dir_all(&dir).unwrap();
-    for (optimizer, lr, extra) in [("lomo", "0.05", vec!["--clip-grad-norm", "1.0"]), ("adalomo", "0.01", vec!["--micro-batch-size", "2"])] {
+    for (optimizer, lr, extra) in
+        [("lomo", "0.05", vec!["--clip-grad-norm", "1.0"]), ("adalomo", "0.01", vec!["--micro-batch-size", "2"])]
+    {
         let run = |save: &Path, devices: Option<&str>| -> Output {
             let mut args = vec![
-                "train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--optimizer", optimizer,
-                "--lr", lr, "--steps", "3", "--batch-size", "4", "--max-len", "64", "--seed", "3", "--save", save.to_str().unwrap(),
+                "train",
+                "--model",
+                model.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--optimizer",
+                optimizer,
+                "--lr",
+                lr,
+                "--steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--max-len",
+                "64",
+                "--seed",
+                "3",
+                "--save",
+                save.to_str().unwrap(),
             ];
             args.extend(extra.iter().copied());
             if let Some(d) = devices {
@@ -526,24 +866,75 @@ fn stages_placed_with_devices_train_the_weights_of_one_device_bit_for_bit() {
         ok(&out);
         // The split is printed, each device with its stages and predicted peak.
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("stages on 3 devices") && err.contains("embedding") && err.contains("norm + LM head"), "{err}");
+        assert!(
+            err.contains("stages on 3 devices") && err.contains("embedding") && err.contains("norm + LM head"),
+            "{err}"
+        );
         assert!(weights(&placed) == weights(&one), "{optimizer}: the placed run's weights differ from one device's");
     }
-    let base = ["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--lr", "0.1", "--steps", "1", "--batch-size", "1"];
+    let base = [
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--lr",
+        "0.1",
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+    ];
     let with = |extra: &[&'static str]| -> Vec<&str> { base.iter().copied().chain(extra.iter().copied()).collect() };
     user_error(&with(&["--optimizer", "lomo", "--devices", "cuda:0"]), "the CPU backend has one device");
     user_error(&with(&["--optimizer", "adamw", "--devices", "cpu"]), "fused step");
-    user_error(&with(&["--optimizer", "lomo", "--devices", "cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu"]), "each device needs a stage");
+    user_error(
+        &with(&["--optimizer", "lomo", "--devices", "cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu"]),
+        "each device needs a stage",
+    );
 }
 
 #[test]
 fn plan_splits_llama_65b_over_8_devices_within_24_gib_each() {
-    let out = lomo(&["plan", "--preset", "llama-65b", "--devices", "8", "--dtype", "bf16", "--optimizer", "lomo", "--batch-size", "1", "--max-len", "512"]);
+    let out = lomo(&[
+        "plan",
+        "--preset",
+        "llama-65b",
+        "--devices",
+        "8",
+        "--dtype",
+        "bf16",
+        "--optimizer",
+        "lomo",
+        "--batch-size",
+        "1",
+        "--max-len",
+        "512",
+    ]);
     ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.lines().filter(|l| l.starts_with(|c: char| c.is_ascii_digit()) && l.contains(" GiB")).count(), 8, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with(|c: char| c.is_ascii_digit()) && l.contains(" GiB")).count(),
+        8,
+        "{text}"
+    );
     assert!(text.contains("largest per-device peak"), "{text}");
-    let out = lomo(&["plan", "--preset", "llama-65b", "--devices", "8", "--dtype", "bf16", "--optimizer", "lomo", "--batch-size", "1", "--max-len", "512", "--json"]);
+    let out = lomo(&[
+        "plan",
+        "--preset",
+        "llama-65b",
+        "--devices",
+        "8",
+        "--dtype",
+        "bf16",
+        "--optimizer",
+        "lomo",
+        "--batch-size",
+        "1",
+        "--max-len",
+        "512",
+        "--json",
+    ]);
     ok(&out);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let devices = plan["devices"].as_array().unwrap();
@@ -551,12 +942,29 @@ fn plan_splits_llama_65b_over_8_devices_within_24_gib_each() {
     for d in devices {
         assert!(d["plan"]["total"].as_u64().unwrap() < 24 << 30, "{d}");
     }
-    user_error(&["plan", "--preset", "stories260k", "--devices", "9", "--optimizer", "lomo", "--batch-size", "1", "--max-len", "8"], "--devices 9");
+    user_error(
+        &[
+            "plan",
+            "--preset",
+            "stories260k",
+            "--devices",
+            "9",
+            "--optimizer",
+            "lomo",
+            "--batch-size",
+            "1",
+            "--max-len",
+            "8",
+        ],
+        "--devices 9",
+    );
 }
 
 #[test]
 fn offload_to_disk_or_host_trains_the_weights_of_the_resident_run_bit_for_bit_and_resumes_after_a_crash() {
-    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else { return };
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
     let dir = tmp("offload");
     std::fs::create_dir_all(&dir).unwrap();
     let run = |optimizer: &str, save: &Path, extra: &[&str]| -> Output {
@@ -565,8 +973,25 @@ fn offload_to_disk_or_host_trains_the_weights_of_the_resident_run_bit_for_bit_an
             _ => ("0.01", &["--micro-batch-size", "2"]),
         };
         let mut args = vec![
-            "train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--optimizer", optimizer,
-            "--lr", lr, "--steps", "3", "--batch-size", "4", "--max-len", "64", "--seed", "3", "--save", save.to_str().unwrap(),
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--optimizer",
+            optimizer,
+            "--lr",
+            lr,
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--max-len",
+            "64",
+            "--seed",
+            "3",
+            "--save",
+            save.to_str().unwrap(),
         ];
         args.extend(more.iter().copied());
         args.extend(extra.iter().copied());
@@ -578,11 +1003,17 @@ fn offload_to_disk_or_host_trains_the_weights_of_the_resident_run_bit_for_bit_an
         let disk = dir.join(format!("{optimizer}-disk"));
         let out = run(optimizer, &disk, &["--offload", "disk"]);
         ok(&out);
-        assert!(weights(&disk) == weights(&resident), "{optimizer}: --offload disk's weights differ from the resident run's");
+        assert!(
+            weights(&disk) == weights(&resident),
+            "{optimizer}: --offload disk's weights differ from the resident run's"
+        );
         assert!(!disk.join("offload").exists(), "the working copy goes once the checkpoint holds it");
         let host = dir.join(format!("{optimizer}-host"));
         ok(&run(optimizer, &host, &["--offload", "host"]));
-        assert!(weights(&host) == weights(&resident), "{optimizer}: --offload host's weights differ from the resident run's");
+        assert!(
+            weights(&host) == weights(&resident),
+            "{optimizer}: --offload host's weights differ from the resident run's"
+        );
 
         // A crash between two stages' write-backs in step 3 (stories260K: 7 stage files, each
         // written back once a step), then --resume from the step-2 checkpoint.
@@ -590,9 +1021,29 @@ fn offload_to_disk_or_host_trains_the_weights_of_the_resident_run_bit_for_bit_an
         let fail = Command::new(env!("CARGO_BIN_EXE_lomo"))
             .env("LOMO_OFFLOAD_FAIL_AFTER", "17")
             .args([
-                "train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--optimizer", optimizer,
-                "--lr", if optimizer == "lomo" { "0.05" } else { "0.01" }, "--steps", "3", "--batch-size", "4", "--max-len", "64",
-                "--seed", "3", "--save", crashed.to_str().unwrap(), "--save-every", "1", "--offload", "disk",
+                "train",
+                "--model",
+                model.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--optimizer",
+                optimizer,
+                "--lr",
+                if optimizer == "lomo" { "0.05" } else { "0.01" },
+                "--steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--max-len",
+                "64",
+                "--seed",
+                "3",
+                "--save",
+                crashed.to_str().unwrap(),
+                "--save-every",
+                "1",
+                "--offload",
+                "disk",
             ])
             .args(if optimizer == "lomo" { ["--clip-grad-norm", "1.0"] } else { ["--micro-batch-size", "2"] })
             .output()
@@ -603,9 +1054,27 @@ fn offload_to_disk_or_host_trains_the_weights_of_the_resident_run_bit_for_bit_an
         let step2 = crashed.join("step-2");
         let out = Command::new(env!("CARGO_BIN_EXE_lomo"))
             .args([
-                "train", "--resume", step2.to_str().unwrap(), "--data", data.to_str().unwrap(), "--optimizer", optimizer,
-                "--lr", if optimizer == "lomo" { "0.05" } else { "0.01" }, "--steps", "3", "--batch-size", "4", "--max-len", "64",
-                "--seed", "3", "--save", crashed.to_str().unwrap(), "--offload", "disk",
+                "train",
+                "--resume",
+                step2.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--optimizer",
+                optimizer,
+                "--lr",
+                if optimizer == "lomo" { "0.05" } else { "0.01" },
+                "--steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--max-len",
+                "64",
+                "--seed",
+                "3",
+                "--save",
+                crashed.to_str().unwrap(),
+                "--offload",
+                "disk",
             ])
             .args(if optimizer == "lomo" { ["--clip-grad-norm", "1.0"] } else { ["--micro-batch-size", "2"] })
             .output()
@@ -613,42 +1082,128 @@ fn offload_to_disk_or_host_trains_the_weights_of_the_resident_run_bit_for_bit_an
         ok(&out);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("interrupted during step 3") && err.contains("at step 2"), "{err}");
-        assert!(weights(&crashed) == weights(&resident), "{optimizer}: the resumed run's weights differ from the uninterrupted run's");
+        assert!(
+            weights(&crashed) == weights(&resident),
+            "{optimizer}: the resumed run's weights differ from the uninterrupted run's"
+        );
     }
-    let base = ["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--lr", "0.1", "--steps", "1", "--batch-size", "1"];
+    let base = [
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--lr",
+        "0.1",
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+    ];
     let with = |extra: &[&'static str]| -> Vec<&str> { base.iter().copied().chain(extra.iter().copied()).collect() };
     user_error(&with(&["--optimizer", "adamw", "--offload", "host"]), "fused step");
     user_error(&with(&["--optimizer", "lomo", "--offload", "disk"]), "--offload-dir");
     user_error(&with(&["--optimizer", "lomo", "--offload", "host", "--offload-dir", "x"]), "only --offload disk");
-    user_error(&with(&["--optimizer", "lomo", "--offload", "disk", "--offload-dir", "x", "--eval", "y.jsonl"]), "--eval");
+    user_error(
+        &with(&["--optimizer", "lomo", "--offload", "disk", "--offload-dir", "x", "--eval", "y.jsonl"]),
+        "--eval",
+    );
 }
 
 #[test]
 fn plan_with_offload_to_disk_fits_a_llama_13b_step_in_a_fraction_of_24_gib() {
-    let args = ["plan", "--preset", "llama-13b", "--offload", "disk", "--dtype", "bf16", "--optimizer", "lomo", "--batch-size", "1", "--max-len", "512"];
+    let args = [
+        "plan",
+        "--preset",
+        "llama-13b",
+        "--offload",
+        "disk",
+        "--dtype",
+        "bf16",
+        "--optimizer",
+        "lomo",
+        "--batch-size",
+        "1",
+        "--max-len",
+        "512",
+    ];
     let out = lomo(&args);
     ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("offloaded to disk") && text.contains("read per step") && text.contains("written per step"), "{text}");
+    assert!(
+        text.contains("offloaded to disk") && text.contains("read per step") && text.contains("written per step"),
+        "{text}"
+    );
     let json: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
     let out = lomo(&json);
     ok(&out);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let resident = lomo(&["plan", "--preset", "llama-13b", "--dtype", "bf16", "--optimizer", "lomo", "--batch-size", "1", "--max-len", "512", "--json"]);
+    let resident = lomo(&[
+        "plan",
+        "--preset",
+        "llama-13b",
+        "--dtype",
+        "bf16",
+        "--optimizer",
+        "lomo",
+        "--batch-size",
+        "1",
+        "--max-len",
+        "512",
+        "--json",
+    ]);
     ok(&resident);
     let resident: serde_json::Value = serde_json::from_slice(&resident.stdout).unwrap();
     assert!(resident["total"].as_u64().unwrap() > 24 << 30, "{resident}");
     assert!(plan["device"]["total"].as_u64().unwrap() < 6 << 30, "{plan}");
     assert_eq!(plan["written_per_step"], resident["weights"], "{plan}");
-    user_error(&["plan", "--preset", "llama-13b", "--offload", "disk", "--devices", "2", "--optimizer", "lomo", "--batch-size", "1", "--max-len", "8"], "--devices");
-    user_error(&["plan", "--preset", "llama-13b", "--offload", "disk", "--optimizer", "adamw", "--batch-size", "1", "--max-len", "8"], "fused step");
+    user_error(
+        &[
+            "plan",
+            "--preset",
+            "llama-13b",
+            "--offload",
+            "disk",
+            "--devices",
+            "2",
+            "--optimizer",
+            "lomo",
+            "--batch-size",
+            "1",
+            "--max-len",
+            "8",
+        ],
+        "--devices",
+    );
+    user_error(
+        &[
+            "plan",
+            "--preset",
+            "llama-13b",
+            "--offload",
+            "disk",
+            "--optimizer",
+            "adamw",
+            "--batch-size",
+            "1",
+            "--max-len",
+            "8",
+        ],
+        "fused step",
+    );
 }
 
 #[test]
 fn eval_and_generate_with_stages_placed_on_devices_give_the_one_device_results() {
-    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("reference/stories260K/batch.jsonl")) else { return };
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("reference/stories260K/batch.jsonl")) else {
+        return;
+    };
     let eval = |devices: &[&str]| -> Output {
-        let args: Vec<&str> = ["eval", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()].iter().copied().chain(devices.iter().copied()).collect();
+        let args: Vec<&str> = ["eval", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()]
+            .iter()
+            .copied()
+            .chain(devices.iter().copied())
+            .collect();
         lomo(&args)
     };
     let one = eval(&[]);
@@ -658,17 +1213,25 @@ fn eval_and_generate_with_stages_placed_on_devices_give_the_one_device_results()
     assert_eq!(one.stdout, placed.stdout, "eval: the placed model's result differs");
     assert!(String::from_utf8_lossy(&placed.stderr).contains("stages on 3 devices"));
     let generate = |devices: &[&str]| -> Output {
-        let args: Vec<&str> = ["generate", "--model", model.to_str().unwrap(), "--prompt", "Once upon a time", "--max-new-tokens", "40"]
-            .iter()
-            .copied()
-            .chain(devices.iter().copied())
-            .collect();
+        let args: Vec<&str> =
+            ["generate", "--model", model.to_str().unwrap(), "--prompt", "Once upon a time", "--max-new-tokens", "40"]
+                .iter()
+                .copied()
+                .chain(devices.iter().copied())
+                .collect();
         lomo(&args)
     };
     let one = generate(&[]);
     ok(&one);
     let placed = generate(&["--devices", "cpu,cpu"]);
     ok(&placed);
-    assert_eq!(String::from_utf8_lossy(&one.stdout), String::from_utf8_lossy(&placed.stdout), "generate: the placed model's text differs");
-    user_error(&["eval", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--devices", "cuda:0"], "the CPU backend has one device");
+    assert_eq!(
+        String::from_utf8_lossy(&one.stdout),
+        String::from_utf8_lossy(&placed.stdout),
+        "generate: the placed model's text differs"
+    );
+    user_error(
+        &["eval", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--devices", "cuda:0"],
+        "the CPU backend has one device",
+    );
 }

@@ -101,7 +101,8 @@ impl Batch {
                 .unwrap_or(0)
                 .max(1)
                 .min(self.seq_len);
-            let take = |v: &[i64]| (start..end).flat_map(|r| row(v, r, seq_len)[..width].iter().copied()).collect::<Vec<_>>();
+            let take =
+                |v: &[i64]| (start..end).flat_map(|r| row(v, r, seq_len)[..width].iter().copied()).collect::<Vec<_>>();
             out.push(Batch {
                 batch_size: end - start,
                 seq_len: width,
@@ -115,19 +116,14 @@ impl Batch {
 }
 
 /// Pads `examples` on the right into one batch.
-pub fn collate<'a>(
-    examples: impl IntoIterator<Item = &'a Example>,
-    padding: &PaddingConfig,
-) -> Result<Batch> {
+pub fn collate<'a>(examples: impl IntoIterator<Item = &'a Example>, padding: &PaddingConfig) -> Result<Batch> {
     let examples: Vec<&Example> = examples.into_iter().collect();
     if examples.is_empty() {
         return Err(DataError::InvalidConfig("cannot collate an empty list of examples".into()));
     }
     let longest = examples.iter().map(|e| e.len()).max().unwrap_or(0);
     let seq_len = match padding.pad_to_multiple_of {
-        Some(0) => {
-            return Err(DataError::InvalidConfig("pad_to_multiple_of must be at least 1".into()))
-        }
+        Some(0) => return Err(DataError::InvalidConfig("pad_to_multiple_of must be at least 1".into())),
         Some(m) => longest.div_ceil(m) * m,
         None => longest,
     };

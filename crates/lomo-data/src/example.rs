@@ -114,12 +114,7 @@ impl EncodeConfig {
     }
 }
 
-fn fit(
-    example: Example,
-    max_len: usize,
-    truncation: Truncation,
-    bos_id: Option<u32>,
-) -> Result<Example, usize> {
+fn fit(example: Example, max_len: usize, truncation: Truncation, bos_id: Option<u32>) -> Result<Example, usize> {
     let len = example.len();
     if len <= max_len {
         return Ok(example);
@@ -170,16 +165,10 @@ pub fn encode_prompt_answer(
     let text = format!("{prompt}{answer}");
     let (ids, offsets) = tokenizer.encode_with_offsets(&text, true)?;
     let boundary = prompt.trim_end().len();
-    let split = offsets
-        .iter()
-        .position(|&(start, end)| end > boundary && end > start)
-        .unwrap_or(ids.len());
+    let split = offsets.iter().position(|&(start, end)| end > boundary && end > start).unwrap_or(ids.len());
     let mut input_ids = ids;
-    let mut labels: Vec<i64> = input_ids
-        .iter()
-        .enumerate()
-        .map(|(i, &t)| if i >= split { i64::from(t) } else { IGNORE_INDEX })
-        .collect();
+    let mut labels: Vec<i64> =
+        input_ids.iter().enumerate().map(|(i, &t)| if i >= split { i64::from(t) } else { IGNORE_INDEX }).collect();
     if let Some(eos) = eos {
         input_ids.push(eos);
         labels.push(i64::from(eos));
@@ -201,8 +190,7 @@ pub fn encode_spans(
         .iter()
         .zip(&offsets)
         .map(|(&t, &(start, end))| {
-            let supervised =
-                end > start && spans.iter().any(|s| start < s.end && end > s.start);
+            let supervised = end > start && spans.iter().any(|s| start < s.end && end > s.start);
             if supervised {
                 i64::from(t)
             } else {
@@ -219,11 +207,8 @@ mod tests {
 
     fn example(prompt: usize, answer: usize) -> Example {
         let input_ids: Vec<u32> = (1..=(prompt + answer) as u32).collect();
-        let labels = input_ids
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| if i < prompt { IGNORE_INDEX } else { i64::from(t) })
-            .collect();
+        let labels =
+            input_ids.iter().enumerate().map(|(i, &t)| if i < prompt { IGNORE_INDEX } else { i64::from(t) }).collect();
         Example { input_ids, labels }
     }
 

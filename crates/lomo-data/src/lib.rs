@@ -55,20 +55,17 @@ pub mod tokenizer;
 pub use batching::{collate, Batch, PaddingConfig};
 pub use dataset::Dataset;
 pub use error::{DataError, Result};
-pub use example::{
-    encode_prompt_answer, encode_spans, EncodeConfig, Example, Overlong, Truncation, IGNORE_INDEX,
-};
+pub use example::{encode_prompt_answer, encode_spans, EncodeConfig, Example, Overlong, Truncation, IGNORE_INDEX};
 pub use formats::{detect_format, DataFormat};
 pub use loader::{BatchLoader, DataPosition, LoaderConfig};
 pub use rng::SplitMix64;
 pub use stream::{StreamConfig, StreamPosition, StreamingLoader};
 pub use superglue::{
-    accuracy, load_scoring_set, parse_superglue_record, predict, read_superglue, ScoringExample,
-    ScoringSet, SuperGlueExample, SuperGlueTask,
+    accuracy, load_scoring_set, parse_superglue_record, predict, read_superglue, ScoringExample, ScoringSet,
+    SuperGlueExample, SuperGlueTask,
 };
 pub use synthetic::{
-    exact_match, exact_match_accuracy, AdditionConfig, AdditionProblem, AdditionTask,
-    GenerationExample,
+    exact_match, exact_match_accuracy, AdditionConfig, AdditionProblem, AdditionTask, GenerationExample,
 };
 pub use templates::{alpaca_prompt, ChatMessage, ChatTemplate, JinjaSpec, JinjaTemplate, RenderedChat, TemplateError};
 pub use tokenizer::{GgufTokenizerModel, GgufTokenizerSpec, TextTokenizer};

@@ -85,8 +85,7 @@ impl BatchLoader {
             )));
         }
         let fingerprint = fingerprint(&dataset, &config);
-        let mut loader =
-            Self { dataset, config, fingerprint, epoch: 0, batch_in_epoch: 0, plan: Vec::new() };
+        let mut loader = Self { dataset, config, fingerprint, epoch: 0, batch_in_epoch: 0, plan: Vec::new() };
         loader.plan = loader.plan_epoch(0);
         Ok(loader)
     }
@@ -103,11 +102,7 @@ impl BatchLoader {
 
     /// The current position.
     pub fn position(&self) -> DataPosition {
-        DataPosition {
-            epoch: self.epoch,
-            batch_in_epoch: self.batch_in_epoch,
-            fingerprint: self.fingerprint,
-        }
+        DataPosition { epoch: self.epoch, batch_in_epoch: self.batch_in_epoch, fingerprint: self.fingerprint }
     }
 
     /// Moves to a saved position. Fails if it was saved for other data or settings.
@@ -153,11 +148,9 @@ impl BatchLoader {
         match self.next_batch_in_epoch()? {
             Some(batch) => Ok(batch),
             // `new` made sure every epoch has at least one batch.
-            None => self.next_batch_in_epoch()?.ok_or_else(|| {
-                DataError::EmptyDataset {
-                    path: self.dataset.source.clone(),
-                    detail: "an epoch yields no batch".into(),
-                }
+            None => self.next_batch_in_epoch()?.ok_or_else(|| DataError::EmptyDataset {
+                path: self.dataset.source.clone(),
+                detail: "an epoch yields no batch".into(),
             }),
         }
     }
@@ -276,10 +269,7 @@ mod tests {
             assert_eq!(resumed.next_batch().unwrap(), b);
         }
         let other = BatchLoader::new(dataset(12), config).unwrap();
-        assert!(matches!(
-            other.clone().seek(&position),
-            Err(DataError::PositionMismatch(_))
-        ));
+        assert!(matches!(other.clone().seek(&position), Err(DataError::PositionMismatch(_))));
     }
 
     #[test]

@@ -67,8 +67,7 @@ mod tests {
         // SplitMix64 seeded with 1234567, as Vigna's reference splitmix64.c computes it (the same
         // recurrence in Python with 64-bit masking gives these three values).
         let mut rng = SplitMix64::new(1234567);
-        let expected: [u64; 3] =
-            [6457827717110365317, 3203168211198807973, 9817491932198370423];
+        let expected: [u64; 3] = [6457827717110365317, 3203168211198807973, 9817491932198370423];
         for e in expected {
             assert_eq!(rng.next_u64(), e);
         }

@@ -42,13 +42,7 @@ pub struct StreamConfig {
 impl StreamConfig {
     /// Batches of `batch_size`, a shuffle buffer of 1,000 examples, seed 0.
     pub fn new(batch_size: usize) -> Self {
-        Self {
-            batch_size,
-            shuffle_buffer: 1000,
-            seed: 0,
-            drop_last: false,
-            padding: PaddingConfig::default(),
-        }
+        Self { batch_size, shuffle_buffer: 1000, seed: 0, drop_last: false, padding: PaddingConfig::default() }
     }
 }
 
@@ -101,8 +95,7 @@ impl StreamingLoader {
         if layout_of(&path, format) == Layout::JsonArray {
             return Err(DataError::Format {
                 path,
-                message: "a JSON array cannot be streamed; write it as JSONL or load it whole"
-                    .into(),
+                message: "a JSON array cannot be streamed; write it as JSONL or load it whole".into(),
             });
         }
         let size = std::fs::metadata(&path).map_err(|e| DataError::io(&path, e))?.len();
@@ -126,11 +119,7 @@ impl StreamingLoader {
 
     /// The current position.
     pub fn position(&self) -> StreamPosition {
-        StreamPosition {
-            epoch: self.epoch,
-            examples_in_epoch: self.examples_in_epoch,
-            fingerprint: self.fingerprint,
-        }
+        StreamPosition { epoch: self.epoch, examples_in_epoch: self.examples_in_epoch, fingerprint: self.fingerprint }
     }
 
     /// Examples skipped as too long so far in this epoch's pass over the file.

@@ -39,15 +39,8 @@ pub enum SuperGlueTask {
 
 impl SuperGlueTask {
     /// Every task.
-    pub const ALL: [SuperGlueTask; 7] = [
-        Self::Rte,
-        Self::Cb,
-        Self::Copa,
-        Self::BoolQ,
-        Self::Wic,
-        Self::Wsc,
-        Self::MultiRc,
-    ];
+    pub const ALL: [SuperGlueTask; 7] =
+        [Self::Rte, Self::Cb, Self::Copa, Self::BoolQ, Self::Wic, Self::Wsc, Self::MultiRc];
 
     /// The official name (`RTE`, `BoolQ`, `MultiRC`, ...).
     pub fn name(self) -> &'static str {
@@ -95,9 +88,10 @@ fn strings(items: &[&str]) -> Vec<String> {
 /// Maps a string label to its choice index, or says which labels are allowed.
 fn label_index(fields: &Fields<'_>, allowed: &[&str]) -> Result<usize> {
     let label = fields.str("label")?;
-    allowed.iter().position(|a| *a == label).ok_or_else(|| {
-        fields.error("label", format!("{label:?} is not one of {allowed:?}"))
-    })
+    allowed
+        .iter()
+        .position(|a| *a == label)
+        .ok_or_else(|| fields.error("label", format!("{label:?} is not one of {allowed:?}")))
 }
 
 /// A 0/1 label given as a boolean (BoolQ, WiC, WSC) or an integer (MultiRC answers); anything
@@ -127,11 +121,8 @@ pub fn parse_superglue_record(
     };
     match task {
         SuperGlueTask::Rte => {
-            let part = format!(
-                "{}\nDoes this mean that \"{}\" is true? Yes or No?",
-                f.str("premise")?,
-                f.str("hypothesis")?
-            );
+            let part =
+                format!("{}\nDoes this mean that \"{}\" is true? Yes or No?", f.str("premise")?, f.str("hypothesis")?);
             one(brown(&[&part]), &["Yes", "No"], label_index(&f, &["entailment", "not_entailment"])?)
         }
         SuperGlueTask::Cb => {
@@ -171,9 +162,7 @@ pub fn parse_superglue_record(
             let connector = match f.str("question")? {
                 "effect" => "so",
                 "cause" => "because",
-                other => {
-                    return Err(f.error("question", format!("{other:?} is not \"cause\" or \"effect\"")))
-                }
+                other => return Err(f.error("question", format!("{other:?} is not \"cause\" or \"effect\""))),
             };
             let choices = [f.str("choice1")?, f.str("choice2")?];
             let gold = match f.int("label")? {
@@ -192,10 +181,8 @@ pub fn parse_superglue_record(
                 let question_text = format!("Question: {}", q.str("question")?);
                 for (ai, answer) in q.array("answers")?.iter().enumerate() {
                     let a = q.element("answers", ai, answer)?;
-                    let answer_part = format!(
-                        "I found this answer \"{}\". Is that correct? Yes or No?",
-                        a.str("text")?
-                    );
+                    let answer_part =
+                        format!("I found this answer \"{}\". Is that correct? Yes or No?", a.str("text")?);
                     out.push(SuperGlueExample {
                         task,
                         line,
@@ -224,10 +211,7 @@ pub fn read_superglue(path: impl AsRef<Path>, task: SuperGlueTask) -> Result<Vec
         }
     }
     if out.is_empty() {
-        return Err(DataError::EmptyDataset {
-            path: path.to_path_buf(),
-            detail: format!("no {} record", task.name()),
-        });
+        return Err(DataError::EmptyDataset { path: path.to_path_buf(), detail: format!("no {} record", task.name()) });
     }
     Ok(out)
 }
@@ -254,8 +238,7 @@ impl SuperGlueExample {
         path: &Path,
     ) -> Result<Option<Example>> {
         let eos = tokenizer.require_eos("a SuperGLUE training example")?;
-        let example =
-            encode_prompt_answer(tokenizer, &self.source, &self.choices[self.gold], Some(eos))?;
+        let example = encode_prompt_answer(tokenizer, &self.source, &self.choices[self.gold], Some(eos))?;
         fit_or_skip(example, tokenizer.bos_id(), config, path, self.line)
     }
 
@@ -290,12 +273,9 @@ pub(crate) fn fit_or_skip(
     match config.fit(example, bos_id) {
         Ok(e) => Ok(Some(e)),
         Err(_) if config.overlong == Overlong::Skip => Ok(None),
-        Err(answer_tokens) => Err(DataError::AnswerTooLong {
-            path: path.to_path_buf(),
-            line,
-            answer_tokens,
-            max_len: config.max_len,
-        }),
+        Err(answer_tokens) => {
+            Err(DataError::AnswerTooLong { path: path.to_path_buf(), line, answer_tokens, max_len: config.max_len })
+        }
     }
 }
 

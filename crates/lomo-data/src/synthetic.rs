@@ -126,11 +126,7 @@ impl AdditionTask {
 
     /// Training examples: prompt + answer + EOS, the loss on the answer and EOS (the model must
     /// learn to stop, or exact match fails on trailing text).
-    pub fn train_examples(
-        &self,
-        tokenizer: &TextTokenizer,
-        config: &EncodeConfig,
-    ) -> Result<Vec<Example>> {
+    pub fn train_examples(&self, tokenizer: &TextTokenizer, config: &EncodeConfig) -> Result<Vec<Example>> {
         let eos = tokenizer.require_eos("the addition task")?;
         let source = Path::new("synthetic:addition");
         let mut out = Vec::with_capacity(self.train.len());
@@ -157,11 +153,7 @@ impl AdditionTask {
             .iter()
             .map(|p| {
                 let prompt = p.prompt();
-                Ok(GenerationExample {
-                    prompt_ids: tokenizer.encode(&prompt, true)?,
-                    prompt,
-                    expected: p.answer(),
-                })
+                Ok(GenerationExample { prompt_ids: tokenizer.encode(&prompt, true)?, prompt, expected: p.answer() })
             })
             .collect()
     }

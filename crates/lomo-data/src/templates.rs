@@ -206,7 +206,8 @@ impl JinjaTemplate {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
         });
         env.add_template_owned("chat_template", marked_source).map_err(template_error)?;
-        let spec = JinjaSpec { source: source.to_owned(), bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() };
+        let spec =
+            JinjaSpec { source: source.to_owned(), bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() };
         Ok(Self { spec, env: Arc::new(env), marked })
     }
 
@@ -275,7 +276,10 @@ fn mark_generation(source: &str) -> (String, bool) {
     while let Some(open) = rest.find("{%") {
         let Some(close) = rest[open..].find("%}").map(|c| open + c) else { break };
         let inner = &rest[open + 2..close];
-        let (left, right) = (inner.starts_with(['-', '+']).then(|| &inner[..1]), inner.ends_with(['-', '+']).then(|| &inner[inner.len() - 1..]));
+        let (left, right) = (
+            inner.starts_with(['-', '+']).then(|| &inner[..1]),
+            inner.ends_with(['-', '+']).then(|| &inner[inner.len() - 1..]),
+        );
         let word = inner.trim_start_matches(['-', '+']).trim_end_matches(['-', '+']).trim();
         let var = match word {
             "generation" => "__lomo_generation_start",
@@ -360,10 +364,7 @@ mod tests {
             ChatMessage { role: "assistant".into(), content: "Hello!".into() },
         ];
         let r = ChatTemplate::ChatMl.render(&messages, false).unwrap();
-        assert_eq!(
-            r.text,
-            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
-        );
+        assert_eq!(r.text, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n");
         assert_eq!(r.assistant_spans.len(), 1);
         assert_eq!(&r.text[r.assistant_spans[0].clone()], "Hello!<|im_end|>");
         let g = ChatTemplate::ChatMl.render(&messages[..1], true).unwrap();
@@ -383,7 +384,9 @@ mod tests {
             "</s>",
         )
         .unwrap();
-        let r = t.render(&turns(&[("user", "Hi "), ("assistant", " Hello!"), ("user", "Bye"), ("assistant", "Bye!")]), false).unwrap();
+        let r = t
+            .render(&turns(&[("user", "Hi "), ("assistant", " Hello!"), ("user", "Bye"), ("assistant", "Bye!")]), false)
+            .unwrap();
         assert_eq!(r.text, "<s><user>Hi</s>\n<assistant>Hello!</s>\n<user>Bye</s>\n<assistant>Bye!</s>\n");
         let spans: Vec<&str> = r.assistant_spans.iter().map(|s| &r.text[s.clone()]).collect();
         assert_eq!(spans, ["Hello!</s>", "Bye!</s>"]);
@@ -404,7 +407,12 @@ mod tests {
     #[test]
     fn template_errors_are_reported() {
         assert!(JinjaTemplate::new("{% for m in messages %}", "", "").is_err());
-        let t = JinjaTemplate::new("{% if messages[0].role != 'user' %}{{ raise_exception('first turn must be the user') }}{% endif %}", "", "").unwrap();
+        let t = JinjaTemplate::new(
+            "{% if messages[0].role != 'user' %}{{ raise_exception('first turn must be the user') }}{% endif %}",
+            "",
+            "",
+        )
+        .unwrap();
         let e = t.render(&turns(&[("assistant", "x")]), false).unwrap_err();
         assert!(e.to_string().contains("first turn must be the user"), "{e}");
         let e = t.render(&turns(&[("user", "\u{E000}")]), false).unwrap_err();
@@ -414,7 +422,12 @@ mod tests {
     #[test]
     fn a_template_whose_turns_depend_on_later_ones_is_refused() {
         // The last turn is rendered differently from the others: no prefix holds.
-        let t = JinjaTemplate::new("{% for m in messages %}{{ m.content }}{% if loop.last %}.{% else %};{% endif %}{% endfor %}", "", "").unwrap();
+        let t = JinjaTemplate::new(
+            "{% for m in messages %}{{ m.content }}{% if loop.last %}.{% else %};{% endif %}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
         assert!(t.render(&turns(&[("user", "a"), ("assistant", "b"), ("user", "c")]), false).is_err());
     }
 }

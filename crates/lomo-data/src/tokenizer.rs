@@ -39,15 +39,16 @@ impl TextTokenizer {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-        let inner: tokenizers::Tokenizer = text
-            .parse()
-            .map_err(|e| DataError::tokenizer(format!("loading {}", path.display()), e))?;
+        let inner: tokenizers::Tokenizer =
+            text.parse().map_err(|e| DataError::tokenizer(format!("loading {}", path.display()), e))?;
         let config_path = path.with_file_name("tokenizer_config.json");
         let config = if config_path.exists() {
-            let text =
-                std::fs::read_to_string(&config_path).map_err(|e| DataError::io(&config_path, e))?;
-            let value: Value = serde_json::from_str(&text)
-                .map_err(|source| DataError::Json { path: config_path.clone(), line: 1, source })?;
+            let text = std::fs::read_to_string(&config_path).map_err(|e| DataError::io(&config_path, e))?;
+            let value: Value = serde_json::from_str(&text).map_err(|source| DataError::Json {
+                path: config_path.clone(),
+                line: 1,
+                source,
+            })?;
             Some(value)
         } else {
             None
@@ -77,20 +78,16 @@ impl TextTokenizer {
             None => find_special(&inner, &EOS_CANDIDATES),
         };
         let pad_id = token_id("pad_token")?;
-        let chat_template = config
-            .as_ref()
-            .and_then(|c| c.get("chat_template"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let chat_template =
+            config.as_ref().and_then(|c| c.get("chat_template")).and_then(Value::as_str).map(str::to_owned);
         Ok(Self { inner, bos_id, eos_id, pad_id, chat_template })
     }
 
     /// Builds the tokenizer a GGUF file describes (see [`GgufTokenizerSpec`]).
     pub fn from_gguf(spec: &GgufTokenizerSpec) -> Result<Self> {
         let json = spec.tokenizer_json()?;
-        let inner: tokenizers::Tokenizer = serde_json::from_value(json).map_err(|e| {
-            DataError::tokenizer("building the tokenizer from GGUF metadata", Box::new(e))
-        })?;
+        let inner: tokenizers::Tokenizer = serde_json::from_value(json)
+            .map_err(|e| DataError::tokenizer("building the tokenizer from GGUF metadata", Box::new(e)))?;
         Ok(Self {
             inner,
             bos_id: spec.bos_id,
@@ -119,14 +116,11 @@ impl TextTokenizer {
     /// Token ids of `text` and each token's byte range in `text` (special tokens the
     /// post-processor adds get an empty range at 0). The ranges tell which tokens belong to the
     /// prompt and which to the answer when both are encoded as one string.
-    pub fn encode_with_offsets(
-        &self,
-        text: &str,
-        add_special_tokens: bool,
-    ) -> Result<(Vec<u32>, Vec<ByteSpan>)> {
-        let encoding = self.inner.encode(text, add_special_tokens).map_err(|e| {
-            DataError::tokenizer(format!("encoding {:?}", preview(text)), e)
-        })?;
+    pub fn encode_with_offsets(&self, text: &str, add_special_tokens: bool) -> Result<(Vec<u32>, Vec<ByteSpan>)> {
+        let encoding = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| DataError::tokenizer(format!("encoding {:?}", preview(text)), e))?;
         Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
     }
 
@@ -149,9 +143,8 @@ impl TextTokenizer {
 
     /// The end-of-sequence id, or an error saying that the step `why` needs one.
     pub fn require_eos(&self, why: &str) -> Result<u32> {
-        self.eos_id.ok_or_else(|| {
-            DataError::TokenizerSpec(format!("{why} needs an EOS token and this tokenizer has none"))
-        })
+        self.eos_id
+            .ok_or_else(|| DataError::TokenizerSpec(format!("{why} needs an EOS token and this tokenizer has none")))
     }
 
     /// The padding id the tokenizer names, if any (most causal LMs name none).
@@ -187,7 +180,8 @@ impl TextTokenizer {
     pub fn gguf_spec(&self) -> Result<GgufTokenizerSpec> {
         let unsupported = |what: String| DataError::TokenizerSpec(format!("GGUF export: {what}"));
         let text = self.inner.to_string(false).map_err(|e| DataError::tokenizer("serialising the tokenizer", e))?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| DataError::tokenizer("serialising the tokenizer", Box::new(e)))?;
+        let json: Value =
+            serde_json::from_str(&text).map_err(|e| DataError::tokenizer("serialising the tokenizer", Box::new(e)))?;
         let model = &json["model"];
         if model["type"] != "BPE" {
             return Err(unsupported(format!("tokenizer model {} (only BPE is exported)", model["type"])));
@@ -228,7 +222,11 @@ impl TextTokenizer {
                     *token = format!("[PAD{id}]");
                     token_type::UNUSED
                 }
-                None if kind == GgufTokenizerModel::Llama && token.len() == 6 && token.starts_with("<0x") && token.ends_with('>') => {
+                None if kind == GgufTokenizerModel::Llama
+                    && token.len() == 6
+                    && token.starts_with("<0x")
+                    && token.ends_with('>') =>
+                {
                     token_type::BYTE
                 }
                 None => token_type::NORMAL,
@@ -262,7 +260,8 @@ impl TextTokenizer {
         spec.unk_id = unk_id;
         spec.pad_id = self.pad_id;
         // Whether encoding adds BOS, read off the tokenizer itself.
-        let first = self.inner.encode("a", true).map_err(|e| DataError::tokenizer("encoding", e))?.get_ids().first().copied();
+        let first =
+            self.inner.encode("a", true).map_err(|e| DataError::tokenizer("encoding", e))?.get_ids().first().copied();
         spec.add_bos = Some(self.bos_id.is_some() && first == self.bos_id);
         spec.chat_template = self.chat_template.clone();
         Ok(spec)
@@ -431,16 +430,13 @@ impl GgufTokenizerSpec {
                 }));
             }
         }
-        let merges: Vec<Value> = if self.merges.is_empty() && self.model == GgufTokenizerModel::Llama
-        {
+        let merges: Vec<Value> = if self.merges.is_empty() && self.model == GgufTokenizerModel::Llama {
             self.merges_from_scores()?
         } else {
             let mut out = Vec::with_capacity(self.merges.len());
             for (rank, merge) in self.merges.iter().enumerate() {
                 let Some((left, right)) = merge.split_once(' ') else {
-                    return Err(DataError::TokenizerSpec(format!(
-                        "GGUF merge {rank} {merge:?} is not \"left right\""
-                    )));
+                    return Err(DataError::TokenizerSpec(format!("GGUF merge {rank} {merge:?} is not \"left right\"")));
                 };
                 out.push(json!([left, right]));
             }
@@ -552,8 +548,7 @@ impl GgufTokenizerSpec {
                 self.tokens.len()
             )));
         }
-        let ids: HashMap<&str, usize> =
-            self.tokens.iter().enumerate().rev().map(|(i, t)| (t.as_str(), i)).collect();
+        let ids: HashMap<&str, usize> = self.tokens.iter().enumerate().rev().map(|(i, t)| (t.as_str(), i)).collect();
         let ordinary: HashSet<usize> = (0..self.tokens.len())
             .filter(|&i| matches!(self.token_type(i), token_type::NORMAL | token_type::USER_DEFINED))
             .collect();
@@ -572,9 +567,6 @@ impl GgufTokenizerSpec {
             }
         }
         merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        Ok(merges
-            .into_iter()
-            .map(|(_, _, l, r)| json!([self.tokens[l], self.tokens[r]]))
-            .collect())
+        Ok(merges.into_iter().map(|(_, _, l, r)| json!([self.tokens[l], self.tokens[r]])).collect())
     }
 }

@@ -77,10 +77,16 @@ impl DistConfig {
     /// Checks the fields.
     pub fn validate(&self) -> Result<(), DistError> {
         if self.world_size < 2 {
-            return Err(DistError::Config(format!("--world-size: a group needs at least 2 ranks, got {}", self.world_size)));
+            return Err(DistError::Config(format!(
+                "--world-size: a group needs at least 2 ranks, got {}",
+                self.world_size
+            )));
         }
         if self.rank >= self.world_size {
-            return Err(DistError::Config(format!("--rank {}: must be below --world-size {}", self.rank, self.world_size)));
+            return Err(DistError::Config(format!(
+                "--rank {}: must be below --world-size {}",
+                self.rank, self.world_size
+            )));
         }
         for (flag, address) in [("--coordinator", &self.coordinator), ("--node-address", &self.node_address)] {
             if port_of(address).is_none() {
@@ -149,7 +155,9 @@ fn bounded<T: Send + 'static>(
     match rx.recv_timeout(timeout) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(DistError::Collective { what: what.into(), message: format!("{e:?}") }),
-        Err(mpsc::RecvTimeoutError::Timeout) => Err(DistError::Timeout { what: what.into(), seconds: timeout.as_secs() }),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            Err(DistError::Timeout { what: what.into(), seconds: timeout.as_secs() })
+        }
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             Err(DistError::Collective { what: what.into(), message: "the collective call panicked".into() })
         }
@@ -232,7 +240,8 @@ where
         // this rank registered and come back to theirs.
         let home = B::float_device(&tensor);
         let tensor = if home == self.device { tensor } else { B::float_to_device(tensor, &self.device) };
-        let sum = bounded(&what, self.timeout, move || burn_collective::all_reduce::<B>(peer, tensor, ReduceOperation::Sum))?;
+        let sum =
+            bounded(&what, self.timeout, move || burn_collective::all_reduce::<B>(peer, tensor, ReduceOperation::Sum))?;
         let sum = if home == self.device { sum } else { B::float_to_device(sum, &home) };
         self.meet(&what)?;
         bounded(&what, self.timeout, move || burn_collective::finish_collective::<B>(peer))?;
@@ -254,7 +263,10 @@ where
         let mut line = String::new();
         let n = self.barrier.read_line(&mut line).map_err(lost)?;
         if n == 0 || line.trim() != "go" {
-            return Err(DistError::Collective { what: format!("{what} (barrier)"), message: "the coordinator closed the connection".into() });
+            return Err(DistError::Collective {
+                what: format!("{what} (barrier)"),
+                message: "the coordinator closed the connection".into(),
+            });
         }
         Ok(())
     }
@@ -273,7 +285,10 @@ where
     /// below 2^24; a loss sum to about 7 digits).
     fn sum_scalars(&mut self, values: &mut [f64]) -> Result<(), OptimError> {
         use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-        let tensor = Tensor::<B, 1>::from_data(TensorData::new(values.iter().map(|&v| v as f32).collect::<Vec<_>>(), [values.len()]), &self.device);
+        let tensor = Tensor::<B, 1>::from_data(
+            TensorData::new(values.iter().map(|&v| v as f32).collect::<Vec<_>>(), [values.len()]),
+            &self.device,
+        );
         let sum = self.all_reduce(tensor.into_primitive().tensor())?;
         let sum = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(sum)).into_data();
         let sum = sum.convert::<f32>().to_vec::<f32>().map_err(|e| OptimError::Collective(format!("{e:?}")))?;
@@ -290,9 +305,12 @@ where
 
 /// The coordinator's barrier address for `ws://HOST:PORT`: `HOST:PORT+1`.
 fn barrier_address(coordinator: &str) -> Result<String, DistError> {
-    let port = port_of(coordinator).ok_or_else(|| DistError::Config(format!("--coordinator {coordinator}: expected ws://HOST:PORT")))?;
+    let port = port_of(coordinator)
+        .ok_or_else(|| DistError::Config(format!("--coordinator {coordinator}: expected ws://HOST:PORT")))?;
     let host = coordinator.trim_start_matches("ws://").rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1");
-    let next = port.checked_add(1).ok_or_else(|| DistError::Config(format!("--coordinator {coordinator}: the barrier needs port {port} + 1")))?;
+    let next = port
+        .checked_add(1)
+        .ok_or_else(|| DistError::Config(format!("--coordinator {coordinator}: the barrier needs port {port} + 1")))?;
     Ok(format!("{host}:{next}"))
 }
 
@@ -304,7 +322,12 @@ fn connect_barrier(coordinator: &str, world_size: usize, timeout: Duration) -> R
         match TcpStream::connect(&address) {
             Ok(s) => break s,
             Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(_) => return Err(DistError::Timeout { what: format!("joining the group (barrier {address})"), seconds: timeout.as_secs() }),
+            Err(_) => {
+                return Err(DistError::Timeout {
+                    what: format!("joining the group (barrier {address})"),
+                    seconds: timeout.as_secs(),
+                })
+            }
         }
     };
     let err = |e: std::io::Error| DistError::Collective { what: format!("barrier {address}"), message: e.to_string() };
@@ -364,8 +387,10 @@ impl Coordinator {
     /// and waits until it accepts connections (at most 10 s).
     pub fn start(port: u16) -> Result<Self, DistError> {
         quiet_logs();
-        let next = port.checked_add(1).ok_or_else(|| DistError::Coordinator(format!("the barrier needs port {port} + 1")))?;
-        let listener = TcpListener::bind(("0.0.0.0", next)).map_err(|e| DistError::Coordinator(format!("barrier on port {next}: {e}")))?;
+        let next =
+            port.checked_add(1).ok_or_else(|| DistError::Coordinator(format!("the barrier needs port {port} + 1")))?;
+        let listener = TcpListener::bind(("0.0.0.0", next))
+            .map_err(|e| DistError::Coordinator(format!("barrier on port {next}: {e}")))?;
         std::thread::Builder::new()
             .name("lomo-dist barrier".into())
             .spawn(move || serve_barrier(listener))
@@ -415,6 +440,10 @@ mod tests {
         assert!(ok.validate().is_ok());
         assert!(DistConfig { rank: 2, ..ok.clone() }.validate().unwrap_err().to_string().contains("--rank 2"));
         assert!(DistConfig { world_size: 1, rank: 0, ..ok.clone() }.validate().is_err());
-        assert!(DistConfig { coordinator: "127.0.0.1:1".into(), ..ok }.validate().unwrap_err().to_string().contains("ws://HOST:PORT"));
+        assert!(DistConfig { coordinator: "127.0.0.1:1".into(), ..ok }
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("ws://HOST:PORT"));
     }
 }

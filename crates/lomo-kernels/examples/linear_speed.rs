@@ -16,8 +16,11 @@ fn main() {
     let device = Default::default();
     println!("bf16 products: {}, {rows} rows", lomo_kernels::cpu_bf16_matmul());
     println!("{:>6} {:>6} | {:>10} {:>10}", "in", "out", "fwd GF/s", "bwd GF/s");
-    for (inner, out) in [(768, 768), (768, 2048), (2048, 768), (768, 32000), (4096, 4096), (4096, 11008), (11008, 4096)] {
-        let bf = |shape: [usize; 2], std: f64| Tensor::<Flex, 2>::random(shape, Distribution::Normal(0.0, std), &device).cast(DType::BF16);
+    for (inner, out) in [(768, 768), (768, 2048), (2048, 768), (768, 32000), (4096, 4096), (4096, 11008), (11008, 4096)]
+    {
+        let bf = |shape: [usize; 2], std: f64| {
+            Tensor::<Flex, 2>::random(shape, Distribution::Normal(0.0, std), &device).cast(DType::BF16)
+        };
         let (w, x, g) = (bf([inner, out], 0.02), bf([rows, inner], 1.0), bf([rows, out], 1.0));
         let flops = 2.0 * (rows * inner * out) as f64;
         let (mut fwd, mut bwd) = (f64::MAX, f64::MAX);
@@ -26,7 +29,10 @@ fn main() {
             let y = lomo_kernels::linear(x.clone(), w.clone(), None);
             let _ = y.into_data();
             fwd = fwd.min(t.elapsed().as_secs_f64());
-            let (wa, xa) = (Tensor::<AD, 2>::from_inner(w.clone()).require_grad(), Tensor::<AD, 2>::from_inner(x.clone()).require_grad());
+            let (wa, xa) = (
+                Tensor::<AD, 2>::from_inner(w.clone()).require_grad(),
+                Tensor::<AD, 2>::from_inner(x.clone()).require_grad(),
+            );
             let y = lomo_kernels::linear(xa.clone(), wa.clone(), None);
             let loss = (y * Tensor::from_inner(g.clone())).sum();
             let t = Instant::now();

@@ -185,7 +185,9 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
         use burn::tensor::TensorMetadata;
         let (vocab, dtype) = (weight.shape()[0], weight.dtype());
         match EmbeddingBackward.prepare::<C>([weight.node.clone()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((ids.into(), vocab, dtype), <B as FusedKernels>::embedding(weight.primitive, ids, shape)),
+            OpsKind::Tracked(prep) => {
+                prep.finish((ids.into(), vocab, dtype), <B as FusedKernels>::embedding(weight.primitive, ids, shape))
+            }
             OpsKind::UnTracked(prep) => prep.finish(<B as FusedKernels>::embedding(weight.primitive, ids, shape)),
         }
     }
@@ -201,21 +203,29 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
 
     fn linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
         match bias {
-            None => match LinearBackward.prepare::<C>([x.node.clone(), weight.node.clone()]).compute_bound().stateful() {
+            None => match LinearBackward.prepare::<C>([x.node.clone(), weight.node.clone()]).compute_bound().stateful()
+            {
                 OpsKind::Tracked(mut prep) => {
                     let state = (prep.checkpoint(&x), prep.checkpoint(&weight));
                     prep.finish(state, <B as FusedKernels>::linear(x.primitive, weight.primitive, None))
                 }
-                OpsKind::UnTracked(prep) => prep.finish(<B as FusedKernels>::linear(x.primitive, weight.primitive, None)),
+                OpsKind::UnTracked(prep) => {
+                    prep.finish(<B as FusedKernels>::linear(x.primitive, weight.primitive, None))
+                }
             },
             Some(bias) => {
                 let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
                 match LinearBiasBackward.prepare::<C>(nodes).compute_bound().stateful() {
                     OpsKind::Tracked(mut prep) => {
                         let state = (prep.checkpoint(&x), prep.checkpoint(&weight));
-                        prep.finish(state, <B as FusedKernels>::linear(x.primitive, weight.primitive, Some(bias.primitive)))
+                        prep.finish(
+                            state,
+                            <B as FusedKernels>::linear(x.primitive, weight.primitive, Some(bias.primitive)),
+                        )
                     }
-                    OpsKind::UnTracked(prep) => prep.finish(<B as FusedKernels>::linear(x.primitive, weight.primitive, Some(bias.primitive))),
+                    OpsKind::UnTracked(prep) => {
+                        prep.finish(<B as FusedKernels>::linear(x.primitive, weight.primitive, Some(bias.primitive)))
+                    }
                 }
             }
         }
@@ -319,8 +329,15 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
                 (prep.finish(state, out), untracked::<B, C>(lse))
             }
             OpsKind::UnTracked(prep) => {
-                let (out, lse) =
-                    B::rope_attention(q.primitive, k.primitive, v.primitive, cos.primitive, sin.primitive, padding, spec);
+                let (out, lse) = B::rope_attention(
+                    q.primitive,
+                    k.primitive,
+                    v.primitive,
+                    cos.primitive,
+                    sin.primitive,
+                    padding,
+                    spec,
+                );
                 (prep.finish(out), untracked::<B, C>(lse))
             }
         }

@@ -5,6 +5,5 @@
 #[cfg(feature = "ndarray")]
 impl crate::FusedKernels for burn::backend::NdArray {}
 
-
 #[cfg(feature = "cuda")]
 impl crate::FusedKernels for burn::backend::Cuda {}

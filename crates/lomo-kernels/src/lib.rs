@@ -275,7 +275,11 @@ pub fn embedding<B: FusedKernels>(weight: Tensor<B, 2>, ids: &[i64], [batch, tok
 
 /// `x · weight (+ bias)` over the last dimension of `x` (`[…, in]`), `weight` `[in, out]` in
 /// burn's layout (see [`FusedKernels::linear`]).
-pub fn linear<B: FusedKernels, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, D> {
+pub fn linear<B: FusedKernels, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
     let mut shape = x.dims();
     let inner = shape[D - 1];
     let rows = x.shape().num_elements() / inner.max(1);

@@ -129,7 +129,13 @@ impl<B: Backend> AttentionMask<B> {
     ///
     /// # Panics
     /// If `padding` does not cover `offset + queries` keys.
-    pub fn new(queries: usize, offset: usize, padding: Option<&KeyPadding>, window: Option<usize>, device: &B::Device) -> Self {
+    pub fn new(
+        queries: usize,
+        offset: usize,
+        padding: Option<&KeyPadding>,
+        window: Option<usize>,
+        device: &B::Device,
+    ) -> Self {
         let keys = offset + queries;
         let causal: Vec<f32> = (0..queries)
             .flat_map(|q| (0..keys).map(move |k| if visible(k, offset + q, window) { 0.0 } else { MASKED }))
@@ -146,7 +152,13 @@ impl<B: Backend> AttentionMask<B> {
     /// The causal mask of `queries` new positions following `offset` earlier ones over the keys
     /// at positions `keys` (one block of a KV cache): a key is seen by the queries at or after
     /// it. No padding.
-    pub fn for_keys(queries: usize, offset: usize, keys: std::ops::Range<usize>, window: Option<usize>, device: &B::Device) -> Self {
+    pub fn for_keys(
+        queries: usize,
+        offset: usize,
+        keys: std::ops::Range<usize>,
+        window: Option<usize>,
+        device: &B::Device,
+    ) -> Self {
         let n = keys.len();
         let causal: Vec<f32> = (0..queries)
             .flat_map(|q| keys.clone().map(move |k| if visible(k, offset + q, window) { 0.0 } else { MASKED }))
@@ -281,9 +293,12 @@ pub fn rope_attention_backward<B: Backend>(
     let (d_out, out) = (folded(grad), folded(out));
 
     let scores = q.clone().matmul(k.clone().swap_dims(2, 3)).mul_scalar(scale).reshape([batch, heads, tokens, tokens]);
-    let probs = (mask.apply(scores) - lse.reshape([batch, heads, tokens, 1]))
-        .exp()
-        .reshape([batch, kv_heads, groups * tokens, tokens]);
+    let probs = (mask.apply(scores) - lse.reshape([batch, heads, tokens, 1])).exp().reshape([
+        batch,
+        kv_heads,
+        groups * tokens,
+        tokens,
+    ]);
     let dv = probs.clone().swap_dims(2, 3).matmul(d_out.clone());
     let dp = d_out.clone().matmul(v.swap_dims(2, 3));
     let row_dot = (d_out * out).sum_dim(3);

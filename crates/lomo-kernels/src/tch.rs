@@ -48,7 +48,8 @@ fn heads(
     let q = rope(split_heads(float(q), heads, head_dim), cos, sin);
     let k = rope(split_heads(float(k), kv_heads, head_dim), cos, sin);
     let v = split_heads(float(v), kv_heads, head_dim);
-    let repeat = |t: T<4>| if groups == 1 { t } else { wrap(raw(t).repeat_interleave_self_int(groups as i64, 1, None)) };
+    let repeat =
+        |t: T<4>| if groups == 1 { t } else { wrap(raw(t).repeat_interleave_self_int(groups as i64, 1, None)) };
     (q, repeat(k), repeat(v))
 }
 
@@ -69,7 +70,8 @@ impl FusedKernels for LibTorch {
         spec: AttentionSpec,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         if !flash(&q, padding) || windowed(&q, spec) {
-            let (out, lse) = crate::reference::rope_attention(float(q), float(k), float(v), float(cos), float(sin), padding, spec);
+            let (out, lse) =
+                crate::reference::rope_attention(float(q), float(k), float(v), float(cos), float(sin), padding, spec);
             return (out.into_primitive().tensor(), lse.into_primitive().tensor());
         }
         let (q, k, v) = heads(q, k, v, &float(cos), &float(sin), spec);

@@ -23,7 +23,12 @@ fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-fn tensor<B: burn::tensor::backend::Backend, const D: usize>(shape: [usize; D], seed: u64, scale: f32, dtype: DType) -> Tensor<B, D> {
+fn tensor<B: burn::tensor::backend::Backend, const D: usize>(
+    shape: [usize; D],
+    seed: u64,
+    scale: f32,
+    dtype: DType,
+) -> Tensor<B, D> {
     let n = shape.iter().product();
     Tensor::<B, D>::from_data(TensorData::new(values(n, seed, scale), shape), &Default::default()).cast(dtype)
 }
@@ -36,7 +41,12 @@ fn to_vec<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) ->
 fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-    let (i, err) = a.iter().zip(b).map(|(x, y)| (x - y).abs()).enumerate().fold((0, 0f32), |m, (i, e)| if e > m.1 { (i, e) } else { m });
+    let (i, err) =
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .enumerate()
+            .fold((0, 0f32), |m, (i, e)| if e > m.1 { (i, e) } else { m });
     assert!(a.iter().all(|v| v.is_finite()), "{what}: non-finite values");
     assert!(err <= tol * scale, "{what}: max error {err} at {i} ({} vs {}), allowed {}", a[i], b[i], tol * scale);
 }
@@ -120,7 +130,12 @@ fn log_probs_three_ways() {
         let t = tol(dtype);
         assert_close("log_probs forward", &to_vec(y.inner()), &to_vec(y_ref.inner()), t);
         assert_close("log_probs d logits", &to_vec(lb.grad_remove(&mut grads).unwrap()), &to_vec(d_ref.clone()), t);
-        assert_close("reference log_probs d logits", &to_vec(reference::log_probs_backward(logits, &labels, g)), &to_vec(d_ref), t);
+        assert_close(
+            "reference log_probs d logits",
+            &to_vec(reference::log_probs_backward(logits, &labels, g)),
+            &to_vec(d_ref),
+            t,
+        );
     }
 }
 
@@ -138,7 +153,8 @@ fn rope_tables(tokens: usize, dim: usize, dtype: DType) -> (Tensor<Flex, 2>, Ten
             }
         }
     }
-    let make = |v: Vec<f32>| Tensor::<Flex, 2>::from_data(TensorData::new(v, [tokens, dim]), &Default::default()).cast(dtype);
+    let make =
+        |v: Vec<f32>| Tensor::<Flex, 2>::from_data(TensorData::new(v, [tokens, dim]), &Default::default()).cast(dtype);
     (make(cos), make(sin))
 }
 
@@ -154,17 +170,21 @@ fn attention_three_ways(batch: usize, tokens: usize, spec: AttentionSpec, mask: 
     // masks here are right padding, where every row does.
     let (qa, ka, va) = (on_ad(&q), on_ad(&k), on_ad(&v));
     let ad = |t: &Tensor<Flex, 2>| Tensor::<AD, 2>::from_inner(t.clone());
-    let (y_ref, lse_ref) = reference::rope_attention(qa.clone(), ka.clone(), va.clone(), ad(&cos), ad(&sin), padding.as_ref(), spec);
+    let (y_ref, lse_ref) =
+        reference::rope_attention(qa.clone(), ka.clone(), va.clone(), ad(&cos), ad(&sin), padding.as_ref(), spec);
     let mut grads = (y_ref.clone() * Tensor::from_inner(g.clone())).sum().backward();
-    let refs = [qa.grad_remove(&mut grads).unwrap(), ka.grad_remove(&mut grads).unwrap(), va.grad_remove(&mut grads).unwrap()];
+    let refs =
+        [qa.grad_remove(&mut grads).unwrap(), ka.grad_remove(&mut grads).unwrap(), va.grad_remove(&mut grads).unwrap()];
 
     let (qb, kb, vb) = (on_ad(&q), on_ad(&k), on_ad(&v));
-    let y = lomo_kernels::rope_attention(qb.clone(), kb.clone(), vb.clone(), ad(&cos), ad(&sin), padding.as_ref(), spec);
+    let y =
+        lomo_kernels::rope_attention(qb.clone(), kb.clone(), vb.clone(), ad(&cos), ad(&sin), padding.as_ref(), spec);
     let mut grads = (y.clone() * Tensor::from_inner(g.clone())).sum().backward();
     let t = tol(dtype);
     let what = format!("attention {batch}×{tokens} {spec:?} {dtype:?} padded={}", padding.is_some());
     assert_close(&format!("{what} forward"), &to_vec(y.inner()), &to_vec(y_ref.clone().inner()), t);
-    let got = [qb.grad_remove(&mut grads).unwrap(), kb.grad_remove(&mut grads).unwrap(), vb.grad_remove(&mut grads).unwrap()];
+    let got =
+        [qb.grad_remove(&mut grads).unwrap(), kb.grad_remove(&mut grads).unwrap(), vb.grad_remove(&mut grads).unwrap()];
     for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(got.into_iter().zip(refs.clone())) {
         assert_close(&format!("{what} {name}"), &to_vec(a), &to_vec(b), t);
     }
@@ -180,7 +200,18 @@ fn attention_three_ways(batch: usize, tokens: usize, spec: AttentionSpec, mask: 
     );
     let lse = Tensor::<Flex, 3>::from_primitive(burn::tensor::TensorPrimitive::Float(lse));
     assert_close(&format!("{what} lse"), &to_vec(lse), &to_vec(lse_ref.clone().inner()), t);
-    let back = reference::rope_attention_backward(q, k, v, cos, sin, padding.as_ref(), spec, y_ref.inner(), lse_ref.inner(), g);
+    let back = reference::rope_attention_backward(
+        q,
+        k,
+        v,
+        cos,
+        sin,
+        padding.as_ref(),
+        spec,
+        y_ref.inner(),
+        lse_ref.inner(),
+        g,
+    );
     for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip([back.0, back.1, back.2].into_iter().zip(refs)) {
         assert_close(&format!("{what} reference {name}"), &to_vec(a), &to_vec(b), t);
     }
@@ -222,7 +253,12 @@ fn linear_case(rows: usize, inner: usize, out: usize, transposed: bool, bias: bo
         };
         let mut grads = (y.clone() * Tensor::from_inner(g.clone())).sum().backward();
         let db = bias.then(|| to_vec(ba.grad_remove(&mut grads).unwrap()));
-        (to_vec(y.inner()), to_vec(xa.grad_remove(&mut grads).unwrap()), to_vec(wa.grad_remove(&mut grads).unwrap()), db)
+        (
+            to_vec(y.inner()),
+            to_vec(xa.grad_remove(&mut grads).unwrap()),
+            to_vec(wa.grad_remove(&mut grads).unwrap()),
+            db,
+        )
     };
     let (want, got) = (run(false), run(true));
     let what = format!("linear {rows}×{inner}×{out} transposed={transposed} bias={bias} {dtype:?}");
@@ -275,7 +311,12 @@ fn embedding_three_ways_with_repeated_ids() {
         let t = tol(dtype);
         assert_close("embedding forward", &to_vec(y.inner()), &to_vec(y_ref.inner()), t);
         assert_close("embedding dw", &to_vec(wb.grad_remove(&mut grads).unwrap()), &to_vec(dw_ref.clone()), t);
-        assert_close("reference embedding dw", &to_vec(reference::embedding_backward(50, dtype, &ids, g)), &to_vec(dw_ref), t);
+        assert_close(
+            "reference embedding dw",
+            &to_vec(reference::embedding_backward(50, dtype, &ids, g)),
+            &to_vec(dw_ref),
+            t,
+        );
     }
 }
 
@@ -308,10 +349,16 @@ fn libtorch_flash_attention_equals_the_reference() {
         let (batch, tokens) = (2, 37);
         let AttentionSpec { heads, kv_heads, head_dim, .. } = spec;
         let mk = |shape: [usize; 3], seed, scale| tensor::<LibTorch, 3>(shape, seed, scale, dtype);
-        let (q, k, v) = (mk([batch, tokens, heads * head_dim], 11, 1.5), mk([batch, tokens, kv_heads * head_dim], 12, 1.5), mk([batch, tokens, kv_heads * head_dim], 13, 1.0));
+        let (q, k, v) = (
+            mk([batch, tokens, heads * head_dim], 11, 1.5),
+            mk([batch, tokens, kv_heads * head_dim], 12, 1.5),
+            mk([batch, tokens, kv_heads * head_dim], 13, 1.0),
+        );
         let g = mk([batch, tokens, heads * head_dim], 14, 1.0);
         let (cos, sin) = rope_tables(tokens, head_dim, dtype);
-        let to_t = |t: Tensor<Flex, 2>| Tensor::<LibTorch, 2>::from_data(t.cast(DType::F32).into_data(), &Default::default()).cast(dtype);
+        let to_t = |t: Tensor<Flex, 2>| {
+            Tensor::<LibTorch, 2>::from_data(t.cast(DType::F32).into_data(), &Default::default()).cast(dtype)
+        };
         let (cos, sin) = (to_t(cos), to_t(sin));
         // The reference runs in f32 on the same (rounded) values: burn-tch's autodiff of a
         // bf16 matmul after a cast mixes dtypes.
@@ -321,7 +368,9 @@ fn libtorch_flash_attention_equals_the_reference() {
                 Tensor::<TAD, 3>::from_inner(t).require_grad()
             };
             let (qa, ka, va) = (ad(&q), ad(&k), ad(&v));
-            let c = |t: &Tensor<LibTorch, 2>| Tensor::<TAD, 2>::from_inner(if fused { t.clone() } else { t.clone().cast(DType::F32) });
+            let c = |t: &Tensor<LibTorch, 2>| {
+                Tensor::<TAD, 2>::from_inner(if fused { t.clone() } else { t.clone().cast(DType::F32) })
+            };
             let y = if fused {
                 lomo_kernels::rope_attention(qa.clone(), ka.clone(), va.clone(), c(&cos), c(&sin), None, spec)
             } else {
@@ -329,7 +378,12 @@ fn libtorch_flash_attention_equals_the_reference() {
             };
             let g = if fused { g.clone() } else { g.clone().cast(DType::F32) };
             let mut grads = (y.clone() * Tensor::from_inner(g)).sum().backward();
-            [to_vec(y.inner()), to_vec(qa.grad_remove(&mut grads).unwrap()), to_vec(ka.grad_remove(&mut grads).unwrap()), to_vec(va.grad_remove(&mut grads).unwrap())]
+            [
+                to_vec(y.inner()),
+                to_vec(qa.grad_remove(&mut grads).unwrap()),
+                to_vec(ka.grad_remove(&mut grads).unwrap()),
+                to_vec(va.grad_remove(&mut grads).unwrap()),
+            ]
         };
         let (want, got) = (run(false), run(true));
         for (name, (a, b)) in ["out", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {

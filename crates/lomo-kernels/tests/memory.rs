@@ -41,5 +41,8 @@ fn bf16_linear_allocates_no_f32_copy_of_its_weight() {
     // and a few panels per thread: well under one f32 copy of the weight.
     let activations = rows * (inner + out) * (2 + 4) * 2;
     assert!(extra <= weight_bf16 + activations + (8 << 20), "{extra} bytes above the inputs");
-    assert!(extra < weight_bf16 + weight_f32 / 2, "an f32 copy of the weight would be {weight_f32} bytes; the peak was {extra} above the inputs");
+    assert!(
+        extra < weight_bf16 + weight_f32 / 2,
+        "an f32 copy of the weight would be {weight_f32} bytes; the peak was {extra} above the inputs"
+    );
 }

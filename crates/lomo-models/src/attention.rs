@@ -66,7 +66,12 @@ pub enum AttentionInputs<'a, B: Backend> {
 
 impl<B: FusedKernels> Attention<B> {
     fn spec(&self) -> AttentionSpec {
-        AttentionSpec { heads: self.num_heads, kv_heads: self.num_kv_heads, head_dim: self.head_dim, window: self.window }
+        AttentionSpec {
+            heads: self.num_heads,
+            kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            window: self.window,
+        }
     }
 
     /// Attends `x` (`[batch, tokens, hidden]`) to itself, or to the cached positions too.
@@ -97,14 +102,20 @@ impl<B: FusedKernels> Attention<B> {
 /// block of `cache`: each block's output and log-sum-exp, merged as
 /// `Σ_b e^(lse_b − lse) · out_b` with `lse = log Σ_b e^(lse_b)` (a block whose keys all lie
 /// after a query contributes weight 0 to it).
-fn attend_blocks<B: FusedKernels>(q: Tensor<B, 4>, cache: &LayerKvCache<B>, offset: usize, window: Option<usize>) -> Tensor<B, 4> {
+fn attend_blocks<B: FusedKernels>(
+    q: Tensor<B, 4>,
+    cache: &LayerKvCache<B>,
+    offset: usize,
+    window: Option<usize>,
+) -> Tensor<B, 4> {
     let queries = q.dims()[2];
     let device = q.device();
     let mut all: Vec<_> = cache
         .blocks()
         .iter()
         .map(|block| {
-            let mask = AttentionMask::for_keys(queries, offset, block.start..block.start + block.len(), window, &device);
+            let mask =
+                AttentionMask::for_keys(queries, offset, block.start..block.start + block.len(), window, &device);
             reference::attend(q.clone(), block.keys.clone(), block.values.clone(), &mask)
         })
         .collect();

@@ -95,7 +95,9 @@ impl Batch {
     /// The loss needs logits at these positions only.
     pub fn targets(&self) -> Vec<(usize, i64)> {
         (0..self.batch_size)
-            .flat_map(|b| (0..self.seq_len).filter_map(move |t| self.target(b, t).map(|label| (b * self.seq_len + t, label))))
+            .flat_map(|b| {
+                (0..self.seq_len).filter_map(move |t| self.target(b, t).map(|label| (b * self.seq_len + t, label)))
+            })
             .collect()
     }
 

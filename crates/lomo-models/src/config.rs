@@ -254,7 +254,9 @@ fn rope_from_json(value: &Value, path: &Path, field: &str) -> Result<Option<Llam
             }
             Ok(Some(scaling))
         }
-        other => Err(unsupported(path, &format!("{field}.rope_type"), format!("\"{other}\" (supported: default, llama3)"))),
+        other => {
+            Err(unsupported(path, &format!("{field}.rope_type"), format!("\"{other}\" (supported: default, llama3)")))
+        }
     }
 }
 
@@ -275,7 +277,11 @@ impl HfConfig {
             Some("qwen3") => ModelType::Qwen3,
             Some("mistral") => ModelType::Mistral,
             Some(other) => {
-                return Err(unsupported(path, "model_type", format!("\"{other}\" (supported: llama, mistral, qwen2, qwen3)")))
+                return Err(unsupported(
+                    path,
+                    "model_type",
+                    format!("\"{other}\" (supported: llama, mistral, qwen2, qwen3)"),
+                ))
             }
             None => return Err(invalid(path, "model_type", "missing")),
         };
@@ -290,16 +296,30 @@ impl HfConfig {
             }
         }
         if self.use_sliding_window == Some(true) {
-            return Err(unsupported(path, "use_sliding_window", "true (Qwen's per-layer windows; Mistral's window is supported)"));
+            return Err(unsupported(
+                path,
+                "use_sliding_window",
+                "true (Qwen's per-layer windows; Mistral's window is supported)",
+            ));
         }
         let sliding_window = match (model_type, &self.sliding_window) {
             (ModelType::Mistral, Some(Value::Number(n))) => match n.as_u64() {
                 Some(w) if w > 0 => Some(w as usize),
-                _ => return Err(invalid(path, "sliding_window", format!("expected a positive integer or null, found {n}"))),
+                _ => {
+                    return Err(invalid(
+                        path,
+                        "sliding_window",
+                        format!("expected a positive integer or null, found {n}"),
+                    ))
+                }
             },
             (ModelType::Mistral, Some(Value::Null) | None) => None,
             (ModelType::Mistral, Some(other)) => {
-                return Err(invalid(path, "sliding_window", format!("expected a positive integer or null, found {other}")))
+                return Err(invalid(
+                    path,
+                    "sliding_window",
+                    format!("expected a positive integer or null, found {other}"),
+                ))
             }
             // Qwen's `sliding_window` applies only with `use_sliding_window`, refused above.
             _ => None,

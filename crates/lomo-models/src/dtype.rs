@@ -131,7 +131,12 @@ impl FromF32 for f16 {
 ///
 /// Only the output and one block of decoded rows are ever allocated: converting a bf16
 /// checkpoint never passes through an f32 copy of the whole tensor.
-pub(crate) fn decode_tensor(source: &dyn RowSource, shape: Vec<usize>, transpose: bool, dtype: StorageDtype) -> TensorData {
+pub(crate) fn decode_tensor(
+    source: &dyn RowSource,
+    shape: Vec<usize>,
+    transpose: bool,
+    dtype: StorageDtype,
+) -> TensorData {
     match dtype {
         StorageDtype::F32 => decode_as::<f32>(source, shape, transpose),
         StorageDtype::BF16 => decode_as::<bf16>(source, shape, transpose),

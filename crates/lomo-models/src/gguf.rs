@@ -13,11 +13,11 @@ use burn::tensor::backend::Backend;
 use half::f16;
 use memmap2::Mmap;
 
-use crate::placement::On;
 use crate::config::{LlamaConfig, ModelType, TensorSpec};
 use crate::dtype::{decode_tensor, rows_cols, FloatEncoding, PlainFloats, RowSource, StorageDtype};
 use crate::error::{ModelError, Result};
 use crate::llama::Llama;
+use crate::placement::On;
 use crate::safetensors::{map_file, release_pages};
 
 const MAGIC: &[u8; 4] = b"GGUF";
@@ -223,7 +223,9 @@ impl<'a> Reader<'a> {
                 self.pos = end;
                 Ok(out)
             }
-            None => Err(self.error(format!("file truncated: {n} more bytes needed, {} left", self.bytes.len() - self.pos))),
+            None => {
+                Err(self.error(format!("file truncated: {n} more bytes needed, {} left", self.bytes.len() - self.pos)))
+            }
         }
     }
 
@@ -410,7 +412,11 @@ impl GgufFile {
         let map = map_file(&path)?;
         let mut r = Reader { bytes: &map, pos: 0, path: &path };
         if r.take(4)? != MAGIC {
-            return Err(ModelError::InvalidGguf { path: path.clone(), offset: 0, reason: "not a GGUF file (bad magic)".into() });
+            return Err(ModelError::InvalidGguf {
+                path: path.clone(),
+                offset: 0,
+                reason: "not a GGUF file (bad magic)".into(),
+            });
         }
         let version = r.u32()?;
         if !(2..=3).contains(&version) {
@@ -461,15 +467,25 @@ impl GgufFile {
         };
         let numel = info.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
         let (block_values, block_bytes) = ty.block();
-        let fail = |reason: String| ModelError::InvalidGguf { path: self.path.clone(), offset: self.data_start + info.offset, reason };
+        let fail = |reason: String| ModelError::InvalidGguf {
+            path: self.path.clone(),
+            offset: self.data_start + info.offset,
+            reason,
+        };
         let numel = numel.ok_or_else(|| fail(format!("tensor `{}`: dimensions overflow", info.name)))?;
         if info.dims.first().copied().unwrap_or(1) % block_values as u64 != 0 {
-            return Err(fail(format!("tensor `{}`: row length not a multiple of the block size {block_values}", info.name)));
+            return Err(fail(format!(
+                "tensor `{}`: row length not a multiple of the block size {block_values}",
+                info.name
+            )));
         }
         let bytes = numel / block_values as u64 * block_bytes as u64;
         let end = self.data_start.checked_add(info.offset).and_then(|s| s.checked_add(bytes));
         if end.is_none_or(|end| end > self.map.len() as u64) {
-            return Err(fail(format!("tensor `{}` ({bytes} bytes) extends past the end of the file (truncated?)", info.name)));
+            return Err(fail(format!(
+                "tensor `{}` ({bytes} bytes) extends past the end of the file (truncated?)",
+                info.name
+            )));
         }
         Ok(())
     }
@@ -493,7 +509,10 @@ impl GgufFile {
                     _ => Err(self.invalid(key, "per-layer values differ (not a LLaMA)")),
                 }
             }
-            Some(v) => v.as_u64().map(|v| Some(v as usize)).ok_or_else(|| self.invalid(key, format!("expected an integer, found {v:?}"))),
+            Some(v) => v
+                .as_u64()
+                .map(|v| Some(v as usize))
+                .ok_or_else(|| self.invalid(key, format!("expected an integer, found {v:?}"))),
         }
     }
 
@@ -535,7 +554,9 @@ impl GgufFile {
         let heads = self.require_usize("llama.attention.head_count")?;
         let kv_heads = self.meta_usize("llama.attention.head_count_kv")?.unwrap_or(heads);
         if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(self.invalid("llama.attention.head_count_kv", format!("{kv_heads} does not divide {heads} heads")));
+            return Err(
+                self.invalid("llama.attention.head_count_kv", format!("{kv_heads} does not divide {heads} heads"))
+            );
         }
         let head_dim = self.meta_usize("llama.attention.key_length")?.unwrap_or(hidden / heads.max(1));
         if let Some(rot) = self.meta_usize("llama.rope.dimension_count")? {
@@ -612,7 +633,10 @@ impl GgufFile {
                 .iter()
                 .map(|v| match v {
                     GgufValue::I32(t) => Ok(*t),
-                    other => other.as_u64().map(|t| t as i32).ok_or_else(|| self.invalid("tokenizer.ggml.token_type", "expected integers")),
+                    other => other
+                        .as_u64()
+                        .map(|t| t as i32)
+                        .ok_or_else(|| self.invalid("tokenizer.ggml.token_type", "expected integers")),
                 })
                 .collect::<Result<_>>()?,
             Some(_) => return Err(self.invalid("tokenizer.ggml.token_type", "expected an array")),
@@ -670,13 +694,18 @@ impl GgufFile {
         let by_hf_name: HashMap<String, &GgufTensorInfo> =
             self.tensors.iter().filter_map(|t| hf_name(&t.name).map(|hf| (hf, t))).collect();
         if let Some(t) = self.tensors.iter().find(|t| hf_name(&t.name).is_none()) {
-            return Err(ModelError::UnexpectedTensor { path: self.path.clone(), tensor: t.name.clone(), model_type: "llama".into() });
+            return Err(ModelError::UnexpectedTensor {
+                path: self.path.clone(),
+                tensor: t.name.clone(),
+                model_type: "llama".into(),
+            });
         }
         let mut used = HashSet::new();
         let built = build(&mut |spec: &TensorSpec| {
-            let info = *by_hf_name
-                .get(&spec.name)
-                .ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: gguf_name_hint(&spec.name) })?;
+            let info = *by_hf_name.get(&spec.name).ok_or_else(|| ModelError::MissingTensor {
+                path: self.path.clone(),
+                tensor: gguf_name_hint(&spec.name),
+            })?;
             if info.shape() != spec.shape {
                 return Err(ModelError::ShapeMismatch {
                     path: self.path.clone(),
@@ -704,7 +733,8 @@ impl GgufFile {
             };
             // A bias is one row of `out` values; its permutation acts on values, not rows, so it
             // is decoded as `out` rows of one value each.
-            let (rows, cols) = if spec.shape.len() == 1 && unpermute_heads.is_some() { (cols, 1) } else { (rows, cols) };
+            let (rows, cols) =
+                if spec.shape.len() == 1 && unpermute_heads.is_some() { (cols, 1) } else { (rows, cols) };
             if cols % block_values != 0 {
                 return Err(ModelError::UnsupportedTensorType {
                     path: self.path.clone(),
@@ -762,7 +792,11 @@ pub(crate) fn gguf_name(hf: &str) -> Option<String> {
 impl<B: Backend> Llama<B> {
     /// Loads a GGUF file (architecture `llama`): configuration from its metadata, weights
     /// dequantised to `dtype`. Use [`GgufFile::tokenizer`] for its tokenizer.
-    pub fn load_gguf<'a>(path: impl AsRef<Path>, dtype: StorageDtype, device: impl Into<On<'a, B::Device>>) -> Result<Self>
+    pub fn load_gguf<'a>(
+        path: impl AsRef<Path>,
+        dtype: StorageDtype,
+        device: impl Into<On<'a, B::Device>>,
+    ) -> Result<Self>
     where
         B::Device: 'a,
     {
@@ -778,7 +812,9 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for hf in ["model.layers.12.self_attn.k_proj.weight", "model.norm.weight", "model.layers.0.mlp.down_proj.weight"] {
+        for hf in
+            ["model.layers.12.self_attn.k_proj.weight", "model.norm.weight", "model.layers.0.mlp.down_proj.weight"]
+        {
             assert_eq!(hf_name(&gguf_name(hf).unwrap()).unwrap(), hf);
         }
     }

@@ -130,7 +130,12 @@ fn put_value(out: &mut Vec<u8>, v: &GgufValue) {
 }
 
 /// The metadata llama.cpp's converter writes for a `llama` model, and the tokenizer's.
-fn metadata(config: &crate::LlamaConfig, ty: GgufExportType, name: &str, t: &GgufTokenizer) -> Vec<(String, GgufValue)> {
+fn metadata(
+    config: &crate::LlamaConfig,
+    ty: GgufExportType,
+    name: &str,
+    t: &GgufTokenizer,
+) -> Vec<(String, GgufValue)> {
     use GgufValue as V;
     let u32_of = |x: usize| V::U32(x as u32);
     let mut kv: Vec<(String, GgufValue)> = vec![
@@ -193,21 +198,41 @@ fn metadata(config: &crate::LlamaConfig, ty: GgufExportType, name: &str, t: &Ggu
 impl<B: Backend> Llama<B> {
     /// Writes the model to `path` as a GGUF file llama.cpp runs, with `tokenizer`'s metadata;
     /// `name` becomes `general.name`.
-    pub fn save_gguf(&self, path: impl AsRef<Path>, ty: GgufExportType, tokenizer: &GgufTokenizer, name: &str) -> Result<()> {
+    pub fn save_gguf(
+        &self,
+        path: impl AsRef<Path>,
+        ty: GgufExportType,
+        tokenizer: &GgufTokenizer,
+        name: &str,
+    ) -> Result<()> {
         let path = path.as_ref();
         let config = self.config();
-        let unsupported = |field: &str, value: String| ModelError::UnsupportedConfig { path: path.to_path_buf(), field: field.into(), value };
+        let unsupported = |field: &str, value: String| ModelError::UnsupportedConfig {
+            path: path.to_path_buf(),
+            field: field.into(),
+            value,
+        };
         if config.model_type != ModelType::Llama {
-            return Err(unsupported("model_type", format!("{:?} (GGUF export writes the llama architecture only)", config.model_type)));
+            return Err(unsupported(
+                "model_type",
+                format!("{:?} (GGUF export writes the llama architecture only)", config.model_type),
+            ));
         }
         if config.rope_scaling.is_some() {
-            return Err(unsupported("rope_scaling", "llama3 (llama.cpp's rope_freqs tensor is not written yet)".into()));
+            return Err(unsupported(
+                "rope_scaling",
+                "llama3 (llama.cpp's rope_freqs tensor is not written yet)".into(),
+            ));
         }
         if tokenizer.tokens.len() > config.vocab_size {
             return Err(ModelError::InvalidConfig {
                 path: path.to_path_buf(),
                 field: "tokenizer.ggml.tokens".into(),
-                reason: format!("{} tokens, more than the model's vocabulary of {}", tokenizer.tokens.len(), config.vocab_size),
+                reason: format!(
+                    "{} tokens, more than the model's vocabulary of {}",
+                    tokenizer.tokens.len(),
+                    config.vocab_size
+                ),
             });
         }
         let tensors = self.hf_tensors();
@@ -215,7 +240,9 @@ impl<B: Backend> Llama<B> {
         let mut plan = Vec::new();
         let mut offset = 0u64;
         for (spec, _) in &tensors {
-            let name = gguf_name(&spec.name).ok_or_else(|| unsupported(&spec.name, "a tensor llama.cpp's llama architecture has no name for".into()))?;
+            let name = gguf_name(&spec.name).ok_or_else(|| {
+                unsupported(&spec.name, "a tensor llama.cpp's llama architecture has no name for".into())
+            })?;
             let cols = *spec.shape.last().expect("a tensor has a shape");
             let ggml = match (spec.shape.len(), ty) {
                 (1, _) | (_, GgufExportType::F32) => Ggml::F32,
@@ -255,7 +282,10 @@ impl<B: Backend> Llama<B> {
         }
         header.resize((header.len() as u64).next_multiple_of(ALIGNMENT) as usize, 0);
 
-        let mut tmp_name = path.file_name().ok_or_else(|| ModelError::io(path, std::io::Error::other("not a file name")))?.to_os_string();
+        let mut tmp_name = path
+            .file_name()
+            .ok_or_else(|| ModelError::io(path, std::io::Error::other("not a file name")))?
+            .to_os_string();
         tmp_name.push(".tmp");
         let tmp = path.with_file_name(tmp_name);
         let io = |e| ModelError::io(&tmp, e);
@@ -267,10 +297,12 @@ impl<B: Backend> Llama<B> {
             let mut buf = Vec::new();
             for ((spec, tensor), (_, ggml, heads, offset)) in tensors.iter().zip(&plan) {
                 out.write_all(&vec![0u8; (offset - at) as usize]).map_err(io)?;
-                let values: Vec<f32> = tensor.clone().into_data().convert::<f32>().to_vec().map_err(|e| ModelError::TensorRead {
-                    tensor: spec.name.clone(),
-                    reason: format!("{e:?}"),
-                })?;
+                let values: Vec<f32> = tensor
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .map_err(|e| ModelError::TensorRead { tensor: spec.name.clone(), reason: format!("{e:?}") })?;
                 // A vector (a norm, a bias) is written as rows of one value, so that a q or k
                 // bias is permuted like its projection's rows.
                 let cols = if spec.shape.len() == 1 { 1 } else { *spec.shape.last().expect("a tensor has a shape") };

@@ -7,11 +7,11 @@
 
 use burn::tensor::backend::Backend;
 
-use crate::placement::On;
 use crate::config::{LlamaConfig, TensorSpec};
 use crate::dtype::{decode_tensor, RowSource, StorageDtype};
 use crate::error::Result;
 use crate::llama::Llama;
+use crate::placement::On;
 use crate::rng::{mix, SplitMix64};
 
 /// HF's default `initializer_range`.

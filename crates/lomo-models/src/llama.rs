@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::activation::log_softmax;
-use lomo_kernels::{FusedKernels, KeyPadding};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
+use lomo_kernels::{FusedKernels, KeyPadding};
 
 use crate::attention::{Attention, AttentionInputs};
 use crate::batch::Batch;
@@ -186,7 +186,9 @@ impl<B: Backend> Llama<B> {
             let bias = if bias { Some(param(tensor(format!("{prefix}.bias"))?, device)) } else { None };
             Ok(Linear { weight, bias })
         }
-        let linear = |tensor: &mut _, stage: usize, prefix: String, bias: bool| linear::<B>(tensor, on.stage(stage), prefix, bias);
+        let linear = |tensor: &mut _, stage: usize, prefix: String, bias: bool| {
+            linear::<B>(tensor, on.stage(stage), prefix, bias)
+        };
 
         let embed_tokens = Embedding { weight: param(tensor("model.embed_tokens.weight".into())?, on.stage(0)) };
         let mut layers = Vec::with_capacity(config.num_layers);
@@ -206,7 +208,10 @@ impl<B: Backend> Llama<B> {
             let stage = i + 1;
             // Qwen3's per-head norms of queries and keys.
             let (q_norm, k_norm) = if config.qk_norm {
-                (Some(rms(&mut tensor, stage, format!("{p}.self_attn.q_norm.weight"))?), Some(rms(&mut tensor, stage, format!("{p}.self_attn.k_norm.weight"))?))
+                (
+                    Some(rms(&mut tensor, stage, format!("{p}.self_attn.q_norm.weight"))?),
+                    Some(rms(&mut tensor, stage, format!("{p}.self_attn.k_norm.weight"))?),
+                )
             } else {
                 (None, None)
             };
@@ -232,7 +237,8 @@ impl<B: Backend> Llama<B> {
             layers.push(DecoderLayer { input_layernorm, self_attn, post_attention_layernorm, mlp });
         }
         let norm = rms(&mut tensor, head, "model.norm.weight".into())?;
-        let lm_head = if config.tie_word_embeddings { None } else { Some(linear(&mut tensor, head, "lm_head".into(), false)?) };
+        let lm_head =
+            if config.tie_word_embeddings { None } else { Some(linear(&mut tensor, head, "lm_head".into(), false)?) };
         let rope = RotaryEmbedding::new(&config);
         Ok(Self { embed_tokens, layers, norm, lm_head, config, rope, loss_chunking: LossChunking::default() })
     }
@@ -298,13 +304,16 @@ impl<B: Backend> Llama<B> {
             })
             .collect()
     }
-
 }
 
 impl<B: FusedKernels> Llama<B> {
     /// Stage 0: token embedding, `[batch, tokens, hidden]`.
     pub fn embed(&self, batch: &Batch) -> Tensor<B, 3> {
-        lomo_kernels::embedding(self.embed_tokens.weight.val(), batch.input_ids(), [batch.batch_size(), batch.seq_len()])
+        lomo_kernels::embedding(
+            self.embed_tokens.weight.val(),
+            batch.input_ids(),
+            [batch.batch_size(), batch.seq_len()],
+        )
     }
 
     /// RoPE tables on `device` and padded keys for a training / scoring forward over `batch`.
@@ -318,7 +327,8 @@ impl<B: FusedKernels> Llama<B> {
     pub fn block(&self, layer: usize, x: Tensor<B, 3>, batch: &Batch) -> Tensor<B, 3> {
         let device = self.stage_device(layer + 1);
         let (rope, padding) = self.attention_inputs(batch, &device);
-        self.layers[layer].forward(to_device(x, &device), AttentionInputs::Batch { rope: &rope, padding: padding.as_ref() })
+        self.layers[layer]
+            .forward(to_device(x, &device), AttentionInputs::Batch { rope: &rope, padding: padding.as_ref() })
     }
 
     /// Final norm and LM head: logits `[batch, tokens, vocab]` in f32.
@@ -438,7 +448,8 @@ impl<B: FusedKernels> Llama<B> {
                 tables = Some((device.clone(), self.rope.tables(offset, tokens, self.dtype().to_burn(), &device)));
             }
             let (_, rope) = tables.as_ref().expect("made above");
-            x = layer.forward(to_device(x, &device), AttentionInputs::Cached { rope, offset, cache: cache.layer_mut(i) });
+            x = layer
+                .forward(to_device(x, &device), AttentionInputs::Cached { rope, offset, cache: cache.layer_mut(i) });
         }
         cache.advance(tokens);
         let logits = self.head(x.narrow(1, tokens - 1, 1));

@@ -287,7 +287,8 @@ impl DiskStore {
         for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
             let entry = entry.map_err(|e| io_err(dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let ours = (name.starts_with("stage-") && (name.ends_with(".safetensors") || name.ends_with(".safetensors.tmp")))
+            let ours = (name.starts_with("stage-")
+                && (name.ends_with(".safetensors") || name.ends_with(".safetensors.tmp")))
                 || name == STORE_FILE
                 || name == format!("{STORE_FILE}.tmp");
             if !ours {
@@ -307,7 +308,13 @@ impl DiskStore {
                     if data.shape.as_slice() != e.shape.as_slice() || data.dtype != dtype.to_burn() {
                         return Err(ModelError::TensorRead {
                             tensor: e.spec.name.clone(),
-                            reason: format!("the source gave {:?} {:?}, the model holds {:?} {:?}", data.dtype, data.shape, dtype.to_burn(), e.shape),
+                            reason: format!(
+                                "the source gave {:?} {:?}, the model holds {:?} {:?}",
+                                data.dtype,
+                                data.shape,
+                                dtype.to_burn(),
+                                e.shape
+                            ),
                         });
                     }
                     put(i, data.as_bytes())?;
@@ -325,7 +332,8 @@ impl DiskStore {
         let dtype = skeleton.dtype();
         let n = skeleton.num_stages();
         let reads: Vec<Vec<ParamId>> = (0..n).map(|s| skeleton.stage_param_ids(s)).collect();
-        let specs: HashMap<ParamId, TensorSpec> = skeleton.hf_params().into_iter().map(|(spec, p)| (p.id(), spec)).collect();
+        let specs: HashMap<ParamId, TensorSpec> =
+            skeleton.hf_params().into_iter().map(|(spec, p)| (p.id(), spec)).collect();
         let mut seen = HashSet::new();
         let mut files = Vec::with_capacity(n);
         let mut location = HashMap::new();
@@ -356,18 +364,31 @@ impl DiskStore {
             .iter()
             .map(|ids| ids.iter().map(|id| files[location[id].0].entries[location[id].1].bytes).sum())
             .collect();
-        Ok(Self { dir: dir.to_path_buf(), dtype, files, reads, location, step, prefetched: None, io: IoStats::default(), stage_bytes, fail_after: None })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            dtype,
+            files,
+            reads,
+            location,
+            step,
+            prefetched: None,
+            io: IoStats::default(),
+            stage_bytes,
+            fail_after: None,
+        })
     }
 
     /// Reads a working copy's state: the step of every stage file and of `store.json`.
     pub fn inspect(dir: &Path) -> Result<WorkingCopy> {
         let store_path = dir.join(STORE_FILE);
         let text = std::fs::read_to_string(&store_path).map_err(|e| io_err(&store_path, e))?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| ModelError::Json { path: store_path.clone(), source })?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|source| ModelError::Json { path: store_path.clone(), source })?;
         let field = |name: &str| {
-            value.get(name).and_then(Value::as_u64).ok_or_else(|| {
-                ModelError::Offload(format!("{}: no `{name}`", store_path.display()))
-            })
+            value
+                .get(name)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| ModelError::Offload(format!("{}: no `{name}`", store_path.display())))
         };
         let (step, num_stages) = (field("step")?, field("num_stages")? as usize);
         let stage_steps = (0..num_stages)
@@ -432,7 +453,9 @@ impl DiskStore {
     /// Stage `stage`'s tensors: from the read ahead if it was for this stage, else read now.
     fn read_stage(&mut self, stage: usize) -> std::result::Result<Vec<(ParamId, TensorData)>, OptimError> {
         let result = match self.prefetched.take() {
-            Some((s, handle)) if s == stage => handle.join().map_err(|_| OptimError::Store("the read-ahead thread panicked".into()))?,
+            Some((s, handle)) if s == stage => {
+                handle.join().map_err(|_| OptimError::Store("the read-ahead thread panicked".into()))?
+            }
             other => {
                 if let Some((_, handle)) = other {
                     let _ = handle.join();
@@ -460,7 +483,8 @@ impl DiskStore {
             let e = by_name[spec.name.as_str()];
             let path = files[spec.name.as_str()];
             let file = File::open(path).map_err(|err| io_err(path, err))?;
-            let data = read_tensor(&file, e.offset, e.shape.clone(), self.dtype.to_burn()).map_err(|err| io_err(path, err))?;
+            let data =
+                read_tensor(&file, e.offset, e.shape.clone(), self.dtype.to_burn()).map_err(|err| io_err(path, err))?;
             if !spec.transposed {
                 return Ok(data);
             }
@@ -511,10 +535,19 @@ impl<B: TrainBackend> StageStore<B, Llama<B>> for DiskStore {
         Ok(())
     }
 
-    fn release(&mut self, model: Llama<B>, stage: usize, updated: &[ParamId]) -> std::result::Result<Llama<B>, OptimError> {
+    fn release(
+        &mut self,
+        model: Llama<B>,
+        stage: usize,
+        updated: &[ParamId],
+    ) -> std::result::Result<Llama<B>, OptimError> {
         let reads: HashSet<ParamId> = self.reads[stage].iter().copied().collect();
         if updated.is_empty() {
-            return take_params::<B, _>(model, &|id| if reads.contains(&id) { Take::Drop } else { Take::Keep }, &mut |_, _| Ok(()));
+            return take_params::<B, _>(
+                model,
+                &|id| if reads.contains(&id) { Take::Drop } else { Take::Keep },
+                &mut |_, _| Ok(()),
+            );
         }
         match &mut self.fail_after {
             Some(0) => return Err(OptimError::Store(format!("injected failure before writing back stage {stage}"))),
@@ -540,7 +573,15 @@ impl<B: TrainBackend> StageStore<B, Llama<B>> for DiskStore {
         let written = write_stage(file, file_ix, self.dtype, self.step + 1, |put| {
             let result = take_params::<B, _>(
                 model.take().expect("once"),
-                &|id| if writes.contains(&id) { Take::Data } else if reads.contains(&id) { Take::Drop } else { Take::Keep },
+                &|id| {
+                    if writes.contains(&id) {
+                        Take::Data
+                    } else if reads.contains(&id) {
+                        Take::Drop
+                    } else {
+                        Take::Keep
+                    }
+                },
                 &mut |id, held| {
                     let Held::Data(data) = held else { unreachable!("asked for data") };
                     put(location[&id].1, data.as_bytes()).map_err(store_err)

@@ -34,9 +34,7 @@ pub struct Placement<D> {
 impl<D: Clone> Placement<D> {
     /// Every stage on `device`.
     pub fn single(device: D, num_stages: usize) -> Self {
-        Self {
-            stages: vec![device; num_stages],
-        }
+        Self { stages: vec![device; num_stages] }
     }
 
     /// Stage `s` on `devices[assignment[s]]`.
@@ -117,10 +115,7 @@ impl<D: Clone> On<'_, D> {
 }
 
 /// `x` on `device`: itself when it is there already (no graph node, no copy).
-pub(crate) fn to_device<B: Backend, const D: usize>(
-    x: Tensor<B, D>,
-    device: &B::Device,
-) -> Tensor<B, D> {
+pub(crate) fn to_device<B: Backend, const D: usize>(x: Tensor<B, D>, device: &B::Device) -> Tensor<B, D> {
     if &x.device() == device {
         x
     } else {
@@ -139,10 +134,7 @@ impl<B: Backend> Llama<B> {
             0 => self.embed_tokens.weight.device(),
             s if s <= layers => self.layers[s - 1].input_layernorm.weight.device(),
             s if s == layers + 1 => self.norm.weight.device(),
-            s => panic!(
-                "stage {s} out of range: the model has {} stages",
-                layers + 2
-            ),
+            s => panic!("stage {s} out of range: the model has {} stages", layers + 2),
         }
     }
 
@@ -153,11 +145,7 @@ impl<B: Backend> Llama<B> {
 
     /// Where the stages are now.
     pub fn placement(&self) -> Placement<B::Device> {
-        Placement {
-            stages: (0..self.layers.len() + 2)
-                .map(|s| self.stage_device(s))
-                .collect(),
-        }
+        Placement { stages: (0..self.layers.len() + 2).map(|s| self.stage_device(s)).collect() }
     }
 
     /// Moves each stage's parameters to its device in `placement`, as leaves that still require
@@ -169,31 +157,11 @@ impl<B: Backend> Llama<B> {
     pub fn place(self, placement: &Placement<B::Device>) -> Result<Self> {
         let n = self.layers.len() + 2;
         On::Stages(placement).check(n)?;
-        let Llama {
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            config,
-            rope,
-            loss_chunking,
-        } = self;
+        let Llama { embed_tokens, layers, norm, lm_head, config, rope, loss_chunking } = self;
         let embed_tokens = embed_tokens.fork(placement.stage(0));
-        let layers = layers
-            .into_iter()
-            .enumerate()
-            .map(|(i, l)| l.fork(placement.stage(i + 1)))
-            .collect();
+        let layers = layers.into_iter().enumerate().map(|(i, l)| l.fork(placement.stage(i + 1))).collect();
         let norm = norm.fork(placement.stage(n - 1));
         let lm_head = lm_head.map(|h| h.fork(placement.stage(n - 1)));
-        Ok(Llama {
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            config,
-            rope,
-            loss_chunking,
-        })
+        Ok(Llama { embed_tokens, layers, norm, lm_head, config, rope, loss_chunking })
     }
 }

@@ -51,7 +51,8 @@ pub enum PlanOptimizer {
 
 impl PlanOptimizer {
     /// Every optimizer, in the order reports list them.
-    pub const ALL: [PlanOptimizer; 4] = [PlanOptimizer::Lomo, PlanOptimizer::AdaLomo, PlanOptimizer::Sgd, PlanOptimizer::AdamW];
+    pub const ALL: [PlanOptimizer; 4] =
+        [PlanOptimizer::Lomo, PlanOptimizer::AdaLomo, PlanOptimizer::Sgd, PlanOptimizer::AdamW];
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
@@ -78,7 +79,9 @@ impl FromStr for PlanOptimizer {
             "adalomo" => Ok(PlanOptimizer::AdaLomo),
             "sgd" => Ok(PlanOptimizer::Sgd),
             "adamw" => Ok(PlanOptimizer::AdamW),
-            other => Err(PlanError::field("optimizer", format!("unknown optimizer `{other}` (lomo, adalomo, sgd, adamw)"))),
+            other => {
+                Err(PlanError::field("optimizer", format!("unknown optimizer `{other}` (lomo, adalomo, sgd, adamw)")))
+            }
         }
     }
 }
@@ -476,7 +479,8 @@ impl PlanConfig {
         let embed_backward = 0;
         let embed_stage = if tied {
             let block = embed.min(BLOCK_ELEMS as u64);
-            let sum = if e == F32 { (0, 0) } else { (embed * (F32 + e), embed * F32 + block * (staging_bytes(self) + F32)) };
+            let sum =
+                if e == F32 { (0, 0) } else { (embed * (F32 + e), embed * F32 + block * (staging_bytes(self) + F32)) };
             max_pair((tied_pending + embed * e, embed_backward), sum)
         } else {
             (embed * grad_e, embed_backward)
@@ -504,7 +508,11 @@ impl PlanConfig {
             let stage = if spec.name == "model.embed_tokens.weight" {
                 0
             } else if let Some(rest) = spec.name.strip_prefix("model.layers.") {
-                1 + rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).expect("layer tensors are model.layers.N.…")
+                1 + rest
+                    .split('.')
+                    .next()
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .expect("layer tensors are model.layers.N.…")
             } else {
                 layers + 1
             };
@@ -541,7 +549,10 @@ impl PlanConfig {
             return Err(PlanError::field("devices", "must be at least 1"));
         }
         if devices > n {
-            return Err(PlanError::field("devices", format!("{devices} devices for {n} stages: each device needs a stage")));
+            return Err(PlanError::field(
+                "devices",
+                format!("{devices} devices for {n} stages: each device needs a stage"),
+            ));
         }
         if self.mode != StepMode::Fused {
             return Err(PlanError::field("mode", "a per-device plan is for the fused step (lomo, adalomo)"));
@@ -581,7 +592,11 @@ impl PlanConfig {
             .windows(2)
             .map(|w| DeviceShare { first_stage: w[0], last_stage: w[1] - 1, plan: cost(w[0], w[1]) })
             .collect();
-        let assignment = shares.iter().enumerate().flat_map(|(d, sh)| std::iter::repeat_n(d, sh.last_stage - sh.first_stage + 1)).collect();
+        let assignment = shares
+            .iter()
+            .enumerate()
+            .flat_map(|(d, sh)| std::iter::repeat_n(d, sh.last_stage - sh.first_stage + 1))
+            .collect();
         Ok(DevicePlan { num_stages: n, assignment, devices: shares })
     }
 
@@ -776,7 +791,13 @@ fn device_share(p: &FusedPieces, bytes: &[(u64, u64)], a: usize, b: usize, split
     }
     let (gradients, extra) = pairs.into_iter().fold((0, 0), max_pair);
     let activations = produced * p.boundary + p.upstream + extra;
-    MemoryPlan { weights, gradients, optimizer_state, activations, total: weights + gradients + optimizer_state + activations }
+    MemoryPlan {
+        weights,
+        gradients,
+        optimizer_state,
+        activations,
+        total: weights + gradients + optimizer_state + activations,
+    }
 }
 
 /// The fused step's stages split over devices: [`PlanConfig::plan_devices`].
@@ -918,10 +939,15 @@ mod tests {
                 for (batch, micro) in [(1, 1), (4, 2)] {
                     for dtype in [StorageDtype::F32, StorageDtype::BF16] {
                         let mut c = config(optimizer, StepMode::Fused);
-                        (c.model, c.batch_size, c.micro_batch_size, c.dtype) = (preset(name).unwrap(), batch, micro, dtype);
+                        (c.model, c.batch_size, c.micro_batch_size, c.dtype) =
+                            (preset(name).unwrap(), batch, micro, dtype);
                         let one = c.plan_devices(1).unwrap();
                         assert_eq!(one.assignment, vec![0; c.model.num_layers + 2]);
-                        assert_eq!(one.devices[0].plan.total, c.plan().unwrap().total, "{name} {optimizer} {batch}/{micro} {dtype:?}");
+                        assert_eq!(
+                            one.devices[0].plan.total,
+                            c.plan().unwrap().total,
+                            "{name} {optimizer} {batch}/{micro} {dtype:?}"
+                        );
                     }
                 }
             }
@@ -949,7 +975,10 @@ mod tests {
         // Splitting helps: the largest device holds about an eighth of the one-device peak.
         assert!((max as f64) < whole.total as f64 / 7.0, "{} vs {}", human(max), human(whole.total));
         let text = split.to_string();
-        assert!(text.contains("embedding") && text.contains("norm + LM head") && text.contains("largest per-device peak"), "{text}");
+        assert!(
+            text.contains("embedding") && text.contains("norm + LM head") && text.contains("largest per-device peak"),
+            "{text}"
+        );
     }
 
     #[test]

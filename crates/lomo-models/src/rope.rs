@@ -58,7 +58,8 @@ impl RotaryEmbedding {
                 sin.extend(angles.iter().map(|a| a.sin()));
             }
         }
-        let make = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [len, dim]), (device, DType::F32)).cast(dtype);
+        let make =
+            |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [len, dim]), (device, DType::F32)).cast(dtype);
         RopeTables { cos: make(cos), sin: make(sin) }
     }
 }

@@ -16,11 +16,11 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
-use crate::placement::On;
 use crate::config::{LlamaConfig, TensorSpec};
 use crate::dtype::{decode_tensor, rows_cols, FloatEncoding, PlainFloats, StorageDtype};
 use crate::error::{ModelError, Result};
 use crate::llama::Llama;
+use crate::placement::On;
 
 /// File name of a single-file checkpoint.
 pub const SINGLE_FILE: &str = "model.safetensors";

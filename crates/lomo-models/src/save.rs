@@ -150,7 +150,12 @@ pub(crate) fn save_hf_tensors(
                     if data.as_bytes().len() as u64 != entries[i].bytes {
                         return Err(ModelError::TensorRead {
                             tensor: spec.name.clone(),
-                            reason: format!("{} bytes of {:?}, expected {}", data.as_bytes().len(), data.dtype, entries[i].bytes),
+                            reason: format!(
+                                "{} bytes of {:?}, expected {}",
+                                data.as_bytes().len(),
+                                data.dtype,
+                                entries[i].bytes
+                            ),
                         });
                     }
                     out.write_all(data.as_bytes()).map_err(io)?;

@@ -46,7 +46,8 @@ fn saved_checkpoint_is_the_hf_checkpoint() {
         assert_eq!(saved_shape, shape, "{name}");
         assert_eq!(saved_values, values, "{name}");
     }
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["model_type"], "llama");
     assert_eq!(config["torch_dtype"], "float32");
     assert_eq!(config["tie_word_embeddings"], true);
@@ -55,10 +56,13 @@ fn saved_checkpoint_is_the_hf_checkpoint() {
     let reloaded = load(&out, StorageDtype::F32);
     assert_eq!(reloaded.config(), model.config());
     assert_eq!(raw_tensors(&reloaded), raw_tensors(&model));
-    let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().filter_map(|e| {
-        let name = e.unwrap().file_name().to_string_lossy().into_owned();
-        name.ends_with(".tmp").then_some(name)
-    }).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.ends_with(".tmp").then_some(name)
+        })
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 
@@ -88,7 +92,8 @@ fn sharded_save_round_trips_and_replaces_a_single_file() {
 
     // Back to one file: the index and shards go.
     model.save_hf(&out, &SaveOptions::default()).unwrap();
-    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     let mut names = names;
     names.sort();
     assert_eq!(names, ["config.json", "model.safetensors"]);
@@ -106,7 +111,8 @@ fn bf16_is_saved_as_bf16() {
     assert_eq!(view.dtype(), safetensors::Dtype::BF16);
     assert_eq!(view.shape(), [64, 64]);
     assert_eq!(bytes.len() as u64, 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) + 260_032 * 2);
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["torch_dtype"], "bfloat16");
     assert_eq!(raw_tensors(&load(&out, StorageDtype::BF16)), raw_tensors(&model));
 }
@@ -137,14 +143,18 @@ fn broken_safetensors_checkpoints_are_named_errors() {
     let kept: Vec<_> = st.tensors().into_iter().filter(|(n, _)| n != "model.layers.2.mlp.up_proj.weight").collect();
     safetensors::serialize_to_file(kept, None, &missing.join("model.safetensors")).unwrap();
     let err = expect_err(&missing);
-    assert!(matches!(&err, ModelError::MissingTensor { tensor, .. } if tensor == "model.layers.2.mlp.up_proj.weight"), "{err}");
+    assert!(
+        matches!(&err, ModelError::MissingTensor { tensor, .. } if tensor == "model.layers.2.mlp.up_proj.weight"),
+        "{err}"
+    );
     assert!(err.to_string().contains("broken_missing/model.safetensors"), "{err}");
 
     // A config contradicting the weights.
     let edit_config = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
         let d = common::temp_dir(name);
         copy_dir(&dir, &d);
-        let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
         edit(&mut config);
         std::fs::write(d.join("config.json"), config.to_string()).unwrap();
         d
@@ -162,7 +172,9 @@ fn broken_safetensors_checkpoints_are_named_errors() {
     let err = expect_err(&edit_config("broken_type", &|c| c["model_type"] = "gpt2".into()));
     assert!(matches!(&err, ModelError::UnsupportedConfig { field, .. } if field == "model_type"), "{err}");
     assert!(err.to_string().contains("broken_type/config.json"), "{err}");
-    let err = expect_err(&edit_config("broken_rope", &|c| c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0})));
+    let err = expect_err(&edit_config("broken_rope", &|c| {
+        c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0})
+    }));
     assert!(matches!(&err, ModelError::UnsupportedConfig { field, .. } if field == "rope_scaling.rope_type"), "{err}");
     let err = expect_err(&edit_config("broken_act", &|c| c["hidden_act"] = "gelu".into()));
     assert!(matches!(&err, ModelError::UnsupportedConfig { field, .. } if field == "hidden_act"), "{err}");
@@ -170,7 +182,10 @@ fn broken_safetensors_checkpoints_are_named_errors() {
     assert!(matches!(&err, ModelError::InvalidConfig { field, .. } if field == "num_key_value_heads"), "{err}");
     // One layer fewer in the config than in the file: layer 4's tensors are unexpected.
     let err = expect_err(&edit_config("broken_layers", &|c| c["num_hidden_layers"] = 4.into()));
-    assert!(matches!(&err, ModelError::UnexpectedTensor { tensor, .. } if tensor.starts_with("model.layers.4.")), "{err}");
+    assert!(
+        matches!(&err, ModelError::UnexpectedTensor { tensor, .. } if tensor.starts_with("model.layers.4.")),
+        "{err}"
+    );
 }
 
 /// stories260K as llama.cpp's converter would write it: llama.cpp names, q/k rows permuted,

@@ -48,7 +48,10 @@ fn exported_gguf_reads_back_as_the_model_within_the_types_rounding() {
                     for (block, back) in w.chunks(32).zip(w_back.chunks(32)) {
                         let d = block.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
                         for (x, y) in block.iter().zip(back) {
-                            assert!((x - y).abs() <= d * (0.5 + 127.0 * 2f32.powi(-11)) + 1e-7, "{name}: {x} -> {y} (d {d})");
+                            assert!(
+                                (x - y).abs() <= d * (0.5 + 127.0 * 2f32.powi(-11)) + 1e-7,
+                                "{name}: {x} -> {y} (d {d})"
+                            );
                         }
                     }
                 }

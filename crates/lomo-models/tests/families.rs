@@ -13,7 +13,8 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn batch(dir: &Path) -> Batch {
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("batch.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("batch.json")).unwrap()).unwrap();
     let rows = |key: &str| -> Vec<Vec<i64>> { serde_json::from_value(json[key].clone()).unwrap() };
     let ids = rows("input_ids");
     let shape = [ids.len(), ids[0].len()];

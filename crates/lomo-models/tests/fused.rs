@@ -12,7 +12,8 @@ type Inner = B;
 fn setup(reference: &str) -> Option<(Llama<AD>, Batch, NamedTensors, serde_json::Value)> {
     let dir = common::stories260k()?;
     let batch = common::reference_batch()?;
-    let expected = common::read_safetensors(&common::shared(&format!("reference/stories260K/{reference}.safetensors"))?);
+    let expected =
+        common::read_safetensors(&common::shared(&format!("reference/stories260K/{reference}.safetensors"))?);
     let runs = common::shared("reference/stories260K/runs.json")?;
     let runs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(runs).unwrap()).unwrap();
     let model = Llama::<AD>::load_hf(dir, StorageDtype::F32, &common::device()).unwrap();
@@ -136,6 +137,10 @@ fn bf16_step_equals_the_f32_step_to_bf16_rounding() {
         let (weight, update) = (norm(&mut wb.iter().copied()), norm(&mut wb.iter().zip(w0).map(|(y, w)| y - w)));
         let allowed = 2f64.powi(-8) * weight + 0.25 * update;
         eprintln!("{}: |bf16 − f32| {diff:.3e}, |w| {weight:.3e}, |Δw| {update:.3e}", spec.name);
-        assert!(diff <= allowed, "{}: bf16 vs f32 weights after one step differ by {diff:.3e} (allowed {allowed:.3e})", spec.name);
+        assert!(
+            diff <= allowed,
+            "{}: bf16 vs f32 weights after one step differ by {diff:.3e} (allowed {allowed:.3e})",
+            spec.name
+        );
     }
 }

@@ -22,7 +22,11 @@ fn peak_of<R>(f: impl FnOnce() -> R) -> (R, usize) {
 
 fn check(what: &str, peak: usize, weights: u64) {
     let ratio = peak as f64 / weights as f64;
-    eprintln!("{what}: peak heap {:.1} MB for {:.1} MB of weights: {ratio:.3} ×", peak as f64 / 1e6, weights as f64 / 1e6);
+    eprintln!(
+        "{what}: peak heap {:.1} MB for {:.1} MB of weights: {ratio:.3} ×",
+        peak as f64 / 1e6,
+        weights as f64 / 1e6
+    );
     assert!(ratio <= 1.1, "{what}: loading peaked at {ratio:.3} × the weights");
 }
 

@@ -7,7 +7,9 @@
 use burn::module::AutodiffModule;
 use lomo_models::presets::preset;
 use lomo_models::{DiskStore, Llama, LlamaConfig, SaveOptions, StorageDtype, TrainBackend};
-use lomo_optim::{AdaLomoConfig, FusedConfig, FusedStep, HostStore, Local, Lomo, Resident, RuleUpdater, StageStore, Updater};
+use lomo_optim::{
+    AdaLomoConfig, FusedConfig, FusedStep, HostStore, Local, Lomo, Resident, RuleUpdater, StageStore, Updater,
+};
 
 use crate::common::{temp_dir, values};
 
@@ -88,7 +90,8 @@ fn disk_and_host_offload_equal_the_resident_step_bit_for_bit() {
 
             // Disk: the working copy made by random init straight into the store.
             let dir = temp_dir(&format!("offload-{optimizer}-{tied}"));
-            let (skeleton, mut store) = Llama::<AD>::init_offloaded(config(tied), StorageDtype::F32, &device, 5, &dir).unwrap();
+            let (skeleton, mut store) =
+                Llama::<AD>::init_offloaded(config(tied), StorageDtype::F32, &device, 5, &dir).unwrap();
             let (skeleton, losses) = three(skeleton, &mut store);
             assert_eq!(losses, want_losses, "{what}: disk losses");
             assert_eq!(store.step(), 3);
@@ -105,7 +108,11 @@ fn disk_and_host_offload_equal_the_resident_step_bit_for_bit() {
             assert_eq!(io.written, 3 * bytes, "{what}: {io:?}");
             let passes = if optimizer == "lomo" { 2 } else { 1 };
             assert_eq!(io.read, 3 * (forward + passes * all), "{what}: {io:?}");
-            assert_same(&saved_weights(&store, &skeleton, &format!("offload-saved-{optimizer}-{tied}")), &want, &format!("{what}, disk"));
+            assert_same(
+                &saved_weights(&store, &skeleton, &format!("offload-saved-{optimizer}-{tied}")),
+                &want,
+                &format!("{what}, disk"),
+            );
 
             // Host: the same code path, every move the identity on the CPU.
             let model = Llama::<AD>::init(config(tied), StorageDtype::F32, &device, 5);
@@ -142,7 +149,8 @@ fn a_working_copy_made_from_an_hf_checkpoint_trains_as_the_checkpoint_does() {
 #[test]
 fn a_failure_between_write_backs_then_resuming_from_the_checkpoint_ends_at_the_same_weights() {
     let device = crate::common::device();
-    let (uninterrupted, _) = run(Llama::<AD>::init(config(true), StorageDtype::F32, &device, 2), &mut lomo_step(), &mut Resident, 3);
+    let (uninterrupted, _) =
+        run(Llama::<AD>::init(config(true), StorageDtype::F32, &device, 2), &mut lomo_step(), &mut Resident, 3);
 
     let dir = temp_dir("offload-crash");
     let (skeleton, mut store) = Llama::<AD>::init_offloaded(config(true), StorageDtype::F32, &device, 2, &dir).unwrap();
@@ -163,7 +171,8 @@ fn a_failure_between_write_backs_then_resuming_from_the_checkpoint_ends_at_the_s
     assert_eq!(copy.stage_steps.iter().filter(|&&s| s == 1).count(), stages - 3, "{copy:?}");
 
     // Resume: a new working copy from the checkpoint of step 1, then steps 2 and 3.
-    let (skeleton, mut store) = Llama::<AD>::load_hf_offloaded(&checkpoint, StorageDtype::F32, &device, &dir, 1).unwrap();
+    let (skeleton, mut store) =
+        Llama::<AD>::load_hf_offloaded(&checkpoint, StorageDtype::F32, &device, &dir, 1).unwrap();
     assert_eq!(store.step(), 1);
     let (skeleton, _) = run(skeleton, &mut step, &mut store, 2);
     assert_eq!(store.step(), 3);
@@ -192,9 +201,11 @@ fn offload_composes_with_stages_placed_on_devices() {
     // on the device its placeholders name.
     let device = crate::common::device();
     let placement = lomo_models::Placement::from_assignment(&[device; 3], &[0, 0, 1, 1, 1, 2, 2]).unwrap();
-    let (resident, _) = run(Llama::<AD>::init(config(false), StorageDtype::F32, &device, 4), &mut lomo_step(), &mut Resident, 2);
+    let (resident, _) =
+        run(Llama::<AD>::init(config(false), StorageDtype::F32, &device, 4), &mut lomo_step(), &mut Resident, 2);
     let dir = temp_dir("offload-placed");
-    let (skeleton, mut store) = Llama::<AD>::init_offloaded(config(false), StorageDtype::F32, &placement, 4, &dir).unwrap();
+    let (skeleton, mut store) =
+        Llama::<AD>::init_offloaded(config(false), StorageDtype::F32, &placement, 4, &dir).unwrap();
     assert_eq!(skeleton.placement(), placement);
     let (skeleton, _) = run(skeleton, &mut lomo_step(), &mut store, 2);
     assert_eq!(skeleton.placement(), placement, "placeholders keep their stage's device");

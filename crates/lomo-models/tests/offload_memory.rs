@@ -61,7 +61,8 @@ fn resident_weights_never_exceed_two_stages() {
     };
     let dir = common::temp_dir("offload_memory");
     let before = live();
-    let (skeleton, mut store) = Llama::<AD>::init_offloaded(config.clone(), StorageDtype::F32, &common::device(), 1, &dir).unwrap();
+    let (skeleton, mut store) =
+        Llama::<AD>::init_offloaded(config.clone(), StorageDtype::F32, &common::device(), 1, &dir).unwrap();
     let largest = (0..skeleton.num_stages()).map(|s| store.stage_bytes(s)).max().unwrap() as usize;
     let model_bytes = config.num_bytes(StorageDtype::F32) as usize;
     assert!(model_bytes > 6 * largest, "the check must be able to fail: {model_bytes} vs {largest}");
@@ -71,7 +72,11 @@ fn resident_weights_never_exceed_two_stages() {
 
     let ids: Vec<i64> = (0..8).map(|i| i * 97 % 2000 + 1).collect();
     let batch = Batch::new(ids.clone(), None, Some(ids), [1, 8]).unwrap();
-    let mut step = FusedStep::new(RuleUpdater::new(Lomo::new(0.0).unwrap()), FusedConfig { clip_grad_norm: Some(1.0), ..Default::default() }).unwrap();
+    let mut step = FusedStep::new(
+        RuleUpdater::new(Lomo::new(0.0).unwrap()),
+        FusedConfig { clip_grad_norm: Some(1.0), ..Default::default() },
+    )
+    .unwrap();
     // One step first: the matrix products' per-thread packing buffers, which live as long as
     // their threads, are then part of the baseline, not counted as weights.
     let mut model = step.step_stored(skeleton, std::slice::from_ref(&batch), 0.01, &mut Local, &mut store).unwrap().0;
@@ -80,7 +85,10 @@ fn resident_weights_never_exceed_two_stages() {
         model = step.step_stored(model, std::slice::from_ref(&batch), 0.01, &mut Local, &mut probe).unwrap().0;
     }
     let (most, releases) = (probe.most, probe.releases);
-    eprintln!("most held at a release: {most} bytes ({:.2} stages of {largest}), {releases} releases", most as f64 / largest as f64);
+    eprintln!(
+        "most held at a release: {most} bytes ({:.2} stages of {largest}), {releases} releases",
+        most as f64 / largest as f64
+    );
     // Two stages of weights and 512 KiB for the boundaries, the upstream gradient and the
     // step's bookkeeping.
     assert!(most <= 2 * largest + (512 << 10), "held {most} bytes at a release, two stages are {}", 2 * largest);

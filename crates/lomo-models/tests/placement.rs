@@ -52,7 +52,11 @@ fn planned<D: Clone>(config: &LlamaConfig, devices: &[D]) -> Placement<D> {
     Placement::from_assignment(devices, &plan.assignment).unwrap()
 }
 
-fn steps<B: TrainBackend, U: Updater<B, Llama<B>>>(mut model: Llama<B>, mut step: FusedStep<U>, lr: f64) -> (Llama<B>, Vec<f64>) {
+fn steps<B: TrainBackend, U: Updater<B, Llama<B>>>(
+    mut model: Llama<B>,
+    mut step: FusedStep<U>,
+    lr: f64,
+) -> (Llama<B>, Vec<f64>) {
     let batches = batches();
     let mut losses = Vec::new();
     for _ in 0..3 {
@@ -96,7 +100,10 @@ fn placed_equals_unplaced<B: TrainBackend>(devices: &[B::Device]) {
                 assert_eq!(losses, plain_losses, "{optimizer}, tied {tied}, {what}: losses");
                 assert_eq!(model.placement(), placement, "the step keeps each stage on its device");
                 for ((name, got), (_, want)) in weights(&model).iter().zip(&expected) {
-                    assert!(got == want, "{optimizer}, tied {tied}, {what}: `{name}` is not bit for bit the unplaced step's");
+                    assert!(
+                        got == want,
+                        "{optimizer}, tied {tied}, {what}: `{name}` is not bit for bit the unplaced step's"
+                    );
                 }
             }
         }
@@ -157,7 +164,8 @@ fn moved_parameters_still_require_their_gradients() {
         }
     }
     let device = crate::common::device();
-    let model = Llama::<AD>::init(config(true), StorageDtype::F32, &device, 3).place(&Placement::single(device, 7)).unwrap();
+    let model =
+        Llama::<AD>::init(config(true), StorageDtype::F32, &device, 3).place(&Placement::single(device, 7)).unwrap();
     let mut leaves = Leaves(Vec::new());
     model.visit(&mut leaves);
     assert!(!leaves.0.is_empty() && leaves.0.iter().all(|&r| r), "{:?}", leaves.0);

@@ -7,11 +7,9 @@ use crate::common::{self, max_abs_diff, values, AD, B};
 
 #[test]
 fn logits_and_loss_match_hf() {
-    let (Some(dir), Some(batch), Some(reference)) = (
-        common::stories260k(),
-        common::reference_batch(),
-        common::shared("reference/stories260K/forward.safetensors"),
-    ) else {
+    let (Some(dir), Some(batch), Some(reference)) =
+        (common::stories260k(), common::reference_batch(), common::shared("reference/stories260K/forward.safetensors"))
+    else {
         return;
     };
     let model = Llama::<B>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();
@@ -43,11 +41,9 @@ fn logits_and_loss_match_hf() {
 
 #[test]
 fn gradients_match_hf() {
-    let (Some(dir), Some(batch), Some(reference)) = (
-        common::stories260k(),
-        common::reference_batch(),
-        common::shared("reference/stories260K/grads.safetensors"),
-    ) else {
+    let (Some(dir), Some(batch), Some(reference)) =
+        (common::stories260k(), common::reference_batch(), common::shared("reference/stories260K/grads.safetensors"))
+    else {
         return;
     };
     let model = Llama::<AD>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();

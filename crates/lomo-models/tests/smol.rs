@@ -7,7 +7,8 @@ use crate::common::{self, gguf_tokenizer, max_abs_diff, values, B};
 
 /// The prompt SmolLM2's chat template renders for one user message (it adds its default
 /// system message).
-const PROMPT: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+const PROMPT: &str =
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
                       <|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
 
 #[test]

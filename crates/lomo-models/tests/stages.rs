@@ -33,7 +33,8 @@ fn inner_staged_loss(model: &Llama<AD>, batch: &Batch) -> f32 {
     }
     let hidden = x.unwrap();
     let chunks = StagedModel::num_loss_chunks(model, batch);
-    let sum: f32 = (0..chunks).map(|c| values(Llama::<AD>::inner_forward_loss(&inner, hidden.clone(), batch, c))[0]).sum();
+    let sum: f32 =
+        (0..chunks).map(|c| values(Llama::<AD>::inner_forward_loss(&inner, hidden.clone(), batch, c))[0]).sum();
     sum / batch.num_targets() as f32
 }
 
@@ -90,7 +91,8 @@ fn loss_reads_target_positions_only() {
     }
 
     let [rows, len] = [batch.batch_size(), batch.seq_len()];
-    let unlabeled = Batch::new(batch.input_ids().to_vec(), Some(batch.attention_mask().to_vec()), None, [rows, len]).unwrap();
+    let unlabeled =
+        Batch::new(batch.input_ids().to_vec(), Some(batch.attention_mask().to_vec()), None, [rows, len]).unwrap();
     assert!(unlabeled.targets().is_empty());
     assert_eq!(values(model.target_log_probs(&unlabeled)).len(), 0);
     assert_eq!(StagedModel::num_loss_chunks(&model, &unlabeled), 1);

@@ -2,13 +2,13 @@
 
 mod common;
 
-mod reference;
-mod stages;
 mod checkpoints;
-mod smol;
-mod presets;
-mod fused;
 mod export;
 mod families;
-mod placement;
+mod fused;
 mod offload;
+mod placement;
+mod presets;
+mod reference;
+mod smol;
+mod stages;

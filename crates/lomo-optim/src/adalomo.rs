@@ -45,10 +45,20 @@ impl AdaLomoConfig {
             }
         };
         check("eps_sq", self.eps_sq >= 0.0 && self.eps_sq.is_finite(), self.eps_sq, "a finite number >= 0")?;
-        check("eps_scale", self.eps_scale >= 0.0 && self.eps_scale.is_finite(), self.eps_scale, "a finite number >= 0")?;
+        check(
+            "eps_scale",
+            self.eps_scale >= 0.0 && self.eps_scale.is_finite(),
+            self.eps_scale,
+            "a finite number >= 0",
+        )?;
         check("clip_threshold", self.clip_threshold > 0.0, self.clip_threshold, "> 0")?;
         check("decay_rate", self.decay_rate < 0.0, self.decay_rate, "< 0")?;
-        check("weight_decay", self.weight_decay >= 0.0 && self.weight_decay.is_finite(), self.weight_decay, "a finite number >= 0")?;
+        check(
+            "weight_decay",
+            self.weight_decay >= 0.0 && self.weight_decay.is_finite(),
+            self.weight_decay,
+            "a finite number >= 0",
+        )?;
         Ok(AdaLomo { config: self, step: 0, state: HashMap::new() })
     }
 }
@@ -201,9 +211,10 @@ pub(crate) fn matrix_update<B: Backend>(
     let row_mean = sq.clone().mean_dim(1).reshape([m]);
     let col_mean = sq.mean_dim(0).reshape([n]);
     let (row, col) = match moment {
-        Some((row, col)) => {
-            (row.mul_scalar(beta) + row_mean.mul_scalar(1.0 - beta), col.mul_scalar(beta) + col_mean.mul_scalar(1.0 - beta))
-        }
+        Some((row, col)) => (
+            row.mul_scalar(beta) + row_mean.mul_scalar(1.0 - beta),
+            col.mul_scalar(beta) + col_mean.mul_scalar(1.0 - beta),
+        ),
         None => (row_mean.mul_scalar(1.0 - beta), col_mean.mul_scalar(1.0 - beta)),
     };
     let row2: Tensor<B, 2> = row.clone().reshape([m, 1]);
@@ -214,7 +225,12 @@ pub(crate) fn matrix_update<B: Backend>(
 }
 
 /// The end of every AdaLomo update: update normalisation, relative step size, weight decay.
-fn finish<B: Backend, const D: usize>(param: Tensor<B, D>, update: Tensor<B, D>, lr: f64, c: &AdaLomoConfig) -> Tensor<B, D> {
+fn finish<B: Backend, const D: usize>(
+    param: Tensor<B, D>,
+    update: Tensor<B, D>,
+    lr: f64,
+    c: &AdaLomoConfig,
+) -> Tensor<B, D> {
     let u_rms = rms(&update);
     let denom = (u_rms / c.clip_threshold).max(1.0);
     let update = if denom != 1.0 { update.div_scalar(denom) } else { update };
@@ -238,8 +254,13 @@ impl<B: UpdateKernels> UpdateRule<B> for AdaLomo<B> {
         self.step += 1;
     }
 
-    fn update<const D: usize>(&mut self, id: ParamId, param: Tensor<B, D>, grad: Tensor<B, D>, lr: f64)
-        -> Tensor<B, D> {
+    fn update<const D: usize>(
+        &mut self,
+        id: ParamId,
+        param: Tensor<B, D>,
+        grad: Tensor<B, D>,
+        lr: f64,
+    ) -> Tensor<B, D> {
         let c = self.config;
         // t counts from 1 (`begin_step` runs first): beta is 0 on the first update.
         let t = self.step.max(1) as f64;
@@ -253,9 +274,10 @@ impl<B: UpdateKernels> UpdateRule<B> for AdaLomo<B> {
             let row_mean = sq.clone().mean_dim(2).reshape([lead * m]);
             let col_mean = sq.mean_dim(1).reshape([lead * n]);
             let (row, col) = match self.take_state(id, &grad.device()) {
-                Some(SecondMoment::Factored { row, col }) => {
-                    (row.mul_scalar(beta) + row_mean.mul_scalar(1.0 - beta), col.mul_scalar(beta) + col_mean.mul_scalar(1.0 - beta))
-                }
+                Some(SecondMoment::Factored { row, col }) => (
+                    row.mul_scalar(beta) + row_mean.mul_scalar(1.0 - beta),
+                    col.mul_scalar(beta) + col_mean.mul_scalar(1.0 - beta),
+                ),
                 _ => (row_mean.mul_scalar(1.0 - beta), col_mean.mul_scalar(1.0 - beta)),
             };
             let row3: Tensor<B, 3> = row.clone().reshape([lead, m, 1]);
@@ -297,7 +319,9 @@ impl<B: UpdateKernels> UpdateRule<B> for AdaLomo<B> {
         let t = self.step.max(1) as f64;
         let beta = 1.0 - t.powf(self.config.decay_rate);
         let moment = match self.take_state(id, &grad.device()) {
-            Some(SecondMoment::Factored { row, col }) => Some((row.into_primitive().tensor(), col.into_primitive().tensor())),
+            Some(SecondMoment::Factored { row, col }) => {
+                Some((row.into_primitive().tensor(), col.into_primitive().tensor()))
+            }
             _ => None,
         };
         let (p, row, col) = B::adalomo_matrix_update(

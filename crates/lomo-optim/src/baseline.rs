@@ -110,7 +110,8 @@ where
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
                 if let Some(g) = self.raw.remove::<B::InnerBackend, D>(param.id) {
                     let dtype = param.val().dtype();
-                    self.prepared.register::<B::InnerBackend, D>(param.id, crate::blocks::cast(self.prep.apply(g), dtype));
+                    self.prepared
+                        .register::<B::InnerBackend, D>(param.id, crate::blocks::cast(self.prep.apply(g), dtype));
                 }
             }
         }

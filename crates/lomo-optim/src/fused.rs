@@ -122,12 +122,18 @@ impl<U> FusedStep<U> {
     pub fn new(updater: U, config: FusedConfig) -> Result<Self, OptimError> {
         if let Some(v) = config.clip_grad_norm {
             if !(v > 0.0 && v.is_finite()) {
-                return Err(OptimError::Config { field: "clip_grad_norm", message: format!("must be a finite number > 0, got {v}") });
+                return Err(OptimError::Config {
+                    field: "clip_grad_norm",
+                    message: format!("must be a finite number > 0, got {v}"),
+                });
             }
         }
         if let Some(v) = config.clip_grad_value {
             if !(v > 0.0 && v.is_finite()) {
-                return Err(OptimError::Config { field: "clip_grad_value", message: format!("must be a finite number > 0, got {v}") });
+                return Err(OptimError::Config {
+                    field: "clip_grad_value",
+                    message: format!("must be a finite number > 0, got {v}"),
+                });
             }
         }
         let scaler = config.loss_scale.map(DynamicLossScaler::new).transpose()?;
@@ -229,7 +235,8 @@ impl<U> FusedStep<U> {
         }
         let mut failed: Option<OptimError> = None;
         let clock = Instant::now();
-        let (model, boundaries, (fetch, release)) = forward_boundaries::<B, M, D>(model, micro_batches, plan.num_stages, store)?;
+        let (model, boundaries, (fetch, release)) =
+            forward_boundaries::<B, M, D>(model, micro_batches, plan.num_stages, store)?;
         let mut timings = StepTimings {
             forward: clock.elapsed().as_secs_f64() - fetch - release,
             store_fetch: fetch,
@@ -256,15 +263,25 @@ impl<U> FusedStep<U> {
             let clock = Instant::now();
             let mut norm = NormPass { inv_scale, sum_sq: 0.0, overflow: false };
             let mut norm_reduce = 0.0;
-            let pass = backward_pass::<B, M, D, _>(model, micro_batches, &boundaries, &plan, scale, store, false, &mut |m, ready, s| {
-                if let Err(e) = reduce_ready::<B, M>(&m, ready, s, &plan, reducer, &mut norm_reduce) {
-                    failed = Some(e);
-                    return (m, false);
-                }
-                norm.add::<B, M>(&m, ready);
-                (m, !norm.overflow)
-            })?;
-            timings.norm_pass = Some(clock.elapsed().as_secs_f64() - norm_reduce - pass.store_seconds.0 - pass.store_seconds.1);
+            let pass = backward_pass::<B, M, D, _>(
+                model,
+                micro_batches,
+                &boundaries,
+                &plan,
+                scale,
+                store,
+                false,
+                &mut |m, ready, s| {
+                    if let Err(e) = reduce_ready::<B, M>(&m, ready, s, &plan, reducer, &mut norm_reduce) {
+                        failed = Some(e);
+                        return (m, false);
+                    }
+                    norm.add::<B, M>(&m, ready);
+                    (m, !norm.overflow)
+                },
+            )?;
+            timings.norm_pass =
+                Some(clock.elapsed().as_secs_f64() - norm_reduce - pass.store_seconds.0 - pass.store_seconds.1);
             timings.store_fetch += pass.store_seconds.0;
             timings.store_release += pass.store_seconds.1;
             reduce_seconds += norm_reduce;
@@ -296,13 +313,22 @@ impl<U> FusedStep<U> {
         self.updater.begin_step();
         let updater = &mut self.updater;
         let mut update_reduce = 0.0;
-        let pass = backward_pass::<B, M, D, _>(model, micro_batches, &boundaries, &plan, scale, store, true, &mut |m, ready, s| {
-            if let Err(e) = reduce_ready::<B, M>(&m, ready, s, &plan, reducer, &mut update_reduce) {
-                failed = Some(e);
-                return (m, false);
-            }
-            (updater.apply(m, ready, &prep, lr), true)
-        })?;
+        let pass = backward_pass::<B, M, D, _>(
+            model,
+            micro_batches,
+            &boundaries,
+            &plan,
+            scale,
+            store,
+            true,
+            &mut |m, ready, s| {
+                if let Err(e) = reduce_ready::<B, M>(&m, ready, s, &plan, reducer, &mut update_reduce) {
+                    failed = Some(e);
+                    return (m, false);
+                }
+                (updater.apply(m, ready, &prep, lr), true)
+            },
+        )?;
         if let Some(e) = failed.take() {
             return Err(e);
         }
@@ -618,10 +644,8 @@ fn collect_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
                 return;
             }
             let Some(grad) = param.val().grad_remove(self.grads) else { return };
-            let earlier = self
-                .pending
-                .remove::<B::InnerBackend, D>(id)
-                .or_else(|| self.ready.remove::<B::InnerBackend, D>(id));
+            let earlier =
+                self.pending.remove::<B::InnerBackend, D>(id).or_else(|| self.ready.remove::<B::InnerBackend, D>(id));
             // Sums of several contributions are kept in fp32 so accumulation does not round.
             let grad = match earlier {
                 Some(acc) => crate::blocks::add_f32(acc, grad),
@@ -645,7 +669,11 @@ struct NormPass {
 }
 
 impl NormPass {
-    fn add<B: AutodiffBackend<InnerBackend: UpdateKernels>, M: AutodiffModule<B>>(&mut self, model: &M, ready: &mut GradientsParams) {
+    fn add<B: AutodiffBackend<InnerBackend: UpdateKernels>, M: AutodiffModule<B>>(
+        &mut self,
+        model: &M,
+        ready: &mut GradientsParams,
+    ) {
         struct Visit<'a> {
             norm: &'a mut NormPass,
             ready: &'a mut GradientsParams,

@@ -84,7 +84,10 @@ pub trait UpdateKernels: Backend {
     /// `Σ (g · scale)²` in f32 per block of elements, summed in f64.
     fn sum_sq(grad: FloatTensor<Self>, scale: f64) -> f64 {
         let n = grad.shape().num_elements();
-        crate::blocks::sum_sq_scaled(Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(grad)).reshape([n]), scale)
+        crate::blocks::sum_sq_scaled(
+            Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(grad)).reshape([n]),
+            scale,
+        )
     }
 }
 
@@ -351,10 +354,13 @@ mod flex {
                 );
                 col
             })
-            .reduce(|| vec![0f32; n], |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            });
+            .reduce(
+                || vec![0f32; n],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
         let (b, keep) = (beta as f32, (1.0 - beta) as f32);
         let col_mean = col_sum.iter().map(|v| v / m as f32);
         let (row, col): (Vec<f32>, Vec<f32>) = match moment {
@@ -399,27 +405,29 @@ mod flex {
         let decay = (c.weight_decay > 0.0).then_some((1.0 - lr_t * c.weight_decay) as f32);
         let lr_t = lr_t as f32;
         let p: &mut [P] = param.storage_mut::<P>();
-        p.par_chunks_mut(rows_per_task * n).zip(g.par_chunks(rows_per_task * n)).enumerate().for_each(|(task, (p, g))| {
-            simd(
-                #[inline(always)]
-                || {
-                    for (k, (p, g)) in p.chunks_exact_mut(n).zip(g.chunks_exact(n)).enumerate() {
-                        let r = r_factor[task * rows_per_task + k];
-                        for ((p, &g), &c) in p.iter_mut().zip(g).zip(&c_factor) {
-                            let mut u = (r * c) * s.prep(g.get());
-                            if denom != 1.0 {
-                                u /= denom;
+        p.par_chunks_mut(rows_per_task * n).zip(g.par_chunks(rows_per_task * n)).enumerate().for_each(
+            |(task, (p, g))| {
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (k, (p, g)) in p.chunks_exact_mut(n).zip(g.chunks_exact(n)).enumerate() {
+                            let r = r_factor[task * rows_per_task + k];
+                            for ((p, &g), &c) in p.iter_mut().zip(g).zip(&c_factor) {
+                                let mut u = (r * c) * s.prep(g.get());
+                                if denom != 1.0 {
+                                    u /= denom;
+                                }
+                                let w = match decay {
+                                    Some(d) => p.get() * d,
+                                    None => p.get(),
+                                };
+                                *p = P::put(w - u * lr_t);
                             }
-                            let w = match decay {
-                                Some(d) => p.get() * d,
-                                None => p.get(),
-                            };
-                            *p = P::put(w - u * lr_t);
                         }
-                    }
-                },
-            )
-        });
+                    },
+                )
+            },
+        );
         (param, row, col)
     }
 

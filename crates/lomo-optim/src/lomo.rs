@@ -33,8 +33,13 @@ impl<B: UpdateKernels> UpdateRule<B> for Lomo {
         true
     }
 
-    fn update<const D: usize>(&mut self, _id: ParamId, param: Tensor<B, D>, grad: Tensor<B, D>, lr: f64)
-        -> Tensor<B, D> {
+    fn update<const D: usize>(
+        &mut self,
+        _id: ParamId,
+        param: Tensor<B, D>,
+        grad: Tensor<B, D>,
+        lr: f64,
+    ) -> Tensor<B, D> {
         let dtype = param.dtype();
         let mut p = crate::blocks::cast(param, DType::F32);
         if self.weight_decay > 0.0 {
@@ -53,7 +58,13 @@ impl<B: UpdateKernels> UpdateRule<B> for Lomo {
         prep: &GradPrep,
         lr: f64,
     ) -> Tensor<B, D> {
-        let p = B::lomo_update(param.into_primitive().tensor(), grad.into_primitive().tensor(), prep, lr, self.weight_decay);
+        let p = B::lomo_update(
+            param.into_primitive().tensor(),
+            grad.into_primitive().tensor(),
+            prep,
+            lr,
+            self.weight_decay,
+        );
         Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(p))
     }
 }

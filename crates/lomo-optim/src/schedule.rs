@@ -48,7 +48,10 @@ impl LrSchedule {
     /// A schedule; `warmup_ratio` of `total_steps` (rounded up) warm up.
     pub fn new(kind: ScheduleKind, peak_lr: f64, warmup_ratio: f64, total_steps: u64) -> Result<Self, OptimError> {
         if !(peak_lr > 0.0 && peak_lr.is_finite()) {
-            return Err(OptimError::Config { field: "lr", message: format!("must be a finite number > 0, got {peak_lr}") });
+            return Err(OptimError::Config {
+                field: "lr",
+                message: format!("must be a finite number > 0, got {peak_lr}"),
+            });
         }
         if !(0.0..=1.0).contains(&warmup_ratio) {
             return Err(OptimError::Config {

@@ -165,7 +165,11 @@ pub fn put_params<B: AutodiffBackend, M: AutodiffModule<B>>(
             let value = match held {
                 Held::Tensor(t) => {
                     let t = Tensor::<B::InnerBackend, D>::from_primitive(TensorPrimitive::Float(t));
-                    if t.device() == device { t } else { t.to_device(&device) }
+                    if t.device() == device {
+                        t
+                    } else {
+                        t.to_device(&device)
+                    }
                 }
                 Held::Data(data) => {
                     if data.shape.len() != D || data.dtype != dtype {
@@ -263,7 +267,10 @@ impl<B: Backend> HostStore<B> {
     }
 
     /// Puts every held parameter back into `model`: the model whole on its devices again.
-    pub fn fetch_all<A: AutodiffBackend<InnerBackend = B>, M: AutodiffModule<A>>(&mut self, model: M) -> Result<M, OptimError> {
+    pub fn fetch_all<A: AutodiffBackend<InnerBackend = B>, M: AutodiffModule<A>>(
+        &mut self,
+        model: M,
+    ) -> Result<M, OptimError> {
         put_params::<A, M>(model, std::mem::take(&mut self.held))
     }
 
@@ -277,7 +284,9 @@ impl<B: Backend> HostStore<B> {
         let held = &mut self.held;
         take_params::<A, M>(model, &|id| if ids.contains(&id) { how } else { Take::Keep }, &mut |id, h| {
             let h = match (h, &host) {
-                (Held::Tensor(t), Some(host)) if &B::float_device(&t) != host => Held::Tensor(B::float_to_device(t, host)),
+                (Held::Tensor(t), Some(host)) if &B::float_device(&t) != host => {
+                    Held::Tensor(B::float_to_device(t, host))
+                }
                 (other, _) => other,
             };
             held.insert(id, h);

@@ -149,7 +149,10 @@ fn adalomo_on_a_parameter_larger_than_a_block_equals_the_plain_rules() {
 #[test]
 fn adalomo_state_saved_and_restored_continues_exactly() {
     let b = batch(10, 24, 12);
-    let new_step = || FusedStep::new(RuleUpdater::new(AdaLomoConfig::default().init::<Inner>().unwrap()), FusedConfig::default()).unwrap();
+    let new_step = || {
+        FusedStep::new(RuleUpdater::new(AdaLomoConfig::default().init::<Inner>().unwrap()), FusedConfig::default())
+            .unwrap()
+    };
     // Uninterrupted: 3 steps.
     let mut a = new_step();
     let mut ma = TiedMlp::<TB>::new(24, 16, 3, 9, &device());

@@ -55,7 +55,8 @@ fn lomo_in_row_blocks_equals_lomo_on_the_whole_tensor() {
         let mut rule = Lomo::new(0.01).unwrap();
         let id = ParamId::new();
         let whole = UpdateRule::<Inner>::update(&mut rule, id, p.clone(), prep.apply(g.clone()), 0.05);
-        let blocked = blocks::map_rows(p, &g, |p, g| UpdateRule::<Inner>::update(&mut rule, id, p, prep.apply(g), 0.05));
+        let blocked =
+            blocks::map_rows(p, &g, |p, g| UpdateRule::<Inner>::update(&mut rule, id, p, prep.apply(g), 0.05));
         assert_eq!(blocked.dtype(), dtype);
         assert_eq!(bits(blocked), bits(whole), "{dtype:?}");
     }

@@ -155,8 +155,11 @@ fn a_batch_without_targets_is_an_error() {
 
 #[test]
 fn bad_configuration_is_refused_with_the_field_named() {
-    let err = FusedStep::new(RuleUpdater::new(Lomo::default()), FusedConfig { clip_grad_norm: Some(-1.0), ..Default::default() })
-        .unwrap_err();
+    let err = FusedStep::new(
+        RuleUpdater::new(Lomo::default()),
+        FusedConfig { clip_grad_norm: Some(-1.0), ..Default::default() },
+    )
+    .unwrap_err();
     assert!(err.to_string().starts_with("clip_grad_norm:"), "{err}");
     assert!(Lomo::new(f64::NAN).unwrap_err().to_string().starts_with("weight_decay:"));
 }

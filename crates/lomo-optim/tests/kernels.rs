@@ -31,10 +31,7 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn lomo_kernel_equals_the_composed_rule() {
-    let preps = [
-        GradPrep::default(),
-        GradPrep { inv_scale: 0.25, clip_value: Some(0.8), clip_coef: Some(0.6) },
-    ];
+    let preps = [GradPrep::default(), GradPrep { inv_scale: 0.25, clip_value: Some(0.8), clip_coef: Some(0.6) }];
     for dtype in dtypes() {
         for prep in preps {
             for wd in [0.0, 0.1] {

@@ -7,8 +7,8 @@
 
 mod common;
 
-use burn::optim::{AdamWConfig, SgdConfig};
 use burn::module::ParamId;
+use burn::optim::{AdamWConfig, SgdConfig};
 use burn::tensor::{DType, Distribution, Tensor};
 use lomo_optim::blocks;
 use lomo_optim::memory::{live, peak, reset_peak, CountingAllocator};
@@ -37,7 +37,9 @@ fn peak_ratio(param_bytes: usize, run: impl FnOnce()) -> f64 {
 #[test]
 fn fused_lomo_holds_one_copy_of_the_weights_and_the_baselines_do_not() {
     if !HEAP_VISIBLE {
-        eprintln!("skipped: this backend allocates outside Rust's global allocator; measure it with `cargo xtask profile`");
+        eprintln!(
+            "skipped: this backend allocates outside Rust's global allocator; measure it with `cargo xtask profile`"
+        );
         return;
     }
     let b = batch(4, VOCAB, 1);
@@ -59,7 +61,8 @@ fn fused_lomo_holds_one_copy_of_the_weights_and_the_baselines_do_not() {
     let (m, _) = full_backward_step::<TB, _, _, 2>(new_model(), std::slice::from_ref(&b), &mut sgd, 0.01).unwrap();
     let mut model = Some(m);
     let sgd_ratio = peak_ratio(param_bytes, || {
-        let (m, _) = full_backward_step::<TB, _, _, 2>(model.take().unwrap(), std::slice::from_ref(&b), &mut sgd, 0.01).unwrap();
+        let (m, _) =
+            full_backward_step::<TB, _, _, 2>(model.take().unwrap(), std::slice::from_ref(&b), &mut sgd, 0.01).unwrap();
         drop(m);
     });
 
@@ -67,7 +70,9 @@ fn fused_lomo_holds_one_copy_of_the_weights_and_the_baselines_do_not() {
     let (m, _) = full_backward_step::<TB, _, _, 2>(new_model(), std::slice::from_ref(&b), &mut adamw, 0.01).unwrap();
     let mut model = Some(m);
     let adamw_ratio = peak_ratio(param_bytes, || {
-        let (m, _) = full_backward_step::<TB, _, _, 2>(model.take().unwrap(), std::slice::from_ref(&b), &mut adamw, 0.01).unwrap();
+        let (m, _) =
+            full_backward_step::<TB, _, _, 2>(model.take().unwrap(), std::slice::from_ref(&b), &mut adamw, 0.01)
+                .unwrap();
         drop(m);
     });
 
@@ -94,8 +99,14 @@ fn fused_lomo_holds_one_copy_of_the_weights_and_the_baselines_do_not() {
         let p = blocks::map_rows(p, &g, |p, g| UpdateRule::<Inner>::update(&mut rule, id, p, prep.apply(g), 0.01));
         let extra = peak() - before;
         assert_eq!(p.dtype(), DType::BF16);
-        eprintln!("bf16 LOMO update of {} elements in row blocks: {extra} bytes beyond weight and gradient", dims[0] * dims[1]);
+        eprintln!(
+            "bf16 LOMO update of {} elements in row blocks: {extra} bytes beyond weight and gradient",
+            dims[0] * dims[1]
+        );
         let weight_bytes = dims[0] * dims[1] * 2;
-        assert!(extra <= weight_bytes + 32 * blocks::BLOCK_ELEMS, "{extra} bytes of working memory for a {weight_bytes}-byte weight");
+        assert!(
+            extra <= weight_bytes + 32 * blocks::BLOCK_ELEMS,
+            "{extra} bytes of working memory for a {weight_bytes}-byte weight"
+        );
     }
 }

@@ -64,7 +64,9 @@ fn f32_overflow_step_leaves_every_weight_bit_identical() {
 
 #[test]
 fn scaler_grows_after_its_window_and_never_below_min() {
-    let mut s = lomo_optim::DynamicLossScaler::new(LossScaleConfig { init_scale: 4.0, factor: 2.0, window: 3, min_scale: 2.0 }).unwrap();
+    let mut s =
+        lomo_optim::DynamicLossScaler::new(LossScaleConfig { init_scale: 4.0, factor: 2.0, window: 3, min_scale: 2.0 })
+            .unwrap();
     s.overflow();
     s.overflow();
     assert_eq!(s.scale(), 2.0);

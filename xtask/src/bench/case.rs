@@ -8,9 +8,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig};
 use lomo_models::TrainBackend;
 use lomo_models::{Batch, Llama, StorageDtype};
-use lomo_optim::{
-    full_backward_step, AdaLomo, AdaLomoConfig, FusedConfig, FusedStep, Lomo, RuleUpdater, StepTimings,
-};
+use lomo_optim::{full_backward_step, AdaLomo, AdaLomoConfig, FusedConfig, FusedStep, Lomo, RuleUpdater, StepTimings};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{BackendKind, CaseRunner, DeviceMemory};
@@ -62,9 +60,10 @@ impl std::str::FromStr for CaseKind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        CaseKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            format!("--case: unknown case `{s}` ({})", CaseKind::ALL.map(CaseKind::name).join(", "))
-        })
+        CaseKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("--case: unknown case `{s}` ({})", CaseKind::ALL.map(CaseKind::name).join(", ")))
     }
 }
 
@@ -157,8 +156,12 @@ impl<B: TrainBackend> Stepper<B> {
     fn new(kind: CaseKind) -> Result<Self> {
         let fused = FusedConfig { clip_grad_norm: kind.clip_grad_norm(), ..Default::default() };
         Ok(match kind {
-            CaseKind::Lomo | CaseKind::LomoClip => Stepper::Lomo(FusedStep::new(RuleUpdater::new(Lomo::new(0.0)?), fused)?),
-            CaseKind::Adalomo => Stepper::AdaLomo(FusedStep::new(RuleUpdater::new(AdaLomoConfig::default().init()?), fused)?),
+            CaseKind::Lomo | CaseKind::LomoClip => {
+                Stepper::Lomo(FusedStep::new(RuleUpdater::new(Lomo::new(0.0)?), fused)?)
+            }
+            CaseKind::Adalomo => {
+                Stepper::AdaLomo(FusedStep::new(RuleUpdater::new(AdaLomoConfig::default().init()?), fused)?)
+            }
             CaseKind::Adamw => Stepper::AdamW(AdamWConfig::new().init()),
         })
     }
@@ -179,7 +182,9 @@ impl<B: TrainBackend> Stepper<B> {
                 let (m, r) = s.step_reduced::<B, Llama<B>, 3>(model, batches, lr, reducer)?;
                 (m, r.loss, r.timings)
             }
-            Stepper::AdamW(_) if reducer.world_size() > 1 => bail!("--nproc: full backward + AdamW has no data parallel"),
+            Stepper::AdamW(_) if reducer.world_size() > 1 => {
+                bail!("--nproc: full backward + AdamW has no data parallel")
+            }
             Stepper::AdamW(o) => {
                 let (m, loss) = full_backward_step::<B, Llama<B>, _, 3>(model, batches, o, lr)?;
                 (m, loss, StepTimings::default())

@@ -161,7 +161,11 @@ fn markdown(r: &GenerateResult, a: &BenchArgs) -> String {
     );
     match &r.peer {
         Some(p) => {
-            let _ = writeln!(out, "| HF transformers `generate` | {:.3} | {:.2} | 1.00 × | |", p.prefill_seconds, p.decode_tokens_per_s);
+            let _ = writeln!(
+                out,
+                "| HF transformers `generate` | {:.3} | {:.2} | 1.00 × | |",
+                p.prefill_seconds, p.decode_tokens_per_s
+            );
         }
         None => {
             let _ = writeln!(out, "| HF transformers `generate` | {} | | | |", r.peer_error.as_deref().unwrap_or("–"));

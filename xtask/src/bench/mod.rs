@@ -155,7 +155,9 @@ pub fn parse_args(args: &[String]) -> Result<BenchArgs, String> {
     }
     if a.nproc > 1 {
         if a.generate || a.peer {
-            return Err("--nproc: data parallel measures our training step alone (not with --generate or --peer)".into());
+            return Err(
+                "--nproc: data parallel measures our training step alone (not with --generate or --peer)".into()
+            );
         }
         if !a.batch_size.is_multiple_of(a.nproc) {
             return Err(format!("--nproc {}: must divide --batch-size {}", a.nproc, a.batch_size));
@@ -274,18 +276,22 @@ pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
     // these very bytes.
     let device = burn::backend::flex::FlexDevice;
     let (model, description): (Llama<burn::backend::Flex>, String) = match (&a.model, &a.preset) {
-        (Some(path), _) if path.is_dir() => {
-            (Llama::load_hf(path, a.dtype, &device).with_context(|| format!("--model {}", path.display()))?, path.display().to_string())
-        }
-        (Some(path), _) if path.extension().is_some_and(|e| e == "gguf") => {
-            (Llama::load_gguf(path, a.dtype, &device).with_context(|| format!("--model {}", path.display()))?, path.display().to_string())
-        }
+        (Some(path), _) if path.is_dir() => (
+            Llama::load_hf(path, a.dtype, &device).with_context(|| format!("--model {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        (Some(path), _) if path.extension().is_some_and(|e| e == "gguf") => (
+            Llama::load_gguf(path, a.dtype, &device).with_context(|| format!("--model {}", path.display()))?,
+            path.display().to_string(),
+        ),
         (Some(path), _) => bail!("--model {}: expected an HF checkpoint directory or a .gguf file", path.display()),
         (None, Some(name)) => {
             let config = lomo_models::presets::preset(name).with_context(|| format!("--preset {name}"))?;
             (Llama::init(config, a.dtype, &device, a.seed), format!("preset {name} (random weights)"))
         }
-        (None, None) => (Llama::init(default_config()?, a.dtype, &device, a.seed), "LLaMA 134M (random weights)".into()),
+        (None, None) => {
+            (Llama::init(default_config()?, a.dtype, &device, a.seed), "LLaMA 134M (random weights)".into())
+        }
     };
     if a.generate {
         generate::bench_generate(a, model, description)?;
@@ -328,8 +334,17 @@ pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
             steps: a.steps,
             dist: None,
         };
-        eprintln!("{}: ours ({} backend{})", kind.name(), a.backend.name(), if a.nproc > 1 { format!(", {} ranks", a.nproc) } else { String::new() });
-        let result = if a.nproc > 1 { run_group(&case, a.backend, a.threads, a.nproc) } else { run_child(&case, a.backend, a.threads) };
+        eprintln!(
+            "{}: ours ({} backend{})",
+            kind.name(),
+            a.backend.name(),
+            if a.nproc > 1 { format!(", {} ranks", a.nproc) } else { String::new() }
+        );
+        let result = if a.nproc > 1 {
+            run_group(&case, a.backend, a.threads, a.nproc)
+        } else {
+            run_child(&case, a.backend, a.threads)
+        };
         let (ours, error) = match result {
             Ok(r) => (Some(r), None),
             Err(e) => {
@@ -371,7 +386,9 @@ pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
     let dir = out_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let table = report::markdown(&result);
-    for (ext, text) in [("json", serde_json::to_string_pretty(&result)?), ("md", table.clone()), ("svg", report::svg(&result)?)] {
+    for (ext, text) in
+        [("json", serde_json::to_string_pretty(&result)?), ("md", table.clone()), ("svg", report::svg(&result)?)]
+    {
         let path = dir.join(format!("{}.{ext}", a.name));
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -383,7 +400,8 @@ pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
 /// `cargo xtask bench-report RUN.json`: writes `RUN.md` and `RUN.svg` beside it again.
 pub fn redraw(json: &Path) -> Result<()> {
     let text = std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
-    let result: BenchResult = serde_json::from_str(&text).with_context(|| format!("{}: not a bench run", json.display()))?;
+    let result: BenchResult =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a bench run", json.display()))?;
     for (ext, text) in [("md", report::markdown(&result)), ("svg", report::svg(&result)?)] {
         let path = json.with_extension(ext);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -395,7 +413,12 @@ pub fn redraw(json: &Path) -> Result<()> {
 /// Runs one case as `nproc` ranks of a data-parallel group (child processes of this binary, each
 /// with its slice of the batch and its share of the threads), with a coordinator in this
 /// process; rank 0's measurement is the case's (its timers hold the sums' time, `reduce`).
-fn run_group(case: &BenchCase, backend: BackendKind, threads: Option<usize>, nproc: usize) -> Result<OursResult, String> {
+fn run_group(
+    case: &BenchCase,
+    backend: BackendKind,
+    threads: Option<usize>,
+    nproc: usize,
+) -> Result<OursResult, String> {
     let port = lomo_dist::free_coordinator_port().map_err(|e| format!("finding ports: {e}"))?;
     let coordinator = lomo_dist::Coordinator::start(port).map_err(|e| e.to_string())?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -409,7 +432,8 @@ fn run_group(case: &BenchCase, backend: BackendKind, threads: Option<usize>, npr
             std::thread::spawn(move || run_child(&mine, backend, Some(per_rank)))
         })
         .collect();
-    let mut results: Vec<Result<OursResult, String>> = ranks.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a rank's thread panicked".into()))).collect();
+    let mut results: Vec<Result<OursResult, String>> =
+        ranks.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a rank's thread panicked".into()))).collect();
     if let Some(e) = results.iter().find_map(|r| r.as_ref().err()) {
         return Err(format!("a rank failed: {e}"));
     }

@@ -76,7 +76,14 @@ pub fn markdown(r: &BenchResult) -> String {
             Some((o, s)) => {
                 let cores = o.cpu_seconds / o.wall_seconds.max(1e-9);
                 let rss = o.peak_rss.map_or("–".into(), gib);
-                let _ = write!(row, " {:.3} ({:.3}–{:.3}) | {:.0} | {cores:.2} | {rss} |", s.median, s.min, s.max, tokens / s.median);
+                let _ = write!(
+                    row,
+                    " {:.3} ({:.3}–{:.3}) | {:.0} | {cores:.2} | {rss} |",
+                    s.median,
+                    s.min,
+                    s.max,
+                    tokens / s.median
+                );
             }
             None => {
                 let _ = write!(row, " failed: {} | | | |", c.error.as_deref().unwrap_or("?"));
@@ -87,7 +94,15 @@ pub fn markdown(r: &BenchResult) -> String {
             Some((p, s)) => {
                 let measured = &p.steps[r.warmup.min(p.steps.len())..];
                 let (cpu, wall) = measured.iter().fold((0.0, 0.0), |(c, w), s| (c + s.cpu_seconds, w + s.seconds));
-                let _ = write!(row, " {:.3} ({:.3}–{:.3}) | {:.2} | {} |", s.median, s.min, s.max, cpu / wall, gib(p.peak_rss));
+                let _ = write!(
+                    row,
+                    " {:.3} ({:.3}–{:.3}) | {:.2} | {} |",
+                    s.median,
+                    s.min,
+                    s.max,
+                    cpu / wall,
+                    gib(p.peak_rss)
+                );
             }
             None => {
                 let _ = write!(row, " {} | | |", c.peer_error.as_deref().unwrap_or("–"));
@@ -105,7 +120,10 @@ pub fn markdown(r: &BenchResult) -> String {
         out.push_str(&row);
     }
 
-    let _ = writeln!(out, "\nWhere one step of ours goes (the fused step's own timers, median over the measured steps, seconds):\n");
+    let _ = writeln!(
+        out,
+        "\nWhere one step of ours goes (the fused step's own timers, median over the measured steps, seconds):\n"
+    );
     let _ = writeln!(out, "| step | forward (no tape) | norm pass | backward: embedding | blocks | loss stage | updates | timers total | wall |");
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for c in &r.cases {
@@ -114,7 +132,9 @@ pub fn markdown(r: &BenchResult) -> String {
         if measured.iter().all(|s| s.timings.backward.is_empty()) {
             continue;
         }
-        let med = |f: &dyn Fn(&super::case::StepSample) -> f64| stats(&measured.iter().map(|s| f(s)).collect::<Vec<_>>()).map_or(0.0, |s| s.median);
+        let med = |f: &dyn Fn(&super::case::StepSample) -> f64| {
+            stats(&measured.iter().map(|s| f(s)).collect::<Vec<_>>()).map_or(0.0, |s| s.median)
+        };
         let n = measured[0].timings.backward.len();
         let fwd = med(&|s| s.timings.forward);
         let norm = med(&|s| s.timings.norm_pass.unwrap_or(0.0));
@@ -125,20 +145,36 @@ pub fn markdown(r: &BenchResult) -> String {
         let total = med(&|s| s.timings.total());
         let wall = med(&|s| s.seconds);
         let norm = if measured[0].timings.norm_pass.is_some() { format!("{norm:.3}") } else { "–".into() };
-        let _ = writeln!(out, "| {} | {fwd:.3} | {norm} | {embed:.3} | {blocks:.3} | {loss:.3} | {upd:.3} | {total:.3} | {wall:.3} |", label(c.kind));
+        let _ = writeln!(
+            out,
+            "| {} | {fwd:.3} | {norm} | {embed:.3} | {blocks:.3} | {loss:.3} | {upd:.3} | {total:.3} | {wall:.3} |",
+            label(c.kind)
+        );
     }
     if r.nproc > 1 {
         let _ = writeln!(out, "\nData parallel: {} ranks sharing the threads, each with {} rows; rank 0's timers. The sums across ranks (all-reduce, median s/step, share of the wall time):\n", r.nproc, r.batch_size / r.nproc);
         for c in &r.cases {
             let Some(o) = &c.ours else { continue };
             let measured: Vec<_> = o.steps.iter().skip(r.warmup).collect();
-            let reduce = stats(&measured.iter().map(|s| s.timings.reduce).collect::<Vec<_>>()).map_or(0.0, |s| s.median);
+            let reduce =
+                stats(&measured.iter().map(|s| s.timings.reduce).collect::<Vec<_>>()).map_or(0.0, |s| s.median);
             let wall = stats(&measured.iter().map(|s| s.seconds).collect::<Vec<_>>()).map_or(0.0, |s| s.median);
-            let _ = writeln!(out, "- {}: {reduce:.3} s of {wall:.3} s ({:.0} %)", label(c.kind), 100.0 * reduce / wall.max(1e-9));
+            let _ = writeln!(
+                out,
+                "- {}: {reduce:.3} s of {wall:.3} s ({:.0} %)",
+                label(c.kind),
+                100.0 * reduce / wall.max(1e-9)
+            );
         }
     }
     if let Some(p) = r.cases.iter().find_map(|c| c.peer.as_ref()) {
-        let _ = writeln!(out, "\nPeer: {} (attention: {}, {} threads).", p.versions, p.attn_implementation.as_deref().unwrap_or("?"), p.threads);
+        let _ = writeln!(
+            out,
+            "\nPeer: {} (attention: {}, {} threads).",
+            p.versions,
+            p.attn_implementation.as_deref().unwrap_or("?"),
+            p.threads
+        );
     }
     out
 }
@@ -159,8 +195,21 @@ pub fn svg(r: &BenchResult) -> anyhow::Result<String> {
         })
         .collect();
     let n = rows.len().max(1) as u32;
-    let top = rows.iter().flat_map(|(_, o, p)| [o.as_ref().map(|s| s.max), p.as_ref().map(|s| s.max)]).flatten().fold(0f64, f64::max).max(1e-3) * 1.4;
-    let title = format!("s/step, {} {} {} × {} ({} threads): lomo vs PyTorch + lomo-optim", r.model, r.dtype, r.batch_size, r.tokens, r.threads.unwrap_or(r.cores));
+    let top = rows
+        .iter()
+        .flat_map(|(_, o, p)| [o.as_ref().map(|s| s.max), p.as_ref().map(|s| s.max)])
+        .flatten()
+        .fold(0f64, f64::max)
+        .max(1e-3)
+        * 1.4;
+    let title = format!(
+        "s/step, {} {} {} × {} ({} threads): lomo vs PyTorch + lomo-optim",
+        r.model,
+        r.dtype,
+        r.batch_size,
+        r.tokens,
+        r.threads.unwrap_or(r.cores)
+    );
     let width = 240 + 200 * n;
     // A case's segment in pixels (the plot less the y labels and margins), for the insets.
     let seg = (width - 60 - 24) as f64 / n.max(2) as f64;
@@ -189,13 +238,26 @@ pub fn svg(r: &BenchResult) -> anyhow::Result<String> {
             .map_err(|e| draw(&e))?;
         let sides = [("lomo", RGBColor(0x4e, 0x79, 0xa7)), ("PyTorch + lomo-optim", RGBColor(0xf2, 0x8e, 0x2b))];
         for (side, (name, colour)) in sides.iter().enumerate() {
-            let pick = |row: &(String, Option<Stats>, Option<Stats>)| if side == 0 { row.1.as_ref().map(|s| (s.median, s.min, s.max)) } else { row.2.as_ref().map(|s| (s.median, s.min, s.max)) };
+            let pick = |row: &(String, Option<Stats>, Option<Stats>)| {
+                if side == 0 {
+                    row.1.as_ref().map(|s| (s.median, s.min, s.max))
+                } else {
+                    row.2.as_ref().map(|s| (s.median, s.min, s.max))
+                }
+            };
             // Each side takes half of its case's segment (pixel margins inset it).
             let bars = rows.iter().enumerate().filter_map(|(i, row)| {
                 let (median, _, _) = pick(row)?;
                 let i = i as u32;
-                let mut bar = Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), median)], colour.filled());
-                if side == 0 { bar.set_margin(0, 0, px(0.1), px(0.52)) } else { bar.set_margin(0, 0, px(0.52), px(0.1)) };
+                let mut bar = Rectangle::new(
+                    [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), median)],
+                    colour.filled(),
+                );
+                if side == 0 {
+                    bar.set_margin(0, 0, px(0.1), px(0.52))
+                } else {
+                    bar.set_margin(0, 0, px(0.52), px(0.1))
+                };
                 Some(bar)
             });
             let colour = *colour;
@@ -206,7 +268,10 @@ pub fn svg(r: &BenchResult) -> anyhow::Result<String> {
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
             let whiskers = rows.iter().enumerate().filter_map(|(i, row)| {
                 let (_, min, max) = pick(row)?;
-                let mut w = Rectangle::new([(SegmentValue::Exact(i as u32), min), (SegmentValue::Exact(i as u32 + 1), max)], BLACK.filled());
+                let mut w = Rectangle::new(
+                    [(SegmentValue::Exact(i as u32), min), (SegmentValue::Exact(i as u32 + 1), max)],
+                    BLACK.filled(),
+                );
                 // A 3-pixel bar from min to max at the middle of the side's bar.
                 let (l, r) = if side == 0 { (px(0.29) - 1, px(0.71) - 2) } else { (px(0.71) - 2, px(0.29) - 1) };
                 w.set_margin(0, 0, l, r);

@@ -17,8 +17,8 @@ use lomo_optim::{
 };
 use serde::{Deserialize, Serialize};
 
-use lomo_optim::memory as alloc;
 use crate::backend::{BackendKind, CaseRunner, DeviceMemory};
+use lomo_optim::memory as alloc;
 
 /// The learning rate of the profiled steps: small, so that nothing diverges; memory and
 /// time do not depend on it.
@@ -138,7 +138,11 @@ pub struct Measurement {
 /// `batch_size / micro_batch_size` micro-batches of random tokens, every position a target.
 fn micro_batches(case: &Case, vocab: usize) -> Result<Vec<Batch>> {
     if case.micro_batch_size == 0 || !case.batch_size.is_multiple_of(case.micro_batch_size) {
-        bail!("case field `micro_batch_size`: {} does not divide batch_size {}", case.micro_batch_size, case.batch_size);
+        bail!(
+            "case field `micro_batch_size`: {} does not divide batch_size {}",
+            case.micro_batch_size,
+            case.batch_size
+        );
     }
     let mut rng = SplitMix64::new(case.seed ^ 0x5eed_70c5);
     (0..case.batch_size / case.micro_batch_size)
@@ -267,7 +271,8 @@ struct Stepper<B: TrainBackend> {
 }
 
 type AdaLomoRule<B> = lomo_optim::AdaLomo<<B as AutodiffBackend>::InnerBackend>;
-type SgdOptim<B> = burn::optim::adaptor::OptimizerAdaptor<burn::optim::Sgd<<B as AutodiffBackend>::InnerBackend>, Llama<B>, B>;
+type SgdOptim<B> =
+    burn::optim::adaptor::OptimizerAdaptor<burn::optim::Sgd<<B as AutodiffBackend>::InnerBackend>, Llama<B>, B>;
 type AdamWOptim<B> = burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, Llama<B>, B>;
 
 enum StepKind<B: TrainBackend> {
@@ -286,16 +291,22 @@ impl<B: TrainBackend> Stepper<B> {
     fn new(case: &Case) -> Result<Self> {
         let fused = FusedConfig::default();
         let kind = match (case.mode, case.optimizer) {
-            (StepMode::Fused, PlanOptimizer::Lomo) => StepKind::FusedLomo(FusedStep::new(RuleUpdater::new(Lomo::new(0.0)?), fused)?),
+            (StepMode::Fused, PlanOptimizer::Lomo) => {
+                StepKind::FusedLomo(FusedStep::new(RuleUpdater::new(Lomo::new(0.0)?), fused)?)
+            }
             (StepMode::Fused, PlanOptimizer::AdaLomo) => {
                 StepKind::FusedAdaLomo(FusedStep::new(RuleUpdater::new(AdaLomoConfig::default().init()?), fused)?)
             }
-            (StepMode::Fused, PlanOptimizer::Sgd) => StepKind::FusedSgd(FusedStep::new(BurnOptimizer::new(SgdConfig::new().init()), fused)?),
+            (StepMode::Fused, PlanOptimizer::Sgd) => {
+                StepKind::FusedSgd(FusedStep::new(BurnOptimizer::new(SgdConfig::new().init()), fused)?)
+            }
             (StepMode::Fused, PlanOptimizer::AdamW) => {
                 StepKind::FusedAdamW(FusedStep::new(BurnOptimizer::new(AdamWConfig::new().init()), fused)?)
             }
             (StepMode::Full, PlanOptimizer::Lomo) => StepKind::FullLomo(RuleUpdater::new(Lomo::new(0.0)?)),
-            (StepMode::Full, PlanOptimizer::AdaLomo) => StepKind::FullAdaLomo(RuleUpdater::new(AdaLomoConfig::default().init()?)),
+            (StepMode::Full, PlanOptimizer::AdaLomo) => {
+                StepKind::FullAdaLomo(RuleUpdater::new(AdaLomoConfig::default().init()?))
+            }
             (StepMode::Full, PlanOptimizer::Sgd) => StepKind::FullSgd(SgdConfig::new().init()),
             (StepMode::Full, PlanOptimizer::AdamW) => StepKind::FullAdamW(AdamWConfig::new().init()),
         };

@@ -98,7 +98,8 @@ pub fn profile(suite: &str, backend: BackendKind, replan: bool, only: &[String])
     if replan {
         let path = out_dir().join(format!("{suite}.json"));
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let mut result: SuiteResult = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+        let mut result: SuiteResult =
+            serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
         for c in &mut result.cases {
             c.plan = c.case.plan(result.backend).with_context(|| format!("planning {}", c.case.label()))?;
         }
@@ -131,7 +132,8 @@ pub fn profile(suite: &str, backend: BackendKind, replan: bool, only: &[String])
         results.push(CaseResult { case, params, plan, measured, error });
         // Written after every case, so that an interrupted suite (a long `paper` or `scale`
         // run) still leaves the cases it finished.
-        let partial = SuiteResult { suite: suite.into(), backend, release: !cfg!(debug_assertions), cases: results.clone() };
+        let partial =
+            SuiteResult { suite: suite.into(), backend, release: !cfg!(debug_assertions), cases: results.clone() };
         write_files(&partial)?;
     }
     let result = SuiteResult { suite: suite.into(), backend, release: !cfg!(debug_assertions), cases: results };

@@ -134,7 +134,9 @@ pub fn svg(result: &SuiteResult) -> anyhow::Result<String> {
         cases.first().map_or("", |c| &c.case.model_name),
         cases.first().map_or("", |c| &c.case.dtype),
     );
-    let label = |i: usize| cases.get(i).map(|c| format!("{} {}", c.case.mode.name(), c.case.optimizer.name())).unwrap_or_default();
+    let label = |i: usize| {
+        cases.get(i).map(|c| format!("{} {}", c.case.mode.name(), c.case.optimizer.name())).unwrap_or_default()
+    };
     let draw = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing the chart: {e}");
     let width = 200 + 110 * n;
     let mut svg = String::new();
@@ -172,7 +174,10 @@ pub fn svg(result: &SuiteResult) -> anyhow::Result<String> {
                 let v = p[k] as f64 / unit;
                 let i = i as u32;
                 (v > 0.0).then(|| {
-                    let mut bar = Rectangle::new([(SegmentValue::Exact(i), base), (SegmentValue::Exact(i + 1), base + v)], colour.filled());
+                    let mut bar = Rectangle::new(
+                        [(SegmentValue::Exact(i), base), (SegmentValue::Exact(i + 1), base + v)],
+                        colour.filled(),
+                    );
                     bar.set_margin(0, 0, 14, 14);
                     bar
                 })
@@ -188,7 +193,10 @@ pub fn svg(result: &SuiteResult) -> anyhow::Result<String> {
             let heap = c.measured.as_ref().and_then(|m| m.peak_heap)? as f64 / unit;
             let i = i as u32;
             let h = top * 0.004;
-            let mut tick = Rectangle::new([(SegmentValue::Exact(i), heap - h), (SegmentValue::Exact(i + 1), heap + h)], BLACK.filled());
+            let mut tick = Rectangle::new(
+                [(SegmentValue::Exact(i), heap - h), (SegmentValue::Exact(i + 1), heap + h)],
+                BLACK.filled(),
+            );
             tick.set_margin(0, 0, 8, 8);
             Some(tick)
         });
@@ -200,7 +208,11 @@ pub fn svg(result: &SuiteResult) -> anyhow::Result<String> {
         let totals = cases.iter().enumerate().map(|(i, c)| {
             let heap = c.measured.as_ref().and_then(|m| m.peak_heap).unwrap_or(0);
             let y = c.plan.total.max(heap) as f64 / unit + top * 0.045;
-            Text::new(size(c.plan.total, unit), (SegmentValue::CenterOf(i as u32), y), TextStyle::from(("sans-serif", 11).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom)))
+            Text::new(
+                size(c.plan.total, unit),
+                (SegmentValue::CenterOf(i as u32), y),
+                TextStyle::from(("sans-serif", 11).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom)),
+            )
         });
         chart.draw_series(totals).map_err(|e| draw(&e))?;
         chart

@@ -21,12 +21,9 @@ impl<'a> Fields<'a> {
     pub fn record(path: &'a Path, line: usize, value: &'a Value) -> Result<Self> {
         match value {
             Value::Object(object) => Ok(Self { path, line, prefix: String::new(), object }),
-            other => Err(DataError::field(
-                path,
-                line,
-                "(record)",
-                format!("expected a JSON object, found {}", kind(other)),
-            )),
+            other => {
+                Err(DataError::field(path, line, "(record)", format!("expected a JSON object, found {}", kind(other))))
+            }
         }
     }
 
@@ -54,9 +51,7 @@ impl<'a> Fields<'a> {
         match self.object.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => {
-                Err(self.error(name, format!("expected a string, found {}", kind(other))))
-            }
+            Some(other) => Err(self.error(name, format!("expected a string, found {}", kind(other)))),
         }
     }
 
@@ -77,10 +72,7 @@ impl<'a> Fields<'a> {
     pub fn int_array(&self, name: &str) -> Result<Vec<i64>> {
         let not_ints = || self.error(name, "expected an array of integers");
         match self.get(name)? {
-            Value::Array(items) => items
-                .iter()
-                .map(|v| v.as_i64().ok_or_else(not_ints))
-                .collect(),
+            Value::Array(items) => items.iter().map(|v| v.as_i64().ok_or_else(not_ints)).collect(),
             _ => Err(not_ints()),
         }
     }
@@ -95,12 +87,9 @@ impl<'a> Fields<'a> {
     /// The object at `name` (its fields' errors read `name.field`).
     pub fn object(&self, name: &str) -> Result<Fields<'a>> {
         match self.get(name)? {
-            Value::Object(object) => Ok(Fields {
-                prefix: format!("{}{name}.", self.prefix),
-                object,
-                path: self.path,
-                line: self.line,
-            }),
+            Value::Object(object) => {
+                Ok(Fields { prefix: format!("{}{name}.", self.prefix), object, path: self.path, line: self.line })
+            }
             other => Err(self.error(name, format!("expected an object, found {}", kind(other)))),
         }
     }
@@ -110,15 +99,10 @@ impl<'a> Fields<'a> {
     pub fn element(&self, name: &str, index: usize, value: &'a Value) -> Result<Fields<'a>> {
         let element = format!("{name}[{index}]");
         match value {
-            Value::Object(object) => Ok(Fields {
-                prefix: format!("{}{element}.", self.prefix),
-                object,
-                path: self.path,
-                line: self.line,
-            }),
-            other => {
-                Err(self.error(&element, format!("expected an object, found {}", kind(other))))
+            Value::Object(object) => {
+                Ok(Fields { prefix: format!("{}{element}.", self.prefix), object, path: self.path, line: self.line })
             }
+            other => Err(self.error(&element, format!("expected an object, found {}", kind(other)))),
         }
     }
 }

@@ -10,11 +10,7 @@ use crate::tokenizer::TextTokenizer;
 
 /// An Alpaca record `{instruction, input, output}` (`input` may be absent, null or empty): the
 /// Stanford prompt, then the output and EOS, learned.
-pub(crate) fn encode_alpaca(
-    fields: &Fields<'_>,
-    tokenizer: &TextTokenizer,
-    eos: u32,
-) -> Result<Example> {
+pub(crate) fn encode_alpaca(fields: &Fields<'_>, tokenizer: &TextTokenizer, eos: u32) -> Result<Example> {
     let instruction = fields.str("instruction")?;
     let input = fields.opt_str("input")?.unwrap_or("");
     let output = fields.str("output")?;
@@ -26,11 +22,7 @@ pub(crate) fn encode_alpaca(
 
 /// A chat record `{"messages": [{"role", "content"}, ...]}` rendered with `template`; every
 /// assistant turn is learned.
-pub(crate) fn encode_chat(
-    fields: &Fields<'_>,
-    tokenizer: &TextTokenizer,
-    template: &ChatTemplate,
-) -> Result<Example> {
+pub(crate) fn encode_chat(fields: &Fields<'_>, tokenizer: &TextTokenizer, template: &ChatTemplate) -> Result<Example> {
     let messages = parse_messages(fields)?;
     let rendered = template.render(&messages, false).map_err(|e| fields.error("messages", e.to_string()))?;
     if rendered.assistant_spans.is_empty() {
@@ -49,10 +41,7 @@ pub(crate) fn parse_messages(fields: &Fields<'_>) -> Result<Vec<ChatMessage>> {
         .enumerate()
         .map(|(i, item)| {
             let message = fields.element("messages", i, item)?;
-            Ok(ChatMessage {
-                role: message.str("role")?.to_owned(),
-                content: message.str("content")?.to_owned(),
-            })
+            Ok(ChatMessage { role: message.str("role")?.to_owned(), content: message.str("content")?.to_owned() })
         })
         .collect()
 }

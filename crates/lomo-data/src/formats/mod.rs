@@ -78,12 +78,8 @@ pub fn detect_format(path: impl AsRef<Path>) -> Result<DataFormat> {
         return Err(DataError::field(path, line, "(record)", "expected a JSON object"));
     };
     let has = |k: &str| object.contains_key(k);
-    let task_from_directory = || {
-        path.parent()
-            .and_then(|p| p.file_name())
-            .and_then(|n| n.to_str())
-            .and_then(SuperGlueTask::from_name)
-    };
+    let task_from_directory =
+        || path.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).and_then(SuperGlueTask::from_name);
     let format = if has("input_ids") {
         DataFormat::PreTokenized
     } else if has("messages") {
@@ -105,11 +101,7 @@ pub fn detect_format(path: impl AsRef<Path>) -> Result<DataFormat> {
     } else if has("premise") && has("hypothesis") {
         match task_from_directory() {
             Some(task @ (SuperGlueTask::Rte | SuperGlueTask::Cb)) => DataFormat::SuperGlue(task),
-            _ => {
-                return Err(format_error(
-                    "premise/hypothesis records are RTE or CB; name the task explicitly".into(),
-                ))
-            }
+            _ => return Err(format_error("premise/hypothesis records are RTE or CB; name the task explicitly".into())),
         }
     } else {
         let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
@@ -119,9 +111,7 @@ pub fn detect_format(path: impl AsRef<Path>) -> Result<DataFormat> {
         )));
     };
     if layout == Layout::JsonArray && format != DataFormat::Alpaca {
-        return Err(format_error(format!(
-            "a JSON array is only read as Alpaca data; write {format:?} data as JSONL"
-        )));
+        return Err(format_error(format!("a JSON array is only read as Alpaca data; write {format:?} data as JSONL")));
     }
     Ok(format)
 }
@@ -243,8 +233,7 @@ impl ExampleSource {
                             return Err(fields.error("text", "is empty"));
                         }
                         let eos = self.eos.unwrap_or_default();
-                        let packer =
-                            self.packer.get_or_insert_with(|| Packer::new(self.config.max_len));
+                        let packer = self.packer.get_or_insert_with(|| Packer::new(self.config.max_len));
                         packer.push_document(need()?, text, eos, line)?;
                         return Ok(());
                     }

@@ -16,10 +16,7 @@ pub(crate) fn parse(fields: &Fields<'_>, vocab_size: Option<usize>) -> Result<Ex
     let mut input_ids = Vec::with_capacity(raw_ids.len());
     for (i, &id) in raw_ids.iter().enumerate() {
         if !(0..=limit).contains(&id) {
-            return Err(fields.error(
-                "input_ids",
-                format!("element {i} is {id}, outside the vocabulary 0..={limit}"),
-            ));
+            return Err(fields.error("input_ids", format!("element {i} is {id}, outside the vocabulary 0..={limit}")));
         }
         input_ids.push(id as u32);
     }
@@ -28,18 +25,10 @@ pub(crate) fn parse(fields: &Fields<'_>, vocab_size: Option<usize>) -> Result<Ex
     }
     let labels = fields.int_array("labels")?;
     if labels.len() != input_ids.len() {
-        return Err(fields.error(
-            "labels",
-            format!("has {} elements, input_ids has {}", labels.len(), input_ids.len()),
-        ));
+        return Err(fields.error("labels", format!("has {} elements, input_ids has {}", labels.len(), input_ids.len())));
     }
-    if let Some((i, l)) =
-        labels.iter().enumerate().find(|&(_, &l)| l != IGNORE_INDEX && !(0..=limit).contains(&l))
-    {
-        return Err(fields.error(
-            "labels",
-            format!("element {i} is {l}: expected -100 or a token id in 0..={limit}"),
-        ));
+    if let Some((i, l)) = labels.iter().enumerate().find(|&(_, &l)| l != IGNORE_INDEX && !(0..=limit).contains(&l)) {
+        return Err(fields.error("labels", format!("element {i} is {l}: expected -100 or a token id in 0..={limit}")));
     }
     Ok(Example { input_ids, labels })
 }

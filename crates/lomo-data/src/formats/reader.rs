@@ -71,9 +71,7 @@ impl RecordReader {
     /// The next record, `None` at the end of the file.
     pub fn next_record(&mut self) -> Result<Option<RawRecord>> {
         match &mut self.source {
-            Source::Array(items) => {
-                Ok(items.next().map(|(line, value)| RawRecord::Json { line, value }))
-            }
+            Source::Array(items) => Ok(items.next().map(|(line, value)| RawRecord::Json { line, value })),
             Source::Lines { reader, line, layout: Layout::JsonLines } => loop {
                 let Some(text) = read_line(reader, line, &self.path)? else { return Ok(None) };
                 if text.trim().is_empty() {
@@ -149,17 +147,10 @@ fn read_json_array(path: &Path) -> Result<Vec<(usize, Value)>> {
         source,
     })?;
     let Value::Array(items) = value else {
-        return Err(DataError::Format {
-            path: path.to_path_buf(),
-            message: "expected a JSON array of records".into(),
-        });
+        return Err(DataError::Format { path: path.to_path_buf(), message: "expected a JSON array of records".into() });
     };
     let lines = array_element_lines(&text);
-    Ok(items
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| (lines.get(i).copied().unwrap_or(1), v))
-        .collect())
+    Ok(items.into_iter().enumerate().map(|(i, v)| (lines.get(i).copied().unwrap_or(1), v)).collect())
 }
 
 /// The 1-based line on which each element of the top-level JSON array in `text` starts.

@@ -44,7 +44,6 @@ pub fn temp_file(name: &str, contents: &str) -> PathBuf {
 
 /// Decodes the supervised tokens of an example (labels that are not -100).
 pub fn supervised_text(tokenizer: &TextTokenizer, example: &lomo_data::Example) -> String {
-    let ids: Vec<u32> =
-        example.labels.iter().filter(|&&l| l != lomo_data::IGNORE_INDEX).map(|&l| l as u32).collect();
+    let ids: Vec<u32> = example.labels.iter().filter(|&&l| l != lomo_data::IGNORE_INDEX).map(|&l| l as u32).collect();
     tokenizer.decode(&ids, false).expect("decode")
 }

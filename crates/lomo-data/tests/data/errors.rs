@@ -2,8 +2,7 @@
 //! dataset is an error.
 
 use lomo_data::{
-    DataError, DataFormat, Dataset, EncodeConfig, LoaderConfig, Overlong, StreamConfig,
-    StreamingLoader, SuperGlueTask,
+    DataError, DataFormat, Dataset, EncodeConfig, LoaderConfig, Overlong, StreamConfig, StreamingLoader, SuperGlueTask,
 };
 
 use super::common::temp_file;
@@ -47,7 +46,10 @@ fn a_pretokenized_id_outside_the_vocabulary_is_an_error() {
     let tokenizer = stories_tokenizer!();
     let path = temp_file("ids.jsonl", "{\"input_ids\": [1, 512]}\n");
     let e = Dataset::load(&path, None, Some(&tokenizer), &EncodeConfig::default()).unwrap_err();
-    assert!(e.to_string().contains("ids.jsonl:1: field \"input_ids\": element 1 is 512, outside the vocabulary 0..=511"), "{e}");
+    assert!(
+        e.to_string().contains("ids.jsonl:1: field \"input_ids\": element 1 is 512, outside the vocabulary 0..=511"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -140,10 +142,7 @@ fn bad_configs_and_missing_tokenizers_are_errors() {
         Err(DataError::InvalidConfig(_))
     ));
     let text = temp_file("a.txt", "hello");
-    assert!(matches!(
-        Dataset::load(&text, None, None, &EncodeConfig::default()),
-        Err(DataError::Format { .. })
-    ));
+    assert!(matches!(Dataset::load(&text, None, None, &EncodeConfig::default()), Err(DataError::Format { .. })));
     let missing = Dataset::load("/nonexistent/x.jsonl", Some(DataFormat::PreTokenized), None, &EncodeConfig::default());
     assert!(matches!(missing, Err(DataError::Io { .. })));
     let dataset = Dataset::load(&path, None, None, &EncodeConfig::default()).unwrap();

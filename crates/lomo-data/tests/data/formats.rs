@@ -1,8 +1,8 @@
 //! Every format on the shared files, with the stories260K tokenizer.
 
 use lomo_data::{
-    alpaca_prompt, detect_format, BatchLoader, DataError, DataFormat, Dataset, EncodeConfig,
-    LoaderConfig, Overlong, PaddingConfig, Truncation, IGNORE_INDEX,
+    alpaca_prompt, detect_format, BatchLoader, DataError, DataFormat, Dataset, EncodeConfig, LoaderConfig, Overlong,
+    PaddingConfig, Truncation, IGNORE_INDEX,
 };
 use serde_json::Value;
 
@@ -14,8 +14,7 @@ fn alpaca_json_learns_only_the_response() {
     let path = shared!("data/alpaca_en_demo.json");
     assert_eq!(detect_format(&path).unwrap(), DataFormat::Alpaca);
     let records: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let dataset = Dataset::load(&path, None, Some(&tokenizer), &EncodeConfig::with_max_len(100_000))
-        .unwrap();
+    let dataset = Dataset::load(&path, None, Some(&tokenizer), &EncodeConfig::with_max_len(100_000)).unwrap();
     assert_eq!(dataset.len(), records.len());
     assert_eq!(dataset.skipped_too_long, 0);
     let eos = i64::from(tokenizer.eos_id().unwrap());
@@ -59,16 +58,14 @@ fn alpaca_jsonl_matches_alpaca_json() {
 fn truncation_keeps_the_answer_and_counts_skips() {
     let tokenizer = stories_tokenizer!();
     let path = shared!("data/alpaca_en_demo.json");
-    let full = Dataset::load(&path, None, Some(&tokenizer), &EncodeConfig::with_max_len(100_000))
-        .unwrap();
+    let full = Dataset::load(&path, None, Some(&tokenizer), &EncodeConfig::with_max_len(100_000)).unwrap();
     let max_len = 128;
     let answer_fits = |e: &lomo_data::Example| e.len() - e.answer_start() <= max_len;
     let expected_skips = full.examples.iter().filter(|e| !answer_fits(e)).count();
     assert!(expected_skips > 0 && expected_skips < full.len());
 
     for truncation in [Truncation::Left, Truncation::Middle] {
-        let config =
-            EncodeConfig { max_len, truncation, overlong: Overlong::Skip, ..Default::default() };
+        let config = EncodeConfig { max_len, truncation, overlong: Overlong::Skip, ..Default::default() };
         let cut = Dataset::load(&path, None, Some(&tokenizer), &config).unwrap();
         assert_eq!(cut.skipped_too_long, expected_skips);
         let kept = full.examples.iter().filter(|e| answer_fits(e));
@@ -98,8 +95,7 @@ fn tinystories_text_is_packed_into_windows() {
     let path = shared!("data/tinystories_sample.txt");
     assert_eq!(detect_format(&path).unwrap(), DataFormat::Text);
     let max_len = 64;
-    let dataset = Dataset::load(&path, None, Some(&tokenizer), &EncodeConfig::with_max_len(max_len))
-        .unwrap();
+    let dataset = Dataset::load(&path, None, Some(&tokenizer), &EncodeConfig::with_max_len(max_len)).unwrap();
     // The expected stream, computed independently: documents split at <|endoftext|> lines,
     // each encoded with BOS, followed by EOS.
     let text = std::fs::read_to_string(&path).unwrap();
@@ -128,9 +124,7 @@ fn tinystories_text_is_packed_into_windows() {
         .collect();
     let jsonl_path = temp_file("stories.jsonl", &jsonl);
     assert_eq!(detect_format(&jsonl_path).unwrap(), DataFormat::Text);
-    let from_jsonl =
-        Dataset::load(&jsonl_path, None, Some(&tokenizer), &EncodeConfig::with_max_len(max_len))
-            .unwrap();
+    let from_jsonl = Dataset::load(&jsonl_path, None, Some(&tokenizer), &EncodeConfig::with_max_len(max_len)).unwrap();
     assert_eq!(from_jsonl.examples, dataset.examples);
 }
 
@@ -146,8 +140,7 @@ fn chat_learns_every_assistant_turn() {
     ]});
     let path = temp_file("chat.jsonl", &format!("{line}\n"));
     assert_eq!(detect_format(&path).unwrap(), DataFormat::Chat);
-    let dataset =
-        Dataset::load(&path, None, Some(&tokenizer), &EncodeConfig::with_max_len(1024)).unwrap();
+    let dataset = Dataset::load(&path, None, Some(&tokenizer), &EncodeConfig::with_max_len(1024)).unwrap();
     let example = &dataset.examples[0];
     let text = tokenizer.decode(&example.input_ids, true).unwrap();
     assert!(text.starts_with("<|im_start|>system\nYou are kind.<|im_end|>\n<|im_start|>user\n"), "{text}");
@@ -164,8 +157,7 @@ fn chat_learns_every_assistant_turn() {
         }
         previous_supervised = supervised;
     }
-    let runs: Vec<String> =
-        runs.iter().map(|r| tokenizer.decode(r, false).unwrap().trim().to_owned()).collect();
+    let runs: Vec<String> = runs.iter().map(|r| tokenizer.decode(r, false).unwrap().trim().to_owned()).collect();
     assert_eq!(runs, ["Ben is a little boy.<|im_end|>", "He saw a big red ball.<|im_end|>"]);
 }
 

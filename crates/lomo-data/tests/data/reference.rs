@@ -1,8 +1,7 @@
 //! The stories260K reference batch: tokenization and padding must reproduce it exactly.
 
 use lomo_data::{
-    collate, BatchLoader, DataFormat, Dataset, EncodeConfig, LoaderConfig, PaddingConfig,
-    StreamConfig, StreamingLoader,
+    collate, BatchLoader, DataFormat, Dataset, EncodeConfig, LoaderConfig, PaddingConfig, StreamConfig, StreamingLoader,
 };
 use serde_json::Value;
 
@@ -42,8 +41,7 @@ fn padding_the_jsonl_rows_gives_the_reference_batch_back() {
     let jsonl = crate::shared!("reference/stories260K/batch.jsonl");
     let tokenizer = crate::stories_tokenizer!();
     let Some(reference) = reference_batch() else { return };
-    let dataset =
-        Dataset::load(&jsonl, None, Some(&tokenizer), &EncodeConfig::with_max_len(512)).unwrap();
+    let dataset = Dataset::load(&jsonl, None, Some(&tokenizer), &EncodeConfig::with_max_len(512)).unwrap();
     assert_eq!(dataset.len(), 2);
     let batch = collate(&dataset.examples, &PaddingConfig::default()).unwrap();
     assert_eq!(batch.shape(), [2, 40]);

@@ -1,8 +1,7 @@
 //! Streaming: the same examples as loading whole, bounded shuffling, exact resume.
 
 use lomo_data::{
-    DataFormat, Dataset, EncodeConfig, Overlong, PaddingConfig, StreamConfig, StreamPosition,
-    StreamingLoader,
+    DataFormat, Dataset, EncodeConfig, Overlong, PaddingConfig, StreamConfig, StreamPosition, StreamingLoader,
 };
 use serde_json::Value;
 
@@ -47,7 +46,8 @@ fn a_shuffled_stream_is_a_permutation_that_resumes_exactly() {
         padding: PaddingConfig::for_tokenizer(&tokenizer),
         ..StreamConfig::new(8)
     };
-    let open = || StreamingLoader::open(&path, Some(DataFormat::Alpaca), Some(&tokenizer), &encode, config.clone()).unwrap();
+    let open =
+        || StreamingLoader::open(&path, Some(DataFormat::Alpaca), Some(&tokenizer), &encode, config.clone()).unwrap();
     let dataset = Dataset::load(&path, None, Some(&tokenizer), &encode).unwrap();
 
     // One epoch is a permutation of the dataset, not its order.
@@ -59,7 +59,11 @@ fn a_shuffled_stream_is_a_permutation_that_resumes_exactly() {
     assert_eq!(rows, dataset.len());
     let mut in_order = open();
     let mut unshuffled = StreamingLoader::open(
-        &path, None, Some(&tokenizer), &encode, StreamConfig { shuffle_buffer: 0, ..config.clone() },
+        &path,
+        None,
+        Some(&tokenizer),
+        &encode,
+        StreamConfig { shuffle_buffer: 0, ..config.clone() },
     )
     .unwrap();
     assert_ne!(in_order.next_batch().unwrap(), unshuffled.next_batch().unwrap());
@@ -85,7 +89,11 @@ fn a_shuffled_stream_is_a_permutation_that_resumes_exactly() {
     }
     // A position from other settings is refused.
     let mut other = StreamingLoader::open(
-        &path, Some(DataFormat::Alpaca), Some(&tokenizer), &encode, StreamConfig { seed: 10, ..config.clone() },
+        &path,
+        Some(DataFormat::Alpaca),
+        Some(&tokenizer),
+        &encode,
+        StreamConfig { seed: 10, ..config.clone() },
     )
     .unwrap();
     assert!(other.seek(&saved.unwrap()).is_err());

@@ -4,29 +4,22 @@
 use std::path::Path;
 
 use lomo_data::{
-    accuracy, detect_format, load_scoring_set, parse_superglue_record, predict, read_superglue,
-    DataFormat, Dataset, EncodeConfig, ScoringExample, SuperGlueTask, IGNORE_INDEX,
+    accuracy, detect_format, load_scoring_set, parse_superglue_record, predict, read_superglue, DataFormat, Dataset,
+    EncodeConfig, ScoringExample, SuperGlueTask, IGNORE_INDEX,
 };
 use serde_json::{json, Value};
 
 use super::common::supervised_text;
 
 fn records(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 #[test]
 fn shared_files_parse_with_the_papers_prompts() {
     // (task, split, rows) from shared/README.md.
-    let splits = [
-        (SuperGlueTask::Rte, [32, 32, 277]),
-        (SuperGlueTask::Cb, [32, 32, 56]),
-        (SuperGlueTask::Copa, [32, 32, 100]),
-    ];
+    let splits =
+        [(SuperGlueTask::Rte, [32, 32, 277]), (SuperGlueTask::Cb, [32, 32, 56]), (SuperGlueTask::Copa, [32, 32, 100])];
     for (task, counts) in splits {
         for (split, count) in ["train", "dev32", "val"].into_iter().zip(counts) {
             let path = shared!(&format!("data/superglue/{}/{split}.jsonl", task.name()));
@@ -65,10 +58,7 @@ fn shared_files_parse_with_the_papers_prompts() {
                 let expected_choices: Vec<String> = match task {
                     SuperGlueTask::Rte => vec!["Yes".into(), "No".into()],
                     SuperGlueTask::Cb => vec!["Yes".into(), "No".into(), "Maybe".into()],
-                    _ => vec![
-                        record["choice1"].as_str().unwrap().into(),
-                        record["choice2"].as_str().unwrap().into(),
-                    ],
+                    _ => vec![record["choice1"].as_str().unwrap().into(), record["choice2"].as_str().unwrap().into()],
                 };
                 assert_eq!(example.choices, expected_choices);
             }
@@ -138,16 +128,22 @@ fn parse(task: SuperGlueTask, record: Value) -> Vec<lomo_data::SuperGlueExample>
 #[test]
 fn boolq_wic_wsc_multirc_parse_their_official_fields() {
     // Official BoolQ record layout (val.jsonl).
-    let boolq = parse(SuperGlueTask::BoolQ, json!({
+    let boolq = parse(
+        SuperGlueTask::BoolQ,
+        json!({
         "question": "is the sky blue", "passage": "Sky -- The sky is blue on a clear day.",
-        "idx": 0, "label": true}));
+        "idx": 0, "label": true}),
+    );
     assert_eq!(boolq[0].source, "Sky -- The sky is blue on a clear day. is the sky blue\nAnswer: ");
     assert_eq!((boolq[0].choices.clone(), boolq[0].gold), (vec!["No".to_owned(), "Yes".to_owned()], 1));
 
-    let wic = parse(SuperGlueTask::Wic, json!({
+    let wic = parse(
+        SuperGlueTask::Wic,
+        json!({
         "word": "place", "sentence1": "Do you want to come over to my place later?",
         "sentence2": "A political system with no place for the less prominent groups.",
-        "idx": 0, "label": false, "start1": 31, "start2": 27, "end1": 36, "end2": 32}));
+        "idx": 0, "label": false, "start1": 31, "start2": 27, "end1": 36, "end2": 32}),
+    );
     assert_eq!(
         wic[0].source,
         "Does the word \"place\" have the same meaning in these two sentences? Yes, No?\n\
@@ -156,10 +152,13 @@ fn boolq_wic_wsc_multirc_parse_their_official_fields() {
     );
     assert_eq!(wic[0].gold, 0);
 
-    let wsc = parse(SuperGlueTask::Wsc, json!({
+    let wsc = parse(
+        SuperGlueTask::Wsc,
+        json!({
         "text": "Mark told Pete many lies about himself, which Pete included in his book. He should have been more skeptical.",
         "target": {"span2_index": 13, "span1_index": 0, "span1_text": "Mark", "span2_text": "He"},
-        "idx": 0, "label": false}));
+        "idx": 0, "label": false}),
+    );
     assert_eq!(
         wsc[0].source,
         "Mark told Pete many lies about himself, which Pete included in his book. He should have \
@@ -168,14 +167,17 @@ fn boolq_wic_wsc_multirc_parse_their_official_fields() {
     );
     assert_eq!(wsc[0].gold, 0);
 
-    let multirc = parse(SuperGlueTask::MultiRc, json!({
+    let multirc = parse(
+        SuperGlueTask::MultiRc,
+        json!({
         "idx": 0, "version": 1.1,
         "passage": {"text": "Sent 1: Ben saw a vase.", "questions": [
             {"question": "What did Ben see?", "idx": 0, "answers": [
                 {"text": "A vase", "idx": 0, "label": 1},
                 {"text": "A dog", "idx": 1, "label": 0}]},
             {"question": "Who saw it?", "idx": 1, "answers": [
-                {"text": "Ben", "idx": 2, "label": 1}]}]}}));
+                {"text": "Ben", "idx": 2, "label": 1}]}]}}),
+    );
     assert_eq!(multirc.len(), 3);
     assert_eq!(
         multirc[1].source,

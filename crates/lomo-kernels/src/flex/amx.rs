@@ -94,7 +94,6 @@ pub(crate) struct Matrix<'a> {
     pub cs: usize,
 }
 
-
 /// `A` packed tile by tile: for each block of 16 rows, its `kp / 32` tiles of 16 × 32 bf16 one
 /// after the other (`[rows/16][kp/32][16][32]`), so that every tile load reads 1 KiB in one run;
 /// rows padded to a multiple of 32 and `k` to a multiple of 32, zeros in the padding.
@@ -110,29 +109,34 @@ impl PackedA {
         let (rp, kp) = (rows.next_multiple_of(2 * TILE), k.next_multiple_of(TILE_K));
         let block = TILE * kp;
         let mut data = vec![bf16::ZERO; rp * kp];
-        data.par_chunks_mut(block).enumerate().for_each(|(rb, out)| super::elem::simd(#[inline(always)] || {
-            let r0 = rb * TILE;
-            let r1 = (r0 + TILE).min(rows);
-            let at = |r: usize, c: usize| (c / TILE_K) * TILE * TILE_K + (r - r0) * TILE_K + c % TILE_K;
-            if a.cs == 1 {
-                // Row-major: each row's run of 32 into its tile row.
-                for r in r0..r1 {
-                    let row = &a.data[a.offset + r * a.rs..][..k];
-                    for (t, run) in row.chunks(TILE_K).enumerate() {
-                        out[at(r, t * TILE_K)..][..run.len()].copy_from_slice(run);
+        data.par_chunks_mut(block).enumerate().for_each(|(rb, out)| {
+            super::elem::simd(
+                #[inline(always)]
+                || {
+                    let r0 = rb * TILE;
+                    let r1 = (r0 + TILE).min(rows);
+                    let at = |r: usize, c: usize| (c / TILE_K) * TILE * TILE_K + (r - r0) * TILE_K + c % TILE_K;
+                    if a.cs == 1 {
+                        // Row-major: each row's run of 32 into its tile row.
+                        for r in r0..r1 {
+                            let row = &a.data[a.offset + r * a.rs..][..k];
+                            for (t, run) in row.chunks(TILE_K).enumerate() {
+                                out[at(r, t * TILE_K)..][..run.len()].copy_from_slice(run);
+                            }
+                        }
+                    } else {
+                        // A transposed view (its columns contiguous, as xᵀ in dW = xᵀ · dy): down each
+                        // column's 16 rows of this block.
+                        for c in 0..k {
+                            let col = a.offset + c * a.cs;
+                            for r in r0..r1 {
+                                out[at(r, c)] = a.data[col + r * a.rs];
+                            }
+                        }
                     }
-                }
-            } else {
-                // A transposed view (its columns contiguous, as xᵀ in dW = xᵀ · dy): down each
-                // column's 16 rows of this block.
-                for c in 0..k {
-                    let col = a.offset + c * a.cs;
-                    for r in r0..r1 {
-                        out[at(r, c)] = a.data[col + r * a.rs];
-                    }
-                }
-            }
-        }));
+                },
+            )
+        });
         Self { data, rows: rp, k: kp }
     }
 }
@@ -322,7 +326,15 @@ pub(crate) fn product_panels(
 /// bf16 in a row (A's packed layout), `b0`/`b1` `k × 16` bf16 in pair layout, `c` 32 rows of
 /// `c_stride` bytes.
 #[inline(always)]
-unsafe fn block_32x32(a0: *const bf16, a1: *const bf16, b0: *const bf16, b1: *const bf16, k: usize, c: *mut f32, c_stride: usize) {
+unsafe fn block_32x32(
+    a0: *const bf16,
+    a1: *const bf16,
+    b0: *const bf16,
+    b1: *const bf16,
+    k: usize,
+    c: *mut f32,
+    c_stride: usize,
+) {
     use std::arch::asm;
     asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack));
     // Both operands' tiles are 16 rows of 64 contiguous bytes.

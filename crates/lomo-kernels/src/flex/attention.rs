@@ -39,8 +39,15 @@ impl Dims {
         assert_eq!(qs.num_dims(), 3, "attention: queries are [batch, tokens, heads × head_dim]");
         let d = Self { batch: qs[0], tokens: qs[1], heads: spec.heads, kv_heads: spec.kv_heads, dim: spec.head_dim };
         assert_eq!(qs[2], d.heads * d.dim, "attention: queries' width is heads × head_dim");
-        assert_eq!([ks[0], ks[1], ks[2]], [d.batch, d.tokens, d.kv_heads * d.dim], "attention: keys are [batch, tokens, kv_heads × head_dim]");
-        assert!(d.kv_heads > 0 && d.heads.is_multiple_of(d.kv_heads), "attention: heads must be a multiple of kv_heads");
+        assert_eq!(
+            [ks[0], ks[1], ks[2]],
+            [d.batch, d.tokens, d.kv_heads * d.dim],
+            "attention: keys are [batch, tokens, kv_heads × head_dim]"
+        );
+        assert!(
+            d.kv_heads > 0 && d.heads.is_multiple_of(d.kv_heads),
+            "attention: heads must be a multiple of kv_heads"
+        );
         assert!(d.dim.is_multiple_of(2), "attention: RoPE needs an even head_dim");
         d
     }
@@ -126,24 +133,29 @@ fn mask_row(row: &mut [f32], start: usize, limit: usize, keep: Option<&[bool]>) 
 fn pack<E: Elem>(x: &[E], n: usize, d: &Dims, rope: Option<(&Rope, f32)>) -> Vec<f32> {
     let (tokens, dim, half) = (d.tokens, d.dim, d.dim / 2);
     let mut out = vec![0f32; d.batch * n * tokens * dim];
-    out.par_chunks_mut(tokens * dim).enumerate().for_each(|(bh, out)| simd(#[inline(always)] || {
-        let (b, h) = (bh / n, bh % n);
-        for t in 0..tokens {
-            let src = &x[(b * tokens + t) * n * dim + h * dim..][..dim];
-            let dst = &mut out[t * dim..][..dim];
-            match rope {
-                None => dst.iter_mut().zip(src).for_each(|(o, v)| *o = v.to_f32()),
-                Some((rope, scale)) => {
-                    let (cos, sin) = (&rope.cos[t * dim..][..dim], &rope.sin[t * dim..][..dim]);
-                    for i in 0..half {
-                        let (x1, x2) = (src[i].to_f32(), src[i + half].to_f32());
-                        dst[i] = (x1 * cos[i] - x2 * sin[i]) * scale;
-                        dst[i + half] = (x2 * cos[i + half] + x1 * sin[i + half]) * scale;
+    out.par_chunks_mut(tokens * dim).enumerate().for_each(|(bh, out)| {
+        simd(
+            #[inline(always)]
+            || {
+                let (b, h) = (bh / n, bh % n);
+                for t in 0..tokens {
+                    let src = &x[(b * tokens + t) * n * dim + h * dim..][..dim];
+                    let dst = &mut out[t * dim..][..dim];
+                    match rope {
+                        None => dst.iter_mut().zip(src).for_each(|(o, v)| *o = v.to_f32()),
+                        Some((rope, scale)) => {
+                            let (cos, sin) = (&rope.cos[t * dim..][..dim], &rope.sin[t * dim..][..dim]);
+                            for i in 0..half {
+                                let (x1, x2) = (src[i].to_f32(), src[i + half].to_f32());
+                                dst[i] = (x1 * cos[i] - x2 * sin[i]) * scale;
+                                dst[i + half] = (x2 * cos[i + half] + x1 * sin[i + half]) * scale;
+                            }
+                        }
                     }
                 }
-            }
-        }
-    }));
+            },
+        )
+    });
     out
 }
 
@@ -153,28 +165,36 @@ fn pack<E: Elem>(x: &[E], n: usize, d: &Dims, rope: Option<(&Rope, f32)>) -> Vec
 fn unpack<E: Elem>(packed: &[f32], n: usize, sum: usize, d: &Dims, rope: Option<(&Rope, f32)>) -> Vec<E> {
     let (tokens, dim, half) = (d.tokens, d.dim, d.dim / 2);
     let mut out = vec![E::from_f32(0.0); d.batch * tokens * n * dim];
-    out.par_chunks_mut(n * dim).enumerate().for_each_init(|| vec![0f32; dim], |acc, (bt, row)| simd(#[inline(always)] || {
-        let (b, t) = (bt / tokens, bt % tokens);
-        for h in 0..n {
-            acc.fill(0.0);
-            for s in 0..sum {
-                let src = &packed[((b * n + h) * sum + s) * tokens * dim + t * dim..][..dim];
-                acc.iter_mut().zip(src).for_each(|(a, v)| *a += v);
-            }
-            let dst = &mut row[h * dim..][..dim];
-            match rope {
-                None => dst.iter_mut().zip(acc.iter()).for_each(|(o, &v)| *o = E::from_f32(v)),
-                Some((rope, scale)) => {
-                    let (cos, sin) = (&rope.cos[t * dim..][..dim], &rope.sin[t * dim..][..dim]);
-                    for i in 0..half {
-                        let (g1, g2) = (acc[i], acc[i + half]);
-                        dst[i] = E::from_f32((g1 * cos[i] + g2 * sin[i + half]) * scale);
-                        dst[i + half] = E::from_f32((g2 * cos[i + half] - g1 * sin[i]) * scale);
+    out.par_chunks_mut(n * dim).enumerate().for_each_init(
+        || vec![0f32; dim],
+        |acc, (bt, row)| {
+            simd(
+                #[inline(always)]
+                || {
+                    let (b, t) = (bt / tokens, bt % tokens);
+                    for h in 0..n {
+                        acc.fill(0.0);
+                        for s in 0..sum {
+                            let src = &packed[((b * n + h) * sum + s) * tokens * dim + t * dim..][..dim];
+                            acc.iter_mut().zip(src).for_each(|(a, v)| *a += v);
+                        }
+                        let dst = &mut row[h * dim..][..dim];
+                        match rope {
+                            None => dst.iter_mut().zip(acc.iter()).for_each(|(o, &v)| *o = E::from_f32(v)),
+                            Some((rope, scale)) => {
+                                let (cos, sin) = (&rope.cos[t * dim..][..dim], &rope.sin[t * dim..][..dim]);
+                                for i in 0..half {
+                                    let (g1, g2) = (acc[i], acc[i + half]);
+                                    dst[i] = E::from_f32((g1 * cos[i] + g2 * sin[i + half]) * scale);
+                                    dst[i + half] = E::from_f32((g2 * cos[i + half] - g1 * sin[i]) * scale);
+                                }
+                            }
+                        }
                     }
-                }
-            }
-        }
-    }));
+                },
+            )
+        },
+    );
     out
 }
 
@@ -203,23 +223,28 @@ pub(crate) fn forward(
         let (tokens, dim, hl) = (d.tokens, d.dim, d.head_len());
         let mut out = vec![0f32; d.batch * d.heads * hl];
         let mut lse = vec![0f32; d.batch * d.heads * tokens];
-        out.par_chunks_mut(hl).zip(lse.par_chunks_mut(tokens)).enumerate().for_each(|(bh, (out, lse))| simd(#[inline(always)] || {
-            let (b, h) = (bh / d.heads, bh % d.heads);
-            let kv = (b * d.kv_heads + h / d.groups()) * hl;
-            let (q, k, v) = (&qs[bh * hl..][..hl], &kr[kv..][..hl], &vs[kv..][..hl]);
-            let mut scores = vec![0f32; QUERY_BLOCK * tokens];
-            for r0 in (0..tokens).step_by(QUERY_BLOCK) {
-                let r1 = (r0 + QUERY_BLOCK).min(tokens);
-                let (rows, keys) = (r1 - r0, r1);
-                let s = &mut scores[..rows * keys];
-                gemm_f32([rows, keys, dim], (&q[r0 * dim..], dim, 1), (k, 1, dim), (s, keys), false);
-                for (i, row) in s.chunks_exact_mut(keys).enumerate() {
-                    let limit = r0 + i + 1;
-                    lse[r0 + i] = softmax_row(row, vis.start(limit), limit, vis.keep_row(b));
-                }
-                gemm_f32([rows, dim, keys], (s, keys, 1), (v, dim, 1), (&mut out[r0 * dim..], dim), false);
-            }
-        }));
+        out.par_chunks_mut(hl).zip(lse.par_chunks_mut(tokens)).enumerate().for_each(|(bh, (out, lse))| {
+            simd(
+                #[inline(always)]
+                || {
+                    let (b, h) = (bh / d.heads, bh % d.heads);
+                    let kv = (b * d.kv_heads + h / d.groups()) * hl;
+                    let (q, k, v) = (&qs[bh * hl..][..hl], &kr[kv..][..hl], &vs[kv..][..hl]);
+                    let mut scores = vec![0f32; QUERY_BLOCK * tokens];
+                    for r0 in (0..tokens).step_by(QUERY_BLOCK) {
+                        let r1 = (r0 + QUERY_BLOCK).min(tokens);
+                        let (rows, keys) = (r1 - r0, r1);
+                        let s = &mut scores[..rows * keys];
+                        gemm_f32([rows, keys, dim], (&q[r0 * dim..], dim, 1), (k, 1, dim), (s, keys), false);
+                        for (i, row) in s.chunks_exact_mut(keys).enumerate() {
+                            let limit = r0 + i + 1;
+                            lse[r0 + i] = softmax_row(row, vis.start(limit), limit, vis.keep_row(b));
+                        }
+                        gemm_f32([rows, dim, keys], (s, keys, 1), (v, dim, 1), (&mut out[r0 * dim..], dim), false);
+                    }
+                },
+            )
+        });
         let out = unpack::<E>(&out, d.heads, 1, &d, None);
         (tensor_from(out, vec![d.batch, tokens, d.heads * dim]), tensor_from(lse, vec![d.batch, d.heads, tokens]))
     })
@@ -285,56 +310,67 @@ pub(crate) fn backward(
         // D_i = Σ dO_i · O_i per query row and head, `[batch, heads, tokens]`.
         let (o_rows, g_rows) = (slice::<E>(&out), slice::<E>(&grad));
         let mut row_dot = vec![0f32; d.batch * d.heads * tokens];
-        row_dot.par_chunks_mut(tokens).enumerate().for_each(|(bh, dots)| simd(#[inline(always)] || {
-            let (b, h) = (bh / d.heads, bh % d.heads);
-            for (t, out) in dots.iter_mut().enumerate() {
-                let at = (b * tokens + t) * d.heads * dim + h * dim;
-                *out = dot(&o_rows[at..at + dim], &g_rows[at..at + dim]);
-            }
-        }));
+        row_dot.par_chunks_mut(tokens).enumerate().for_each(|(bh, dots)| {
+            simd(
+                #[inline(always)]
+                || {
+                    let (b, h) = (bh / d.heads, bh % d.heads);
+                    for (t, out) in dots.iter_mut().enumerate() {
+                        let at = (b * tokens + t) * d.heads * dim + h * dim;
+                        *out = dot(&o_rows[at..at + dim], &g_rows[at..at + dim]);
+                    }
+                },
+            )
+        });
 
         let mut dq = vec![0f32; d.batch * d.heads * hl];
         let mut dk = vec![0f32; d.batch * d.heads * hl];
         let mut dv = vec![0f32; d.batch * d.heads * hl];
         dq.par_chunks_mut(hl).zip(dk.par_chunks_mut(hl)).zip(dv.par_chunks_mut(hl)).enumerate().for_each(
-            |(bh, ((dq, dk), dv))| simd(#[inline(always)] || {
-                let (b, h) = (bh / d.heads, bh % d.heads);
-                let kv = (b * d.kv_heads + h / d.groups()) * hl;
-                let (q, k, v, go) = (&qs[bh * hl..][..hl], &kr[kv..][..hl], &vs[kv..][..hl], &dout[bh * hl..][..hl]);
-                let (lse, row_dot) = (&lse[bh * tokens..][..tokens], &row_dot[bh * tokens..][..tokens]);
-                let mut probs = vec![0f32; QUERY_BLOCK * tokens];
-                let mut dscores = vec![0f32; QUERY_BLOCK * tokens];
-                for r0 in (0..tokens).step_by(QUERY_BLOCK) {
-                    let r1 = (r0 + QUERY_BLOCK).min(tokens);
-                    let (rows, keys) = (r1 - r0, r1);
-                    let (p, ds) = (&mut probs[..rows * keys], &mut dscores[..rows * keys]);
-                    gemm_f32([rows, keys, dim], (&q[r0 * dim..], dim, 1), (k, 1, dim), (p, keys), false);
-                    for (i, row) in p.chunks_exact_mut(keys).enumerate() {
-                        let t = r0 + i;
-                        if !mask_row(row, vis.start(t + 1), t + 1, vis.keep_row(b)) {
-                            row.fill(0.0);
-                            continue;
+            |(bh, ((dq, dk), dv))| {
+                simd(
+                    #[inline(always)]
+                    || {
+                        let (b, h) = (bh / d.heads, bh % d.heads);
+                        let kv = (b * d.kv_heads + h / d.groups()) * hl;
+                        let (q, k, v, go) =
+                            (&qs[bh * hl..][..hl], &kr[kv..][..hl], &vs[kv..][..hl], &dout[bh * hl..][..hl]);
+                        let (lse, row_dot) = (&lse[bh * tokens..][..tokens], &row_dot[bh * tokens..][..tokens]);
+                        let mut probs = vec![0f32; QUERY_BLOCK * tokens];
+                        let mut dscores = vec![0f32; QUERY_BLOCK * tokens];
+                        for r0 in (0..tokens).step_by(QUERY_BLOCK) {
+                            let r1 = (r0 + QUERY_BLOCK).min(tokens);
+                            let (rows, keys) = (r1 - r0, r1);
+                            let (p, ds) = (&mut probs[..rows * keys], &mut dscores[..rows * keys]);
+                            gemm_f32([rows, keys, dim], (&q[r0 * dim..], dim, 1), (k, 1, dim), (p, keys), false);
+                            for (i, row) in p.chunks_exact_mut(keys).enumerate() {
+                                let t = r0 + i;
+                                if !mask_row(row, vis.start(t + 1), t + 1, vis.keep_row(b)) {
+                                    row.fill(0.0);
+                                    continue;
+                                }
+                                let (seen, rest) = row.split_at_mut(t + 1);
+                                rest.fill(0.0);
+                                for s in seen.iter_mut() {
+                                    *s = if *s == f32::NEG_INFINITY { 0.0 } else { exp(*s - lse[t]) };
+                                }
+                            }
+                            // dV += Pᵀ dO; dP = dO Vᵀ.
+                            gemm_f32([keys, dim, rows], (p, 1, keys), (&go[r0 * dim..], dim, 1), (dv, dim), true);
+                            gemm_f32([rows, keys, dim], (&go[r0 * dim..], dim, 1), (v, 1, dim), (ds, keys), false);
+                            // dS = P ∘ (dP − D).
+                            for i in 0..rows {
+                                let dot = row_dot[r0 + i];
+                                let (p, ds) = (&p[i * keys..][..keys], &mut ds[i * keys..][..keys]);
+                                ds.iter_mut().zip(p).for_each(|(ds, &p)| *ds = p * (*ds - dot));
+                            }
+                            // dQs = dS K; dK += dSᵀ Qs.
+                            gemm_f32([rows, dim, keys], (ds, keys, 1), (k, dim, 1), (&mut dq[r0 * dim..], dim), false);
+                            gemm_f32([keys, dim, rows], (ds, 1, keys), (&q[r0 * dim..], dim, 1), (dk, dim), true);
                         }
-                        let (seen, rest) = row.split_at_mut(t + 1);
-                        rest.fill(0.0);
-                        for s in seen.iter_mut() {
-                            *s = if *s == f32::NEG_INFINITY { 0.0 } else { exp(*s - lse[t]) };
-                        }
-                    }
-                    // dV += Pᵀ dO; dP = dO Vᵀ.
-                    gemm_f32([keys, dim, rows], (p, 1, keys), (&go[r0 * dim..], dim, 1), (dv, dim), true);
-                    gemm_f32([rows, keys, dim], (&go[r0 * dim..], dim, 1), (v, 1, dim), (ds, keys), false);
-                    // dS = P ∘ (dP − D).
-                    for i in 0..rows {
-                        let dot = row_dot[r0 + i];
-                        let (p, ds) = (&p[i * keys..][..keys], &mut ds[i * keys..][..keys]);
-                        ds.iter_mut().zip(p).for_each(|(ds, &p)| *ds = p * (*ds - dot));
-                    }
-                    // dQs = dS K; dK += dSᵀ Qs.
-                    gemm_f32([rows, dim, keys], (ds, keys, 1), (k, dim, 1), (&mut dq[r0 * dim..], dim), false);
-                    gemm_f32([keys, dim, rows], (ds, 1, keys), (&q[r0 * dim..], dim, 1), (dk, dim), true);
-                }
-            }),
+                    },
+                )
+            },
         );
         // Qs = scale · rope(q): dq = scale · ropeᵀ(dQs). Kr = rope(k), summed over the query heads
         // that share a key head; V likewise without the rotation.

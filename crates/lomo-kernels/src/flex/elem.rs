@@ -259,7 +259,8 @@ mod tests {
     #[test]
     fn bf16_rounding_equals_half() {
         let mut x = 0x0000_0001u32;
-        let mut specials = vec![f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 0.0, -0.0, f32::MAX, f32::MIN_POSITIVE, 1.0039062];
+        let mut specials =
+            vec![f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 0.0, -0.0, f32::MAX, f32::MIN_POSITIVE, 1.0039062];
         while x < 0xFFFF_0000 {
             specials.push(f32::from_bits(x));
             x = x.wrapping_mul(3).wrapping_add(0x1_2345);
@@ -271,7 +272,10 @@ mod tests {
             } else {
                 assert_eq!(ours, theirs, "{v:e}");
             }
-            assert_eq!(<bf16 as Elem>::to_f32(bf16::from_bits(theirs)).to_bits(), bf16::from_bits(theirs).to_f32().to_bits());
+            assert_eq!(
+                <bf16 as Elem>::to_f32(bf16::from_bits(theirs)).to_bits(),
+                bf16::from_bits(theirs).to_f32().to_bits()
+            );
         }
     }
 

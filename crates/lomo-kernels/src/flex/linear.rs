@@ -95,8 +95,25 @@ fn gemm_raw(
     // `m × n` elements at row stride `dst_rs` (the callers allocate or own it).
     unsafe {
         gemm::gemm(
-            m, n, k, dst, 1, dst_rs as isize, false, a.as_ptr(), a_cs as isize, a_rs as isize, b.as_ptr(),
-            b_cs as isize, b_rs as isize, 0.0f32, 1.0f32, false, false, false, parallelism,
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
         );
     }
 }
@@ -167,7 +184,6 @@ fn from_f32<E: Elem>(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
 
 /// At most this many rows go through [`matrix_vector`] instead of gemm (decoding's one token).
 const GEMV_ROWS: usize = 8;
-
 
 /// `x · W` for a few rows of `x` (row-major f32 `rows × in`), streaming the weight once in its
 /// storage dtype and layout, in contiguous runs split over the cores: decoding reads every
@@ -280,7 +296,14 @@ fn bf16_matrix<'a, E: Elem>(v: &View<'a, E>, transposed: bool) -> amx::Matrix<'a
 
 /// `A · B (+ bias)` (`rows × n`) on AMX, rounded once into the storage dtype as each panel is
 /// done.
-fn amx_into<E: Elem>(a: &amx::PackedA, rows: usize, n: usize, k: usize, b: amx::Matrix<'_>, bias: Option<&[f32]>) -> Vec<E> {
+fn amx_into<E: Elem>(
+    a: &amx::PackedA,
+    rows: usize,
+    n: usize,
+    k: usize,
+    b: amx::Matrix<'_>,
+    bias: Option<&[f32]>,
+) -> Vec<E> {
     let mut c: Vec<E> = Vec::with_capacity(rows * n);
     let dst = SharedElems(c.as_mut_ptr());
     amx::product_panels(a, rows, n, k, b, |r0, c0, width, panel| {
@@ -291,7 +314,10 @@ fn amx_into<E: Elem>(a: &amx::PackedA, rows: usize, n: usize, k: usize, b: amx::
                     // SAFETY: columns c0..c0 + width of every row belong to this panel's task
                     // alone, and lie inside `c` (row r0 + r < rows).
                     let out = unsafe {
-                        std::slice::from_raw_parts_mut(dst.at((r0 + r) * n + c0).cast::<std::mem::MaybeUninit<E>>(), width)
+                        std::slice::from_raw_parts_mut(
+                            dst.at((r0 + r) * n + c0).cast::<std::mem::MaybeUninit<E>>(),
+                            width,
+                        )
                     };
                     match bias {
                         Some(b) => out.iter_mut().zip(row).zip(&b[c0..]).for_each(|((o, &v), &b)| {
@@ -394,7 +420,11 @@ fn amx_backward<E: Elem>(
         amx_into::<E>(&a, inner, out, rows, bf16_matrix(&dyv, false), None)
     };
     let dw = if col_major {
-        tensor_from(dw, vec![out, inner]).with_layout(Layout::new(Shape::from(vec![inner, out]), vec![1, inner as isize], 0))
+        tensor_from(dw, vec![out, inner]).with_layout(Layout::new(
+            Shape::from(vec![inner, out]),
+            vec![1, inner as isize],
+            0,
+        ))
     } else {
         tensor_from(dw, vec![inner, out])
     };
@@ -411,7 +441,14 @@ fn amx_backward<E: Elem>(
 /// `xᵀ · dy` for a bf16/f16 weight, in f32 panels converted to the storage dtype as each is
 /// done: no f32 gradient of the whole weight. Row-major `[in, out]`, or `[out, in]` with
 /// `col_major`.
-fn weight_grad_panels<E: Elem>(x: &[f32], dy: &[f32], rows: usize, inner: usize, out: usize, col_major: bool) -> FlexTensor {
+fn weight_grad_panels<E: Elem>(
+    x: &[f32],
+    dy: &[f32],
+    rows: usize,
+    inner: usize,
+    out: usize,
+    col_major: bool,
+) -> FlexTensor {
     // The panels run along the output's rows; `span` is its row length.
     let (panel_rows, span) = if col_major { (out, inner) } else { (inner, out) };
     let width = (PANEL_ELEMS / panel_rows.max(1)).clamp(16, span.max(16));

@@ -84,10 +84,13 @@ pub(crate) fn backward(x: FlexTensor, weight: FlexTensor, eps: f64, grad: FlexTe
                 );
                 dw
             })
-            .reduce(|| vec![0f32; n], |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            });
+            .reduce(
+                || vec![0f32; n],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
         let dw: Vec<E> = dw.into_iter().map(E::from_f32).collect();
         (tensor_from(dx, shape), tensor_from(dw, vec![n]))
     })

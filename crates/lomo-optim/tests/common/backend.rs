@@ -8,10 +8,7 @@ pub type Inner = burn::backend::Flex;
 pub type Inner = burn::backend::NdArray;
 #[cfg(all(feature = "test-tch", not(any(feature = "test-flex", feature = "test-ndarray"))))]
 pub type Inner = burn::backend::LibTorch;
-#[cfg(all(
-    feature = "test-cuda",
-    not(any(feature = "test-flex", feature = "test-ndarray", feature = "test-tch"))
-))]
+#[cfg(all(feature = "test-cuda", not(any(feature = "test-flex", feature = "test-ndarray", feature = "test-tch"))))]
 pub type Inner = burn::backend::Cuda;
 
 /// The autodiff backend of the tests.
