@@ -3,9 +3,10 @@
 //! arXiv 2310.10195), as the authors' package `lomo-optim` 0.1.1 computes it.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use burn::module::{Module, ParamId};
-use burn::record::Record;
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Record, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 
@@ -252,6 +253,36 @@ fn finish<B: Backend, const D: usize>(
 impl<B: UpdateKernels> UpdateRule<B> for AdaLomo<B> {
     fn begin_step(&mut self) {
         self.step += 1;
+    }
+
+    /// The record of [`AdaLomo::to_record`] in burn's binary format (burn adds `.bin`).
+    fn save_state<BM: Backend, M: Module<BM>>(&self, model: &M, file: &Path) -> Result<(), OptimError> {
+        BinFileRecorder::<FullPrecisionSettings>::new().record(self.to_record(model), file.to_path_buf()).map_err(|e| {
+            OptimError::StateFile {
+                action: "writing",
+                rule: "AdaLomo",
+                file: file.with_extension("bin"),
+                message: e.to_string(),
+            }
+        })
+    }
+
+    /// The record [`UpdateRule::save_state`] wrote, through [`AdaLomo::load_record`].
+    fn load_state<BM: Backend, M: Module<BM>>(
+        &mut self,
+        model: &M,
+        file: &Path,
+        device: &B::Device,
+    ) -> Result<(), OptimError> {
+        let record = BinFileRecorder::<FullPrecisionSettings>::new().load(file.to_path_buf(), device).map_err(|e| {
+            OptimError::StateFile {
+                action: "reading",
+                rule: "AdaLomo",
+                file: file.with_extension("bin"),
+                message: e.to_string(),
+            }
+        })?;
+        self.load_record(record, model)
     }
 
     fn update<const D: usize>(

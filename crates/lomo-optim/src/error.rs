@@ -35,4 +35,16 @@ pub enum OptimError {
         /// What does not fit.
         message: String,
     },
+    /// Optimizer state could not be written to or read from its file.
+    #[error("{action} the {rule} state {}: {message}", file.display())]
+    StateFile {
+        /// `writing` or `reading`.
+        action: &'static str,
+        /// The rule whose state it is (`AdaLomo`).
+        rule: &'static str,
+        /// The file, as the recorder names it (with its extension).
+        file: std::path::PathBuf,
+        /// The recorder's error.
+        message: String,
+    },
 }

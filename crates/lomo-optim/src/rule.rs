@@ -1,11 +1,14 @@
 //! Update rules: what happens to one parameter once its gradient is final.
 
 use std::collections::HashMap;
+use std::path::Path;
 
-use burn::module::{AutodiffModule, ModuleMapper, Param, ParamId};
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor};
+
+use crate::error::OptimError;
 
 /// The gradient transforms shared by every rule, applied in this order in fp32:
 /// unscale (fp16 loss scaling), clamp by value, multiply by the global-norm clip coefficient.
@@ -84,6 +87,24 @@ pub trait UpdateRule<B: Backend> {
             let grad = prep.apply(grad);
             self.update(id, param, grad, lr)
         }
+    }
+
+    /// Writes the rule's state (AdaLomo's second moments) to `file`, naming each parameter by
+    /// its path in `model` ([`param_paths`]), so that the state survives a reload of the model,
+    /// which gives the parameters new ids. A stateless rule (LOMO) writes nothing: the default.
+    fn save_state<BM: Backend, M: Module<BM>>(&self, _model: &M, _file: &Path) -> Result<(), OptimError> {
+        Ok(())
+    }
+
+    /// Restores what [`UpdateRule::save_state`] wrote to `file` for the parameters of `model`,
+    /// its tensors on `device`. A stateless rule reads nothing: the default.
+    fn load_state<BM: Backend, M: Module<BM>>(
+        &mut self,
+        _model: &M,
+        _file: &Path,
+        _device: &B::Device,
+    ) -> Result<(), OptimError> {
+        Ok(())
     }
 }
 
