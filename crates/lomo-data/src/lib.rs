@@ -45,7 +45,7 @@ pub mod error;
 pub mod example;
 pub mod formats;
 pub mod loader;
-pub mod rng;
+pub use lomo_io::rng;
 pub mod stream;
 pub mod superglue;
 pub mod synthetic;

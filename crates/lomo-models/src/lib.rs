@@ -41,7 +41,7 @@ pub mod offload;
 pub mod placement;
 pub mod plan;
 pub mod presets;
-pub mod rng;
+pub use lomo_io::rng;
 pub mod rope;
 pub mod safetensors;
 pub mod save;
