@@ -1,20 +1,19 @@
 //! Checkpoints: an HF directory (config.json, safetensors, tokenizer.json) that HF
 //! transformers loads, plus what `--resume` needs to continue exactly: the step, the data
-//! position, the loss scaler and AdaLomo's state. Written to a temporary directory, then
+//! position, the loss scaler and the update rule's state. Written to a temporary directory, then
 //! renamed into place, so a checkpoint is never half-written.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
-use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
-use burn::tensor::backend::Backend;
 use lomo_data::{DataPosition, TextTokenizer};
 use lomo_models::{Llama, SaveOptions};
-use lomo_optim::{AdaLomoRecord, DynamicLossScaler};
+use lomo_optim::DynamicLossScaler;
 use serde::{Deserialize, Serialize};
 
 use crate::args::OptimizerKind;
+use crate::trainer::Trainer;
 
 /// The file of the training state.
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -65,7 +64,7 @@ pub fn save<B: lomo_models::TrainBackend>(
     tokenizer_file: Option<&Path>,
     state: &TrainerState,
     config: &str,
-    adalomo: Option<AdaLomoRecord<B::InnerBackend>>,
+    trainer: &Trainer<B>,
 ) -> Result<()> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -87,11 +86,7 @@ pub fn save<B: lomo_models::TrainBackend>(
             .with_context(|| format!("writing {}", tmp.join(STATE_FILE).display()))?;
         let file = tmp.join(crate::config::CONFIG_FILE);
         std::fs::write(&file, config).with_context(|| format!("writing {}", file.display()))?;
-        if let Some(record) = adalomo {
-            BinFileRecorder::<FullPrecisionSettings>::new()
-                .record(record, tmp.join(OPTIMIZER_FILE))
-                .with_context(|| format!("writing the optimizer state to {}", tmp.display()))?;
-        }
+        trainer.save_state(model, &tmp.join(OPTIMIZER_FILE))?;
         Ok(())
     })();
     if let Err(e) = result {
@@ -229,14 +224,6 @@ pub fn load_state(dir: &Path) -> Result<TrainerState> {
     }
     let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: not a trainer state", file.display()))
-}
-
-/// Reads AdaLomo's state of a checkpoint.
-pub fn load_adalomo<B: Backend>(dir: &Path, device: &B::Device) -> Result<AdaLomoRecord<B>> {
-    let file: PathBuf = dir.join(OPTIMIZER_FILE);
-    BinFileRecorder::<FullPrecisionSettings>::new()
-        .load(file.clone(), device)
-        .with_context(|| format!("reading the AdaLomo state {}.bin", file.display()))
 }
 
 /// The tokenizer beside the weights, so that HF transformers (and `lomo eval`) find it: the

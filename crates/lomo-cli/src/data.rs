@@ -75,3 +75,14 @@ pub fn load_training(
     dataset.skipped_too_long = skipped;
     Ok(dataset)
 }
+
+/// lomo-data's plain arrays as the model's batch (lomo-models knows no lomo-data, so the two
+/// meet here, for train, eval and demo alike).
+pub fn model_batch(batch: &lomo_data::Batch) -> Result<lomo_models::Batch> {
+    Ok(lomo_models::Batch::new(
+        batch.input_ids.clone(),
+        Some(batch.attention_mask.clone()),
+        Some(batch.labels.clone()),
+        batch.shape(),
+    )?)
+}

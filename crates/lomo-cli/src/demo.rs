@@ -17,7 +17,7 @@ use lomo_optim::{full_backward_step, FusedConfig, FusedStep, Lomo, LrSchedule, R
 use crate::alloc;
 use crate::args::DemoArgs;
 use crate::backend::with_backend;
-use crate::eval::to_model_batch;
+use crate::data::model_batch;
 use crate::model::{load_path, require_tokenizer};
 use crate::trainer::{StepSettings, Trainer};
 
@@ -138,7 +138,7 @@ fn demo<B: TrainBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
     let mut step = Trainer::<B>::new(args.optimizer, settings)?;
     let t0 = Instant::now();
     for s in 0..steps {
-        let batch = to_model_batch(&loader.next_batch()?)?;
+        let batch = model_batch(&loader.next_batch()?)?;
         let (next, report) = step.step(model, std::slice::from_ref(&batch), schedule.lr(s))?;
         model = next;
         if (s + 1) % (steps / 6).max(1) == 0 || s + 1 == steps {

@@ -24,9 +24,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let placement = match &args.devices {
             // Planned for one row of a prompt and the new tokens (the weights dominate the split).
             Some(list) => {
-                let context = crate::plan::config_of_path(&args.model)?.max_position_embeddings;
+                let context = crate::placement::config_of_path(&args.model)?.max_position_embeddings;
                 let context = context.min(args.max_new_tokens + 1024).max(2);
-                Some(crate::plan::inference_placement::<Inner>(
+                Some(crate::placement::inference_placement::<Inner>(
                     list,
                     args.backend,
                     &args.model,
@@ -54,6 +54,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         // The tokenizer adds BOS where the model expects it; a chat prompt carries its own
         // (the template writes it where the model wants one, as HF tokenizes it).
         let ids = tokenizer.encode(&prompt, !args.chat)?;
+        let vocab = loaded.model.config().vocab_size;
+        if let Some((_, id)) = lomo_models::batch::first_outside_vocab([ids.as_slice()], vocab) {
+            bail!("--prompt: token id {id} is outside the model's vocabulary of {vocab}");
+        }
         let sampling = if args.temperature == 0.0 {
             Sampling::Greedy
         } else {

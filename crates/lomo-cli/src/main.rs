@@ -13,9 +13,11 @@ mod export;
 mod generate;
 mod launch;
 mod model;
+mod placement;
 mod plan;
 mod plot;
 mod progress;
+mod scoring;
 mod train;
 mod trainer;
 

@@ -1,15 +1,19 @@
 //! One optimizer step, whatever `--optimizer` says: the fused step for LOMO and AdaLomo,
 //! full backward + a burn optimizer for the SGD and AdamW baselines.
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{bail, Result};
 use burn::module::{ModuleMapper, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig};
 use burn::tensor::{DType, ElementConversion, Tensor};
+use lomo_models::plan::{PlanOptimizer, StepMode};
 use lomo_models::TrainBackend;
 use lomo_models::{Batch, Llama};
 use lomo_optim::{
-    full_backward_grads, AdaLomo, AdaLomoConfig, FusedConfig, FusedStep, Lomo, LossScaleConfig, RuleUpdater, StepReport,
+    full_backward_grads, AdaLomoConfig, DynamicLossScaler, FusedConfig, FusedStep, Lomo, LossScaleConfig, RuleUpdater,
+    StageStore, StepReducer, StepReport, UpdateRule,
 };
 
 use crate::args::OptimizerKind;
@@ -24,36 +28,108 @@ pub struct StepSettings {
     pub loss_scale: Option<f64>,
 }
 
+impl OptimizerKind {
+    /// The planner's name of the update and how the step is arranged: the one place besides
+    /// [`Trainer::new`] where an `--optimizer` name means something.
+    pub fn plan(self) -> (PlanOptimizer, StepMode) {
+        match self {
+            OptimizerKind::Lomo => (PlanOptimizer::Lomo, StepMode::Fused),
+            OptimizerKind::Adalomo => (PlanOptimizer::AdaLomo, StepMode::Fused),
+            OptimizerKind::Sgd => (PlanOptimizer::Sgd, StepMode::Full),
+            OptimizerKind::Adamw => (PlanOptimizer::AdamW, StepMode::Full),
+        }
+    }
+
+    /// Whether the step is the fused one (the update applied inside the stage-wise backward).
+    pub fn fused(self) -> bool {
+        self.plan().1 == StepMode::Fused
+    }
+}
+
+/// The fused step of one update rule, whichever it is: its state goes to and comes from a
+/// checkpoint through the rule ([`UpdateRule::save_state`], [`UpdateRule::load_state`]).
+pub trait FusedRule<B: TrainBackend> {
+    fn step(
+        &mut self,
+        model: Llama<B>,
+        micro_batches: &[Batch],
+        lr: f64,
+        reducer: &mut dyn StepReducer<B::InnerBackend>,
+        store: &mut dyn StageStore<B, Llama<B>>,
+    ) -> Result<(Llama<B>, StepReport)>;
+    fn scaler(&self) -> Option<&DynamicLossScaler>;
+    fn set_scaler(&mut self, scaler: DynamicLossScaler);
+    fn save_state(&self, model: &Llama<B>, file: &Path) -> Result<()>;
+    fn load_state(&mut self, model: &Llama<B>, file: &Path, device: &B::Device) -> Result<()>;
+}
+
+impl<B: TrainBackend, R: UpdateRule<B::InnerBackend>> FusedRule<B> for FusedStep<RuleUpdater<R>> {
+    fn step(
+        &mut self,
+        model: Llama<B>,
+        micro_batches: &[Batch],
+        lr: f64,
+        reducer: &mut dyn StepReducer<B::InnerBackend>,
+        store: &mut dyn StageStore<B, Llama<B>>,
+    ) -> Result<(Llama<B>, StepReport)> {
+        Ok(self.step_stored(model, micro_batches, lr, reducer, store)?)
+    }
+
+    fn scaler(&self) -> Option<&DynamicLossScaler> {
+        FusedStep::scaler(self)
+    }
+
+    fn set_scaler(&mut self, scaler: DynamicLossScaler) {
+        FusedStep::set_scaler(self, scaler)
+    }
+
+    fn save_state(&self, model: &Llama<B>, file: &Path) -> Result<()> {
+        Ok(self.updater().rule.save_state(model, file)?)
+    }
+
+    fn load_state(&mut self, model: &Llama<B>, file: &Path, device: &B::Device) -> Result<()> {
+        Ok(self.updater_mut().rule.load_state(model, file, device)?)
+    }
+}
+
+/// The fused step of `rule`.
+fn fused<B: TrainBackend, R: UpdateRule<B::InnerBackend> + 'static>(
+    rule: R,
+    config: FusedConfig,
+) -> Result<Box<dyn FusedRule<B>>> {
+    Ok(Box::new(FusedStep::new(RuleUpdater::new(rule), config)?))
+}
+
 /// The optimizer of a run and its state.
-#[allow(clippy::large_enum_variant)]
 pub enum Trainer<B: TrainBackend> {
-    Lomo(FusedStep<RuleUpdater<Lomo>>),
-    AdaLomo(FusedStep<RuleUpdater<AdaLomo<B::InnerBackend>>>),
+    Fused(Box<dyn FusedRule<B>>),
     Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, Llama<B>, B>, StepSettings),
-    AdamW(OptimizerAdaptor<AdamW, Llama<B>, B>, StepSettings),
+    AdamW(Box<OptimizerAdaptor<AdamW, Llama<B>, B>>, StepSettings),
 }
 
 impl<B: TrainBackend> Trainer<B> {
+    /// The optimizer `kind` names: the one place an `--optimizer` name becomes an update.
     pub fn new(kind: OptimizerKind, s: StepSettings) -> Result<Self> {
-        let fused = FusedConfig {
+        let config = FusedConfig {
             clip_grad_norm: s.clip_grad_norm,
             clip_grad_value: s.clip_grad_value,
             loss_scale: s.loss_scale.map(|init_scale| LossScaleConfig { init_scale, ..Default::default() }),
         };
         Ok(match kind {
-            OptimizerKind::Lomo => Self::Lomo(FusedStep::new(RuleUpdater::new(Lomo::new(s.weight_decay)?), fused)?),
+            OptimizerKind::Lomo => Self::Fused(fused(Lomo::new(s.weight_decay)?, config)?),
             OptimizerKind::Adalomo => {
                 let rule = AdaLomoConfig { weight_decay: s.weight_decay, ..Default::default() }.init()?;
-                Self::AdaLomo(FusedStep::new(RuleUpdater::new(rule), fused)?)
+                Self::Fused(fused::<B, lomo_optim::AdaLomo<B::InnerBackend>>(rule, config)?)
             }
             OptimizerKind::Sgd => {
                 // Our weight decay is decoupled everywhere (p *= 1 - lr * wd) and applied below;
                 // burn's SGD decay is an L2 term, so it stays off.
                 Self::Sgd(SgdConfig::new().init(), s)
             }
-            OptimizerKind::Adamw => {
-                Self::AdamW(AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(s.weight_decay as f32).init(), s)
-            }
+            OptimizerKind::Adamw => Self::AdamW(
+                Box::new(AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(s.weight_decay as f32).init()),
+                s,
+            ),
         })
     }
 
@@ -69,56 +145,55 @@ impl<B: TrainBackend> Trainer<B> {
         model: Llama<B>,
         micro_batches: &[Batch],
         lr: f64,
-        reducer: &mut dyn lomo_optim::StepReducer<B::InnerBackend>,
-        store: &mut dyn lomo_optim::StageStore<B, Llama<B>>,
+        reducer: &mut dyn StepReducer<B::InnerBackend>,
+        store: &mut dyn StageStore<B, Llama<B>>,
     ) -> Result<(Llama<B>, StepReport)> {
-        if reducer.world_size() > 1 && matches!(self, Self::Sgd(..) | Self::AdamW(..)) {
-            anyhow::bail!("--world-size: data parallelism runs the fused optimizers (lomo, adalomo), not the full-backward baselines");
+        if reducer.world_size() > 1 && !matches!(self, Self::Fused(_)) {
+            bail!("--world-size: data parallelism runs the fused optimizers (lomo, adalomo), not the full-backward baselines");
         }
-        Ok(match self {
-            Self::Lomo(step) => step.step_stored(model, micro_batches, lr, reducer, store)?,
-            Self::AdaLomo(step) => step.step_stored(model, micro_batches, lr, reducer, store)?,
+        match self {
+            Self::Fused(step) => step.step(model, micro_batches, lr, reducer, store),
             Self::Sgd(optim, s) => {
                 // As LOMO: the gradient is of the undecayed weights, p = p * (1 - lr * wd) - lr * g.
                 let wd = s.weight_decay;
                 full_step(model, micro_batches, lr, s, |m, g| {
                     let m = if wd > 0.0 { decay(m, lr * wd) } else { m };
                     optim.step(lr, m, g)
-                })?
+                })
             }
-            Self::AdamW(optim, s) => full_step(model, micro_batches, lr, s, |m, g| optim.step(lr, m, g))?,
-        })
-    }
-
-    /// The AdaLomo rule, when this run has one (its state goes into checkpoints).
-    pub fn adalomo(&self) -> Option<&AdaLomo<B::InnerBackend>> {
-        match self {
-            Self::AdaLomo(step) => Some(&step.updater().rule),
-            _ => None,
+            Self::AdamW(optim, s) => full_step(model, micro_batches, lr, s, |m, g| optim.step(lr, m, g)),
         }
     }
 
-    pub fn adalomo_mut(&mut self) -> Option<&mut AdaLomo<B::InnerBackend>> {
+    /// Writes the update rule's state (if it keeps one) for `model` to `file`.
+    pub fn save_state(&self, model: &Llama<B>, file: &Path) -> Result<()> {
         match self {
-            Self::AdaLomo(step) => Some(&mut step.updater_mut().rule),
-            _ => None,
+            Self::Fused(step) => step.save_state(model, file),
+            Self::Sgd(..) | Self::AdamW(..) => Ok(()),
+        }
+    }
+
+    /// Restores the update rule's state for `model` from `file` (what [`Trainer::save_state`]
+    /// wrote), its tensors on `device`; AdamW's moments are never saved, so it cannot resume.
+    pub fn load_state(&mut self, model: &Llama<B>, file: &Path, device: &B::Device) -> Result<()> {
+        match self {
+            Self::Fused(step) => step.load_state(model, file, device),
+            Self::Sgd(..) => Ok(()),
+            Self::AdamW(..) => bail!("--resume with --optimizer adamw: AdamW's moments are not saved in checkpoints; resume works with lomo, adalomo and sgd"),
         }
     }
 
     /// The loss scaler's state, with fp16 loss scaling.
-    pub fn scaler(&self) -> Option<&lomo_optim::DynamicLossScaler> {
+    pub fn scaler(&self) -> Option<&DynamicLossScaler> {
         match self {
-            Self::Lomo(step) => step.scaler(),
-            Self::AdaLomo(step) => step.scaler(),
+            Self::Fused(step) => step.scaler(),
             _ => None,
         }
     }
 
-    pub fn set_scaler(&mut self, scaler: lomo_optim::DynamicLossScaler) {
-        match self {
-            Self::Lomo(step) => step.set_scaler(scaler),
-            Self::AdaLomo(step) => step.set_scaler(scaler),
-            _ => {}
+    pub fn set_scaler(&mut self, scaler: DynamicLossScaler) {
+        if let Self::Fused(step) = self {
+            step.set_scaler(scaler);
         }
     }
 }

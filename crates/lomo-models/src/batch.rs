@@ -6,6 +6,13 @@ use crate::error::{ModelError, Result};
 /// Labels equal to this are not trained on (PyTorch's `CrossEntropyLoss` `ignore_index`).
 pub const IGNORE_INDEX: i64 = -100;
 
+/// The first token id of `rows` that a model with `vocab_size` tokens has no embedding for,
+/// with the index of its row: what every command checks its token ids with before they reach
+/// the model (a tokenizer or a pre-tokenized file may know more tokens than the model).
+pub fn first_outside_vocab<'a>(rows: impl IntoIterator<Item = &'a [u32]>, vocab_size: usize) -> Option<(usize, u32)> {
+    rows.into_iter().enumerate().find_map(|(i, row)| row.iter().find(|&&t| t as usize >= vocab_size).map(|&t| (i, t)))
+}
+
 /// A batch of `batch_size` rows of `seq_len` tokens, row-major.
 ///
 /// Labels follow HF: `labels[b, t]` is the token expected *at* position t, so position t's
@@ -104,5 +111,17 @@ impl Batch {
     /// Whether some token is padding.
     pub fn has_padding(&self) -> bool {
         self.attention_mask.contains(&0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_outside_vocab_names_the_row_and_the_id() {
+        let rows: [&[u32]; 3] = [&[1, 2], &[3, 9, 12], &[10]];
+        assert_eq!(first_outside_vocab(rows, 10), Some((1, 12)));
+        assert_eq!(first_outside_vocab(rows, 13), None);
     }
 }
