@@ -15,7 +15,7 @@ use backend::BackendKind;
 
 // The profile's peak-heap numbers come from this allocator.
 #[global_allocator]
-static ALLOCATOR: lomo_optim::memory::CountingAllocator = lomo_optim::memory::CountingAllocator;
+static ALLOCATOR: lomo_io::memory::CountingAllocator = lomo_io::memory::CountingAllocator;
 
 const USAGE: &str = "usage: cargo xtask profile|bench|bench-report RUN.json …  (cargo xtask bench --help for the bench)
        cargo xtask profile [--suite quick|paper|scale] [--backend cpu|cuda|tch] [--case LABEL]... [--replan]

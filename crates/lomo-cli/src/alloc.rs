@@ -2,11 +2,11 @@
 //! summary and the demo's memory table. Deterministic, unlike RSS; backends that allocate
 //! outside Rust (LibTorch, CUDA) are not seen, so RSS is reported too.
 
-pub use lomo_optim::memory::{live, peak, reset_peak, CountingAllocator as Counting};
+pub use lomo_io::memory::{live, peak, reset_peak, CountingAllocator as Counting};
 
 /// Peak resident set size of the process (VmHWM), where /proc has it.
 pub fn peak_rss() -> Option<usize> {
-    lomo_optim::memory::peak_rss().map(|b| b as usize)
+    lomo_io::memory::peak_rss().map(|b| b as usize)
 }
 
 /// `1.23 GiB`, `456.7 MiB`.

@@ -3,4 +3,5 @@
 #![warn(missing_docs)]
 
 pub mod atomic;
+pub mod memory;
 pub mod rng;

@@ -6,9 +6,15 @@
 //! the allocator's retained pages and the binary). Backends that allocate outside Rust
 //! (LibTorch, CUDA) are invisible to it. A binary opts in with
 //!
-//! ```ignore
+//! ```
 //! #[global_allocator]
-//! static ALLOCATOR: lomo_optim::memory::CountingAllocator = lomo_optim::memory::CountingAllocator;
+//! static ALLOCATOR: lomo_io::memory::CountingAllocator = lomo_io::memory::CountingAllocator;
+//!
+//! fn main() {
+//!     let before = lomo_io::memory::live();
+//!     let buffer = vec![0u8; 1 << 20];
+//!     assert!(lomo_io::memory::peak() >= before + buffer.len());
+//! }
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -7,6 +7,9 @@
 //! value, so that its backward can write the gradient over them). The `*_backward` methods on
 //! `Autodiff<B>` themselves compute on `B` and return untracked tensors: there are no
 //! second-order gradients through these ops.
+//!
+//! [`UpdateKernels`] for `Autodiff<B>` updates on `B`: an update is applied to a finished
+//! gradient, outside any graph, so its results carry none.
 
 use std::sync::Arc;
 
@@ -18,7 +21,7 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
 
-use crate::{AttentionSpec, FusedKernels, KeyPadding};
+use crate::{AdaLomoScalars, AttentionSpec, FusedKernels, GradScale, KeyPadding, UpdateKernels};
 
 fn untracked<B: FusedKernels, C: CheckpointStrategy>(t: FloatTensor<B>) -> FloatTensor<Autodiff<B, C>> {
     <Autodiff<B, C> as AutodiffBackend>::from_inner(t)
@@ -368,5 +371,35 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
             grad.primitive,
         );
         (untracked::<B, C>(dq), untracked::<B, C>(dk), untracked::<B, C>(dv))
+    }
+}
+
+/// The fused step updates inner tensors; this impl completes the bound on autodiff models.
+impl<B: UpdateKernels, C: CheckpointStrategy> UpdateKernels for Autodiff<B, C> {
+    fn lomo_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: GradScale,
+        lr: f64,
+        weight_decay: f64,
+    ) -> FloatTensor<Self> {
+        let p = B::lomo_update(Self::inner(param), Self::inner(grad), scale, lr, weight_decay);
+        Self::from_inner(p)
+    }
+
+    fn adalomo_matrix_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: GradScale,
+        moment: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
+        s: AdaLomoScalars,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let moment = moment.map(|(r, c)| (Self::inner(r), Self::inner(c)));
+        let (p, r, c) = B::adalomo_matrix_update(Self::inner(param), Self::inner(grad), scale, moment, s);
+        (Self::from_inner(p), Self::from_inner(r), Self::from_inner(c))
+    }
+
+    fn sum_sq(grad: FloatTensor<Self>, scale: f64) -> f64 {
+        B::sum_sq(Self::inner(grad), scale)
     }
 }

@@ -15,6 +15,12 @@
 //! the [`reference`] compositions of burn's own ops, forward and backward. The Flex kernels are
 //! tested against them, and they against burn's autodiff of the plain composition.
 //!
+//! The second extension, [`UpdateKernels`] ([`update`]), is the arithmetic of an optimizer's
+//! update (LOMO's, AdaLomo's on a matrix, the sum of squares of a gradient-norm pass), arranged
+//! the same way: default methods in burn's ops ([`update::reference`], in row blocks from
+//! [`blocks`]), Flex kernels of its own, `Autodiff<B>` updating on `B`. It takes plain scalars
+//! ([`GradScale`], [`AdaLomoScalars`]); this crate knows no optimizer and no other lomo crate.
+//!
 //! ```
 //! use burn::backend::Flex;
 //! use burn::tensor::Tensor;
@@ -29,10 +35,14 @@
 
 mod autodiff;
 mod backends;
+pub mod blocks;
 mod flex;
 pub mod reference;
 #[cfg(feature = "tch")]
 mod tch;
+pub mod update;
+
+pub use update::{AdaLomoScalars, GradScale, UpdateKernels};
 
 use std::sync::Arc;
 

@@ -5,7 +5,7 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{DType, Distribution, Tensor};
-use lomo_optim::memory::{self, CountingAllocator};
+use lomo_io::memory::{self, CountingAllocator};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;

@@ -61,8 +61,7 @@ pub use placement::{On, Placement};
 pub use save::SaveOptions;
 
 use burn::tensor::backend::AutodiffBackend;
-use lomo_kernels::FusedKernels;
-use lomo_optim::UpdateKernels;
+use lomo_kernels::{FusedKernels, UpdateKernels};
 
 /// A backend a [`Llama`] trains on: autodiff over a backend with the fused transformer ops
 /// ([`FusedKernels`]) and the fused update ([`UpdateKernels`]); the fused step runs its

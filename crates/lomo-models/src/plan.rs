@@ -25,7 +25,7 @@
 //!
 //! [`Llama`]: crate::Llama
 
-use lomo_optim::blocks::BLOCK_ELEMS;
+use lomo_kernels::blocks::BLOCK_ELEMS;
 use std::fmt;
 use std::str::FromStr;
 
@@ -173,7 +173,7 @@ pub struct PlanConfig {
     /// tensor, as burn 0.21's Flex does (`float_cast` in `burn-flex/src/ops/float.rs`): every
     /// bf16/f16 ↔ f32 cast of a weight or gradient then briefly costs 8 bytes per element
     /// more. True for the CPU backend; false for CUDA and LibTorch. The CPU backend is also
-    /// the one with `lomo_optim::UpdateKernels` of its own (updates without weight-sized
+    /// the one with `lomo_kernels::UpdateKernels` of its own (updates without weight-sized
     /// temporaries).
     pub f64_cast_staging: bool,
 }
@@ -382,7 +382,7 @@ impl PlanConfig {
     fn update_transient_for(&self, n: u64) -> u64 {
         let e = self.dtype.size_of() as u64;
         // Casts between float dtypes of tensors larger than a block run block by block
-        // (`lomo_optim::blocks`), so their f64 staging copy (on backends that make one) is
+        // (`lomo_kernels::blocks`), so their f64 staging copy (on backends that make one) is
         // one block's.
         let block = n.min(BLOCK_ELEMS as u64);
         let staging = if self.f64_cast_staging { 8 * block } else { 0 };

@@ -5,7 +5,7 @@
 mod common;
 
 use lomo_models::{GgufFile, Llama, LlamaConfig, SaveOptions, StorageDtype};
-use lomo_optim::memory::{live, peak, reset_peak, CountingAllocator};
+use lomo_io::memory::{live, peak, reset_peak, CountingAllocator};
 
 use common::B;
 

@@ -8,7 +8,7 @@ mod common;
 
 use burn::module::ParamId;
 use lomo_models::{Batch, DiskStore, Llama, LlamaConfig, StorageDtype};
-use lomo_optim::memory::{live, CountingAllocator};
+use lomo_io::memory::{live, CountingAllocator};
 use lomo_optim::{FusedConfig, FusedStep, Local, Lomo, OptimError, RuleUpdater, StageStore};
 
 #[global_allocator]

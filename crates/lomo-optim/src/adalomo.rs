@@ -8,10 +8,11 @@ use std::path::Path;
 use burn::module::{Module, ParamId};
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Record, Recorder};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn::tensor::{Tensor, TensorPrimitive};
+use lomo_kernels::update::reference::adalomo_finish;
+use lomo_kernels::{AdaLomoScalars, UpdateKernels};
 
 use crate::error::OptimError;
-use crate::kernels::UpdateKernels;
 use crate::rule::{param_paths, GradPrep, UpdateRule};
 
 /// AdaLomo's hyper-parameters; the defaults are the authors'.
@@ -191,63 +192,19 @@ impl<B: Backend> AdaLomo<B> {
     }
 }
 
-/// `||t|| / sqrt(numel)`, in f32, one block at a time (no square of the whole tensor).
-fn rms<B: Backend, const D: usize>(t: &Tensor<B, D>) -> f64 {
-    let n = t.shape().num_elements() as f64;
-    (crate::blocks::sum_sq_scaled(t.clone(), 1.0) / n).sqrt()
-}
-
-/// AdaLomo's update of a matrix in burn's ops (the default of
-/// [`UpdateKernels::adalomo_matrix_update`]): `grad` already through `GradPrep`, in f32.
-pub(crate) fn matrix_update<B: Backend>(
-    param: Tensor<B, 2>,
-    grad: Tensor<B, 2>,
-    moment: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
-    lr: f64,
-    beta: f64,
-    c: &AdaLomoConfig,
-) -> (Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 1>) {
-    let [m, n] = grad.dims();
-    let sq = grad.clone().square().add_scalar(c.eps_sq);
-    let row_mean = sq.clone().mean_dim(1).reshape([m]);
-    let col_mean = sq.mean_dim(0).reshape([n]);
-    let (row, col) = match moment {
-        Some((row, col)) => (
-            row.mul_scalar(beta) + row_mean.mul_scalar(1.0 - beta),
-            col.mul_scalar(beta) + col_mean.mul_scalar(1.0 - beta),
-        ),
-        None => (row_mean.mul_scalar(1.0 - beta), col_mean.mul_scalar(1.0 - beta)),
-    };
-    let row2: Tensor<B, 2> = row.clone().reshape([m, 1]);
-    let r_factor = (row2.clone() / row2.mean_dim(0)).sqrt().recip();
-    let c_factor: Tensor<B, 2> = col.clone().reshape([1, n]).sqrt().recip();
-    let update = (r_factor * c_factor) * grad;
-    (finish(param, update, lr, c), row, col)
-}
-
-/// The end of every AdaLomo update: update normalisation, relative step size, weight decay.
-fn finish<B: Backend, const D: usize>(
-    param: Tensor<B, D>,
-    update: Tensor<B, D>,
-    lr: f64,
-    c: &AdaLomoConfig,
-) -> Tensor<B, D> {
-    let u_rms = rms(&update);
-    let denom = (u_rms / c.clip_threshold).max(1.0);
-    let update = if denom != 1.0 { update.div_scalar(denom) } else { update };
-    let lr_t = lr * c.eps_scale.max(rms(&param));
-    let update = update.mul_scalar(lr_t);
-    let decay = 1.0 - lr_t * c.weight_decay;
-    let wd = c.weight_decay;
-    // Elementwise from here: in row blocks, so the weight's f32 copy is one block's.
-    crate::blocks::map_rows(param, &update, |p, u| {
-        let dtype = p.dtype();
-        let mut p = p.cast(DType::F32);
-        if wd > 0.0 {
-            p = p.mul_scalar(decay);
+impl AdaLomoConfig {
+    /// The scalars of one update at learning rate `lr` and moment decay `beta`, as
+    /// lomo-kernels takes them.
+    fn scalars(&self, lr: f64, beta: f64) -> AdaLomoScalars {
+        AdaLomoScalars {
+            lr,
+            beta,
+            eps_sq: self.eps_sq,
+            eps_scale: self.eps_scale,
+            clip_threshold: self.clip_threshold,
+            weight_decay: self.weight_decay,
         }
-        (p - u).cast(dtype)
-    })
+    }
 }
 
 impl<B: UpdateKernels> UpdateRule<B> for AdaLomo<B> {
@@ -329,7 +286,7 @@ impl<B: UpdateKernels> UpdateRule<B> for AdaLomo<B> {
             self.state.insert(id, SecondMoment::Full(v));
             u
         };
-        finish(param, update, lr, &c)
+        adalomo_finish(param, update, &c.scalars(lr, beta))
     }
 
     /// A matrix goes through [`UpdateKernels::adalomo_matrix_update`] (three parallel passes on
@@ -358,11 +315,9 @@ impl<B: UpdateKernels> UpdateRule<B> for AdaLomo<B> {
         let (p, row, col) = B::adalomo_matrix_update(
             param.into_primitive().tensor(),
             grad.into_primitive().tensor(),
-            prep,
+            (*prep).into(),
             moment,
-            lr,
-            beta,
-            &self.config,
+            self.config.scalars(lr, beta),
         );
         let vec = |v| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(v));
         self.state.insert(id, SecondMoment::Factored { row: vec(row), col: vec(col) });

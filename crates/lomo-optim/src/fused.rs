@@ -15,7 +15,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, Tensor, TensorPrimitive};
 
 use crate::error::OptimError;
-use crate::kernels::UpdateKernels;
+use lomo_kernels::UpdateKernels;
 use crate::reduce::StepReducer;
 use crate::rule::{GradPrep, Updater};
 use crate::scaler::{DynamicLossScaler, LossScaleConfig};

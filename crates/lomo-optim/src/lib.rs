@@ -17,12 +17,9 @@
 
 pub mod adalomo;
 pub mod baseline;
-pub mod blocks;
 pub mod error;
 pub mod fused;
-pub mod kernels;
 pub mod lomo;
-pub mod memory;
 pub mod reduce;
 pub mod rule;
 pub mod scaler;
@@ -30,11 +27,17 @@ pub mod schedule;
 pub mod stages;
 pub mod store;
 
+// The row-block helpers live in lomo-kernels, beside the update kernels' reference that needs
+// them; the rules and the fused step reach them as `crate::blocks`.
+use lomo_kernels::blocks;
+
 pub use adalomo::{AdaLomo, AdaLomoConfig, AdaLomoParamRecord, AdaLomoRecord, SecondMoment};
 pub use baseline::{full_backward_grads, full_backward_step, full_forward_loss, BurnOptimizer};
 pub use error::OptimError;
 pub use fused::{FusedConfig, FusedStep, StepReport, StepTimings};
-pub use kernels::UpdateKernels;
+/// The backend extension the fused step's updates run through (lomo-kernels'): the bound
+/// [`FusedStep`] puts on the inner backend.
+pub use lomo_kernels::UpdateKernels;
 pub use lomo::Lomo;
 pub use reduce::{Local, StepReducer};
 pub use rule::{param_paths, GradPrep, RuleUpdater, UpdateRule, Updater};

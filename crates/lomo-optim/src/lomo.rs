@@ -4,7 +4,7 @@ use burn::module::ParamId;
 use burn::tensor::{DType, Tensor};
 
 use crate::error::OptimError;
-use crate::kernels::UpdateKernels;
+use lomo_kernels::UpdateKernels;
 use crate::rule::{GradPrep, UpdateRule};
 
 /// LOMO: `p = p * (1 - lr * weight_decay) - lr * g`, computed in fp32 and stored back in the
@@ -61,7 +61,7 @@ impl<B: UpdateKernels> UpdateRule<B> for Lomo {
         let p = B::lomo_update(
             param.into_primitive().tensor(),
             grad.into_primitive().tensor(),
-            prep,
+            (*prep).into(),
             lr,
             self.weight_decay,
         );

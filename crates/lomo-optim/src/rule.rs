@@ -7,6 +7,7 @@ use burn::module::{AutodiffModule, Module, ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor};
+use lomo_kernels::GradScale;
 
 use crate::error::OptimError;
 
@@ -29,21 +30,16 @@ impl Default for GradPrep {
 }
 
 impl GradPrep {
-    /// The gradient in fp32 with the transforms applied.
+    /// The gradient in fp32 with the transforms applied (lomo-kernels' [`GradScale::apply`]).
     pub fn apply<B: Backend, const D: usize>(&self, grad: Tensor<B, D>) -> Tensor<B, D> {
-        let mut grad = crate::blocks::cast(grad, DType::F32);
-        if self.inv_scale != 1.0 {
-            grad = grad.mul_scalar(self.inv_scale);
-        }
-        if let Some(v) = self.clip_value {
-            grad = grad.clamp(-v, v);
-        }
-        if let Some(coef) = self.clip_coef {
-            if coef != 1.0 {
-                grad = grad.mul_scalar(coef);
-            }
-        }
-        grad
+        GradScale::from(*self).apply(grad)
+    }
+}
+
+/// The scalars lomo-kernels' update kernels take.
+impl From<GradPrep> for GradScale {
+    fn from(p: GradPrep) -> Self {
+        Self { inv_scale: p.inv_scale, clip_value: p.clip_value, clip_coef: p.clip_coef }
     }
 }
 

@@ -135,14 +135,14 @@ fn adalomo_with_weight_decay_equals_the_plain_rules() {
 }
 
 /// The tied embedding (`[1030, 1024]`) is larger than a block: its RMS and the elementwise
-/// tail of the rule run in row blocks (`lomo_optim::blocks`), with the same result. At this
+/// tail of the rule run in row blocks (`lomo_kernels::blocks`), with the same result. At this
 /// size f32 reductions (row and column means over ~1000 values, the fused step's stage-wise
 /// recomputation) differ from the f64 rules by ~1e-5 whether or not blocks are used
 /// (measured: 1.13e-5 for an unblocked `[1000, 1024]`, 1.20e-5 here); a wrong block would be
 /// off by the size of an update (~1e-2).
 #[test]
 fn adalomo_on_a_parameter_larger_than_a_block_equals_the_plain_rules() {
-    const _: () = assert!(1030 * 1024 > lomo_optim::blocks::BLOCK_ELEMS);
+    const _: () = assert!(1030 * 1024 > lomo_kernels::blocks::BLOCK_ELEMS);
     run_shape_within(0.1, 1030, 1024, 5e-5);
 }
 

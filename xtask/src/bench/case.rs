@@ -247,7 +247,7 @@ impl CaseRunner for Run<'_> {
             steps,
             cpu_seconds: process_cpu_seconds() - cpu0,
             wall_seconds: wall0.elapsed().as_secs_f64(),
-            peak_rss: lomo_optim::memory::peak_rss(),
+            peak_rss: lomo_io::memory::peak_rss(),
             load_seconds,
         })
     }

@@ -18,7 +18,7 @@ use lomo_optim::{
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{BackendKind, CaseRunner, DeviceMemory};
-use lomo_optim::memory as alloc;
+use lomo_io::memory as alloc;
 
 /// The learning rate of the profiled steps: small, so that nothing diverges; memory and
 /// time do not depend on it.

@@ -1,5 +1,5 @@
 //! The storage dtypes the kernels read and write (f32, bf16, f16), the math every kernel does in
-//! f32, and the products of the attention kernel.
+//! f32 (the model ops' and the updates'), and the products of the attention kernel.
 
 use burn::tensor::Element;
 use burn_flex::FlexTensor;
@@ -17,11 +17,11 @@ pub(crate) trait Elem: Element + bytemuck::Pod + Send + Sync {
 }
 
 impl Elem for f32 {
-    #[inline]
+    #[inline(always)]
     fn to_f32(self) -> f32 {
         self
     }
-    #[inline]
+    #[inline(always)]
     fn from_f32(v: f32) -> Self {
         v
     }
@@ -58,11 +58,11 @@ pub(crate) fn f32_to_bf16_bits(v: f32) -> u16 {
 }
 
 impl Elem for f16 {
-    #[inline]
+    #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
-    #[inline]
+    #[inline(always)]
     fn from_f32(v: f32) -> Self {
         f16::from_f32(v)
     }
@@ -96,6 +96,18 @@ pub(crate) use with_elem;
 /// The elements of `t` in row-major order (a contiguous copy first if `t` is a strided view).
 pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
     t.to_contiguous()
+}
+
+/// `t` itself when its buffer holds exactly its elements in row-major order from offset 0,
+/// else a contiguous copy. Unlike [`contiguous`] it takes `t` by value, so an unshared buffer
+/// stays unshared and an update can rewrite it in place.
+pub(crate) fn into_contiguous(t: FlexTensor) -> FlexTensor {
+    let n = t.layout().num_elements();
+    if t.layout().contiguous_offsets() == Some((0, n)) && t.bytes().len() == n * t.dtype().size() {
+        t
+    } else {
+        t.to_contiguous()
+    }
 }
 
 /// The contiguous elements of `t`, which must be contiguous and of type `E`.
@@ -166,6 +178,21 @@ pub(crate) fn sum_exp<E: Elem>(x: &[E], shift: f32) -> f32 {
     for c in chunks {
         for i in 0..LANES {
             acc[i] += exp(c[i].to_f32() - shift);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// `Σ f(a_j, b_j)` over two rows, in f32.
+#[inline(always)]
+pub(crate) fn sum2<A: Copy, B: Copy>(a: &[A], b: &[B], f: impl Fn(A, B) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let ca = a.chunks_exact(LANES);
+    let cb = b.chunks_exact(LANES);
+    let rest: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += f(x[l], y[l]);
         }
     }
     acc.iter().sum::<f32>() + rest

@@ -1,5 +1,6 @@
-//! [`FusedKernels`] for burn's Flex (pure-Rust CPU): kernels over the tensors' own buffers,
-//! parallel on rayon's pool (the one Flex's matmul uses), f32 inside for f32, bf16 and f16.
+//! [`FusedKernels`] and [`crate::UpdateKernels`] (in `update.rs`) for burn's Flex (pure-Rust
+//! CPU): kernels over the tensors' own buffers, parallel on rayon's pool (the one Flex's matmul
+//! uses), f32 inside for f32, bf16 and f16, sharing `elem.rs`.
 
 mod amx;
 mod attention;
@@ -9,6 +10,7 @@ mod linear;
 mod log_probs;
 mod norm;
 mod swiglu;
+mod update;
 
 use burn::backend::Flex;
 use burn::tensor::ops::FloatTensor;
