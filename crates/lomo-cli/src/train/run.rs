@@ -123,7 +123,7 @@ impl<B: TrainBackend> Run<'_, B> {
     pub(super) fn maybe_eval(&mut self, done: u64) -> Result<Option<f64>> {
         let args = self.args;
         let (Some(path), Some(every), true) = (&args.eval, args.eval_every, self.lead) else { return Ok(None) };
-        if done % every != 0 && done != self.total_steps {
+        if !done.is_multiple_of(every) && done != self.total_steps {
             return Ok(None);
         }
         let model = self.take_model();
@@ -145,7 +145,7 @@ impl<B: TrainBackend> Run<'_, B> {
     pub(super) fn maybe_save(&mut self, done: u64, eval_loss: Option<f64>) -> Result<()> {
         let args = self.args;
         if let (Some(dir), Some(every), true) = (&args.save, args.save_every, self.lead) {
-            if done % every == 0 && done != self.total_steps {
+            if done.is_multiple_of(every) && done != self.total_steps {
                 let sub = dir.join(format!("step-{done}"));
                 self.save_to(&sub, done, eval_loss)?;
                 if let Some(limit) = args.save_total_limit {
