@@ -90,23 +90,9 @@ fn a_model_without_a_template_gets_chatml() {
 /// turns' tokens and their `<|im_end|>` carry labels.
 #[test]
 fn chat_data_learns_only_the_assistant_turns_of_smollm2s_template() {
-    use lomo_data::{DataFormat, Dataset, EncodeConfig, GgufTokenizerModel, GgufTokenizerSpec, TextTokenizer};
+    use lomo_data::{DataFormat, Dataset, EncodeConfig, TextTokenizer};
     let Some(path) = lomo_testutil::smol_gguf(Path::new(env!("CARGO_TARGET_TMPDIR"))) else { return };
-    let t = GgufFile::open(&path).unwrap().tokenizer().unwrap();
-    let spec = GgufTokenizerSpec {
-        pre: t.pre.clone(),
-        token_types: t.token_types.clone(),
-        bos_id: t.bos_token_id,
-        eos_id: t.eos_token_id,
-        pad_id: t.padding_token_id,
-        add_bos: t.add_bos_token,
-        chat_template: t.chat_template.clone(),
-        ..GgufTokenizerSpec::new(
-            GgufTokenizerModel::from_gguf_name(&t.model).unwrap(),
-            t.tokens.clone(),
-            t.merges.clone(),
-        )
-    };
+    let spec = GgufFile::open(&path).unwrap().tokenizer().unwrap();
     let tokenizer = TextTokenizer::from_gguf(&spec).unwrap();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("chat_data");
     std::fs::create_dir_all(&dir).unwrap();

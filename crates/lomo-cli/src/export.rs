@@ -2,32 +2,12 @@
 //! to a GGUF file llama.cpp and Ollama run.
 
 use anyhow::{bail, Context, Result};
-use lomo_data::GgufTokenizerSpec;
-use lomo_models::{GgufExportType, GgufFile, GgufTokenizer, Llama, StorageDtype};
+use lomo_models::{GgufExportType, GgufFile, GgufTokenizerSpec, Llama, StorageDtype};
 
 use crate::args::{ExportArgs, GgufTypeArg};
 use crate::model::load_path;
 
 type Cpu = burn::backend::Flex;
-
-/// The data crate's tokenizer metadata as the models crate's GGUF writer takes it.
-fn to_gguf(spec: GgufTokenizerSpec) -> GgufTokenizer {
-    GgufTokenizer {
-        model: spec.model.gguf_name().into(),
-        pre: spec.pre,
-        tokens: spec.tokens,
-        token_types: spec.token_types,
-        scores: spec.scores,
-        merges: spec.merges,
-        bos_token_id: spec.bos_id,
-        eos_token_id: spec.eos_id,
-        unknown_token_id: spec.unk_id,
-        padding_token_id: spec.pad_id,
-        add_bos_token: spec.add_bos,
-        add_eos_token: Some(false),
-        chat_template: spec.chat_template,
-    }
-}
 
 pub fn run(args: ExportArgs) -> Result<()> {
     let out = &args.gguf;
@@ -55,7 +35,9 @@ pub fn run(args: ExportArgs) -> Result<()> {
         let t = loaded.tokenizer.as_ref().with_context(|| {
             format!("--model {}: no tokenizer.json (a GGUF file needs the tokenizer)", args.model.display())
         })?;
-        to_gguf(t.gguf_spec().with_context(|| format!("the tokenizer of {}", args.model.display()))?)
+        let spec = t.gguf_spec().with_context(|| format!("the tokenizer of {}", args.model.display()))?;
+        // llama.cpp's converter writes `add_eos_token` false for the HF tokenizers it exports.
+        GgufTokenizerSpec { add_eos: Some(false), ..spec }
     } else {
         GgufFile::open(&args.model)?
             .tokenizer()

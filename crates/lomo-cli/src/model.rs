@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
-use lomo_data::{GgufTokenizerModel, GgufTokenizerSpec, TextTokenizer};
-use lomo_models::{DiskStore, GgufFile, GgufTokenizer, Llama, On, StorageDtype, TrainBackend};
+use lomo_data::TextTokenizer;
+use lomo_models::{DiskStore, GgufFile, Llama, On, StorageDtype, TrainBackend};
 
 use crate::args::ModelSourceArgs;
 
@@ -79,7 +79,7 @@ fn hf_loaded<B: Backend>(path: &Path, model: Llama<B>) -> Result<Loaded<B>> {
 /// A GGUF file's model with the tokenizer in its metadata.
 fn gguf_loaded<B: Backend>(path: &Path, gguf: &GgufFile, model: Llama<B>) -> Result<Loaded<B>> {
     let spec = gguf.tokenizer().with_context(|| format!("reading the tokenizer of {}", path.display()))?;
-    let tokenizer = tokenizer_from_gguf(&spec).with_context(|| format!("the tokenizer of {}", path.display()))?;
+    let tokenizer = TextTokenizer::from_gguf(&spec).with_context(|| format!("the tokenizer of {}", path.display()))?;
     Ok(Loaded { model, tokenizer: Some(tokenizer), tokenizer_file: None, description: path.display().to_string() })
 }
 
@@ -128,22 +128,6 @@ pub fn load_path_offloaded<B: TrainBackend>(
         return Ok((gguf_loaded(path, &gguf, model)?, store));
     }
     bail!("--model {}: expected an HF checkpoint directory (config.json + safetensors) or a .gguf file", path.display())
-}
-
-/// Hands the GGUF metadata the models crate read to the data crate's tokenizer builder.
-pub fn tokenizer_from_gguf(t: &GgufTokenizer) -> Result<TextTokenizer> {
-    let model = GgufTokenizerModel::from_gguf_name(&t.model)?;
-    let mut spec = GgufTokenizerSpec::new(model, t.tokens.clone(), t.merges.clone());
-    spec.pre = t.pre.clone();
-    spec.token_types = t.token_types.clone();
-    spec.scores = t.scores.clone();
-    spec.bos_id = t.bos_token_id;
-    spec.eos_id = t.eos_token_id;
-    spec.unk_id = t.unknown_token_id;
-    spec.pad_id = t.padding_token_id;
-    spec.add_bos = t.add_bos_token;
-    spec.chat_template = t.chat_template.clone();
-    Ok(TextTokenizer::from_gguf(&spec)?)
 }
 
 /// The tokenizer, or an error saying why this command needs one.

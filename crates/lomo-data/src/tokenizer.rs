@@ -2,7 +2,7 @@
 //!
 //! A [`TextTokenizer`] comes from a `tokenizer.json` (with the `tokenizer_config.json` beside it,
 //! which names the BOS/EOS/PAD tokens and may carry a chat template) or from the tokenizer fields
-//! of a GGUF file ([`GgufTokenizerSpec`]). The GGUF path builds the same `tokenizer.json` that HF's
+//! of a GGUF file ([`GgufTokenizerSpec`], lomo-io's description of them). The GGUF path builds the same `tokenizer.json` that HF's
 //! converters would write and hands it to `tokenizers`, so both paths share one implementation of
 //! BPE.
 
@@ -10,6 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde_json::{json, Value};
+
+pub use lomo_io::gguf_tokenizer::{token_type, GgufTokenizerModel, GgufTokenizerSpec};
 
 use crate::error::{DataError, Result};
 
@@ -85,7 +87,7 @@ impl TextTokenizer {
 
     /// Builds the tokenizer a GGUF file describes (see [`GgufTokenizerSpec`]).
     pub fn from_gguf(spec: &GgufTokenizerSpec) -> Result<Self> {
-        let json = spec.tokenizer_json()?;
+        let json = tokenizer_json(spec)?;
         let inner: tokenizers::Tokenizer = serde_json::from_value(json)
             .map_err(|e| DataError::tokenizer("building the tokenizer from GGUF metadata", Box::new(e)))?;
         Ok(Self {
@@ -285,288 +287,204 @@ fn preview(text: &str) -> String {
     p
 }
 
-/// Which tokenizer a GGUF file describes (`tokenizer.ggml.model`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum GgufTokenizerModel {
-    /// `"gpt2"`: byte-level BPE (GPT-2, SmolLM, Qwen, LLaMA-3 families).
-    Gpt2,
-    /// `"llama"`: SentencePiece BPE with byte fallback (LLaMA-1/2, Mistral, TinyLlama).
-    Llama,
-}
-
-impl GgufTokenizerModel {
-    /// The `tokenizer.ggml.model` string.
-    pub fn gguf_name(self) -> &'static str {
-        match self {
-            Self::Gpt2 => "gpt2",
-            Self::Llama => "llama",
-        }
-    }
-
-    /// Parses the `tokenizer.ggml.model` string.
-    pub fn from_gguf_name(name: &str) -> Result<Self> {
-        match name {
-            "gpt2" => Ok(Self::Gpt2),
-            "llama" => Ok(Self::Llama),
-            other => Err(DataError::TokenizerSpec(format!(
-                "tokenizer.ggml.model {other:?} is not supported (supported: \"gpt2\", \"llama\")"
-            ))),
-        }
+/// Checks that a special-token id lies inside the vocabulary.
+fn check_id(spec: &GgufTokenizerSpec, what: &str, id: Option<u32>) -> Result<()> {
+    match id {
+        Some(i) if i as usize >= spec.tokens.len() => Err(DataError::TokenizerSpec(format!(
+            "GGUF {what} {i} is outside the vocabulary of {} tokens",
+            spec.tokens.len()
+        ))),
+        _ => Ok(()),
     }
 }
 
-/// GGUF's token types (`tokenizer.ggml.token_type`), as llama.cpp numbers them.
-pub mod token_type {
-    /// An ordinary vocabulary entry.
-    pub const NORMAL: i32 = 1;
-    /// The unknown token.
-    pub const UNKNOWN: i32 = 2;
-    /// A control token (`<s>`, `<|im_start|>`): matched whole in text, skipped when decoding.
-    pub const CONTROL: i32 = 3;
-    /// A user-defined token: matched whole in text, kept when decoding.
-    pub const USER_DEFINED: i32 = 4;
-    /// An unused slot.
-    pub const UNUSED: i32 = 5;
-    /// A byte-fallback token `<0xAB>`.
-    pub const BYTE: i32 = 6;
+/// The HF `tokenizer.json` a GGUF tokenizer stands for.
+fn tokenizer_json(spec: &GgufTokenizerSpec) -> Result<Value> {
+    let n = spec.tokens.len();
+    if n == 0 {
+        return Err(DataError::TokenizerSpec("GGUF tokenizer.ggml.tokens is empty".into()));
+    }
+    if !spec.token_types.is_empty() && spec.token_types.len() != n {
+        return Err(DataError::TokenizerSpec(format!(
+            "GGUF tokenizer.ggml.token_type has {} entries for {n} tokens",
+            spec.token_types.len()
+        )));
+    }
+    check_id(spec, "bos_token_id", spec.bos_id)?;
+    check_id(spec, "eos_token_id", spec.eos_id)?;
+    check_id(spec, "unknown_token_id", spec.unk_id)?;
+    check_id(spec, "padding_token_id", spec.pad_id)?;
+
+    let (vocab, added_tokens) = vocab_and_added(spec);
+    let merges = merges(spec)?;
+    let unk_token = spec
+        .unk_id
+        .or_else(|| (0..n).find(|&i| spec.token_type(i) == token_type::UNKNOWN).map(|i| i as u32))
+        .map(|i| spec.tokens[i as usize].clone());
+    let (normalizer, pre_tokenizer, post_processor, decoder, byte_fallback) = layout(spec, bos_template(spec)?)?;
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added_tokens,
+        "normalizer": normalizer,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": post_processor,
+        "decoder": decoder,
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": unk_token,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": spec.model == GgufTokenizerModel::Llama,
+            "byte_fallback": byte_fallback, "ignore_merges": false,
+            "vocab": vocab, "merges": merges,
+        },
+    }))
 }
 
-/// The tokenizer fields of a GGUF file, as plain values: the models crate reads the GGUF and fills
-/// this in; the data crate builds the tokenizer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GgufTokenizerSpec {
-    /// `tokenizer.ggml.model`.
-    pub model: GgufTokenizerModel,
-    /// `tokenizer.ggml.pre` (the pre-tokenizer flavour of a `gpt2` tokenizer), if present.
-    pub pre: Option<String>,
-    /// `tokenizer.ggml.tokens`, in id order.
-    pub tokens: Vec<String>,
-    /// `tokenizer.ggml.merges` (`"left right"` per entry, by rank). `llama` files usually have
-    /// none: then merges are derived from `scores`, as HF's SentencePiece converter does.
-    pub merges: Vec<String>,
-    /// `tokenizer.ggml.token_type`, one per token (see [`token_type`]); empty means all normal.
-    pub token_types: Vec<i32>,
-    /// `tokenizer.ggml.scores`, one per token; needed for `llama` files without merges.
-    pub scores: Vec<f32>,
-    /// `tokenizer.ggml.bos_token_id`.
-    pub bos_id: Option<u32>,
-    /// `tokenizer.ggml.eos_token_id`.
-    pub eos_id: Option<u32>,
-    /// `tokenizer.ggml.unknown_token_id`.
-    pub unk_id: Option<u32>,
-    /// `tokenizer.ggml.padding_token_id`.
-    pub pad_id: Option<u32>,
-    /// `tokenizer.ggml.add_bos_token`; absent means llama.cpp's default (true for `llama`, false
-    /// for `gpt2`).
-    pub add_bos: Option<bool>,
-    /// `tokenizer.chat_template`.
-    pub chat_template: Option<String>,
+/// The vocabulary (token → id) and the added tokens (control, user-defined and unknown ones).
+fn vocab_and_added(spec: &GgufTokenizerSpec) -> (serde_json::Map<String, Value>, Vec<Value>) {
+    let mut vocab = serde_json::Map::with_capacity(spec.tokens.len());
+    let mut added_tokens = Vec::new();
+    for (id, token) in spec.tokens.iter().enumerate() {
+        // Duplicate token strings happen in GGUF files (unused slots); the first id wins, as
+        // in llama.cpp's token-to-id map.
+        vocab.entry(token.clone()).or_insert(json!(id));
+        let kind = spec.token_type(id);
+        let is_unk = spec.unk_id == Some(id as u32) || kind == token_type::UNKNOWN;
+        if kind == token_type::CONTROL || kind == token_type::USER_DEFINED || is_unk {
+            added_tokens.push(json!({
+                "id": id, "content": token, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false,
+                "special": kind != token_type::USER_DEFINED,
+            }));
+        }
+    }
+    (vocab, added_tokens)
 }
 
-impl GgufTokenizerSpec {
-    /// A spec with the required fields and everything else absent.
-    pub fn new(model: GgufTokenizerModel, tokens: Vec<String>, merges: Vec<String>) -> Self {
-        Self {
-            model,
-            pre: None,
-            tokens,
-            merges,
-            token_types: Vec::new(),
-            scores: Vec::new(),
-            bos_id: None,
-            eos_id: None,
-            unk_id: None,
-            pad_id: None,
-            add_bos: None,
-            chat_template: None,
-        }
+/// The merges as `[left, right]` pairs: the file's, or derived from the scores.
+fn merges(spec: &GgufTokenizerSpec) -> Result<Vec<Value>> {
+    if spec.merges.is_empty() && spec.model == GgufTokenizerModel::Llama {
+        return merges_from_scores(spec);
     }
-
-    fn token_type(&self, id: usize) -> i32 {
-        self.token_types.get(id).copied().unwrap_or(token_type::NORMAL)
+    let mut out = Vec::with_capacity(spec.merges.len());
+    for (rank, merge) in spec.merges.iter().enumerate() {
+        let Some((left, right)) = merge.split_once(' ') else {
+            return Err(DataError::TokenizerSpec(format!("GGUF merge {rank} {merge:?} is not \"left right\"")));
+        };
+        out.push(json!([left, right]));
     }
+    Ok(out)
+}
 
-    fn check_id(&self, what: &str, id: Option<u32>) -> Result<()> {
-        match id {
-            Some(i) if i as usize >= self.tokens.len() => Err(DataError::TokenizerSpec(format!(
-                "GGUF {what} {i} is outside the vocabulary of {} tokens",
-                self.tokens.len()
-            ))),
-            _ => Ok(()),
+/// The post-processor that puts BOS in front, when the tokenizer adds one.
+fn bos_template(spec: &GgufTokenizerSpec) -> Result<Option<Value>> {
+    let add_bos = spec.add_bos.unwrap_or(spec.model == GgufTokenizerModel::Llama);
+    match (add_bos, spec.bos_id) {
+        (true, Some(bos)) => {
+            let name = &spec.tokens[bos as usize];
+            Ok(Some(json!({
+                "type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": name, "type_id": 0}},
+                           {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": name, "type_id": 0}},
+                         {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": name, "type_id": 0}},
+                         {"Sequence": {"id": "B", "type_id": 0}}],
+                "special_tokens": {name.as_str(): {"id": name, "ids": [bos], "tokens": [name]}},
+            })))
         }
+        (true, None) => {
+            Err(DataError::TokenizerSpec("GGUF asks to add a BOS token but has no tokenizer.ggml.bos_token_id".into()))
+        }
+        (false, _) => Ok(None),
     }
+}
 
-    /// The HF `tokenizer.json` this spec stands for.
-    fn tokenizer_json(&self) -> Result<Value> {
-        let n = self.tokens.len();
-        if n == 0 {
-            return Err(DataError::TokenizerSpec("GGUF tokenizer.ggml.tokens is empty".into()));
+/// The normalizer, pre-tokenizer, post-processor, decoder and byte fallback of the model's layout.
+fn layout(spec: &GgufTokenizerSpec, bos_template: Option<Value>) -> Result<(Value, Value, Value, Value, bool)> {
+    Ok(match spec.model {
+        // The layout of HF's LlamaTokenizerFast (legacy): spaces become "▁", one "▁" in
+        // front, no pre-tokenizer, unknown bytes as <0xAB> tokens.
+        GgufTokenizerModel::Llama => (
+            json!({"type": "Sequence", "normalizers": [
+                {"type": "Prepend", "prepend": "\u{2581}"},
+                {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]}),
+            Value::Null,
+            bos_template.unwrap_or(Value::Null),
+            json!({"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}),
+            true,
+        ),
+        GgufTokenizerModel::Gpt2 => {
+            let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false,
+                                    "trim_offsets": false, "use_regex": true});
+            let pre = match spec.pre.as_deref() {
+                None | Some("default") | Some("gpt2") | Some("gpt-2") => byte_level.clone(),
+                // llama.cpp's "smollm" (and StarCoder's) split every digit on its own before
+                // the GPT-2 regex, as HF's tokenizer.json for SmolLM does.
+                Some("smollm") | Some("starcoder") | Some("refact") => json!({
+                    "type": "Sequence",
+                    "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]}),
+                Some(other) => {
+                    return Err(DataError::TokenizerSpec(format!(
+                        "GGUF tokenizer.ggml.pre {other:?} is not supported \
+                         (supported: default, gpt2, smollm, starcoder, refact)"
+                    )))
+                }
+            };
+            let byte_post = json!({"type": "ByteLevel", "add_prefix_space": false,
+                                   "trim_offsets": false, "use_regex": true});
+            let post = match bos_template {
+                Some(t) => json!({"type": "Sequence", "processors": [byte_post, t]}),
+                None => byte_post,
+            };
+            let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+                                 "use_regex": true});
+            (Value::Null, pre, post, decoder, false)
         }
-        if !self.token_types.is_empty() && self.token_types.len() != n {
+        // `GgufTokenizerModel` is non-exhaustive: a model added to lomo-io has no layout here yet.
+        other => {
             return Err(DataError::TokenizerSpec(format!(
-                "GGUF tokenizer.ggml.token_type has {} entries for {n} tokens",
-                self.token_types.len()
-            )));
+                "tokenizer.ggml.model {:?} has no tokenizer.json layout",
+                other.gguf_name()
+            )))
         }
-        self.check_id("bos_token_id", self.bos_id)?;
-        self.check_id("eos_token_id", self.eos_id)?;
-        self.check_id("unknown_token_id", self.unk_id)?;
-        self.check_id("padding_token_id", self.pad_id)?;
+    })
+}
 
-        let mut vocab = serde_json::Map::with_capacity(n);
-        let mut added_tokens = Vec::new();
-        for (id, token) in self.tokens.iter().enumerate() {
-            // Duplicate token strings happen in GGUF files (unused slots); the first id wins, as
-            // in llama.cpp's token-to-id map.
-            vocab.entry(token.clone()).or_insert(json!(id));
-            let kind = self.token_type(id);
-            let is_unk = self.unk_id == Some(id as u32) || kind == token_type::UNKNOWN;
-            if kind == token_type::CONTROL || kind == token_type::USER_DEFINED || is_unk {
-                added_tokens.push(json!({
-                    "id": id, "content": token, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false,
-                    "special": kind != token_type::USER_DEFINED,
-                }));
-            }
-        }
-        let merges: Vec<Value> = if self.merges.is_empty() && self.model == GgufTokenizerModel::Llama {
-            self.merges_from_scores()?
-        } else {
-            let mut out = Vec::with_capacity(self.merges.len());
-            for (rank, merge) in self.merges.iter().enumerate() {
-                let Some((left, right)) = merge.split_once(' ') else {
-                    return Err(DataError::TokenizerSpec(format!("GGUF merge {rank} {merge:?} is not \"left right\"")));
-                };
-                out.push(json!([left, right]));
-            }
-            out
-        };
-        let unk_token = self
-            .unk_id
-            .or_else(|| (0..n).find(|&i| self.token_type(i) == token_type::UNKNOWN).map(|i| i as u32))
-            .map(|i| self.tokens[i as usize].clone());
-        let add_bos = self.add_bos.unwrap_or(self.model == GgufTokenizerModel::Llama);
-        let bos_template = match (add_bos, self.bos_id) {
-            (true, Some(bos)) => {
-                let name = &self.tokens[bos as usize];
-                Some(json!({
-                    "type": "TemplateProcessing",
-                    "single": [{"SpecialToken": {"id": name, "type_id": 0}},
-                               {"Sequence": {"id": "A", "type_id": 0}}],
-                    "pair": [{"SpecialToken": {"id": name, "type_id": 0}},
-                             {"Sequence": {"id": "A", "type_id": 0}},
-                             {"SpecialToken": {"id": name, "type_id": 0}},
-                             {"Sequence": {"id": "B", "type_id": 0}}],
-                    "special_tokens": {name.as_str(): {"id": name, "ids": [bos], "tokens": [name]}},
-                }))
-            }
-            (true, None) => {
-                return Err(DataError::TokenizerSpec(
-                    "GGUF asks to add a BOS token but has no tokenizer.ggml.bos_token_id".into(),
-                ))
-            }
-            (false, _) => None,
-        };
-
-        let (normalizer, pre_tokenizer, post_processor, decoder, byte_fallback) = match self.model {
-            // The layout of HF's LlamaTokenizerFast (legacy): spaces become "▁", one "▁" in
-            // front, no pre-tokenizer, unknown bytes as <0xAB> tokens.
-            GgufTokenizerModel::Llama => (
-                json!({"type": "Sequence", "normalizers": [
-                    {"type": "Prepend", "prepend": "\u{2581}"},
-                    {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]}),
-                Value::Null,
-                bos_template.unwrap_or(Value::Null),
-                json!({"type": "Sequence", "decoders": [
-                    {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-                    {"type": "ByteFallback"}, {"type": "Fuse"},
-                    {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}),
-                true,
-            ),
-            GgufTokenizerModel::Gpt2 => {
-                let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false,
-                                        "trim_offsets": false, "use_regex": true});
-                let pre = match self.pre.as_deref() {
-                    None | Some("default") | Some("gpt2") | Some("gpt-2") => byte_level.clone(),
-                    // llama.cpp's "smollm" (and StarCoder's) split every digit on its own before
-                    // the GPT-2 regex, as HF's tokenizer.json for SmolLM does.
-                    Some("smollm") | Some("starcoder") | Some("refact") => json!({
-                        "type": "Sequence",
-                        "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]}),
-                    Some(other) => {
-                        return Err(DataError::TokenizerSpec(format!(
-                            "GGUF tokenizer.ggml.pre {other:?} is not supported \
-                             (supported: default, gpt2, smollm, starcoder, refact)"
-                        )))
-                    }
-                };
-                let byte_post = json!({"type": "ByteLevel", "add_prefix_space": false,
-                                       "trim_offsets": false, "use_regex": true});
-                let post = match bos_template {
-                    Some(t) => json!({"type": "Sequence", "processors": [byte_post, t]}),
-                    None => byte_post,
-                };
-                (
-                    Value::Null,
-                    pre,
-                    post,
-                    json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
-                           "use_regex": true}),
-                    false,
-                )
-            }
-        };
-        Ok(json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": added_tokens,
-            "normalizer": normalizer,
-            "pre_tokenizer": pre_tokenizer,
-            "post_processor": post_processor,
-            "decoder": decoder,
-            "model": {
-                "type": "BPE", "dropout": null, "unk_token": unk_token,
-                "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                "fuse_unk": self.model == GgufTokenizerModel::Llama,
-                "byte_fallback": byte_fallback, "ignore_merges": false,
-                "vocab": vocab, "merges": merges,
-            },
-        }))
+/// SentencePiece BPE has no merge list: a piece is built from the two pieces whose merge has
+/// the best score. Every split of a vocabulary piece into two vocabulary pieces is a merge,
+/// ranked by the merged piece's score (higher first), as HF's `SentencePieceExtractor` does.
+fn merges_from_scores(spec: &GgufTokenizerSpec) -> Result<Vec<Value>> {
+    if spec.scores.len() != spec.tokens.len() {
+        return Err(DataError::TokenizerSpec(format!(
+            "GGUF llama tokenizer has no merges and {} scores for {} tokens; \
+             merges cannot be derived",
+            spec.scores.len(),
+            spec.tokens.len()
+        )));
     }
-
-    /// SentencePiece BPE has no merge list: a piece is built from the two pieces whose merge has
-    /// the best score. Every split of a vocabulary piece into two vocabulary pieces is a merge,
-    /// ranked by the merged piece's score (higher first), as HF's `SentencePieceExtractor` does.
-    fn merges_from_scores(&self) -> Result<Vec<Value>> {
-        if self.scores.len() != self.tokens.len() {
-            return Err(DataError::TokenizerSpec(format!(
-                "GGUF llama tokenizer has no merges and {} scores for {} tokens; \
-                 merges cannot be derived",
-                self.scores.len(),
-                self.tokens.len()
-            )));
+    let ids: HashMap<&str, usize> = spec.tokens.iter().enumerate().rev().map(|(i, t)| (t.as_str(), i)).collect();
+    let ordinary: HashSet<usize> = (0..spec.tokens.len())
+        .filter(|&i| matches!(spec.token_type(i), token_type::NORMAL | token_type::USER_DEFINED))
+        .collect();
+    let mut merges: Vec<(f32, usize, usize, usize)> = Vec::new();
+    for (id, piece) in spec.tokens.iter().enumerate() {
+        if !ordinary.contains(&id) {
+            continue;
         }
-        let ids: HashMap<&str, usize> = self.tokens.iter().enumerate().rev().map(|(i, t)| (t.as_str(), i)).collect();
-        let ordinary: HashSet<usize> = (0..self.tokens.len())
-            .filter(|&i| matches!(self.token_type(i), token_type::NORMAL | token_type::USER_DEFINED))
-            .collect();
-        let mut merges: Vec<(f32, usize, usize, usize)> = Vec::new();
-        for (id, piece) in self.tokens.iter().enumerate() {
-            if !ordinary.contains(&id) {
-                continue;
-            }
-            for (split, _) in piece.char_indices().skip(1) {
-                let (left, right) = piece.split_at(split);
-                if let (Some(&l), Some(&r)) = (ids.get(left), ids.get(right)) {
-                    if ordinary.contains(&l) && ordinary.contains(&r) {
-                        merges.push((self.scores[id], id, l, r));
-                    }
+        for (split, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(split);
+            if let (Some(&l), Some(&r)) = (ids.get(left), ids.get(right)) {
+                if ordinary.contains(&l) && ordinary.contains(&r) {
+                    merges.push((spec.scores[id], id, l, r));
                 }
             }
         }
-        merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        Ok(merges.into_iter().map(|(_, _, l, r)| json!([self.tokens[l], self.tokens[r]])).collect())
     }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    Ok(merges.into_iter().map(|(_, _, l, r)| json!([spec.tokens[l], spec.tokens[r]])).collect())
 }

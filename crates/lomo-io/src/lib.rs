@@ -3,5 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod atomic;
+pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod memory;
 pub mod rng;

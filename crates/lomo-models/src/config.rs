@@ -172,29 +172,6 @@ pub struct LlamaConfig {
     pub pad_token_id: Option<u32>,
 }
 
-/// How a checkpoint tensor maps onto the model: an HF name, its HF shape and whether burn
-/// stores it transposed (a `Linear` weight is `[out, in]` in HF, `[in, out]` in burn).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TensorSpec {
-    /// HF name, e.g. `model.layers.3.self_attn.q_proj.weight`.
-    pub name: String,
-    /// Shape as HF stores it.
-    pub shape: Vec<usize>,
-    /// Whether burn holds the transpose of the HF tensor.
-    pub transposed: bool,
-}
-
-impl TensorSpec {
-    fn new(name: String, shape: Vec<usize>, transposed: bool) -> Self {
-        Self { name, shape, transposed }
-    }
-
-    /// Number of elements.
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
-
 fn unsupported(path: &Path, field: &str, value: impl std::fmt::Display) -> ModelError {
     ModelError::UnsupportedConfig { path: path.to_path_buf(), field: field.into(), value: value.to_string() }
 }
@@ -271,20 +248,58 @@ impl HfConfig {
     /// Applies `transformers`' defaults and checks every field that changes what the model
     /// computes. `path` only names the file in errors.
     pub fn resolve(&self, path: &Path) -> Result<LlamaConfig> {
-        let model_type = match self.model_type.as_deref() {
-            Some("llama") => ModelType::Llama,
-            Some("qwen2") => ModelType::Qwen2,
-            Some("qwen3") => ModelType::Qwen3,
-            Some("mistral") => ModelType::Mistral,
-            Some(other) => {
-                return Err(unsupported(
-                    path,
-                    "model_type",
-                    format!("\"{other}\" (supported: llama, mistral, qwen2, qwen3)"),
-                ))
+        let model_type = self.model_type(path)?;
+        self.check_implemented(path)?;
+        let sliding_window = self.sliding_window(model_type, path)?;
+        let (num_heads, num_kv_heads, head_dim) = self.heads(path)?;
+        let (rope_theta, rope_scaling) = self.rope(path)?;
+        let (qkv_bias, o_bias) = match model_type {
+            ModelType::Llama | ModelType::Qwen3 | ModelType::Mistral => {
+                let bias = self.attention_bias.unwrap_or(false);
+                (bias, bias)
             }
-            None => return Err(invalid(path, "model_type", "missing")),
+            ModelType::Qwen2 => (true, false),
         };
+        Ok(LlamaConfig {
+            model_type,
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: self.num_hidden_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
+            rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
+            qkv_bias,
+            o_bias,
+            mlp_bias: self.mlp_bias.unwrap_or(false),
+            qk_norm: model_type == ModelType::Qwen3,
+            sliding_window,
+            bos_token_id: single_token_id(&self.bos_token_id, path, "bos_token_id")?,
+            eos_token_ids: token_ids(&self.eos_token_id, path, "eos_token_id")?,
+            pad_token_id: single_token_id(&self.pad_token_id, path, "pad_token_id")?,
+        })
+    }
+
+    fn model_type(&self, path: &Path) -> Result<ModelType> {
+        match self.model_type.as_deref() {
+            Some("llama") => Ok(ModelType::Llama),
+            Some("qwen2") => Ok(ModelType::Qwen2),
+            Some("qwen3") => Ok(ModelType::Qwen3),
+            Some("mistral") => Ok(ModelType::Mistral),
+            Some(other) => {
+                Err(unsupported(path, "model_type", format!("\"{other}\" (supported: llama, mistral, qwen2, qwen3)")))
+            }
+            None => Err(invalid(path, "model_type", "missing")),
+        }
+    }
+
+    /// Refuses the fields whose values would make a model this crate does not compute.
+    fn check_implemented(&self, path: &Path) -> Result<()> {
         if let Some(act) = &self.hidden_act {
             if act != "silu" {
                 return Err(unsupported(path, "hidden_act", format!("\"{act}\" (supported: silu)")));
@@ -302,28 +317,27 @@ impl HfConfig {
                 "true (Qwen's per-layer windows; Mistral's window is supported)",
             ));
         }
-        let sliding_window = match (model_type, &self.sliding_window) {
-            (ModelType::Mistral, Some(Value::Number(n))) => match n.as_u64() {
-                Some(w) if w > 0 => Some(w as usize),
-                _ => {
-                    return Err(invalid(
-                        path,
-                        "sliding_window",
-                        format!("expected a positive integer or null, found {n}"),
-                    ))
-                }
-            },
-            (ModelType::Mistral, Some(Value::Null) | None) => None,
-            (ModelType::Mistral, Some(other)) => {
-                return Err(invalid(
-                    path,
-                    "sliding_window",
-                    format!("expected a positive integer or null, found {other}"),
-                ))
-            }
-            // Qwen's `sliding_window` applies only with `use_sliding_window`, refused above.
-            _ => None,
+        Ok(())
+    }
+
+    fn sliding_window(&self, model_type: ModelType, path: &Path) -> Result<Option<usize>> {
+        let not_a_window = |found: &dyn std::fmt::Display| {
+            invalid(path, "sliding_window", format!("expected a positive integer or null, found {found}"))
         };
+        match (model_type, &self.sliding_window) {
+            (ModelType::Mistral, Some(Value::Number(n))) => match n.as_u64() {
+                Some(w) if w > 0 => Ok(Some(w as usize)),
+                _ => Err(not_a_window(n)),
+            },
+            (ModelType::Mistral, Some(Value::Null) | None) => Ok(None),
+            (ModelType::Mistral, Some(other)) => Err(not_a_window(other)),
+            // Qwen's `sliding_window` applies only with `use_sliding_window`, refused above.
+            _ => Ok(None),
+        }
+    }
+
+    /// (query heads, key/value heads, head width), checked, with every size positive.
+    fn heads(&self, path: &Path) -> Result<(usize, usize, usize)> {
         if let Some(factor) = self.partial_rotary_factor {
             if factor != 1.0 {
                 return Err(unsupported(path, "partial_rotary_factor", factor));
@@ -356,7 +370,12 @@ impl HfConfig {
                 return Err(invalid(path, field, "must be positive"));
             }
         }
+        Ok((num_heads, num_kv_heads, head_dim))
+    }
 
+    /// RoPE's θ and scaling, from `rope_theta` / `rope_scaling` or transformers ≥ 5's
+    /// `rope_parameters`.
+    fn rope(&self, path: &Path) -> Result<(f64, Option<Llama3RopeScaling>)> {
         let mut rope_theta = self.rope_theta;
         let mut rope_scaling = match &self.rope_scaling {
             Some(v) => rope_from_json(v, path, "rope_scaling")?,
@@ -371,36 +390,7 @@ impl HfConfig {
             }
         }
         let default_theta = 10_000.0;
-        let (qkv_bias, o_bias) = match model_type {
-            ModelType::Llama | ModelType::Qwen3 | ModelType::Mistral => {
-                let bias = self.attention_bias.unwrap_or(false);
-                (bias, bias)
-            }
-            ModelType::Qwen2 => (true, false),
-        };
-        Ok(LlamaConfig {
-            model_type,
-            vocab_size: self.vocab_size,
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_layers: self.num_hidden_layers,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
-            rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta: rope_theta.unwrap_or(default_theta),
-            rope_scaling,
-            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
-            qkv_bias,
-            o_bias,
-            mlp_bias: self.mlp_bias.unwrap_or(false),
-            qk_norm: model_type == ModelType::Qwen3,
-            sliding_window,
-            bos_token_id: single_token_id(&self.bos_token_id, path, "bos_token_id")?,
-            eos_token_ids: token_ids(&self.eos_token_id, path, "eos_token_id")?,
-            pad_token_id: single_token_id(&self.pad_token_id, path, "pad_token_id")?,
-        })
+        Ok((rope_theta.unwrap_or(default_theta), rope_scaling))
     }
 }
 
@@ -468,42 +458,6 @@ impl LlamaConfig {
             torch_dtype: Some(dtype.torch_name().into()),
             extra: BTreeMap::new(),
         }
-    }
-
-    /// Every tensor of the model under its HF name and shape, in the order HF lists them.
-    /// The single source of truth for loading, saving and counting.
-    pub fn tensor_specs(&self) -> Vec<TensorSpec> {
-        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let q_out = self.num_heads * self.head_dim;
-        let kv_out = self.num_kv_heads * self.head_dim;
-        let mut specs = vec![TensorSpec::new("model.embed_tokens.weight".into(), vec![v, h], false)];
-        for layer in 0..self.num_layers {
-            let p = format!("model.layers.{layer}");
-            let mut linear = |name: &str, out: usize, inp: usize, bias: bool| {
-                specs.push(TensorSpec::new(format!("{p}.{name}.weight"), vec![out, inp], true));
-                if bias {
-                    specs.push(TensorSpec::new(format!("{p}.{name}.bias"), vec![out], false));
-                }
-            };
-            linear("self_attn.q_proj", q_out, h, self.qkv_bias);
-            linear("self_attn.k_proj", kv_out, h, self.qkv_bias);
-            linear("self_attn.v_proj", kv_out, h, self.qkv_bias);
-            linear("self_attn.o_proj", h, q_out, self.o_bias);
-            linear("mlp.gate_proj", i, h, self.mlp_bias);
-            linear("mlp.up_proj", i, h, self.mlp_bias);
-            linear("mlp.down_proj", h, i, self.mlp_bias);
-            if self.qk_norm {
-                specs.push(TensorSpec::new(format!("{p}.self_attn.q_norm.weight"), vec![self.head_dim], false));
-                specs.push(TensorSpec::new(format!("{p}.self_attn.k_norm.weight"), vec![self.head_dim], false));
-            }
-            specs.push(TensorSpec::new(format!("{p}.input_layernorm.weight"), vec![h], false));
-            specs.push(TensorSpec::new(format!("{p}.post_attention_layernorm.weight"), vec![h], false));
-        }
-        specs.push(TensorSpec::new("model.norm.weight".into(), vec![h], false));
-        if !self.tie_word_embeddings {
-            specs.push(TensorSpec::new("lm_head.weight".into(), vec![v, h], true));
-        }
-        specs
     }
 
     /// Number of parameters (a tied embedding counted once), computed from the shapes

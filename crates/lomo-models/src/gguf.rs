@@ -11,72 +11,17 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use half::f16;
+use lomo_io::gguf::{GgufError, GgufHeader, GgufTensorInfo, GgufValue, Metadata};
+use lomo_io::gguf_tokenizer::GgufTokenizerSpec;
 use memmap2::Mmap;
 
-use crate::config::{LlamaConfig, ModelType, TensorSpec};
+use crate::config::{LlamaConfig, ModelType};
 use crate::dtype::{decode_tensor, rows_cols, FloatEncoding, PlainFloats, RowSource, StorageDtype};
 use crate::error::{ModelError, Result};
 use crate::llama::Llama;
 use crate::placement::On;
 use crate::safetensors::{map_file, release_pages};
-
-const MAGIC: &[u8; 4] = b"GGUF";
-const DEFAULT_ALIGNMENT: u64 = 32;
-
-/// A metadata value.
-#[derive(Debug, Clone, PartialEq)]
-#[allow(missing_docs)] // One variant per GGUF value type, named as the spec names them.
-pub enum GgufValue {
-    U8(u8),
-    I8(i8),
-    U16(u16),
-    I16(i16),
-    U32(u32),
-    I32(i32),
-    F32(f32),
-    Bool(bool),
-    String(String),
-    Array(Vec<GgufValue>),
-    U64(u64),
-    I64(i64),
-    F64(f64),
-}
-
-impl GgufValue {
-    /// The value as an unsigned integer, if it is a non-negative integer.
-    pub fn as_u64(&self) -> Option<u64> {
-        match *self {
-            GgufValue::U8(v) => Some(v as u64),
-            GgufValue::U16(v) => Some(v as u64),
-            GgufValue::U32(v) => Some(v as u64),
-            GgufValue::U64(v) => Some(v),
-            GgufValue::I8(v) => u64::try_from(v).ok(),
-            GgufValue::I16(v) => u64::try_from(v).ok(),
-            GgufValue::I32(v) => u64::try_from(v).ok(),
-            GgufValue::I64(v) => u64::try_from(v).ok(),
-            _ => None,
-        }
-    }
-
-    /// The value as a float, if it is a number.
-    pub fn as_f64(&self) -> Option<f64> {
-        match *self {
-            // Via the shortest decimal that round-trips: an f32 `1e-5` means 1e-5, not
-            // 9.99999974737875e-6, and the configuration should say what the author wrote.
-            GgufValue::F32(v) => format!("{v}").parse().ok(),
-            GgufValue::F64(v) => Some(v),
-            _ => self.as_u64().map(|v| v as f64),
-        }
-    }
-
-    /// The value as a string.
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            GgufValue::String(s) => Some(s),
-            _ => None,
-        }
-    }
-}
+use crate::tensors::{gguf_to_hf, hf_to_gguf, TensorSpec};
 
 /// ggml tensor types this crate can dequantise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,58 +82,6 @@ fn ggml_type_name(id: u32) -> String {
     format!("{name} (ggml type {id})")
 }
 
-/// One tensor's entry in the GGUF header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GgufTensorInfo {
-    /// llama.cpp's name, e.g. `blk.0.attn_q.weight`.
-    pub name: String,
-    /// Dimensions in ggml order: `dims[0]` varies fastest (the reverse of PyTorch's shape).
-    pub dims: Vec<u64>,
-    /// ggml type id.
-    pub ggml_type: u32,
-    /// Offset of the data from the start of the data section.
-    pub offset: u64,
-}
-
-impl GgufTensorInfo {
-    /// The shape in PyTorch / HF order.
-    pub fn shape(&self) -> Vec<usize> {
-        self.dims.iter().rev().map(|&d| d as usize).collect()
-    }
-}
-
-/// The tokenizer that llama.cpp's converter stores in the metadata (`tokenizer.*` keys), as
-/// plain data for the data crate to turn into a tokenizer.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct GgufTokenizer {
-    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE), `llama` (SentencePiece), …
-    pub model: String,
-    /// `tokenizer.ggml.pre`: the pre-tokenizer's name (`smollm`, `llama-bpe`, …).
-    pub pre: Option<String>,
-    /// `tokenizer.ggml.tokens`: the vocabulary, by id.
-    pub tokens: Vec<String>,
-    /// `tokenizer.ggml.token_type`: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
-    pub token_types: Vec<i32>,
-    /// `tokenizer.ggml.scores` (SentencePiece models).
-    pub scores: Vec<f32>,
-    /// `tokenizer.ggml.merges`: BPE merges, `"a b"`, in priority order.
-    pub merges: Vec<String>,
-    /// `tokenizer.ggml.bos_token_id`.
-    pub bos_token_id: Option<u32>,
-    /// `tokenizer.ggml.eos_token_id`.
-    pub eos_token_id: Option<u32>,
-    /// `tokenizer.ggml.unknown_token_id`.
-    pub unknown_token_id: Option<u32>,
-    /// `tokenizer.ggml.padding_token_id`.
-    pub padding_token_id: Option<u32>,
-    /// `tokenizer.ggml.add_bos_token`.
-    pub add_bos_token: Option<bool>,
-    /// `tokenizer.ggml.add_eos_token`.
-    pub add_eos_token: Option<bool>,
-    /// `tokenizer.chat_template` (Jinja).
-    pub chat_template: Option<String>,
-}
-
 /// A parsed GGUF file: metadata and tensor infos, with the data memory-mapped.
 #[derive(Debug)]
 pub struct GgufFile {
@@ -201,92 +94,6 @@ pub struct GgufFile {
     /// Tensor infos, in file order.
     pub tensors: Vec<GgufTensorInfo>,
     data_start: u64,
-}
-
-/// A bounds-checked little-endian reader over the mapped file.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-    path: &'a Path,
-}
-
-impl<'a> Reader<'a> {
-    fn error(&self, reason: impl Into<String>) -> ModelError {
-        ModelError::InvalidGguf { path: self.path.to_path_buf(), offset: self.pos as u64, reason: reason.into() }
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&end| end <= self.bytes.len());
-        match end {
-            Some(end) => {
-                let out = &self.bytes[self.pos..end];
-                self.pos = end;
-                Ok(out)
-            }
-            None => {
-                Err(self.error(format!("file truncated: {n} more bytes needed, {} left", self.bytes.len() - self.pos)))
-            }
-        }
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
-        Ok(self.take(N)?.try_into().expect("N bytes"))
-    }
-
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-
-    /// A count that must fit in what is left of the file (each item taking at least
-    /// `min_item_bytes`), so a corrupt length cannot make us allocate terabytes.
-    fn count(&mut self, min_item_bytes: usize, what: &str) -> Result<usize> {
-        let n = self.u64()?;
-        let left = (self.bytes.len() - self.pos) as u64;
-        if n.saturating_mul(min_item_bytes.max(1) as u64) > left {
-            return Err(self.error(format!("{what} count {n} exceeds what is left of the file (truncated?)")));
-        }
-        Ok(n as usize)
-    }
-
-    fn string(&mut self) -> Result<String> {
-        let len = self.count(1, "string length")?;
-        let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.error("string is not UTF-8"))
-    }
-
-    fn value(&mut self, value_type: u32, depth: usize) -> Result<GgufValue> {
-        Ok(match value_type {
-            0 => GgufValue::U8(self.array::<1>()?[0]),
-            1 => GgufValue::I8(self.array::<1>()?[0] as i8),
-            2 => GgufValue::U16(u16::from_le_bytes(self.array()?)),
-            3 => GgufValue::I16(i16::from_le_bytes(self.array()?)),
-            4 => GgufValue::U32(self.u32()?),
-            5 => GgufValue::I32(i32::from_le_bytes(self.array()?)),
-            6 => GgufValue::F32(f32::from_le_bytes(self.array()?)),
-            7 => GgufValue::Bool(self.array::<1>()?[0] != 0),
-            8 => GgufValue::String(self.string()?),
-            9 => {
-                if depth > 4 {
-                    return Err(self.error("arrays nested too deep"));
-                }
-                let item_type = self.u32()?;
-                let len = self.count(1, "array length")?;
-                let mut items = Vec::with_capacity(len);
-                for _ in 0..len {
-                    items.push(self.value(item_type, depth + 1)?);
-                }
-                GgufValue::Array(items)
-            }
-            10 => GgufValue::U64(self.u64()?),
-            11 => GgufValue::I64(i64::from_le_bytes(self.array()?)),
-            12 => GgufValue::F64(f64::from_le_bytes(self.array()?)),
-            other => return Err(self.error(format!("unknown metadata value type {other}"))),
-        })
-    }
 }
 
 /// Dequantises GGUF rows, optionally reading them in a permuted order.
@@ -376,79 +183,14 @@ impl RowSource for GgufRows<'_> {
     }
 }
 
-/// The HF name of a llama.cpp tensor name, for the `llama` architecture.
-fn hf_name(gguf: &str) -> Option<String> {
-    Some(match gguf {
-        "token_embd.weight" => "model.embed_tokens.weight".into(),
-        "output_norm.weight" => "model.norm.weight".into(),
-        "output.weight" => "lm_head.weight".into(),
-        _ => {
-            let rest = gguf.strip_prefix("blk.")?;
-            let (layer, rest) = rest.split_once('.')?;
-            let layer: usize = layer.parse().ok()?;
-            let (part, kind) = rest.rsplit_once('.')?;
-            let hf = match part {
-                "attn_norm" => "input_layernorm",
-                "ffn_norm" => "post_attention_layernorm",
-                "attn_q" => "self_attn.q_proj",
-                "attn_k" => "self_attn.k_proj",
-                "attn_v" => "self_attn.v_proj",
-                "attn_output" => "self_attn.o_proj",
-                "ffn_gate" => "mlp.gate_proj",
-                "ffn_up" => "mlp.up_proj",
-                "ffn_down" => "mlp.down_proj",
-                _ => return None,
-            };
-            format!("model.layers.{layer}.{hf}.{kind}")
-        }
-    })
-}
-
 impl GgufFile {
     /// Maps and parses `path`'s header, metadata and tensor infos; tensor data stays on disk
     /// until a model is built from it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let map = map_file(&path)?;
-        let mut r = Reader { bytes: &map, pos: 0, path: &path };
-        if r.take(4)? != MAGIC {
-            return Err(ModelError::InvalidGguf {
-                path: path.clone(),
-                offset: 0,
-                reason: "not a GGUF file (bad magic)".into(),
-            });
-        }
-        let version = r.u32()?;
-        if !(2..=3).contains(&version) {
-            return Err(r.error(format!("unsupported GGUF version {version} (supported: 2, 3)")));
-        }
-        // Each tensor info takes at least 24 bytes, each key/value at least 13.
-        let num_tensors = r.count(24, "tensor")?;
-        let num_kv = r.count(13, "metadata")?;
-        let mut metadata = BTreeMap::new();
-        for _ in 0..num_kv {
-            let key = r.string()?;
-            let value_type = r.u32()?;
-            let value = r.value(value_type, 0)?;
-            metadata.insert(key, value);
-        }
-        let mut tensors = Vec::with_capacity(num_tensors);
-        for _ in 0..num_tensors {
-            let name = r.string()?;
-            let n_dims = r.u32()?;
-            if n_dims > 4 {
-                return Err(r.error(format!("tensor `{name}` has {n_dims} dimensions (at most 4)")));
-            }
-            let dims = (0..n_dims).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
-            let ggml_type = r.u32()?;
-            let offset = r.u64()?;
-            tensors.push(GgufTensorInfo { name, dims, ggml_type, offset });
-        }
-        let alignment = metadata.get("general.alignment").and_then(GgufValue::as_u64).unwrap_or(DEFAULT_ALIGNMENT);
-        if alignment == 0 {
-            return Err(r.error("general.alignment is 0"));
-        }
-        let data_start = (r.pos as u64).next_multiple_of(alignment);
+        let GgufHeader { version, metadata, tensors, data_start } =
+            GgufHeader::parse(&map, &path).map_err(|e| gguf_error(&path, e))?;
         let file = Self { path: path.clone(), version, metadata, tensors, data_start, map };
         for info in &file.tensors {
             file.check_bounds(info)?;
@@ -499,21 +241,7 @@ impl GgufFile {
     }
 
     fn meta_usize(&self, key: &str) -> Result<Option<usize>> {
-        match self.meta(key) {
-            None => Ok(None),
-            Some(GgufValue::Array(items)) => {
-                // Some converters write per-layer arrays; a LLaMA has the same value everywhere.
-                let values: HashSet<Option<u64>> = items.iter().map(GgufValue::as_u64).collect();
-                match values.into_iter().collect::<Vec<_>>().as_slice() {
-                    [Some(v)] => Ok(Some(*v as usize)),
-                    _ => Err(self.invalid(key, "per-layer values differ (not a LLaMA)")),
-                }
-            }
-            Some(v) => v
-                .as_u64()
-                .map(|v| Some(v as usize))
-                .ok_or_else(|| self.invalid(key, format!("expected an integer, found {v:?}"))),
-        }
+        self.metadata.usize(key).map_err(|e| gguf_error(&self.path, e))
     }
 
     fn require_usize(&self, key: &str) -> Result<usize> {
@@ -606,66 +334,9 @@ impl GgufFile {
         Ok(config)
     }
 
-    /// The tokenizer metadata.
-    pub fn tokenizer(&self) -> Result<GgufTokenizer> {
-        let strings = |key: &str| -> Result<Vec<String>> {
-            match self.meta(key) {
-                None => Ok(Vec::new()),
-                Some(GgufValue::Array(items)) => items
-                    .iter()
-                    .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| self.invalid(key, "expected strings")))
-                    .collect(),
-                Some(_) => Err(self.invalid(key, "expected an array of strings")),
-            }
-        };
-        let numbers = |key: &str| -> Result<Vec<f64>> {
-            match self.meta(key) {
-                None => Ok(Vec::new()),
-                Some(GgufValue::Array(items)) => {
-                    items.iter().map(|v| v.as_f64().ok_or_else(|| self.invalid(key, "expected numbers"))).collect()
-                }
-                Some(_) => Err(self.invalid(key, "expected an array of numbers")),
-            }
-        };
-        let token_types: Vec<i32> = match self.meta("tokenizer.ggml.token_type") {
-            None => Vec::new(),
-            Some(GgufValue::Array(items)) => items
-                .iter()
-                .map(|v| match v {
-                    GgufValue::I32(t) => Ok(*t),
-                    other => other
-                        .as_u64()
-                        .map(|t| t as i32)
-                        .ok_or_else(|| self.invalid("tokenizer.ggml.token_type", "expected integers")),
-                })
-                .collect::<Result<_>>()?,
-            Some(_) => return Err(self.invalid("tokenizer.ggml.token_type", "expected an array")),
-        };
-        let bool_of = |key: &str| match self.meta(key) {
-            Some(GgufValue::Bool(b)) => Some(*b),
-            _ => None,
-        };
-        let id = |key: &str| self.meta_usize(key).map(|v| v.map(|v| v as u32));
-        let model = self
-            .meta("tokenizer.ggml.model")
-            .and_then(GgufValue::as_str)
-            .ok_or_else(|| self.invalid("tokenizer.ggml.model", "missing"))?
-            .to_owned();
-        Ok(GgufTokenizer {
-            model,
-            pre: self.meta("tokenizer.ggml.pre").and_then(GgufValue::as_str).map(str::to_owned),
-            tokens: strings("tokenizer.ggml.tokens")?,
-            token_types,
-            scores: numbers("tokenizer.ggml.scores")?.into_iter().map(|s| s as f32).collect(),
-            merges: strings("tokenizer.ggml.merges")?,
-            bos_token_id: id("tokenizer.ggml.bos_token_id")?,
-            eos_token_id: id("tokenizer.ggml.eos_token_id")?,
-            unknown_token_id: id("tokenizer.ggml.unknown_token_id")?,
-            padding_token_id: id("tokenizer.ggml.padding_token_id")?,
-            add_bos_token: bool_of("tokenizer.ggml.add_bos_token"),
-            add_eos_token: bool_of("tokenizer.ggml.add_eos_token"),
-            chat_template: self.meta("tokenizer.chat_template").and_then(GgufValue::as_str).map(str::to_owned),
-        })
+    /// The tokenizer in the metadata (`tokenizer.*` keys).
+    pub fn tokenizer(&self) -> Result<GgufTokenizerSpec> {
+        GgufTokenizerSpec::from_metadata(&self.metadata).map_err(|e| gguf_error(&self.path, e))
     }
 
     /// Builds a model of `config` from this file's tensors, in `dtype`.
@@ -692,8 +363,8 @@ impl GgufFile {
         build: impl FnOnce(&mut dyn FnMut(&TensorSpec) -> Result<burn::tensor::TensorData>) -> Result<R>,
     ) -> Result<R> {
         let by_hf_name: HashMap<String, &GgufTensorInfo> =
-            self.tensors.iter().filter_map(|t| hf_name(&t.name).map(|hf| (hf, t))).collect();
-        if let Some(t) = self.tensors.iter().find(|t| hf_name(&t.name).is_none()) {
+            self.tensors.iter().filter_map(|t| gguf_to_hf(&t.name).map(|hf| (hf, t))).collect();
+        if let Some(t) = self.tensors.iter().find(|t| gguf_to_hf(&t.name).is_none()) {
             return Err(ModelError::UnexpectedTensor {
                 path: self.path.clone(),
                 tensor: t.name.clone(),
@@ -724,13 +395,7 @@ impl GgufFile {
             let (block_values, block_bytes) = ty.block();
             let start = (self.data_start + info.offset) as usize;
             let len = rows * cols / block_values * block_bytes;
-            let unpermute_heads = if spec.name.ends_with("q_proj.weight") || spec.name.ends_with("q_proj.bias") {
-                Some(config.num_heads)
-            } else if spec.name.ends_with("k_proj.weight") || spec.name.ends_with("k_proj.bias") {
-                Some(config.num_kv_heads)
-            } else {
-                None
-            };
+            let unpermute_heads = spec.slot.gguf_permuted_heads(config);
             // A bias is one row of `out` values; its permutation acts on values, not rows, so it
             // is decoded as `out` rows of one value each.
             let (rows, cols) =
@@ -758,35 +423,19 @@ impl GgufFile {
     }
 }
 
-/// The llama.cpp name of an HF tensor name, for "missing tensor" messages.
-fn gguf_name_hint(hf: &str) -> String {
-    format!("{hf} (GGUF name {})", gguf_name(hf).unwrap_or_else(|| "?".into()))
+/// The models crate's error for what the container codec found wrong in the file at `path`.
+fn gguf_error(path: &Path, e: GgufError) -> ModelError {
+    match e {
+        GgufError::Invalid { offset, reason, .. } => {
+            ModelError::InvalidGguf { path: path.to_path_buf(), offset, reason }
+        }
+        GgufError::Key { key, reason } => ModelError::InvalidConfig { path: path.to_path_buf(), field: key, reason },
+    }
 }
 
-pub(crate) fn gguf_name(hf: &str) -> Option<String> {
-    Some(match hf {
-        "model.embed_tokens.weight" => "token_embd.weight".into(),
-        "model.norm.weight" => "output_norm.weight".into(),
-        "lm_head.weight" => "output.weight".into(),
-        _ => {
-            let rest = hf.strip_prefix("model.layers.")?;
-            let (layer, rest) = rest.split_once('.')?;
-            let (part, kind) = rest.rsplit_once('.')?;
-            let g = match part {
-                "input_layernorm" => "attn_norm",
-                "post_attention_layernorm" => "ffn_norm",
-                "self_attn.q_proj" => "attn_q",
-                "self_attn.k_proj" => "attn_k",
-                "self_attn.v_proj" => "attn_v",
-                "self_attn.o_proj" => "attn_output",
-                "mlp.gate_proj" => "ffn_gate",
-                "mlp.up_proj" => "ffn_up",
-                "mlp.down_proj" => "ffn_down",
-                _ => return None,
-            };
-            format!("blk.{layer}.{g}.{kind}")
-        }
-    })
+/// The llama.cpp name of an HF tensor name, for "missing tensor" messages.
+fn gguf_name_hint(hf: &str) -> String {
+    format!("{hf} (GGUF name {})", hf_to_gguf(hf).unwrap_or_else(|| "?".into()))
 }
 
 impl<B: Backend> Llama<B> {
@@ -809,15 +458,6 @@ impl<B: Backend> Llama<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_round_trip() {
-        for hf in
-            ["model.layers.12.self_attn.k_proj.weight", "model.norm.weight", "model.layers.0.mlp.down_proj.weight"]
-        {
-            assert_eq!(hf_name(&gguf_name(hf).unwrap()).unwrap(), hf);
-        }
-    }
 
     #[test]
     fn unpermute_inverts_llama_cpp_permute() {

@@ -7,12 +7,13 @@
 
 use burn::tensor::backend::Backend;
 
-use crate::config::{LlamaConfig, TensorSpec};
+use crate::config::LlamaConfig;
 use crate::dtype::{decode_tensor, RowSource, StorageDtype};
 use crate::error::Result;
 use crate::llama::Llama;
 use crate::placement::On;
 use crate::rng::{mix, SplitMix64};
+use crate::tensors::TensorSpec;
 
 /// HF's default `initializer_range`.
 pub const INITIALIZER_RANGE: f64 = 0.02;
@@ -74,10 +75,9 @@ impl<B: Backend> Llama<B> {
 /// The random tensor of `spec` in `dtype`, in burn's layout, as [`Llama::init`] makes it (its
 /// own seeded stream: the same whatever order tensors are made in).
 pub(crate) fn init_tensor(spec: &TensorSpec, dtype: StorageDtype, seed: u64) -> burn::tensor::TensorData {
-    let is_norm = spec.name.ends_with("norm.weight");
-    let fill = if is_norm {
+    let fill = if spec.slot.is_norm() {
         Fill::Constant(1.0)
-    } else if spec.name.ends_with(".bias") {
+    } else if spec.slot.is_bias() {
         Fill::Constant(0.0)
     } else {
         Fill::Normal { std: INITIALIZER_RANGE, seed: mix(&[seed, name_hash(&spec.name)]) }

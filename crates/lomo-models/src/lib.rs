@@ -5,7 +5,7 @@
 //!   stored in f32, bf16 or f16 ([`StorageDtype`]).
 //! - Checkpoints: HF safetensors in ([`Llama::load_hf`], single file or sharded, memory-mapped)
 //!   and out ([`Llama::save_hf`]), GGUF in ([`Llama::load_gguf`], F32/F16/BF16/Q8_0/Q4_0/Q4_1,
-//!   with the tokenizer metadata as [`GgufTokenizer`]).
+//!   with the tokenizer metadata as [`GgufTokenizerSpec`]).
 //! - Training: [`Llama`] implements [`lomo_optim::StagedModel`] (embedding, one stage per decoder
 //!   block, then final norm + LM head + loss in token chunks), fed by a [`Batch`].
 //! - Generation with a KV cache ([`generate()`], [`KvCache`]), greedy or sampled with a seed.
@@ -46,19 +46,22 @@ pub mod rope;
 pub mod safetensors;
 pub mod save;
 pub mod stages;
+pub mod tensors;
 
 pub use batch::{Batch, IGNORE_INDEX};
-pub use config::{HfConfig, Llama3RopeScaling, LlamaConfig, ModelType, TensorSpec};
+pub use config::{HfConfig, Llama3RopeScaling, LlamaConfig, ModelType};
 pub use dtype::StorageDtype;
 pub use error::{ModelError, Result};
 pub use generate::{generate, GenerationConfig, Sampling};
-pub use gguf::{GgufFile, GgufTokenizer};
+pub use gguf::GgufFile;
 pub use gguf_write::GgufExportType;
 pub use kv_cache::KvCache;
 pub use llama::{HfParam, Llama, LossChunking};
+pub use lomo_io::gguf_tokenizer::{GgufTokenizerModel, GgufTokenizerSpec};
 pub use offload::{DiskStore, IoStats, WorkingCopy};
 pub use placement::{On, Placement};
 pub use save::SaveOptions;
+pub use tensors::{BlockTensor, Slot, TensorSpec};
 
 use burn::tensor::backend::AutodiffBackend;
 use lomo_kernels::{FusedKernels, UpdateKernels};

@@ -11,7 +11,7 @@ use lomo_kernels::{FusedKernels, KeyPadding};
 
 use crate::attention::{Attention, AttentionInputs};
 use crate::batch::Batch;
-use crate::config::{LlamaConfig, TensorSpec};
+use crate::config::LlamaConfig;
 use crate::dtype::StorageDtype;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
@@ -19,6 +19,7 @@ use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
 use crate::placement::{to_device, On};
 use crate::rope::{RopeTables, RotaryEmbedding};
+use crate::tensors::{BlockTensor, Slot, TensorSpec};
 
 /// One decoder block: pre-norm attention and pre-norm MLP, each with a residual.
 #[derive(Module, Debug)]
@@ -159,67 +160,28 @@ impl<B: Backend> Llama<B> {
 
     /// Builds the model from tensors handed out by `take` (already in burn's layout and the
     /// storage dtype), one at a time: whatever `take` maps or reads, only the model's own
-    /// copy of each tensor stays.
+    /// copy of each tensor stays. Which tensors exist (biases, Qwen3's q/k norms, an untied
+    /// head) is the configuration's rows of the tensor table.
     pub(crate) fn from_tensors(
         config: LlamaConfig,
         on: On<'_, B::Device>,
-        mut take: impl FnMut(&TensorSpec) -> Result<TensorData>,
+        take: impl FnMut(&TensorSpec) -> Result<TensorData>,
     ) -> Result<Self> {
         on.check(config.num_layers + 2)?;
-        let specs: HashMap<String, TensorSpec> =
-            config.tensor_specs().into_iter().map(|s| (s.name.clone(), s)).collect();
-        let mut tensor = |name: String| -> Result<TensorData> {
-            let spec = specs.get(&name).unwrap_or_else(|| panic!("`{name}` is not in the tensor specs"));
-            take(spec)
-        };
-        fn param<B: Backend, const D: usize>(data: TensorData, device: &B::Device) -> Param<Tensor<B, D>> {
-            let dtype = data.dtype;
-            Param::from_tensor(Tensor::from_data(data, (device, dtype)))
-        }
-        fn linear<B: Backend>(
-            tensor: &mut impl FnMut(String) -> Result<TensorData>,
-            device: &B::Device,
-            prefix: String,
-            bias: bool,
-        ) -> Result<Linear<B>> {
-            let weight = param(tensor(format!("{prefix}.weight"))?, device);
-            let bias = if bias { Some(param(tensor(format!("{prefix}.bias"))?, device)) } else { None };
-            Ok(Linear { weight, bias })
-        }
-        let linear = |tensor: &mut _, stage: usize, prefix: String, bias: bool| {
-            linear::<B>(tensor, on.stage(stage), prefix, bias)
-        };
-
-        let embed_tokens = Embedding { weight: param(tensor("model.embed_tokens.weight".into())?, on.stage(0)) };
+        let specs = config.tensor_specs().into_iter().map(|s| (s.slot, s)).collect();
+        let mut b = Builder::<B, _> { specs, take, on, num_layers: config.num_layers, eps: config.rms_norm_eps };
+        let embed_tokens = Embedding { weight: b.param(Slot::Embedding)? };
         let mut layers = Vec::with_capacity(config.num_layers);
-        fn rms<B: Backend>(
-            tensor: &mut impl FnMut(String) -> Result<TensorData>,
-            device: &B::Device,
-            name: String,
-            eps: f64,
-        ) -> Result<RmsNorm<B>> {
-            Ok(RmsNorm { weight: param(tensor(name)?, device), eps })
-        }
-        let eps = config.rms_norm_eps;
-        let rms = |tensor: &mut _, stage: usize, name: String| rms::<B>(tensor, on.stage(stage), name, eps);
-        let head = config.num_layers + 1;
-        for i in 0..config.num_layers {
-            let p = format!("model.layers.{i}");
-            let stage = i + 1;
+        for layer in 0..config.num_layers {
+            let slot = |tensor| Slot::Block { layer, tensor, bias: false };
             // Qwen3's per-head norms of queries and keys.
-            let (q_norm, k_norm) = if config.qk_norm {
-                (
-                    Some(rms(&mut tensor, stage, format!("{p}.self_attn.q_norm.weight"))?),
-                    Some(rms(&mut tensor, stage, format!("{p}.self_attn.k_norm.weight"))?),
-                )
-            } else {
-                (None, None)
-            };
+            let q_norm = b.maybe(slot(BlockTensor::QNorm))?.map(|weight| RmsNorm { weight, eps: b.eps });
+            let k_norm = b.maybe(slot(BlockTensor::KNorm))?.map(|weight| RmsNorm { weight, eps: b.eps });
             let self_attn = Attention {
-                q_proj: linear(&mut tensor, stage, format!("{p}.self_attn.q_proj"), config.qkv_bias)?,
-                k_proj: linear(&mut tensor, stage, format!("{p}.self_attn.k_proj"), config.qkv_bias)?,
-                v_proj: linear(&mut tensor, stage, format!("{p}.self_attn.v_proj"), config.qkv_bias)?,
-                o_proj: linear(&mut tensor, stage, format!("{p}.self_attn.o_proj"), config.o_bias)?,
+                q_proj: b.linear(slot(BlockTensor::QProj))?,
+                k_proj: b.linear(slot(BlockTensor::KProj))?,
+                v_proj: b.linear(slot(BlockTensor::VProj))?,
+                o_proj: b.linear(slot(BlockTensor::OProj))?,
                 num_heads: config.num_heads,
                 num_kv_heads: config.num_kv_heads,
                 head_dim: config.head_dim,
@@ -228,61 +190,64 @@ impl<B: Backend> Llama<B> {
                 window: config.sliding_window,
             };
             let mlp = Mlp {
-                gate_proj: linear(&mut tensor, stage, format!("{p}.mlp.gate_proj"), config.mlp_bias)?,
-                up_proj: linear(&mut tensor, stage, format!("{p}.mlp.up_proj"), config.mlp_bias)?,
-                down_proj: linear(&mut tensor, stage, format!("{p}.mlp.down_proj"), config.mlp_bias)?,
+                gate_proj: b.linear(slot(BlockTensor::GateProj))?,
+                up_proj: b.linear(slot(BlockTensor::UpProj))?,
+                down_proj: b.linear(slot(BlockTensor::DownProj))?,
             };
-            let input_layernorm = rms(&mut tensor, stage, format!("{p}.input_layernorm.weight"))?;
-            let post_attention_layernorm = rms(&mut tensor, stage, format!("{p}.post_attention_layernorm.weight"))?;
+            let input_layernorm = b.rms(slot(BlockTensor::InputNorm))?;
+            let post_attention_layernorm = b.rms(slot(BlockTensor::PostAttentionNorm))?;
             layers.push(DecoderLayer { input_layernorm, self_attn, post_attention_layernorm, mlp });
         }
-        let norm = rms(&mut tensor, head, "model.norm.weight".into())?;
-        let lm_head =
-            if config.tie_word_embeddings { None } else { Some(linear(&mut tensor, head, "lm_head".into(), false)?) };
+        let norm = b.rms(Slot::FinalNorm)?;
+        let lm_head = b.maybe(Slot::LmHead)?.map(|weight| Linear { weight, bias: None });
         let rope = RotaryEmbedding::new(&config);
         Ok(Self { embed_tokens, layers, norm, lm_head, config, rope, loss_chunking: LossChunking::default() })
+    }
+
+    /// The parameter in `slot`, if the model has it (a bias the configuration has none of, a
+    /// tied head, a layer past the last are `None`).
+    pub fn param(&self, slot: Slot) -> Option<HfParam<'_, B>> {
+        fn linear<B: Backend>(l: &Linear<B>, bias: bool) -> Option<HfParam<'_, B>> {
+            if bias {
+                l.bias.as_ref().map(HfParam::Vector)
+            } else {
+                Some(HfParam::Matrix(&l.weight))
+            }
+        }
+        fn norm<B: Backend>(n: Option<&RmsNorm<B>>, bias: bool) -> Option<HfParam<'_, B>> {
+            n.filter(|_| !bias).map(|n| HfParam::Vector(&n.weight))
+        }
+        match slot {
+            Slot::Embedding => Some(HfParam::Matrix(&self.embed_tokens.weight)),
+            Slot::FinalNorm => Some(HfParam::Vector(&self.norm.weight)),
+            Slot::LmHead => self.lm_head.as_ref().map(|h| HfParam::Matrix(&h.weight)),
+            Slot::Block { layer, tensor, bias } => {
+                let l = self.layers.get(layer)?;
+                match tensor {
+                    BlockTensor::QProj => linear(&l.self_attn.q_proj, bias),
+                    BlockTensor::KProj => linear(&l.self_attn.k_proj, bias),
+                    BlockTensor::VProj => linear(&l.self_attn.v_proj, bias),
+                    BlockTensor::OProj => linear(&l.self_attn.o_proj, bias),
+                    BlockTensor::GateProj => linear(&l.mlp.gate_proj, bias),
+                    BlockTensor::UpProj => linear(&l.mlp.up_proj, bias),
+                    BlockTensor::DownProj => linear(&l.mlp.down_proj, bias),
+                    BlockTensor::QNorm => norm(l.self_attn.q_norm.as_ref(), bias),
+                    BlockTensor::KNorm => norm(l.self_attn.k_norm.as_ref(), bias),
+                    BlockTensor::InputNorm => norm(Some(&l.input_layernorm), bias),
+                    BlockTensor::PostAttentionNorm => norm(Some(&l.post_attention_layernorm), bias),
+                }
+            }
+        }
     }
 
     /// Every parameter under its HF name, in the order of [`LlamaConfig::tensor_specs`].
     /// `spec.transposed` says whether burn holds the transpose of the HF tensor.
     pub fn hf_params(&self) -> Vec<(TensorSpec, HfParam<'_, B>)> {
-        let mut by_name: HashMap<String, HfParam<'_, B>> = HashMap::new();
-        by_name.insert("model.embed_tokens.weight".into(), HfParam::Matrix(&self.embed_tokens.weight));
-        fn add_linear<'a, B: Backend>(by_name: &mut HashMap<String, HfParam<'a, B>>, prefix: String, l: &'a Linear<B>) {
-            by_name.insert(format!("{prefix}.weight"), HfParam::Matrix(&l.weight));
-            if let Some(b) = &l.bias {
-                by_name.insert(format!("{prefix}.bias"), HfParam::Vector(b));
-            }
-        }
-        for (i, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            add_linear(&mut by_name, format!("{p}.self_attn.q_proj"), &layer.self_attn.q_proj);
-            add_linear(&mut by_name, format!("{p}.self_attn.k_proj"), &layer.self_attn.k_proj);
-            add_linear(&mut by_name, format!("{p}.self_attn.v_proj"), &layer.self_attn.v_proj);
-            add_linear(&mut by_name, format!("{p}.self_attn.o_proj"), &layer.self_attn.o_proj);
-            for (name, norm) in [("q_norm", &layer.self_attn.q_norm), ("k_norm", &layer.self_attn.k_norm)] {
-                if let Some(norm) = norm {
-                    by_name.insert(format!("{p}.self_attn.{name}.weight"), HfParam::Vector(&norm.weight));
-                }
-            }
-            add_linear(&mut by_name, format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
-            add_linear(&mut by_name, format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
-            add_linear(&mut by_name, format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
-            by_name.insert(format!("{p}.input_layernorm.weight"), HfParam::Vector(&layer.input_layernorm.weight));
-            by_name.insert(
-                format!("{p}.post_attention_layernorm.weight"),
-                HfParam::Vector(&layer.post_attention_layernorm.weight),
-            );
-        }
-        by_name.insert("model.norm.weight".into(), HfParam::Vector(&self.norm.weight));
-        if let Some(head) = &self.lm_head {
-            add_linear(&mut by_name, "lm_head".into(), head);
-        }
         self.config
             .tensor_specs()
             .into_iter()
             .map(|spec| {
-                let param = by_name.remove(&spec.name).unwrap_or_else(|| panic!("model has no `{}`", spec.name));
+                let param = self.param(spec.slot).unwrap_or_else(|| panic!("model has no `{}`", spec.name));
                 (spec, param)
             })
             .collect()
@@ -303,6 +268,45 @@ impl<B: Backend> Llama<B> {
                 (spec, tensor)
             })
             .collect()
+    }
+}
+
+/// Makes the parameters of a model being built, each on its stage's device, from the tensors
+/// `take` hands out for the configuration's rows of the tensor table.
+struct Builder<'o, B: Backend, F> {
+    specs: HashMap<Slot, TensorSpec>,
+    take: F,
+    on: On<'o, B::Device>,
+    num_layers: usize,
+    eps: f64,
+}
+
+impl<B: Backend, F: FnMut(&TensorSpec) -> Result<TensorData>> Builder<'_, B, F> {
+    /// The parameter in `slot`, or `None` when the configuration has no such tensor.
+    fn maybe<const D: usize>(&mut self, slot: Slot) -> Result<Option<Param<Tensor<B, D>>>> {
+        let Some(spec) = self.specs.get(&slot) else { return Ok(None) };
+        let data = (self.take)(spec)?;
+        let dtype = data.dtype;
+        let device = self.on.stage(slot.stage(self.num_layers));
+        Ok(Some(Param::from_tensor(Tensor::from_data(data, (device, dtype)))))
+    }
+
+    fn param<const D: usize>(&mut self, slot: Slot) -> Result<Param<Tensor<B, D>>> {
+        Ok(self.maybe(slot)?.unwrap_or_else(|| panic!("`{}` is not in the tensor specs", slot.hf_name())))
+    }
+
+    /// The Linear whose weight is `slot`, with its bias when the configuration has one.
+    fn linear(&mut self, slot: Slot) -> Result<Linear<B>> {
+        let weight = self.param(slot)?;
+        let bias = match slot {
+            Slot::Block { layer, tensor, .. } => self.maybe(Slot::Block { layer, tensor, bias: true })?,
+            _ => None,
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    fn rms(&mut self, slot: Slot) -> Result<RmsNorm<B>> {
+        Ok(RmsNorm { weight: self.param(slot)?, eps: self.eps })
     }
 }
 

@@ -505,17 +505,7 @@ impl PlanConfig {
         let e = self.dtype.size_of() as u64;
         let mut out = vec![(0u64, 0u64); layers + 2];
         for spec in self.model.tensor_specs() {
-            let stage = if spec.name == "model.embed_tokens.weight" {
-                0
-            } else if let Some(rest) = spec.name.strip_prefix("model.layers.") {
-                1 + rest
-                    .split('.')
-                    .next()
-                    .and_then(|i| i.parse::<usize>().ok())
-                    .expect("layer tensors are model.layers.N.…")
-            } else {
-                layers + 1
-            };
+            let stage = spec.slot.stage(layers);
             let n = spec.numel() as u64;
             let state = match self.optimizer {
                 PlanOptimizer::Lomo | PlanOptimizer::Sgd => 0,

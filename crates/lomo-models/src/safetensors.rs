@@ -16,11 +16,12 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
-use crate::config::{LlamaConfig, TensorSpec};
+use crate::config::LlamaConfig;
 use crate::dtype::{decode_tensor, rows_cols, FloatEncoding, PlainFloats, StorageDtype};
 use crate::error::{ModelError, Result};
 use crate::llama::Llama;
 use crate::placement::On;
+use crate::tensors::TensorSpec;
 
 /// File name of a single-file checkpoint.
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -95,7 +96,9 @@ fn encoding(dtype: Dtype) -> Option<FloatEncoding> {
 
 /// Tensors HF checkpoints may carry that the model does not need.
 fn ignorable(name: &str, config: &LlamaConfig) -> bool {
-    name.ends_with("rotary_emb.inv_freq") || (config.tie_word_embeddings && name == "lm_head.weight")
+    name.ends_with("rotary_emb.inv_freq")
+        || (config.tie_word_embeddings
+            && crate::tensors::Slot::from_hf_name(name) == Some(crate::tensors::Slot::LmHead))
 }
 
 impl<B: Backend> Llama<B> {

@@ -273,7 +273,7 @@ fn gguf_with_permuted_rows_loads_as_the_hf_model() {
     let config = file.config().unwrap();
     assert_eq!(config, hf_config);
     let tokenizer = file.tokenizer().unwrap();
-    assert_eq!((tokenizer.model.as_str(), tokenizer.tokens.len(), tokenizer.eos_token_id), ("llama", 512, Some(2)));
+    assert_eq!((tokenizer.model.gguf_name(), tokenizer.tokens.len(), tokenizer.eos_id), ("llama", 512, Some(2)));
 
     let from_gguf = Llama::<B>::load_gguf(&path, StorageDtype::F32, &common::device()).unwrap();
     let from_hf = load(&dir, StorageDtype::F32);

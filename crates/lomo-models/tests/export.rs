@@ -1,13 +1,13 @@
 //! GGUF export: what `Llama::save_gguf` writes reads back through `GgufFile` as the same
 //! model, within the rounding of the tensor type.
 
-use lomo_models::{GgufExportType, GgufFile, GgufTokenizer, Llama, StorageDtype};
+use lomo_models::{GgufExportType, GgufFile, GgufTokenizerModel, GgufTokenizerSpec, Llama, StorageDtype};
 
 use crate::common::{self, max_abs_diff, values, B};
 
 /// A placeholder vocabulary: these tests look at the weights, the CLI's at the tokenizer.
-fn tokenizer(vocab: usize) -> GgufTokenizer {
-    GgufTokenizer { model: "llama".into(), tokens: (0..vocab).map(|i| format!("t{i}")).collect(), ..Default::default() }
+fn tokenizer(vocab: usize) -> GgufTokenizerSpec {
+    GgufTokenizerSpec::new(GgufTokenizerModel::Llama, (0..vocab).map(|i| format!("t{i}")).collect(), Vec::new())
 }
 
 /// Every HF tensor of a model, by name.

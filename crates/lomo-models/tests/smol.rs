@@ -24,7 +24,7 @@ fn smollm_gguf_answers_and_round_trips_through_hf_safetensors() {
     assert_eq!((config.vocab_size, config.rope_theta, config.tie_word_embeddings), (49152, 100000.0, true));
     assert_eq!(config.num_params(), 134_515_008);
     let meta = file.tokenizer().unwrap();
-    assert_eq!((meta.model.as_str(), meta.tokens.len(), meta.merges.len()), ("gpt2", 49152, 48900));
+    assert_eq!((meta.model.gguf_name(), meta.tokens.len(), meta.merges.len()), ("gpt2", 49152, 48900));
     assert!(meta.chat_template.as_deref().unwrap_or("").contains("<|im_start|>"));
     let tokenizer = gguf_tokenizer::byte_level_bpe(&meta);
 

@@ -1,14 +1,14 @@
 //! An HF `tokenizers::Tokenizer` for a GGUF byte-level BPE vocabulary (`tokenizer.ggml.model
 //! == "gpt2"`), built as the `tokenizer.json` HF would write for it.
 
-use lomo_models::GgufTokenizer;
+use lomo_models::GgufTokenizerSpec;
 use serde_json::json;
 
 /// llama.cpp's token type for control tokens (`<|im_start|>`, …).
 const CONTROL: i32 = 3;
 
-pub fn byte_level_bpe(meta: &GgufTokenizer) -> tokenizers::Tokenizer {
-    assert_eq!(meta.model, "gpt2", "only byte-level BPE vocabularies are handled here");
+pub fn byte_level_bpe(meta: &GgufTokenizerSpec) -> tokenizers::Tokenizer {
+    assert_eq!(meta.model.gguf_name(), "gpt2", "only byte-level BPE vocabularies are handled here");
     let vocab: serde_json::Map<String, serde_json::Value> =
         meta.tokens.iter().enumerate().map(|(id, t)| (t.clone(), json!(id))).collect();
     let added: Vec<_> = meta
