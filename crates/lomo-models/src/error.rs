@@ -138,3 +138,9 @@ impl ModelError {
         Self::Io { path: path.into(), source }
     }
 }
+
+impl From<lomo_io::atomic::WriteError> for ModelError {
+    fn from(e: lomo_io::atomic::WriteError) -> Self {
+        Self::Io { path: e.path, source: e.source }
+    }
+}

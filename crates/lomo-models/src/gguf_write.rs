@@ -4,10 +4,10 @@
 //! what [`crate::GgufFile::load_model`] undoes). Norms stay F32 and a matrix whose rows are
 //! not a whole number of Q8_0 blocks falls back to F16, as llama.cpp's converter does.
 //!
-//! Written under a temporary name and renamed into place; tensors are read from the device
-//! one at a time.
+//! Written under a temporary name, synced and renamed into place ([`lomo_io::atomic`]);
+//! tensors are read from the device one at a time.
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
@@ -282,16 +282,9 @@ impl<B: Backend> Llama<B> {
         }
         header.resize((header.len() as u64).next_multiple_of(ALIGNMENT) as usize, 0);
 
-        let mut tmp_name = path
-            .file_name()
-            .ok_or_else(|| ModelError::io(path, std::io::Error::other("not a file name")))?
-            .to_os_string();
-        tmp_name.push(".tmp");
-        let tmp = path.with_file_name(tmp_name);
+        let tmp = lomo_io::atomic::tmp_path(path)?;
         let io = |e| ModelError::io(&tmp, e);
-        let file = std::fs::File::create(&tmp).map_err(io)?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        let written = (|| -> Result<()> {
+        lomo_io::atomic::write_with(path, |out| -> Result<()> {
             out.write_all(&header).map_err(io)?;
             let mut at = 0u64;
             let mut buf = Vec::new();
@@ -323,14 +316,8 @@ impl<B: Backend> Llama<B> {
                 out.write_all(&buf).map_err(io)?;
                 at = offset + buf.len() as u64;
             }
-            let file = out.into_inner().map_err(|e| io(e.into_error()))?;
-            file.sync_all().map_err(io)
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+            Ok(())
+        })
     }
 }
 

@@ -28,6 +28,7 @@ use std::thread::JoinHandle;
 
 use burn::module::ParamId;
 use burn::tensor::{DType, TensorData};
+use lomo_io::atomic::AtomicFile;
 use lomo_optim::{put_params, take_params, Held, OptimError, StageStore, Take};
 use serde_json::{json, Value};
 
@@ -72,27 +73,15 @@ impl StageFile {
     }
 
     /// The safetensors header with `step` in its metadata (fixed width, so the data never moves).
-    fn header(&self, stage: usize, dtype: StorageDtype, step: u64) -> Vec<u8> {
-        let mut header = serde_json::Map::new();
-        header.insert(
-            "__metadata__".into(),
-            json!({ "format": "lomo-stage", "layout": "burn", "stage": stage.to_string(), "step": format!("{step:020}") }),
-        );
-        let mut start = 0;
-        for e in &self.entries {
-            header.insert(
-                e.spec.name.clone(),
-                json!({ "dtype": dtype.safetensors_name(), "shape": e.shape, "data_offsets": [start, start + e.bytes] }),
-            );
-            start += e.bytes;
-        }
-        let mut bytes = serde_json::to_vec(&Value::Object(header)).expect("JSON of strings and numbers");
-        // The data starts 8-byte aligned; safetensors pads the header with spaces.
-        let len = (self.data_start as usize - 8).max(bytes.len().next_multiple_of(8));
-        bytes.resize(len, b' ');
-        let mut out = (bytes.len() as u64).to_le_bytes().to_vec();
-        out.extend(bytes);
-        out
+    fn header(&self, stage: usize, dtype: StorageDtype, step: u64) -> Result<Vec<u8>> {
+        let metadata = HashMap::from([
+            ("format".to_string(), "lomo-stage".to_string()),
+            ("layout".to_string(), "burn".to_string()),
+            ("stage".to_string(), stage.to_string()),
+            ("step".to_string(), format!("{step:020}")),
+        ]);
+        let tensors = self.entries.iter().map(|e| (e.spec.name.clone(), e.shape.clone()));
+        crate::save::safetensors_header(&self.path, metadata, tensors, dtype, self.data_start as usize - 8)
     }
 }
 
@@ -197,10 +186,6 @@ fn run_reads(job: ReadJob, dtype: DType) -> ReadResult {
     Ok((out, bytes))
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, e))
-}
-
 /// Writes `stage`'s file under a temporary name, tensor by tensor as `fill` hands them over,
 /// then syncs it and renames it into place.
 fn write_stage(
@@ -211,12 +196,10 @@ fn write_stage(
     fill: impl FnOnce(&mut dyn FnMut(usize, &[u8]) -> Result<()>) -> Result<()>,
 ) -> Result<u64> {
     use std::os::unix::fs::FileExt;
-    let mut tmp_name = file.path.file_name().expect("a file name").to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = file.path.with_file_name(tmp_name);
-    let out = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-    out.set_len(file.len()).map_err(|e| io_err(&tmp, e))?;
-    out.write_all_at(&file.header(stage, dtype, step), 0).map_err(|e| io_err(&tmp, e))?;
+    let atomic = AtomicFile::create(&file.path)?;
+    let (out, tmp) = (atomic.file(), atomic.tmp_path());
+    out.set_len(file.len()).map_err(|e| io_err(tmp, e))?;
+    out.write_all_at(&file.header(stage, dtype, step)?, 0).map_err(|e| io_err(tmp, e))?;
     let mut written = vec![false; file.entries.len()];
     let mut bytes = 0;
     fill(&mut |i, data| {
@@ -227,7 +210,7 @@ fn write_stage(
                 reason: format!("{} bytes to write back, the working copy holds {}", data.len(), e.bytes),
             });
         }
-        out.write_all_at(data, e.offset).map_err(|err| io_err(&tmp, err))?;
+        out.write_all_at(data, e.offset).map_err(|err| io_err(tmp, err))?;
         written[i] = true;
         bytes += data.len() as u64;
         Ok(())
@@ -238,19 +221,8 @@ fn write_stage(
             reason: "not handed over for the write-back".into(),
         });
     }
-    out.sync_all().map_err(|e| io_err(&tmp, e))?;
-    drop(out);
-    std::fs::rename(&tmp, &file.path).map_err(|e| io_err(&file.path, e))?;
-    sync_dir(file.path.parent().expect("a directory"))?;
+    atomic.commit()?;
     Ok(bytes)
-}
-
-fn write_json_atomic(path: &Path, value: &Value) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value).expect("JSON")).map_err(|e| io_err(&tmp, e))?;
-    File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
-    sync_dir(path.parent().expect("a directory"))
 }
 
 /// The metadata field `field` of a safetensors file's header.
@@ -351,7 +323,7 @@ impl DiskStore {
             }
             let mut file = StageFile { path: stage_file(dir, s), entries, data_start: 8 };
             // The header's length does not depend on the step (fixed width): lay it out once.
-            let header_len = file.header(s, dtype, 0).len() as u64;
+            let header_len = file.header(s, dtype, 0)?.len() as u64;
             file.data_start = 8 + (header_len - 8).next_multiple_of(8);
             let mut offset = file.data_start;
             for e in &mut file.entries {
@@ -409,7 +381,7 @@ impl DiskStore {
     pub fn write_step(&mut self, step: u64) -> Result<()> {
         self.step = step;
         let value = json!({ "step": step, "num_stages": self.files.len(), "dtype": self.dtype.safetensors_name() });
-        write_json_atomic(&self.dir.join(STORE_FILE), &value)
+        Ok(lomo_io::atomic::write(self.dir.join(STORE_FILE), serde_json::to_vec_pretty(&value).expect("JSON"))?)
     }
 
     /// The step the working copy is at.

@@ -2,17 +2,19 @@
 //! HF names, Linear weights `[out, in]`, the storage dtype, a tied embedding stored once;
 //! sharded with `model.safetensors.index.json` above a size limit.
 //!
-//! Every file is written under a temporary name and renamed into place, so an interrupted
-//! save never leaves a half-written checkpoint under the real name. Tensors are read back
+//! Every file is written under a temporary name, synced, and renamed into place with the
+//! directory synced ([`lomo_io::atomic`]), so an interrupted save never leaves a half-written
+//! checkpoint under the real name. Tensors are read back
 //! from the device one at a time and streamed to disk: saving needs one tensor's worth of
 //! extra memory, not a copy of the model.
 
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
 
 use burn::tensor::backend::Backend;
+use lomo_io::atomic;
+use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use serde_json::{json, Value};
 
 use burn::tensor::TensorData;
@@ -43,24 +45,39 @@ struct Entry {
     bytes: u64,
 }
 
-fn tmp_name(path: &Path) -> PathBuf {
-    let mut name = path.file_name().expect("a file name").to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
-
-fn write_atomic(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<PathBuf> {
-    let tmp = tmp_name(path);
-    let file = File::create(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    write(&mut out)?;
-    let file = out.into_inner().map_err(|e| ModelError::io(&tmp, e.into_error()))?;
-    file.sync_all().map_err(|e| ModelError::io(&tmp, e))?;
-    Ok(tmp)
-}
-
-fn rename(tmp: &Path, path: &Path) -> Result<()> {
-    std::fs::rename(tmp, path).map_err(|e| ModelError::io(path, e))
+/// The start of a safetensors file for `tensors` (name, shape; stored back to back in `dtype`,
+/// in this order) with `metadata`: the 8-byte header length, then the header (the
+/// safetensors crate's own [`Metadata`], so its rules hold: offsets follow the shapes), padded
+/// with spaces to at least `min_len` bytes and to a multiple of 8, so that the data starts
+/// aligned. The data itself is the caller's to stream; `path` names the file in an error.
+pub(crate) fn safetensors_header(
+    path: &Path,
+    metadata: HashMap<String, String>,
+    tensors: impl IntoIterator<Item = (String, Vec<usize>)>,
+    dtype: StorageDtype,
+    min_len: usize,
+) -> Result<Vec<u8>> {
+    let st_dtype = match dtype {
+        StorageDtype::F32 => Dtype::F32,
+        StorageDtype::BF16 => Dtype::BF16,
+        StorageDtype::F16 => Dtype::F16,
+    };
+    let mut offset = 0;
+    let infos = tensors
+        .into_iter()
+        .map(|(name, shape)| {
+            let bytes = shape.iter().product::<usize>() * dtype.size_of();
+            offset += bytes;
+            (name, TensorInfo { dtype: st_dtype, shape, data_offsets: (offset - bytes, offset) })
+        })
+        .collect();
+    let bad = |reason: String| ModelError::InvalidSafetensors { path: path.to_path_buf(), reason };
+    let metadata = Metadata::new(Some(metadata), infos).map_err(|e| bad(e.to_string()))?;
+    let mut header = serde_json::to_vec(&metadata).map_err(|e| bad(e.to_string()))?;
+    header.resize(header.len().max(min_len).next_multiple_of(8), b' ');
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend(header);
+    Ok(out)
 }
 
 impl<B: Backend> Llama<B> {
@@ -125,24 +142,18 @@ pub(crate) fn save_hf_tensors(
         let mut weight_map = BTreeMap::new();
         for (k, members) in shards.iter().enumerate() {
             let path = dir.join(shard_name(k));
-            let mut header = serde_json::Map::new();
-            header.insert("__metadata__".into(), json!({ "format": "pt" }));
-            let mut offset = 0u64;
             for &i in members {
-                let e = &entries[i];
-                header.insert(
-                    e.name.clone(),
-                    json!({ "dtype": dtype.safetensors_name(), "shape": e.shape, "data_offsets": [offset, offset + e.bytes] }),
-                );
-                offset += e.bytes;
-                weight_map.insert(e.name.clone(), Value::from(shard_name(k)));
+                weight_map.insert(entries[i].name.clone(), Value::from(shard_name(k)));
             }
-            let mut header = serde_json::to_vec(&Value::Object(header)).expect("JSON of strings and numbers");
-            // The data must start 8-byte aligned; safetensors pads the header with spaces.
-            header.resize(header.len().next_multiple_of(8), b' ');
-            let tmp = write_atomic(&path, |out| {
+            let header = safetensors_header(
+                &path,
+                HashMap::from([("format".to_string(), "pt".to_string())]),
+                members.iter().map(|&i| (entries[i].name.clone(), entries[i].shape.clone())),
+                dtype,
+                0,
+            )?;
+            let staged = atomic::stage_with(&path, |out| {
                 let io = |e| ModelError::io(&path, e);
-                out.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
                 out.write_all(&header).map_err(io)?;
                 for &i in members {
                     let spec = &tensors[i];
@@ -162,7 +173,7 @@ pub(crate) fn save_hf_tensors(
                 }
                 Ok(())
             })?;
-            written.push((tmp, path));
+            written.push(staged);
         }
         let index = (num_shards > 1).then(|| {
             let total: u64 = entries.iter().map(|e| e.bytes).sum();
@@ -170,25 +181,21 @@ pub(crate) fn save_hf_tensors(
         });
         let index_path = dir.join(INDEX_FILE);
         if let Some(index) = &index {
-            let tmp = write_atomic(&index_path, |out| {
+            written.push(atomic::stage_with(&index_path, |out| {
                 serde_json::to_writer_pretty(&mut *out, index)
                     .map_err(|e| ModelError::io(&index_path, std::io::Error::other(e)))
-            })?;
-            written.push((tmp, index_path.clone()));
+            })?);
         }
         let config_path = dir.join("config.json");
         let config = config.to_hf(dtype);
-        let tmp = write_atomic(&config_path, |out| {
+        written.push(atomic::stage_with(&config_path, |out| {
             serde_json::to_writer_pretty(&mut *out, &config)
                 .map_err(|e| ModelError::io(&config_path, std::io::Error::other(e)))
-        })?;
-        written.push((tmp, config_path));
+        })?);
 
         // Everything is on disk under temporary names: now put it in place, then remove what
         // an earlier save of the other form left behind.
-        for (tmp, path) in &written {
-            rename(tmp, path)?;
-        }
+        atomic::commit_all(written)?;
         let keep: Vec<String> = (0..num_shards).map(shard_name).collect();
         let stale = |name: &str| {
             !keep.iter().any(|k| k == name)
