@@ -222,18 +222,7 @@ impl<U> FusedStep<U> {
         U: Updater<B, M>,
     {
         let mut reduce_seconds = 0.0;
-        let mut plan = StagePlan::new(&model, micro_batches, reducer.world_size() > 1)?;
-        if reducer.world_size() > 1 {
-            let clock = Instant::now();
-            let mut targets = [plan.targets as f64];
-            reducer.sum_scalars(&mut targets)?;
-            reduce_seconds += clock.elapsed().as_secs_f64();
-            plan.targets = targets[0] as usize;
-            if plan.targets == 0 {
-                return Err(OptimError::NoTargets);
-            }
-        }
-        let mut failed: Option<OptimError> = None;
+        let plan = global_plan::<B, M, D>(&model, micro_batches, reducer, &mut reduce_seconds)?;
         let clock = Instant::now();
         let (model, boundaries, (fetch, release)) =
             forward_boundaries::<B, M, D>(model, micro_batches, plan.num_stages, store)?;
@@ -256,46 +245,21 @@ impl<U> FusedStep<U> {
         };
         let inv_scale = scale.map_or(1.0, |s| 1.0 / s);
         let mut prep = GradPrep { inv_scale, clip_value: self.config.clip_grad_value, clip_coef: None };
+        let pass = Passes { micro_batches, boundaries: &boundaries, plan: &plan, scale };
 
         let mut model = model;
         let mut loss_sum = None;
         if self.config.clip_grad_norm.is_some() || self.scaler.is_some() {
-            let clock = Instant::now();
-            let mut norm = NormPass { inv_scale, sum_sq: 0.0, overflow: false };
-            let mut norm_reduce = 0.0;
-            let pass = backward_pass::<B, M, D, _>(
-                model,
-                micro_batches,
-                &boundaries,
-                &plan,
-                scale,
-                store,
-                false,
-                &mut |m, ready, s| {
-                    if let Err(e) = reduce_ready::<B, M>(&m, ready, s, &plan, reducer, &mut norm_reduce) {
-                        failed = Some(e);
-                        return (m, false);
-                    }
-                    norm.add::<B, M>(&m, ready);
-                    (m, !norm.overflow)
-                },
-            )?;
-            timings.norm_pass =
-                Some(clock.elapsed().as_secs_f64() - norm_reduce - pass.store_seconds.0 - pass.store_seconds.1);
-            timings.store_fetch += pass.store_seconds.0;
-            timings.store_release += pass.store_seconds.1;
-            reduce_seconds += norm_reduce;
-            if let Some(e) = failed.take() {
-                return Err(e);
-            }
+            let norm = norm_pass(model, &pass, inv_scale, reducer, store, &mut timings)?;
+            reduce_seconds += norm.reduce_seconds;
             // The loss stage runs first in backward, before anything can stop the pass.
-            loss_sum = Some(pass.loss_sum);
-            model = pass.model;
+            loss_sum = Some(norm.loss_sum);
+            model = norm.model;
             if norm.overflow {
                 if let Some(s) = self.scaler.as_mut() {
                     s.overflow();
                 }
-                report.loss = reduced_loss(pass.loss_sum, &plan, reducer, &mut reduce_seconds)?;
+                report.loss = reduced_loss(norm.loss_sum, &plan, reducer, &mut reduce_seconds)?;
                 report.skipped = true;
                 timings.reduce = reduce_seconds;
                 report.timings = timings;
@@ -311,42 +275,130 @@ impl<U> FusedStep<U> {
         }
 
         self.updater.begin_step();
-        let updater = &mut self.updater;
-        let mut update_reduce = 0.0;
-        let pass = backward_pass::<B, M, D, _>(
-            model,
-            micro_batches,
-            &boundaries,
-            &plan,
-            scale,
-            store,
-            true,
-            &mut |m, ready, s| {
-                if let Err(e) = reduce_ready::<B, M>(&m, ready, s, &plan, reducer, &mut update_reduce) {
-                    failed = Some(e);
-                    return (m, false);
-                }
-                (updater.apply(m, ready, &prep, lr), true)
-            },
-        )?;
-        if let Some(e) = failed.take() {
-            return Err(e);
-        }
-        store.end_step()?;
-        reduce_seconds += update_reduce;
-        report.loss = reduced_loss(loss_sum.unwrap_or(pass.loss_sum), &plan, reducer, &mut reduce_seconds)?;
+        let (model, update_loss_sum) =
+            update_pass(model, &pass, &mut self.updater, &prep, lr, reducer, store, &mut timings)?;
+        reduce_seconds += timings.reduce;
+        report.loss = reduced_loss(loss_sum.unwrap_or(update_loss_sum), &plan, reducer, &mut reduce_seconds)?;
         if let Some(s) = self.scaler.as_mut() {
             s.clean();
         }
-        timings.backward = pass.stage_seconds;
-        timings.store_fetch += pass.store_seconds.0;
-        timings.store_release += pass.store_seconds.1;
-        // The update phase as the pass timed it holds the sums of that pass: count them once.
-        timings.update = pass.ready_seconds - update_reduce;
         timings.reduce = reduce_seconds;
         report.timings = timings;
-        Ok((pass.model, report))
+        Ok((model, report))
     }
+}
+
+/// What both backward passes of a step read: the micro-batches, their boundary activations, the
+/// stage plan and the loss scale.
+struct Passes<'a, B: AutodiffBackend, M: StagedModel<B, D>, const D: usize> {
+    micro_batches: &'a [M::Batch],
+    boundaries: &'a [Vec<Tensor<B::InnerBackend, D>>],
+    plan: &'a StagePlan,
+    scale: Option<f64>,
+}
+
+/// The step's stage plan, with the target count summed over every rank when data parallel.
+fn global_plan<B, M, const D: usize>(
+    model: &M,
+    micro_batches: &[M::Batch],
+    reducer: &mut dyn StepReducer<B::InnerBackend>,
+    reduce_seconds: &mut f64,
+) -> Result<StagePlan, OptimError>
+where
+    B: AutodiffBackend,
+    M: StagedModel<B, D>,
+{
+    let mut plan = StagePlan::new(model, micro_batches, reducer.world_size() > 1)?;
+    if reducer.world_size() > 1 {
+        let clock = Instant::now();
+        let mut targets = [plan.targets as f64];
+        reducer.sum_scalars(&mut targets)?;
+        *reduce_seconds += clock.elapsed().as_secs_f64();
+        plan.targets = targets[0] as usize;
+        if plan.targets == 0 {
+            return Err(OptimError::NoTargets);
+        }
+    }
+    Ok(plan)
+}
+
+/// What the norm pass found.
+struct NormOutcome<M> {
+    model: M,
+    /// Sum of the loss stage's losses (this rank's).
+    loss_sum: f64,
+    /// `Σ ‖g‖²` over every gradient of the step (every rank's), unscaled.
+    sum_sq: f64,
+    /// An inf/NaN gradient was found: nothing may be updated.
+    overflow: bool,
+    /// Seconds in the data-parallel sums.
+    reduce_seconds: f64,
+}
+
+/// The first backward pass of a clipped or loss-scaled step: sums the squared gradients (and
+/// looks for inf/NaN) without updating anything. Stops early at an overflow.
+fn norm_pass<B, M, const D: usize>(
+    model: M,
+    pass: &Passes<'_, B, M, D>,
+    inv_scale: f64,
+    reducer: &mut dyn StepReducer<B::InnerBackend>,
+    store: &mut dyn StageStore<B, M>,
+    timings: &mut StepTimings,
+) -> Result<NormOutcome<M>, OptimError>
+where
+    B: AutodiffBackend,
+    B::InnerBackend: UpdateKernels,
+    M: StagedModel<B, D>,
+{
+    let clock = Instant::now();
+    let mut norm = NormPass { inv_scale, sum_sq: 0.0, overflow: false };
+    let (result, reduce_seconds) = reduced_pass(model, pass, reducer, store, false, |m, ready| {
+        norm.add::<B, M>(&m, ready);
+        let go_on = !norm.overflow;
+        (m, go_on)
+    })?;
+    let (fetch, release) = result.store_seconds;
+    timings.norm_pass = Some(clock.elapsed().as_secs_f64() - reduce_seconds - fetch - release);
+    timings.store_fetch += fetch;
+    timings.store_release += release;
+    Ok(NormOutcome {
+        model: result.model,
+        loss_sum: result.loss_sum,
+        sum_sq: norm.sum_sq,
+        overflow: norm.overflow,
+        reduce_seconds,
+    })
+}
+
+/// The updating backward pass: each stage's final gradients summed across ranks, then handed
+/// to `updater`; the store's write-backs finished. Returns the model and the summed loss, and
+/// sets the backward, store and update timings, with this pass's sums in `timings.reduce`.
+#[allow(clippy::too_many_arguments)]
+fn update_pass<B, M, U, const D: usize>(
+    model: M,
+    pass: &Passes<'_, B, M, D>,
+    updater: &mut U,
+    prep: &GradPrep,
+    lr: f64,
+    reducer: &mut dyn StepReducer<B::InnerBackend>,
+    store: &mut dyn StageStore<B, M>,
+    timings: &mut StepTimings,
+) -> Result<(M, f64), OptimError>
+where
+    B: AutodiffBackend,
+    M: StagedModel<B, D>,
+    U: Updater<B, M>,
+{
+    let (result, update_reduce) =
+        reduced_pass(model, pass, reducer, store, true, |m, ready| (updater.apply(m, ready, prep, lr), true))?;
+    store.end_step()?;
+    timings.backward = result.stage_seconds;
+    timings.store_fetch += result.store_seconds.0;
+    timings.store_release += result.store_seconds.1;
+    // The update phase as the pass timed it holds the sums of that pass: count them once.
+    timings.update = result.ready_seconds - update_reduce;
+    timings.reduce = update_reduce;
+    Ok((result.model, result.loss_sum))
 }
 
 /// Which stages read which parameters, and the batch's size.
@@ -529,6 +581,45 @@ where
         }
     }
     Ok(PassResult { model, loss_sum, stage_seconds, ready_seconds, store_seconds })
+}
+
+/// One backward pass of the step in which each stage's final gradients are first summed across
+/// the ranks (data parallel; nothing with one rank), then handed to `on_ready`, which returns
+/// the model and whether the pass goes on. Returns the pass and the seconds spent in the sums.
+fn reduced_pass<B, M, const D: usize>(
+    model: M,
+    pass: &Passes<'_, B, M, D>,
+    reducer: &mut dyn StepReducer<B::InnerBackend>,
+    store: &mut dyn StageStore<B, M>,
+    updating: bool,
+    mut on_ready: impl FnMut(M, &mut GradientsParams) -> (M, bool),
+) -> Result<(PassResult<M>, f64), OptimError>
+where
+    B: AutodiffBackend,
+    M: StagedModel<B, D>,
+{
+    let mut failed: Option<OptimError> = None;
+    let mut reduce_seconds = 0.0;
+    let result = backward_pass::<B, M, D, _>(
+        model,
+        pass.micro_batches,
+        pass.boundaries,
+        pass.plan,
+        pass.scale,
+        store,
+        updating,
+        &mut |m, ready, s| {
+            if let Err(e) = reduce_ready::<B, M>(&m, ready, s, pass.plan, reducer, &mut reduce_seconds) {
+                failed = Some(e);
+                return (m, false);
+            }
+            on_ready(m, ready)
+        },
+    )?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok((result, reduce_seconds)),
+    }
 }
 
 /// The mean loss over every rank's targets from this rank's sum.
