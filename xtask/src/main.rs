@@ -1,7 +1,7 @@
 //! Workspace tasks:
-//! - `cargo xtask profile [--suite quick|paper|scale] [--backend cpu|cuda|tch]`: the peak memory
-//!   and the time of one training step per case (model shape × optimizer × mode × dtype ×
-//!   batch) next to the planner's prediction; see `profile/mod.rs`.
+//! - `cargo xtask profile [--suite quick|paper|scale|offload] [--backend cpu|cuda|tch]`: the peak
+//!   memory and the time of one training step per case (model shape × optimizer × mode × dtype
+//!   × batch) next to the planner's prediction; see `profile/mod.rs`.
 //! - `cargo xtask bench [--peer] …`: the step's throughput, side by side with PyTorch + the
 //!   LOMO authors' package; see `bench/mod.rs`.
 
@@ -9,7 +9,10 @@ mod backend;
 mod bench;
 mod profile;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
 
 use backend::BackendKind;
 
@@ -17,118 +20,99 @@ use backend::BackendKind;
 #[global_allocator]
 static ALLOCATOR: lomo_io::memory::CountingAllocator = lomo_io::memory::CountingAllocator;
 
-const USAGE: &str = "usage: cargo xtask profile|bench|bench-report RUN.json …  (cargo xtask bench --help for the bench)
-       cargo xtask profile [--suite quick|paper|scale] [--backend cpu|cuda|tch] [--case LABEL]... [--replan]
-  --case    run only this case (`fused lomo`, `full sgd`, ...; repeatable); the others keep their
-            results from target/profile/<suite>.json when it has them
-  --replan  recompute the planner's predictions for the measurements in target/profile/<suite>.json";
-
-/// A command line that is not understood: exit status 2 with the message and the usage.
-struct UsageError(String);
-
-struct ProfileArgs {
-    suite: String,
-    backend: BackendKind,
-    /// `profile-case`'s JSON case.
-    case: Option<String>,
-    /// Recompute the predictions for stored measurements instead of running.
-    replan: bool,
-    /// `--case`: the labels of the cases to run (all when empty).
-    only: Vec<String>,
+/// The tasks.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "lomo's workspace tasks: the profile suites and the bench"
+)]
+enum Task {
+    /// The peak memory and the time of one training step per case (model shape × optimizer ×
+    /// mode × dtype × batch) next to the planner's prediction, written to
+    /// target/profile/<suite>.{json,md,svg}.
+    Profile(ProfileArgs),
+    /// The training step's throughput, side by side with PyTorch + the LOMO authors' package
+    /// on the same checkpoint and batch, written to target/bench/<name>.{json,md,svg}.
+    Bench(bench::BenchArgs),
+    /// The md and svg of a bench run again from its json (after a change to the report).
+    BenchReport {
+        /// The run's .json.
+        #[arg(value_name = "RUN.json")]
+        json: PathBuf,
+    },
+    /// One bench case in this process, for `bench`'s child processes.
+    #[command(hide = true)]
+    BenchCase(CaseArgs),
+    /// One profile case in this process, for `profile`'s child processes.
+    #[command(hide = true)]
+    ProfileCase(CaseArgs),
 }
 
-fn parse_profile_args(args: &[String], hidden_case: bool) -> Result<ProfileArgs, UsageError> {
-    let mut parsed =
-        ProfileArgs { suite: "quick".into(), backend: BackendKind::Cpu, case: None, replan: false, only: Vec::new() };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |flag: &str| it.next().cloned().ok_or_else(|| UsageError(format!("{flag}: missing value")));
-        match arg.as_str() {
-            "--suite" if !hidden_case => {
-                let suite = value("--suite")?;
-                if !profile::suites::SUITES.contains(&suite.as_str()) {
-                    return Err(UsageError(format!(
-                        "--suite: unknown suite `{suite}` ({})",
-                        profile::suites::SUITES.join(", ")
-                    )));
-                }
-                parsed.suite = suite;
-            }
-            "--replan" if !hidden_case => parsed.replan = true,
-            "--case" if !hidden_case => parsed.only.push(value("--case")?),
-            "--backend" => {
-                let backend: BackendKind = value("--backend")?.parse().map_err(UsageError)?;
-                backend.check_built().map_err(|e| UsageError(e.to_string()))?;
-                parsed.backend = backend;
-            }
-            other if hidden_case && parsed.case.is_none() && !other.starts_with("--") => {
-                parsed.case = Some(other.into())
-            }
-            other => return Err(UsageError(format!("unexpected argument `{other}`"))),
+/// `cargo xtask profile`'s flags.
+#[derive(Debug, clap::Args)]
+struct ProfileArgs {
+    /// The suite.
+    #[arg(long, default_value = "quick", value_parser = clap::builder::PossibleValuesParser::new(profile::suites::SUITES))]
+    suite: String,
+    /// The backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
+    /// Run only this case (`fused lomo`, `full sgd`, ...; repeatable); the others keep their
+    /// results from target/profile/<suite>.json when it has them.
+    #[arg(long = "case", value_name = "LABEL")]
+    only: Vec<String>,
+    /// Recompute the planner's predictions for the measurements in
+    /// target/profile/<suite>.json (runs nothing, so it takes no --case).
+    #[arg(long, conflicts_with = "only")]
+    replan: bool,
+}
+
+/// The hidden subcommands' flags: one case, as JSON.
+#[derive(Debug, clap::Args)]
+struct CaseArgs {
+    /// The backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
+    /// The case (JSON).
+    case: String,
+}
+
+/// A command line that parses but is not usable: clap's usage error, exit status 2.
+fn usage_error(message: impl std::fmt::Display) -> ! {
+    Task::command().error(clap::error::ErrorKind::InvalidValue, message).exit()
+}
+
+impl ProfileArgs {
+    /// Checks the backend and the `--case` labels against the suite.
+    fn check(&self) {
+        backend::check_built(self.backend).unwrap_or_else(|e| usage_error(e));
+        if self.only.is_empty() {
+            return;
+        }
+        let labels = match profile::suites::cases(&self.suite) {
+            Ok(cases) => cases.iter().map(|c| c.label()).collect::<Vec<_>>(),
+            Err(e) => usage_error(e),
+        };
+        if let Some(unknown) = self.only.iter().find(|l| !labels.contains(l)) {
+            usage_error(format!("--case: suite `{}` has no case `{unknown}` ({})", self.suite, labels.join(", ")));
         }
     }
-    if !parsed.only.is_empty() && parsed.replan {
-        return Err(UsageError("--case and --replan: --replan runs nothing, so it takes no --case".into()));
-    }
-    if !parsed.only.is_empty() {
-        let labels = profile::suites::cases(&parsed.suite)
-            .map_err(|e| UsageError(e.to_string()))?
-            .iter()
-            .map(|c| c.label())
-            .collect::<Vec<_>>();
-        if let Some(unknown) = parsed.only.iter().find(|l| !labels.contains(l)) {
-            return Err(UsageError(format!(
-                "--case: suite `{}` has no case `{unknown}` ({})",
-                parsed.suite,
-                labels.join(", ")
-            )));
-        }
-    }
-    if hidden_case && parsed.case.is_none() {
-        return Err(UsageError("profile-case: missing the case (JSON)".into()));
-    }
-    Ok(parsed)
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("profile") => match parse_profile_args(&args[1..], false) {
-            Ok(a) => profile::profile(&a.suite, a.backend, a.replan, &a.only).map(|_| ()),
-            Err(e) => return usage(&e.0),
-        },
-        Some("bench") if args[1..].iter().any(|a| a == "--help" || a == "-h") => {
-            println!("{}", bench::USAGE);
-            return ExitCode::SUCCESS;
+    let result = match Task::parse() {
+        Task::Profile(a) => {
+            a.check();
+            profile::profile(&a.suite, a.backend, a.replan, &a.only).map(|_| ())
         }
-        Some("bench") => match bench::parse_args(&args[1..]) {
-            Ok(a) => bench::bench(&a).map(|_| ()),
-            Err(e) => {
-                eprintln!("error: {e}\n{}", bench::USAGE);
-                return ExitCode::from(2);
-            }
-        },
-        // The md and svg of a bench run again from its json (after a change to the report).
-        Some("bench-report") => match args.get(1) {
-            Some(path) => bench::redraw(std::path::Path::new(path)),
-            None => return usage("bench-report: give the run's .json"),
-        },
-        // Hidden: one bench case in this process, for `bench`'s child processes.
-        Some("bench-case") => match parse_profile_args(&args[1..], true) {
-            Ok(a) => bench::bench_case(a.case.as_deref().unwrap_or_default(), a.backend),
-            Err(e) => return usage(&e.0),
-        },
-        // Hidden: one case in this process, for `profile`'s child processes.
-        Some("profile-case") => match parse_profile_args(&args[1..], true) {
-            Ok(a) => profile::profile_case(a.case.as_deref().unwrap_or_default(), a.backend),
-            Err(e) => return usage(&e.0),
-        },
-        Some("--help" | "-h" | "help") => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
+        Task::Bench(a) => {
+            let a = a.resolve().unwrap_or_else(|e| usage_error(e));
+            bench::bench(&a).map(|_| ())
         }
-        Some(other) => return usage(&format!("unknown task `{other}`")),
-        None => return usage("no task given"),
+        Task::BenchReport { json } => bench::redraw(&json),
+        Task::BenchCase(a) => bench::bench_case(&a.case, a.backend),
+        Task::ProfileCase(a) => profile::profile_case(&a.case, a.backend),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,9 +124,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn usage(message: &str) -> ExitCode {
-    eprintln!("error: {message}\n{USAGE}");
-    ExitCode::from(2)
 }

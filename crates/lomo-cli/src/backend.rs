@@ -1,10 +1,16 @@
-//! The one place that maps `--backend` and cargo features to a burn backend type.
+//! The one place that maps `--backend` and cargo features to a burn backend type, shared by the
+//! `lomo` binary and xtask.
+//!
+//! Flex (pure Rust CPU) is always built; the feature `cuda` adds burn's CUDA backend and `tch`
+//! LibTorch. [`with_backend!`](crate::with_backend) runs code generic over the backend with the
+//! type `--backend` names; whether a feature is on is decided here, in this crate, whichever
+//! crate expands the macro (xtask's `cuda` and `tch` features turn on this crate's).
 
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 
 /// The backends `--backend` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendKind {
     /// burn's Flex: pure-Rust CPU, f32/bf16/f16. Always built.
@@ -15,47 +21,111 @@ pub enum BackendKind {
     Tch,
 }
 
-/// Runs `$body` with `$B` bound to the autodiff backend `$kind` names and `$device` to its
-/// default device; a backend not compiled in is a one-line error naming the feature.
+impl BackendKind {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Cuda => "cuda",
+            BackendKind::Tch => "tch",
+        }
+    }
+
+    /// Whether this build has the backend.
+    pub fn is_built(self) -> bool {
+        match self {
+            BackendKind::Cpu => true,
+            BackendKind::Cuda => cfg!(feature = "cuda"),
+            BackendKind::Tch => cfg!(feature = "tch"),
+        }
+    }
+
+    /// Whether the backend's tensors live in Rust's global allocator, so that a counting
+    /// allocator sees them (LibTorch allocates in C++, CUDA on the device).
+    pub fn heap_visible(self) -> bool {
+        matches!(self, BackendKind::Cpu)
+    }
+}
+
+/// The autodiff backend of `--backend cpu`.
+pub type Cpu = burn::backend::Autodiff<burn::backend::Flex>;
+/// The autodiff backend of `--backend cuda`.
+#[cfg(feature = "cuda")]
+pub type Cuda = burn::backend::Autodiff<burn::backend::Cuda>;
+/// The autodiff backend of `--backend tch`.
+#[cfg(feature = "tch")]
+pub type Tch = burn::backend::Autodiff<burn::backend::LibTorch>;
+
+/// Runs `$body` with `$B` bound to the autodiff backend `$kind` (a [`BackendKind`]) names and
+/// `$device` to its default device; a backend not compiled in is a one-line error naming the
+/// feature ([`not_built`]). `$body` is an `anyhow::Result`.
+#[macro_export]
 macro_rules! with_backend {
     ($kind:expr, |$B:ident, $device:ident| $body:expr) => {{
         match $kind {
             $crate::backend::BackendKind::Cpu => {
-                type $B = burn::backend::Autodiff<burn::backend::Flex>;
+                type $B = $crate::backend::Cpu;
                 let $device = Default::default();
                 $body
             }
-            $crate::backend::BackendKind::Cuda => {
-                #[cfg(feature = "cuda")]
+            $crate::backend::BackendKind::Cuda => $crate::__if_cuda!(
                 {
-                    type $B = burn::backend::Autodiff<burn::backend::Cuda>;
+                    type $B = $crate::backend::Cuda;
                     let $device = Default::default();
                     $body
-                }
-                #[cfg(not(feature = "cuda"))]
+                },
+                $crate::backend::not_built("cuda")
+            ),
+            $crate::backend::BackendKind::Tch => $crate::__if_tch!(
                 {
-                    $crate::backend::not_built("cuda")
-                }
-            }
-            $crate::backend::BackendKind::Tch => {
-                #[cfg(feature = "tch")]
-                {
-                    type $B = burn::backend::Autodiff<burn::backend::LibTorch>;
+                    type $B = $crate::backend::Tch;
                     let $device = Default::default();
                     $body
-                }
-                #[cfg(not(feature = "tch"))]
-                {
-                    $crate::backend::not_built("tch")
-                }
-            }
+                },
+                $crate::backend::not_built("tch")
+            ),
         }
     }};
 }
-pub(crate) use with_backend;
+pub use crate::with_backend;
+
+// `with_backend!` is expanded in the caller's crate, where `#[cfg(feature = …)]` would ask the
+// caller's features; these two ask this crate's, so the type aliases above and the code that
+// uses them are compiled together or not at all.
+#[cfg(feature = "cuda")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_cuda {
+    ($built:block, $missing:expr) => {
+        $built
+    };
+}
+#[cfg(not(feature = "cuda"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_cuda {
+    ($built:block, $missing:expr) => {
+        $missing
+    };
+}
+#[cfg(feature = "tch")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_tch {
+    ($built:block, $missing:expr) => {
+        $built
+    };
+}
+#[cfg(not(feature = "tch"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_tch {
+    ($built:block, $missing:expr) => {
+        $missing
+    };
+}
 
 /// The error for a backend that this binary was built without.
-#[allow(dead_code)]
 pub fn not_built<T>(feature: &str) -> Result<T> {
     let extra = if feature == "tch" {
         " (it needs libtorch 2.9: `pip install torch==2.9.0`, then build with LIBTORCH_USE_PYTORCH=1)"
@@ -63,6 +133,36 @@ pub fn not_built<T>(feature: &str) -> Result<T> {
         ""
     };
     bail!("--backend {feature}: this lomo was built without it; rebuild with `cargo install --path crates/lomo-cli --features {feature}`{extra}")
+}
+
+/// What a device's memory pool holds, where its backend reports it (the device types of the
+/// backends above implement it).
+pub trait DeviceMemory {
+    /// Bytes the device's memory pool holds (its high-water mark during a step, since pools do
+    /// not shrink then); `None` for host backends, whose memory the process's counters see.
+    fn device_reserved_bytes(&self) -> Option<u64>;
+}
+
+impl DeviceMemory for burn::backend::flex::FlexDevice {
+    fn device_reserved_bytes(&self) -> Option<u64> {
+        None
+    }
+}
+
+#[cfg(feature = "tch")]
+impl DeviceMemory for burn::backend::libtorch::LibTorchDevice {
+    fn device_reserved_bytes(&self) -> Option<u64> {
+        None
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl DeviceMemory for burn::backend::cuda::CudaDevice {
+    fn device_reserved_bytes(&self) -> Option<u64> {
+        use burn::cubecl::Runtime;
+        let usage = burn::cubecl::cuda::CudaRuntime::client(self).memory_usage().ok()?;
+        Some(usage.bytes_reserved)
+    }
 }
 
 /// The devices `--devices LIST` names for the backend `kind` (whose device type is `B`'s):

@@ -106,16 +106,11 @@ pub fn save<B: lomo_models::TrainBackend>(
             }
         }
     }
-    // Swap: the old checkpoint is moved aside before the new one takes its name, and removed last.
+    // Swap, durably: the old checkpoint is moved aside before the new one takes its name, and
+    // removed last (what `tidy` undoes after a crash).
     let old = parent.join(format!(".{}.old-{}", name.to_string_lossy(), std::process::id()));
-    if dir.exists() {
-        std::fs::rename(dir, &old).with_context(|| format!("moving the old {} aside", dir.display()))?;
-    }
-    std::fs::rename(&tmp, dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
-    }
-    Ok(())
+    lomo_io::atomic::replace_dir(&tmp, dir, &old)
+        .with_context(|| format!("putting the checkpoint {} in place", dir.display()))
 }
 
 /// Makes sure `--save DIR` can be written before anything is trained, and tidies what a killed

@@ -3,7 +3,6 @@
 
 mod alloc;
 mod args;
-mod backend;
 mod checkpoint;
 mod config;
 mod data;
@@ -24,6 +23,7 @@ mod trainer;
 use std::process::ExitCode;
 
 use clap::Parser;
+use lomo_cli::backend;
 
 use args::{Cli, Command};
 

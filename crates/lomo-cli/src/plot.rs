@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use lomo_cli::chart;
 use plotters::prelude::*;
 
 /// Points drawn per series at most: a long run is thinned evenly (its last point kept), so
@@ -58,71 +59,47 @@ pub fn render(curves: &Curves) -> Result<String> {
     let steps = span(train.iter().chain(&eval).chain(&lr).map(|p| p.0), false);
     let loss = span(train.iter().chain(&eval).map(|p| p.1), false);
     let rate = span(lr.iter().map(|p| p.1), true);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
-        root.fill(&WHITE).map_err(draw)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("lomo train", ("sans-serif", 18))
-            .margin(12)
+    chart::svg((800, 480), |root| {
+        let mut chart = chart::frame(root, "lomo train", 18)
             .x_label_area_size(40)
             .y_label_area_size(64)
             .right_y_label_area_size(72)
             .build_cartesian_2d(steps.clone(), loss)
-            .map_err(draw)?
+            .map_err(chart::error)?
             .set_secondary_coord(steps, rate);
-        chart.configure_mesh().x_desc("step").y_desc("loss").light_line_style(WHITE).draw().map_err(draw)?;
+        chart.configure_mesh().x_desc("step").y_desc("loss").light_line_style(WHITE).draw().map_err(chart::error)?;
         chart
             .configure_secondary_axes()
             .y_desc("learning rate")
             .y_label_formatter(&|v| format!("{v:.1e}"))
             .draw()
-            .map_err(draw)?;
-        // Legend marks are squares, so that each series is exactly one line in the file.
-        let mark =
-            |colour: RGBColor| move |(x, y): (i32, i32)| Rectangle::new([(x, y - 4), (x + 12, y + 4)], colour.filled());
-        let blue = RGBColor(0x4e, 0x79, 0xa7);
-        let orange = RGBColor(0xf2, 0x8e, 0x2b);
-        let green = RGBColor(0x59, 0xa1, 0x4f);
+            .map_err(chart::error)?;
         chart
-            .draw_series(LineSeries::new(train, blue.stroke_width(2)))
-            .map_err(draw)?
+            .draw_series(LineSeries::new(train, chart::BLUE.stroke_width(2)))
+            .map_err(chart::error)?
             .label("train loss")
-            .legend(mark(blue));
+            .legend(chart::mark(chart::BLUE, 4));
         if !eval.is_empty() {
             chart
-                .draw_series(LineSeries::new(eval, orange.stroke_width(2)))
-                .map_err(draw)?
+                .draw_series(LineSeries::new(eval, chart::ORANGE.stroke_width(2)))
+                .map_err(chart::error)?
                 .label("eval loss")
-                .legend(mark(orange));
+                .legend(chart::mark(chart::ORANGE, 4));
         }
         chart
-            .draw_secondary_series(LineSeries::new(lr, green.stroke_width(1)))
-            .map_err(draw)?
+            .draw_secondary_series(LineSeries::new(lr, chart::GREEN.stroke_width(1)))
+            .map_err(chart::error)?
             .label("learning rate (right axis)")
-            .legend(mark(green));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(draw)?;
-        root.present().map_err(draw)?;
-    }
-    Ok(svg)
+            .legend(chart::mark(chart::GREEN, 4));
+        chart::legend(&mut chart, SeriesLabelPosition::UpperRight)
+    })
 }
 
-fn draw<E: std::error::Error + Send + Sync + 'static>(e: plotters::drawing::DrawingAreaErrorKind<E>) -> anyhow::Error {
-    anyhow::anyhow!("drawing the chart: {e}")
-}
-
-/// Writes the chart to `path`, through a temporary file, so a viewer never reads half of it.
+/// Writes the chart to `path` durably, through a temporary file, so a viewer never reads half
+/// of it.
 pub fn write(path: &Path, curves: &Curves) -> Result<()> {
     let svg = render(curves)?;
-    let tmp = path.with_extension("svg.tmp");
-    std::fs::write(&tmp, svg).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    lomo_io::atomic::write(path, svg).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

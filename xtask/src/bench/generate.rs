@@ -106,7 +106,7 @@ pub fn bench_generate(a: &BenchArgs, model: Llama<Flex>, description: String) ->
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for (ext, text) in [("json", serde_json::to_string_pretty(&result)?), ("md", table.clone())] {
         let path = dir.join(format!("{}.{ext}", a.name));
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        lomo_io::atomic::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     println!("{table}");
     println!("written: {}", dir.join(format!("{}.{{json,md}}", a.name)).display());

@@ -21,153 +21,134 @@ use serde::{Deserialize, Serialize};
 use crate::backend::BackendKind;
 use case::{BenchCase, CaseKind, OursResult};
 
-pub const USAGE: &str = "usage: cargo xtask bench [--model DIR|FILE.gguf | --preset NAME] [--dtype f32|bf16|f16]
-                        [--batch-size N] [--tokens N] [--case lomo|lomo-clip|adalomo|adamw]...
-                        [--steps N] [--warmup N] [--threads N] [--backend cpu|cuda|tch]
-                        [--peer] [--python PATH] [--name NAME] [--seed N] [--nproc N]
-       cargo xtask bench --generate [--model …] [--prompt-ids 1,2,3 | --tokens N] [--max-new-tokens N] [--peer] …
-  The default model is a 134M LLaMA (hidden 768, 12 layers, FFN 2048, 12 heads, vocab 32000,
-  untied) with random weights; the default batch 2 × 256 random tokens; the default case lomo.
-  --peer     also run the step with PyTorch + lomo-optim (`xtask/peer/torch_lomo.py`) on the
-             same checkpoint and batch; needs a Python with torch, transformers, safetensors
-             and lomo-optim (`--python`, default: `python3` on PATH)
-  --generate greedy decoding speed instead of the training step (prefill and tokens/s), on the
-             backend without autodiff; with --peer beside HF transformers' `generate` on the same
-             weights and prompt ids (the prompt: --prompt-ids, else --tokens random ids)
-  --threads  threads for both sides (RAYON_NUM_THREADS for ours, torch.set_num_threads for the
-             peer); default: every core
-  --nproc    ours as N data-parallel ranks (processes on this machine, the threads shared, each
-             with batch-size / N rows, summing over lomo-dist); reports the all-reduce time";
+/// Token ids as `--prompt-ids` gives them (a type of its own, so that clap takes the list as
+/// one value).
+type TokenIds = Vec<i64>;
 
-/// The bench's command line.
-#[derive(Debug, Clone)]
+/// `cargo xtask bench`'s command line.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "The default model is a 134M LLaMA (hidden 768, 12 layers, FFN 2048, 12 heads, vocab 32000, \
+untied) with random weights; the default batch 2 × 256 random tokens; the default case lomo.")]
 pub struct BenchArgs {
+    /// The model: an HF checkpoint directory or a GGUF file.
+    #[arg(long, value_name = "DIR|FILE.gguf", conflicts_with = "preset")]
     model: Option<PathBuf>,
+    /// A preset model (`lomo_models::presets`), with random weights.
+    #[arg(long, value_name = "NAME")]
     preset: Option<String>,
+    /// The storage dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32", value_name = "f32|bf16|f16")]
     dtype: StorageDtype,
+    /// Rows per step.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = at_least::<1>)]
     batch_size: usize,
+    /// Tokens per row (the prompt's length with --generate): default 256, with --generate 32.
+    #[arg(long = "tokens", value_name = "N", value_parser = at_least::<2>)]
+    tokens_flag: Option<usize>,
+    /// Tokens per row, resolved from `--tokens` and `--generate`.
+    #[arg(skip)]
     tokens: usize,
+    /// A case: lomo, lomo-clip, adalomo or adamw (repeatable; default lomo).
+    #[arg(long = "case", value_name = "lomo|lomo-clip|adalomo|adamw")]
     cases: Vec<CaseKind>,
+    /// Measured steps.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = at_least::<1>)]
     steps: usize,
+    /// Warm-up steps before them (not in the statistics).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least::<0>)]
     warmup: usize,
+    /// Threads for both sides (RAYON_NUM_THREADS for ours, torch.set_num_threads for the peer);
+    /// default: every core.
+    #[arg(long, value_name = "N", value_parser = at_least::<1>)]
     threads: Option<usize>,
+    /// The backend of ours.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     backend: BackendKind,
+    /// Also run the step with PyTorch + lomo-optim (`xtask/peer/torch_lomo.py`) on the same
+    /// checkpoint and batch; needs a Python with torch, transformers, safetensors and lomo-optim.
+    #[arg(long)]
     peer: bool,
+    /// The peer's Python.
+    #[arg(long, value_name = "PATH", default_value = "python3")]
     python: String,
+    /// The reports' name (`target/bench/<name>.{json,md,svg}`): default step, with --generate
+    /// generate.
+    #[arg(long = "name", value_name = "NAME", value_parser = file_name)]
+    name_flag: Option<String>,
+    /// The reports' name, resolved from `--name` and `--generate`.
+    #[arg(skip)]
     name: String,
+    /// The seed of the random weights and tokens.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     seed: u64,
+    /// Greedy decoding speed instead of the training step (prefill and tokens/s), on the backend
+    /// without autodiff; with --peer beside HF transformers' `generate` on the same weights and
+    /// prompt ids (the prompt: --prompt-ids, else --tokens random ids).
+    #[arg(long)]
     generate: bool,
-    prompt_ids: Option<Vec<i64>>,
+    /// The prompt of --generate, as token ids.
+    #[arg(long, value_name = "1,2,3", value_parser = token_ids)]
+    prompt_ids: Option<TokenIds>,
+    /// Tokens --generate decodes.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = at_least::<2>)]
     max_new_tokens: usize,
+    /// Ours as N data-parallel ranks (processes on this machine, the threads shared, each with
+    /// batch-size / N rows, summing over lomo-dist); reports the all-reduce time.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least::<1>)]
     nproc: usize,
 }
 
-/// Parses `bench`'s flags; the message names the flag.
-pub fn parse_args(args: &[String]) -> Result<BenchArgs, String> {
-    let mut a = BenchArgs {
-        model: None,
-        preset: None,
-        dtype: StorageDtype::F32,
-        batch_size: 2,
-        tokens: 256,
-        cases: Vec::new(),
-        steps: 3,
-        warmup: 1,
-        threads: None,
-        backend: BackendKind::Cpu,
-        peer: false,
-        python: "python3".into(),
-        name: "step".into(),
-        seed: 0,
-        generate: false,
-        prompt_ids: None,
-        max_new_tokens: 64,
-        nproc: 1,
-    };
-    let mut tokens_given = false;
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| format!("{flag}: missing value"));
-        let count = |v: String, flag: &str, min: usize| -> Result<usize, String> {
-            match v.parse::<usize>() {
-                Ok(n) if n >= min => Ok(n),
-                _ => Err(format!("{flag}: expected a whole number ≥ {min}, got `{v}`")),
-            }
-        };
-        match flag.as_str() {
-            "--model" => a.model = Some(PathBuf::from(value()?)),
-            "--preset" => a.preset = Some(value()?),
-            "--dtype" => a.dtype = value()?.parse().map_err(|e| format!("--dtype: {e}"))?,
-            "--batch-size" => a.batch_size = count(value()?, flag, 1)?,
-            "--tokens" => {
-                a.tokens = count(value()?, flag, 2)?;
-                tokens_given = true;
-            }
-            "--generate" => a.generate = true,
-            "--max-new-tokens" => a.max_new_tokens = count(value()?, flag, 2)?,
-            "--prompt-ids" => {
-                let v = value()?;
-                let ids: Result<Vec<i64>, _> = v.split(',').map(|t| t.trim().parse::<i64>()).collect();
-                match ids {
-                    Ok(ids) if !ids.is_empty() => a.prompt_ids = Some(ids),
-                    _ => return Err(format!("--prompt-ids: expected comma-separated token ids, got `{v}`")),
-                }
-            }
-            "--case" => a.cases.push(value()?.parse()?),
-            "--steps" => a.steps = count(value()?, flag, 1)?,
-            "--nproc" => a.nproc = count(value()?, flag, 1)?,
-            "--warmup" => a.warmup = count(value()?, flag, 0)?,
-            "--threads" => a.threads = Some(count(value()?, flag, 1)?),
-            "--backend" => {
-                let backend: BackendKind = value()?.parse()?;
-                backend.check_built().map_err(|e| e.to_string())?;
-                a.backend = backend;
-            }
-            "--peer" => a.peer = true,
-            "--python" => a.python = value()?,
-            "--name" => {
-                let name = value()?;
-                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                    return Err(format!("--name: `{name}` is not a file name of letters, digits, `-`, `_`, `.`"));
-                }
-                a.name = name;
-            }
-            "--seed" => a.seed = value()?.parse().map_err(|_| "--seed: expected a whole number".to_string())?,
-            other => return Err(format!("unexpected argument `{other}`")),
-        }
+/// A whole number of at least `MIN`.
+fn at_least<const MIN: usize>(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n >= MIN => Ok(n),
+        _ => Err(format!("expected a whole number ≥ {MIN}, got `{v}`")),
     }
-    if a.model.is_some() && a.preset.is_some() {
-        return Err("--model and --preset: give one".into());
+}
+
+fn token_ids(v: &str) -> Result<TokenIds, String> {
+    match v.split(',').map(|t| t.trim().parse::<i64>()).collect::<Result<Vec<_>, _>>() {
+        Ok(ids) if !ids.is_empty() => Ok(ids),
+        _ => Err(format!("expected comma-separated token ids, got `{v}`")),
     }
-    if a.generate {
-        if !a.cases.is_empty() {
+}
+
+fn file_name(name: &str) -> Result<String, String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(format!("`{name}` is not a file name of letters, digits, `-`, `_`, `.`"));
+    }
+    Ok(name.to_string())
+}
+
+impl BenchArgs {
+    /// Checks the flags that depend on each other and fills in the defaults that depend on
+    /// `--generate`; the message names the flags.
+    pub fn resolve(mut self) -> Result<Self, String> {
+        crate::backend::check_built(self.backend).map_err(|e| e.to_string())?;
+        self.tokens = self.tokens_flag.unwrap_or(if self.generate { 32 } else { 256 });
+        self.name = self.name_flag.clone().unwrap_or_else(|| if self.generate { "generate" } else { "step" }.into());
+        if self.generate && !self.cases.is_empty() {
             return Err("--generate and --case: decoding has no training cases".into());
         }
-        if !tokens_given {
-            a.tokens = 32;
+        if self.cases.is_empty() {
+            self.cases.push(CaseKind::Lomo);
         }
-        if a.name == "step" {
-            a.name = "generate".into();
+        if self.nproc > 1 {
+            if self.generate || self.peer {
+                return Err(
+                    "--nproc: data parallel measures our training step alone (not with --generate or --peer)".into()
+                );
+            }
+            if !self.batch_size.is_multiple_of(self.nproc) {
+                return Err(format!("--nproc {}: must divide --batch-size {}", self.nproc, self.batch_size));
+            }
+            if self.cases.contains(&CaseKind::Adamw) {
+                return Err("--nproc: the adamw case (full backward) has no data parallel".into());
+            }
         }
+        self.cases.dedup();
+        Ok(self)
     }
-    if a.cases.is_empty() {
-        a.cases.push(CaseKind::Lomo);
-    }
-    if a.nproc > 1 {
-        if a.generate || a.peer {
-            return Err(
-                "--nproc: data parallel measures our training step alone (not with --generate or --peer)".into()
-            );
-        }
-        if !a.batch_size.is_multiple_of(a.nproc) {
-            return Err(format!("--nproc {}: must divide --batch-size {}", a.nproc, a.batch_size));
-        }
-        if a.cases.contains(&CaseKind::Adamw) {
-            return Err("--nproc: the adamw case (full backward) has no data parallel".into());
-        }
-    }
-    a.cases.dedup();
-    Ok(a)
 }
 
 /// The default model: the 134M LLaMA of the issue's side-by-side table.
@@ -263,19 +244,11 @@ pub fn out_dir() -> PathBuf {
     crate::profile::target_dir().join("bench")
 }
 
-/// `cargo xtask bench …`.
-pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
-    a.backend.check_built()?;
-    if let Some(n) = a.threads {
-        // Before anything runs on rayon's pool (ours runs in this process for --generate).
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
-    }
-    let work = out_dir().join("work").join(&a.name);
-    let model_dir = work.join("model");
-    // The model, written once as an HF checkpoint in its storage dtype: ours and the peer read
-    // these very bytes.
+/// The model `--model` / `--preset` name (the default one without either), on the CPU, and
+/// what to call it in the report.
+fn load_model(a: &BenchArgs) -> Result<(Llama<burn::backend::Flex>, String)> {
     let device = burn::backend::flex::FlexDevice;
-    let (model, description): (Llama<burn::backend::Flex>, String) = match (&a.model, &a.preset) {
+    Ok(match (&a.model, &a.preset) {
         (Some(path), _) if path.is_dir() => (
             Llama::load_hf(path, a.dtype, &device).with_context(|| format!("--model {}", path.display()))?,
             path.display().to_string(),
@@ -292,43 +265,27 @@ pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
         (None, None) => {
             (Llama::init(default_config()?, a.dtype, &device, a.seed), "LLaMA 134M (random weights)".into())
         }
-    };
-    if a.generate {
-        generate::bench_generate(a, model, description)?;
-        return Ok(None);
-    }
-    let config = model.config().clone();
-    if a.tokens > config.max_position_embeddings {
-        bail!("--tokens {}: the model's context is {} positions", a.tokens, config.max_position_embeddings);
-    }
-    if work.exists() {
-        std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
-    }
-    model.save_hf(&model_dir, &SaveOptions::default()).with_context(|| format!("writing {}", model_dir.display()))?;
-    drop(model);
-    let mut rng = SplitMix64::new(a.seed ^ 0xbe7c_4a11);
-    let input_ids: Vec<i64> =
-        (0..a.batch_size * a.tokens).map(|_| (rng.next_u64() % config.vocab_size as u64) as i64).collect();
-    let batch_path = work.join("batch.json");
-    let rows: Vec<&[i64]> = input_ids.chunks(a.tokens).collect();
-    let batch_json = serde_json::json!({ "input_ids": rows, "attention_mask": vec![vec![1; a.tokens]; a.batch_size], "labels": rows });
-    std::fs::write(&batch_path, batch_json.to_string()).with_context(|| format!("writing {}", batch_path.display()))?;
+    })
+}
 
+/// Runs every case, ours (in child processes) then the peer's where it is ready.
+fn run_cases(
+    a: &BenchArgs,
+    model_dir: &Path,
+    batch_path: &Path,
+    input_ids: &[i64],
+    peer_ready: &Result<(), String>,
+) -> Vec<CaseResult> {
     let peer_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peer/torch_lomo.py");
-    let peer_ready = if a.peer { check_peer(&a.python) } else { Err("not asked for (--peer)".to_string()) };
-    if let (true, Err(e)) = (a.peer, &peer_ready) {
-        eprintln!("peer: {e}\n  running ours alone (then --python peer/bin/python)");
-    }
-
     let mut results = Vec::new();
     for &kind in &a.cases {
         let case = BenchCase {
             kind,
-            model_dir: model_dir.clone(),
+            model_dir: model_dir.to_path_buf(),
             dtype: a.dtype.to_string(),
             batch_size: a.batch_size,
             tokens: a.tokens,
-            input_ids: input_ids.clone(),
+            input_ids: input_ids.to_vec(),
             lr: 1e-4,
             warmup: a.warmup,
             steps: a.steps,
@@ -352,12 +309,12 @@ pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
                 (None, Some(e))
             }
         };
-        let (peer, peer_error) = match (&peer_ready, kind.peer_optimizer()) {
+        let (peer, peer_error) = match (peer_ready, kind.peer_optimizer()) {
             (Err(e), _) => (None, Some(e.clone())),
             (Ok(()), None) => (None, Some(format!("the peer has no `{}` case", kind.name()))),
             (Ok(()), Some(optimizer)) => {
                 eprintln!("{}: PyTorch + lomo-optim", kind.name());
-                match run_peer(a, &peer_script, &model_dir, &batch_path, optimizer, kind.clip_grad_norm()) {
+                match run_peer(a, &peer_script, model_dir, batch_path, optimizer, kind.clip_grad_norm()) {
                     Ok(p) => (Some(p), None),
                     Err(e) => {
                         eprintln!("  peer failed: {e}");
@@ -368,6 +325,48 @@ pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
         };
         results.push(CaseResult { kind, ours, error, peer, peer_error });
     }
+    results
+}
+
+/// `cargo xtask bench …`.
+pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
+    crate::backend::check_built(a.backend)?;
+    if let Some(n) = a.threads {
+        // Before anything runs on rayon's pool (ours runs in this process for --generate).
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+    let work = out_dir().join("work").join(&a.name);
+    let model_dir = work.join("model");
+    // The model, written once as an HF checkpoint in its storage dtype: ours and the peer read
+    // these very bytes.
+    let (model, description) = load_model(a)?;
+    if a.generate {
+        generate::bench_generate(a, model, description)?;
+        return Ok(None);
+    }
+    let config = model.config().clone();
+    if a.tokens > config.max_position_embeddings {
+        bail!("--tokens {}: the model's context is {} positions", a.tokens, config.max_position_embeddings);
+    }
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
+    }
+    model.save_hf(&model_dir, &SaveOptions::default()).with_context(|| format!("writing {}", model_dir.display()))?;
+    drop(model);
+    let mut rng = SplitMix64::new(a.seed ^ 0xbe7c_4a11);
+    let input_ids: Vec<i64> =
+        (0..a.batch_size * a.tokens).map(|_| (rng.next_u64() % config.vocab_size as u64) as i64).collect();
+    let batch_path = work.join("batch.json");
+    let rows: Vec<&[i64]> = input_ids.chunks(a.tokens).collect();
+    let batch_json = serde_json::json!({ "input_ids": rows, "attention_mask": vec![vec![1; a.tokens]; a.batch_size], "labels": rows });
+    std::fs::write(&batch_path, batch_json.to_string()).with_context(|| format!("writing {}", batch_path.display()))?;
+
+    let peer_ready = if a.peer { check_peer(&a.python) } else { Err("not asked for (--peer)".to_string()) };
+    if let (true, Err(e)) = (a.peer, &peer_ready) {
+        eprintln!("peer: {e}\n  running ours alone (then --python peer/bin/python)");
+    }
+
+    let results = run_cases(a, &model_dir, &batch_path, &input_ids, &peer_ready);
     let result = BenchResult {
         name: a.name.clone(),
         model: description,
@@ -390,7 +389,7 @@ pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
         [("json", serde_json::to_string_pretty(&result)?), ("md", table.clone()), ("svg", report::svg(&result)?)]
     {
         let path = dir.join(format!("{}.{ext}", a.name));
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        lomo_io::atomic::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     println!("{table}");
     println!("written: {}", dir.join(format!("{}.{{json,md,svg}}", a.name)).display());
@@ -404,7 +403,7 @@ pub fn redraw(json: &Path) -> Result<()> {
         serde_json::from_str(&text).with_context(|| format!("{}: not a bench run", json.display()))?;
     for (ext, text) in [("md", report::markdown(&result)), ("svg", report::svg(&result)?)] {
         let path = json.with_extension(ext);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        lomo_io::atomic::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         println!("written: {}", path.display());
     }
     Ok(())

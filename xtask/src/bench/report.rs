@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::case::{CaseKind, OursResult};
-use super::{BenchResult, PeerResult};
+use super::{BenchResult, CaseResult, PeerResult};
 
 /// Median, min and max of the measured (post-warm-up) values.
 struct Stats {
@@ -44,82 +44,54 @@ fn label(kind: CaseKind) -> &'static str {
     }
 }
 
-/// The report: one row per case, ours beside the peer, then our phase breakdown.
-pub fn markdown(r: &BenchResult) -> String {
-    let mut out = String::new();
-    let threads = r.threads.map_or_else(|| format!("{} (all)", r.cores), |t| t.to_string());
-    let _ = writeln!(
-        out,
-        "#### cargo xtask bench `{}`: {} ({:.1}M parameters, {}), batch {} × {} tokens, {} backend, {} threads{}\n",
-        r.name,
-        r.model,
-        r.params as f64 / 1e6,
-        r.dtype,
-        r.batch_size,
-        r.tokens,
-        r.backend.name(),
-        threads,
-        if r.release { "" } else { " (debug build)" },
-    );
-    let _ = writeln!(
-        out,
-        "Seconds per step: median (min–max) of the steps after {} warm-up; cores = process CPU time / wall time; ratio = ours / peer (below 1: ours is faster).\n",
-        r.warmup
-    );
-    let _ = writeln!(out, "| step | lomo s/step | tokens/s | cores | peak RSS | PyTorch + lomo-optim s/step | cores | peak RSS | ratio | first loss: lomo / peer |");
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let tokens = (r.batch_size * r.tokens) as f64;
-    for c in &r.cases {
-        let mut row = format!("| {} |", label(c.kind));
-        let ours = c.ours.as_ref().and_then(|o| Some((o, stats(&ours_seconds(o, r.warmup))?)));
-        match &ours {
-            Some((o, s)) => {
-                let cores = o.cpu_seconds / o.wall_seconds.max(1e-9);
-                let rss = o.peak_rss.map_or("–".into(), gib);
-                let _ = write!(
-                    row,
-                    " {:.3} ({:.3}–{:.3}) | {:.0} | {cores:.2} | {rss} |",
-                    s.median,
-                    s.min,
-                    s.max,
-                    tokens / s.median
-                );
-            }
-            None => {
-                let _ = write!(row, " failed: {} | | | |", c.error.as_deref().unwrap_or("?"));
-            }
+/// A case's row of the side-by-side table: ours, the peer, the ratio, the first losses.
+fn case_row(r: &BenchResult, c: &CaseResult, tokens: f64) -> String {
+    let mut row = format!("| {} |", label(c.kind));
+    let ours = c.ours.as_ref().and_then(|o| Some((o, stats(&ours_seconds(o, r.warmup))?)));
+    match &ours {
+        Some((o, s)) => {
+            let cores = o.cpu_seconds / o.wall_seconds.max(1e-9);
+            let rss = o.peak_rss.map_or("–".into(), gib);
+            let _ = write!(
+                row,
+                " {:.3} ({:.3}–{:.3}) | {:.0} | {cores:.2} | {rss} |",
+                s.median,
+                s.min,
+                s.max,
+                tokens / s.median
+            );
         }
-        let peer = c.peer.as_ref().and_then(|p| Some((p, stats(&peer_seconds(p, r.warmup))?)));
-        match &peer {
-            Some((p, s)) => {
-                let measured = &p.steps[r.warmup.min(p.steps.len())..];
-                let (cpu, wall) = measured.iter().fold((0.0, 0.0), |(c, w), s| (c + s.cpu_seconds, w + s.seconds));
-                let _ = write!(
-                    row,
-                    " {:.3} ({:.3}–{:.3}) | {:.2} | {} |",
-                    s.median,
-                    s.min,
-                    s.max,
-                    cpu / wall,
-                    gib(p.peak_rss)
-                );
-            }
-            None => {
-                let _ = write!(row, " {} | | |", c.peer_error.as_deref().unwrap_or("–"));
-            }
+        None => {
+            let _ = write!(row, " failed: {} | | | |", c.error.as_deref().unwrap_or("?"));
         }
-        match (&ours, &peer) {
-            (Some((_, a)), Some((_, b))) => {
-                let _ = write!(row, " **{:.2} ×** |", a.median / b.median);
-            }
-            _ => row.push_str(" – |"),
-        }
-        let first_ours = c.ours.as_ref().and_then(|o| o.steps.first()).map(|s| format!("{:.6}", s.loss));
-        let first_peer = c.peer.as_ref().and_then(|p| p.steps.first()).map(|s| format!("{:.6}", s.loss));
-        let _ = writeln!(row, " {} / {} |", first_ours.as_deref().unwrap_or("–"), first_peer.as_deref().unwrap_or("–"));
-        out.push_str(&row);
     }
+    let peer = c.peer.as_ref().and_then(|p| Some((p, stats(&peer_seconds(p, r.warmup))?)));
+    match &peer {
+        Some((p, s)) => {
+            let measured = &p.steps[r.warmup.min(p.steps.len())..];
+            let (cpu, wall) = measured.iter().fold((0.0, 0.0), |(c, w), s| (c + s.cpu_seconds, w + s.seconds));
+            let _ =
+                write!(row, " {:.3} ({:.3}–{:.3}) | {:.2} | {} |", s.median, s.min, s.max, cpu / wall, gib(p.peak_rss));
+        }
+        None => {
+            let _ = write!(row, " {} | | |", c.peer_error.as_deref().unwrap_or("–"));
+        }
+    }
+    match (&ours, &peer) {
+        (Some((_, a)), Some((_, b))) => {
+            let _ = write!(row, " **{:.2} ×** |", a.median / b.median);
+        }
+        _ => row.push_str(" – |"),
+    }
+    let first_ours = c.ours.as_ref().and_then(|o| o.steps.first()).map(|s| format!("{:.6}", s.loss));
+    let first_peer = c.peer.as_ref().and_then(|p| p.steps.first()).map(|s| format!("{:.6}", s.loss));
+    let _ = writeln!(row, " {} / {} |", first_ours.as_deref().unwrap_or("–"), first_peer.as_deref().unwrap_or("–"));
+    row
+}
 
+/// Where one step of ours goes (the fused step's timers per phase) and, with several ranks,
+/// the all-reduce's share.
+fn phases(out: &mut String, r: &BenchResult) {
     let _ = writeln!(
         out,
         "\nWhere one step of ours goes (the fused step's own timers, median over the measured steps, seconds):\n"
@@ -167,6 +139,38 @@ pub fn markdown(r: &BenchResult) -> String {
             );
         }
     }
+}
+
+/// The report: one row per case, ours beside the peer, then our phase breakdown.
+pub fn markdown(r: &BenchResult) -> String {
+    let mut out = String::new();
+    let threads = r.threads.map_or_else(|| format!("{} (all)", r.cores), |t| t.to_string());
+    let _ = writeln!(
+        out,
+        "#### cargo xtask bench `{}`: {} ({:.1}M parameters, {}), batch {} × {} tokens, {} backend, {} threads{}\n",
+        r.name,
+        r.model,
+        r.params as f64 / 1e6,
+        r.dtype,
+        r.batch_size,
+        r.tokens,
+        r.backend.name(),
+        threads,
+        if r.release { "" } else { " (debug build)" },
+    );
+    let _ = writeln!(
+        out,
+        "Seconds per step: median (min–max) of the steps after {} warm-up; cores = process CPU time / wall time; ratio = ours / peer (below 1: ours is faster).\n",
+        r.warmup
+    );
+    let _ = writeln!(out, "| step | lomo s/step | tokens/s | cores | peak RSS | PyTorch + lomo-optim s/step | cores | peak RSS | ratio | first loss: lomo / peer |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let tokens = (r.batch_size * r.tokens) as f64;
+    for c in &r.cases {
+        out.push_str(&case_row(r, c, tokens));
+    }
+
+    phases(&mut out, r);
     if let Some(p) = r.cases.iter().find_map(|c| c.peer.as_ref()) {
         let _ = writeln!(
             out,
@@ -182,9 +186,8 @@ pub fn markdown(r: &BenchResult) -> String {
 /// The chart: per case, our median s/step beside the peer's (whiskers min–max), the ratio
 /// above; drawn with plotters' SVG backend, as the profile's chart and `lomo train`'s loss.svg.
 pub fn svg(r: &BenchResult) -> anyhow::Result<String> {
+    use lomo_cli::chart;
     use plotters::prelude::*;
-    use plotters::style::text_anchor::{HPos, Pos, VPos};
-    let draw = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing the chart: {e}");
     let rows: Vec<(String, Option<Stats>, Option<Stats>)> = r
         .cases
         .iter()
@@ -214,88 +217,36 @@ pub fn svg(r: &BenchResult) -> anyhow::Result<String> {
     // A case's segment in pixels (the plot less the y labels and margins), for the insets.
     let seg = (width - 60 - 24) as f64 / n.max(2) as f64;
     let px = |f: f64| (f * seg).round() as u32;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (width, 420)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| draw(&e))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 14))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(60)
-            .build_cartesian_2d((0..n.saturating_sub(1).max(1)).into_segmented(), 0.0..top)
-            .map_err(|e| draw(&e))?;
-        let names: Vec<String> = rows.iter().map(|(l, _, _)| l.clone()).collect();
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .y_desc("seconds per step (median)")
-            .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => names.get(*i as usize).cloned().unwrap_or_default(),
-                _ => String::new(),
-            })
-            .draw()
-            .map_err(|e| draw(&e))?;
-        let sides = [("lomo", RGBColor(0x4e, 0x79, 0xa7)), ("PyTorch + lomo-optim", RGBColor(0xf2, 0x8e, 0x2b))];
-        for (side, (name, colour)) in sides.iter().enumerate() {
+    chart::svg((width, 420), |root| {
+        let label = |i: usize| rows.get(i).map(|(l, _, _)| l.clone()).unwrap_or_default();
+        let mut chart = chart::bar_chart(root, &title, 14, n, top, "seconds per step (median)", label)?;
+        for (side, (name, colour)) in
+            [("lomo", chart::BLUE), ("PyTorch + lomo-optim", chart::ORANGE)].into_iter().enumerate()
+        {
             let pick = |row: &(String, Option<Stats>, Option<Stats>)| {
-                if side == 0 {
-                    row.1.as_ref().map(|s| (s.median, s.min, s.max))
-                } else {
-                    row.2.as_ref().map(|s| (s.median, s.min, s.max))
-                }
+                let stats = if side == 0 { row.1.as_ref() } else { row.2.as_ref() };
+                stats.map(|s| (s.median, s.min, s.max))
             };
             // Each side takes half of its case's segment (pixel margins inset it).
+            let (left, right) = if side == 0 { (px(0.1), px(0.52)) } else { (px(0.52), px(0.1)) };
             let bars = rows.iter().enumerate().filter_map(|(i, row)| {
                 let (median, _, _) = pick(row)?;
-                let i = i as u32;
-                let mut bar = Rectangle::new(
-                    [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), median)],
-                    colour.filled(),
-                );
-                if side == 0 {
-                    bar.set_margin(0, 0, px(0.1), px(0.52))
-                } else {
-                    bar.set_margin(0, 0, px(0.52), px(0.1))
-                };
-                Some(bar)
+                Some(chart::bar(i as u32, 0.0, median, colour.filled(), left, right))
             });
-            let colour = *colour;
-            chart
-                .draw_series(bars)
-                .map_err(|e| draw(&e))?
-                .label(*name)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
+            chart.draw_series(bars).map_err(chart::error)?.label(name).legend(chart::mark(colour, 5));
+            // A 3-pixel bar from min to max at the middle of the side's bar.
+            let (left, right) = if side == 0 { (px(0.29) - 1, px(0.71) - 2) } else { (px(0.71) - 2, px(0.29) - 1) };
             let whiskers = rows.iter().enumerate().filter_map(|(i, row)| {
                 let (_, min, max) = pick(row)?;
-                let mut w = Rectangle::new(
-                    [(SegmentValue::Exact(i as u32), min), (SegmentValue::Exact(i as u32 + 1), max)],
-                    BLACK.filled(),
-                );
-                // A 3-pixel bar from min to max at the middle of the side's bar.
-                let (l, r) = if side == 0 { (px(0.29) - 1, px(0.71) - 2) } else { (px(0.71) - 2, px(0.29) - 1) };
-                w.set_margin(0, 0, l, r);
-                Some(w)
+                Some(chart::bar(i as u32, min, max, BLACK.filled(), left, right))
             });
-            chart.draw_series(whiskers).map_err(|e| draw(&e))?;
+            chart.draw_series(whiskers).map_err(chart::error)?;
         }
         let ratios = rows.iter().enumerate().filter_map(|(i, (_, ours, peer))| {
             let (o, p) = (ours.as_ref()?, peer.as_ref()?);
-            Some(Text::new(
-                format!("{:.2} ×", o.median / p.median),
-                (SegmentValue::CenterOf(i as u32), o.max.max(p.max) + top * 0.03),
-                TextStyle::from(("sans-serif", 12).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom)),
-            ))
+            Some(chart::note(format!("{:.2} ×", o.median / p.median), i as u32, o.max.max(p.max) + top * 0.03, 12))
         });
-        chart.draw_series(ratios).map_err(|e| draw(&e))?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| draw(&e))?;
-        root.present().map_err(|e| draw(&e))?;
-    }
-    Ok(svg)
+        chart.draw_series(ratios).map_err(chart::error)?;
+        chart::legend(&mut chart, SeriesLabelPosition::UpperRight)
+    })
 }

@@ -94,7 +94,7 @@ fn run_child(case: &Case, backend: BackendKind) -> Result<Measurement, String> {
 /// to the planner). With `only` (labels), runs those cases and keeps the others' results
 /// from `<suite>.json` (same backend and build), if it has them.
 pub fn profile(suite: &str, backend: BackendKind, replan: bool, only: &[String]) -> Result<SuiteResult> {
-    backend.check_built()?;
+    crate::backend::check_built(backend)?;
     if replan {
         let path = out_dir().join(format!("{suite}.json"));
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -165,7 +165,7 @@ fn write_files(result: &SuiteResult) -> Result<String> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let write = |ext: &str, text: &str| -> Result<()> {
         let path = dir.join(format!("{}.{ext}", result.suite));
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+        lomo_io::atomic::write(&path, text).with_context(|| format!("writing {}", path.display()))
     };
     write("json", &serde_json::to_string_pretty(result)?)?;
     let table = report::markdown(result);

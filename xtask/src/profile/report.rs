@@ -116,8 +116,8 @@ pub fn markdown(result: &SuiteResult) -> String {
 /// The chart: one stacked bar per case (the plan's four parts), a black tick at the
 /// measured peak heap; drawn with plotters' SVG backend, as `lomo train`'s loss.svg is.
 pub fn svg(result: &SuiteResult) -> anyhow::Result<String> {
+    use lomo_cli::chart;
     use plotters::prelude::*;
-    use plotters::style::text_anchor::{HPos, Pos, VPos};
     let (unit, unit_name) = unit_of(result);
     let cases: &[CaseResult] = &result.cases;
     let n = cases.len().max(1) as u32;
@@ -137,92 +137,41 @@ pub fn svg(result: &SuiteResult) -> anyhow::Result<String> {
     let label = |i: usize| {
         cases.get(i).map(|c| format!("{} {}", c.case.mode.name(), c.case.optimizer.name())).unwrap_or_default()
     };
-    let draw = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing the chart: {e}");
     let width = 200 + 110 * n;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (width.max(640), 440)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| draw(&e))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 15))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(60)
-            .build_cartesian_2d((0..n.saturating_sub(1).max(1)).into_segmented(), 0.0..top)
-            .map_err(|e| draw(&e))?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .y_desc(unit_name)
-            .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => label(*i as usize),
-                _ => String::new(),
-            })
-            .draw()
-            .map_err(|e| draw(&e))?;
+    chart::svg((width.max(640), 440), |root| {
+        let mut chart = chart::bar_chart(root, &title, 15, n, top, unit_name, label)?;
         let colours = [
-            ("weights", RGBColor(0x4e, 0x79, 0xa7)),
-            ("gradients", RGBColor(0xf2, 0x8e, 0x2b)),
-            ("optimizer state", RGBColor(0xe1, 0x57, 0x59)),
-            ("activations", RGBColor(0x76, 0xb7, 0xb2)),
+            ("weights", chart::BLUE),
+            ("gradients", chart::ORANGE),
+            ("optimizer state", chart::RED),
+            ("activations", chart::TEAL),
         ];
         let parts = |c: &CaseResult| [c.plan.weights, c.plan.gradients, c.plan.optimizer_state, c.plan.activations];
-        for (k, (name, colour)) in colours.iter().enumerate() {
+        for (k, (name, colour)) in colours.into_iter().enumerate() {
             let bars = cases.iter().enumerate().filter_map(|(i, c)| {
                 let p = parts(c);
                 let base: f64 = p[..k].iter().map(|&b| b as f64 / unit).sum();
                 let v = p[k] as f64 / unit;
-                let i = i as u32;
-                (v > 0.0).then(|| {
-                    let mut bar = Rectangle::new(
-                        [(SegmentValue::Exact(i), base), (SegmentValue::Exact(i + 1), base + v)],
-                        colour.filled(),
-                    );
-                    bar.set_margin(0, 0, 14, 14);
-                    bar
-                })
+                (v > 0.0).then(|| chart::bar(i as u32, base, base + v, colour.filled(), 14, 14))
             });
-            let colour = *colour;
-            chart
-                .draw_series(bars)
-                .map_err(|e| draw(&e))?
-                .label(*name)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
+            chart.draw_series(bars).map_err(chart::error)?.label(name).legend(chart::mark(colour, 5));
         }
         let ticks = cases.iter().enumerate().filter_map(|(i, c)| {
             let heap = c.measured.as_ref().and_then(|m| m.peak_heap)? as f64 / unit;
-            let i = i as u32;
             let h = top * 0.004;
-            let mut tick = Rectangle::new(
-                [(SegmentValue::Exact(i), heap - h), (SegmentValue::Exact(i + 1), heap + h)],
-                BLACK.filled(),
-            );
-            tick.set_margin(0, 0, 8, 8);
-            Some(tick)
+            Some(chart::bar(i as u32, heap - h, heap + h, BLACK.filled(), 8, 8))
         });
         chart
             .draw_series(ticks)
-            .map_err(|e| draw(&e))?
+            .map_err(chart::error)?
             .label("measured peak heap")
             .legend(|(x, y)| Rectangle::new([(x, y - 1), (x + 12, y + 1)], BLACK.filled()));
         let totals = cases.iter().enumerate().map(|(i, c)| {
             let heap = c.measured.as_ref().and_then(|m| m.peak_heap).unwrap_or(0);
             let y = c.plan.total.max(heap) as f64 / unit + top * 0.045;
-            Text::new(
-                size(c.plan.total, unit),
-                (SegmentValue::CenterOf(i as u32), y),
-                TextStyle::from(("sans-serif", 11).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom)),
-            )
+            chart::note(size(c.plan.total, unit), i as u32, y, 11)
         });
-        chart.draw_series(totals).map_err(|e| draw(&e))?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| draw(&e))?;
-        root.present().map_err(|e| draw(&e))?;
-    }
-    Ok(svg)
+        chart.draw_series(totals).map_err(chart::error)?;
+        chart::legend(&mut chart, SeriesLabelPosition::UpperLeft)
+    })
 }
