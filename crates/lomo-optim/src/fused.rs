@@ -432,12 +432,12 @@ impl StagePlan {
         let mut stage_params = Vec::with_capacity(num_stages);
         let mut final_stage = HashMap::new();
         let mut home = vec![Vec::new(); num_stages];
-        for s in 0..num_stages {
+        for (s, stage_home) in home.iter_mut().enumerate() {
             let ids = model.stage_params(s);
             for &id in &ids {
                 if let std::collections::hash_map::Entry::Vacant(e) = final_stage.entry(id) {
                     e.insert(s);
-                    home[s].push(id);
+                    stage_home.push(id);
                 }
             }
             stage_params.push(ids.into_iter().collect::<HashSet<ParamId>>());

@@ -72,7 +72,7 @@ where
     U: Updater<TB, TiedMlp<TB>> + Send + 'static,
     F: Fn(FusedConfig) -> FusedStep<U> + Send + Sync + Copy + 'static,
 {
-    let mut one = make(config.clone());
+    let mut one = make(config);
     let mut m = model();
     let mut losses = Vec::new();
     for _ in 0..3 {
@@ -87,7 +87,6 @@ where
         .enumerate()
         .map(|(rank, half)| {
             let shared = shared.clone();
-            let config = config.clone();
             std::thread::spawn(move || {
                 let mut reducer = ThreadReducer { rank, shared };
                 let mut step = make(config);
