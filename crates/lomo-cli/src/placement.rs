@@ -73,19 +73,11 @@ pub fn split_devices<B: burn::tensor::backend::Backend>(
     shape: &StepShape,
     config: LlamaConfig,
 ) -> Result<(lomo_models::Placement<B::Device>, lomo_models::plan::DevicePlan)> {
-    let devices = crate::backend::parse_devices::<B>(shape.backend, list)?;
-    if devices.is_empty() {
-        bail!("--devices: no device listed");
-    }
-    let split =
-        shape.plan_config(config).plan_devices(devices.len()).map_err(|e| anyhow::anyhow!("--devices {list}: {e}"))?;
-    let placement = lomo_models::Placement::from_assignment(&devices, &split.assignment)?;
-    Ok((placement, split))
+    place::<B>(list, shape.backend, &shape.plan_config(config))
 }
 
 /// `--devices LIST` for a command that runs the model forward only (`lomo eval`, `lomo
-/// generate`): the split the planner makes for a fused LOMO step of `batch × max_len` tokens in
-/// `dtype` (the weights dominate it, as they do inference).
+/// generate`): the split of [`PlanConfig::inference`] for `batch × max_len` tokens in `dtype`.
 pub fn inference_placement<B: burn::tensor::backend::Backend>(
     list: &str,
     backend: BackendKind,
@@ -94,16 +86,21 @@ pub fn inference_placement<B: burn::tensor::backend::Backend>(
     batch: usize,
     max_len: usize,
 ) -> Result<lomo_models::Placement<B::Device>> {
-    let shape = StepShape {
-        optimizer: OptimizerKind::Lomo,
-        dtype,
-        batch_size: batch,
-        micro_batch_size: batch,
-        max_len,
-        loss_chunk_tokens: 1024,
-        backend,
-    };
-    let (placement, split) = split_devices::<B>(list, &shape, config_of_path(model)?)?;
+    let plan = PlanConfig::inference(config_of_path(model)?, dtype, batch, max_len, backend == BackendKind::Cpu);
+    let (placement, split) = place::<B>(list, backend, &plan)?;
     eprint!("stages on {} devices:\n{split}", split.devices.len());
     Ok(placement)
+}
+
+/// The devices `list` names on `backend`, and `plan`'s stages placed over them.
+fn place<B: burn::tensor::backend::Backend>(
+    list: &str,
+    backend: BackendKind,
+    plan: &PlanConfig,
+) -> Result<(lomo_models::Placement<B::Device>, lomo_models::plan::DevicePlan)> {
+    let devices = crate::backend::parse_devices::<B>(backend, list)?;
+    if devices.is_empty() {
+        bail!("--devices: no device listed");
+    }
+    plan.place(&devices).map_err(|e| anyhow::anyhow!("--devices {list}: {e}"))
 }

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::LlamaConfig;
 use crate::dtype::StorageDtype;
 use crate::llama::LossChunking;
+use crate::placement::Placement;
 
 /// Which update the step applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -680,6 +681,45 @@ impl fmt::Display for OffloadPlan {
         }
         writeln!(f, "{:<16} {:>12}", "read per step", human(self.read_per_step))?;
         writeln!(f, "{:<16} {:>12}", "written per step", human(self.written_per_step))
+    }
+}
+
+impl PlanConfig {
+    /// What a forward-only use of `model` (evaluation, generation) is placed by: a fused LOMO
+    /// step of `batch` rows of `max_len` tokens in `dtype` (the weights dominate it, as they do
+    /// inference), its loss in chunks of 1024 tokens.
+    pub fn inference(
+        model: LlamaConfig,
+        dtype: StorageDtype,
+        batch: usize,
+        max_len: usize,
+        f64_cast_staging: bool,
+    ) -> Self {
+        PlanConfig {
+            model,
+            dtype,
+            optimizer: PlanOptimizer::Lomo,
+            mode: StepMode::Fused,
+            batch_size: batch,
+            micro_batch_size: batch,
+            max_tokens: max_len,
+            loss_chunking: LossChunking::Tokens(1024),
+            f64_cast_staging,
+        }
+    }
+
+    /// The split of [`Self::plan_devices`] over `devices` as a [`Placement`] (stage `s` on
+    /// the device its range is assigned), with the plan.
+    ///
+    /// # Errors
+    /// What [`Self::plan_devices`] refuses.
+    pub fn place<D: Clone>(&self, devices: &[D]) -> Result<(Placement<D>, DevicePlan), PlanError> {
+        let split = self.plan_devices(devices.len())?;
+        // The planner's ranges are contiguous, in order and within the devices given, which is
+        // all `from_assignment` checks.
+        let placement = Placement::from_assignment(devices, &split.assignment)
+            .map_err(|e| PlanError::field("devices", e.to_string()))?;
+        Ok((placement, split))
     }
 }
 
