@@ -12,7 +12,7 @@
 //! whatever the storage dtype.
 //!
 //! Every other backend (LibTorch, CUDA, NdArray) takes the trait's default methods, which are
-//! the [`reference`] compositions of burn's own ops, forward and backward. The Flex kernels are
+//! the [`reference`](mod@reference) compositions of burn's own ops, forward and backward. The Flex kernels are
 //! tested against them, and they against burn's autodiff of the plain composition.
 //!
 //! The second extension, [`UpdateKernels`] ([`update`]), is the arithmetic of an optimizer's
@@ -113,7 +113,7 @@ impl KeyPadding {
 ///
 /// Implemented by burn's Flex with CPU kernels of this crate, by `Autodiff<B>` for every
 /// implementing `B` (the backward calls `B`'s), and, with the default methods (burn's own ops,
-/// see [`reference`]), by NdArray, LibTorch and CUDA behind the features of those names.
+/// see [`reference`](mod@reference)), by NdArray, LibTorch and CUDA behind the features of those names.
 /// Shapes are checked by the kernels; tensors are float primitives of the storage dtype unless
 /// a method says otherwise.
 pub trait FusedKernels: Backend {

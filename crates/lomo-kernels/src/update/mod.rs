@@ -77,7 +77,7 @@ pub struct AdaLomoScalars {
 /// A backend that applies LOMO's and AdaLomo's updates and sums squares of gradients in one
 /// pass each.
 ///
-/// Implemented by Flex with kernels of its own and, with the default methods ([`reference`]:
+/// Implemented by Flex with kernels of its own and, with the default methods ([`reference`](mod@reference):
 /// burn's ops, row blocks for large bf16/f16 parameters as [`crate::blocks`] does them), by
 /// NdArray, LibTorch and CUDA behind the features of those names; `Autodiff<B>` updates on `B`.
 pub trait UpdateKernels: Backend {
