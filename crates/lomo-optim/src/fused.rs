@@ -13,9 +13,9 @@ use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, Tensor, TensorPrimitive};
+use lomo_kernels::UpdateKernels;
 
 use crate::error::OptimError;
-use lomo_kernels::UpdateKernels;
 use crate::reduce::StepReducer;
 use crate::rule::{GradPrep, Updater};
 use crate::scaler::{DynamicLossScaler, LossScaleConfig};

@@ -2,9 +2,9 @@
 
 use burn::module::ParamId;
 use burn::tensor::{DType, Tensor};
+use lomo_kernels::UpdateKernels;
 
 use crate::error::OptimError;
-use lomo_kernels::UpdateKernels;
 use crate::rule::{GradPrep, UpdateRule};
 
 /// LOMO: `p = p * (1 - lr * weight_decay) - lr * g`, computed in fp32 and stored back in the
