@@ -2,7 +2,8 @@
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
-use lomo_models::{generate, GenerationConfig, Sampling};
+use lomo_data::TextTokenizer;
+use lomo_models::{generate, GenerationConfig, Placement, Sampling};
 
 use crate::args::GenerateArgs;
 use crate::backend::with_backend;
@@ -21,39 +22,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     with_backend!(args.backend, |B, device| {
         // Generation records no graph: the model lives on the backend under autodiff.
         type Inner = <B as AutodiffBackend>::InnerBackend;
-        let placement = match &args.devices {
-            // Planned for one row of a prompt and the new tokens (the weights dominate the split).
-            Some(list) => {
-                let context = crate::placement::config_of_path(&args.model)?.max_position_embeddings;
-                let context = context.min(args.max_new_tokens + 1024).max(2);
-                Some(crate::placement::inference_placement::<Inner>(
-                    list,
-                    args.backend,
-                    &args.model,
-                    args.dtype.storage(),
-                    1,
-                    context,
-                )?)
-            }
-            None => None,
-        };
+        let placement = args.devices.as_deref().map(|list| place::<Inner>(&args, list)).transpose()?;
         let on = match &placement {
             Some(p) => lomo_models::On::Stages(p),
             None => lomo_models::On::One(&device),
         };
         let loaded = load_path::<Inner>(&args.model, args.dtype.storage(), on)?;
         let tokenizer = require_tokenizer(loaded.tokenizer.as_ref(), "lomo generate")?;
-        let prompt = if args.chat {
-            let message = lomo_data::ChatMessage { role: "user".into(), content: args.prompt.clone() };
-            let template =
-                tokenizer.chat_template().context("the model's chat template (tokenizer_config.json or GGUF)")?;
-            template.render(&[message], true)?.text
-        } else {
-            args.prompt.clone()
-        };
-        // The tokenizer adds BOS where the model expects it; a chat prompt carries its own
-        // (the template writes it where the model wants one, as HF tokenizes it).
-        let ids = tokenizer.encode(&prompt, !args.chat)?;
+        let ids = prompt_ids(&args, tokenizer)?;
         let vocab = loaded.model.config().vocab_size;
         if let Some((_, id)) = lomo_models::batch::first_outside_vocab([ids.as_slice()], vocab) {
             bail!("--prompt: token id {id} is outside the model's vocabulary of {vocab}");
@@ -78,4 +54,28 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         println!("{}", tokenizer.decode(&new_ids, true)?);
         Ok(())
     })
+}
+
+/// `--devices LIST`: planned for one row of a prompt and the new tokens (the weights dominate
+/// the split).
+fn place<B: burn::tensor::backend::Backend>(args: &GenerateArgs, list: &str) -> Result<Placement<B::Device>> {
+    let context = crate::placement::config_of_path(&args.model)?.max_position_embeddings;
+    let context = context.min(args.max_new_tokens + 1024).max(2);
+    crate::placement::inference_placement::<B>(list, args.backend, &args.model, args.dtype.storage(), 1, context)
+}
+
+/// The prompt's token ids: `--prompt` as it is, or with `--chat` as the user's turn in the
+/// model's chat template.
+fn prompt_ids(args: &GenerateArgs, tokenizer: &TextTokenizer) -> Result<Vec<u32>> {
+    let prompt = if args.chat {
+        let message = lomo_data::ChatMessage { role: "user".into(), content: args.prompt.clone() };
+        let template =
+            tokenizer.chat_template().context("the model's chat template (tokenizer_config.json or GGUF)")?;
+        template.render(&[message], true)?.text
+    } else {
+        args.prompt.clone()
+    };
+    // The tokenizer adds BOS where the model expects it; a chat prompt carries its own (the
+    // template writes it where the model wants one, as HF tokenizes it).
+    Ok(tokenizer.encode(&prompt, !args.chat)?)
 }

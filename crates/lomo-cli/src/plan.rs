@@ -4,8 +4,9 @@
 //! --devices` places the stages by the same split ([`crate::placement`]).
 
 use anyhow::{bail, Context, Result};
+use lomo_models::plan::{OffloadTarget, PlanConfig};
 
-use crate::args::PlanArgs;
+use crate::args::{OffloadArg, PlanArgs};
 use crate::placement::{config_of, StepShape};
 
 pub fn run(args: PlanArgs) -> Result<()> {
@@ -38,25 +39,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
         args.max_len
     );
     if let Some(target) = args.offload {
-        if args.devices.is_some() {
-            bail!("--offload with --devices: give one (the offload plan is for one device)");
-        }
-        let target = match target {
-            crate::args::OffloadArg::Host => lomo_models::plan::OffloadTarget::Host,
-            crate::args::OffloadArg::Disk => lomo_models::plan::OffloadTarget::Disk,
-        };
-        let norm_pass = args.clip_grad_norm.is_some() || args.dtype == crate::args::DtypeArg::F16;
-        let plan = config.plan_offload(target, norm_pass).context("--offload")?;
-        if args.json {
-            println!("{}", serde_json::to_string(&plan)?);
-        } else {
-            println!(
-                "{heading}, weights offloaded to {}",
-                if target == lomo_models::plan::OffloadTarget::Host { "host memory" } else { "disk" }
-            );
-            print!("{plan}");
-        }
-        return Ok(());
+        return print_offload(&args, &config, &heading, target);
     }
     match args.devices {
         None => {
@@ -77,6 +60,29 @@ pub fn run(args: PlanArgs) -> Result<()> {
                 print!("{plan}");
             }
         }
+    }
+    Ok(())
+}
+
+/// `--offload host|disk`: the fused step's peak with the weights offloaded to `target`.
+fn print_offload(args: &PlanArgs, config: &PlanConfig, heading: &str, target: OffloadArg) -> Result<()> {
+    if args.devices.is_some() {
+        bail!("--offload with --devices: give one (the offload plan is for one device)");
+    }
+    let target = match target {
+        OffloadArg::Host => OffloadTarget::Host,
+        OffloadArg::Disk => OffloadTarget::Disk,
+    };
+    let norm_pass = args.clip_grad_norm.is_some() || args.dtype == crate::args::DtypeArg::F16;
+    let plan = config.plan_offload(target, norm_pass).context("--offload")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&plan)?);
+    } else {
+        println!(
+            "{heading}, weights offloaded to {}",
+            if target == OffloadTarget::Host { "host memory" } else { "disk" }
+        );
+        print!("{plan}");
     }
     Ok(())
 }

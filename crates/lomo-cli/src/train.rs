@@ -21,8 +21,24 @@ fn coordinator_of(args: &TrainArgs) -> Option<String> {
     })
 }
 
-/// Refuses flag values and combinations that cannot work, before anything is loaded.
+/// Refuses flag values and combinations that cannot work, before anything is loaded (in this
+/// order, so that of several wrong flags the same one is named first).
 fn validate(args: &TrainArgs) -> Result<()> {
+    validate_rates(args)?;
+    validate_batches(args)?;
+    validate_lengths(args)?;
+    validate_offload(args)?;
+    if !(args.loss_scale >= 1.0 && args.loss_scale.is_finite()) {
+        bail!("--loss-scale: must be a finite number >= 1, got {}", args.loss_scale);
+    }
+    if args.dtype == crate::args::DtypeArg::F16 && !args.optimizer.fused() {
+        bail!("--dtype f16 with --optimizer {:?}: fp16 training needs loss scaling, which only the fused optimizers (lomo, adalomo) do; use --dtype bf16", args.optimizer);
+    }
+    Ok(())
+}
+
+/// `--lr`, the clipping thresholds, `--weight-decay` and `--warmup-ratio`.
+fn validate_rates(args: &TrainArgs) -> Result<()> {
     let positive = |name: &str, v: Option<f64>| -> Result<()> {
         match v {
             Some(x) if !(x > 0.0 && x.is_finite()) => bail!("--{name}: must be a finite number > 0, got {x}"),
@@ -38,6 +54,11 @@ fn validate(args: &TrainArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&args.warmup_ratio) {
         bail!("--warmup-ratio: must be in [0, 1], got {}", args.warmup_ratio);
     }
+    Ok(())
+}
+
+/// `--batch-size`, the data-parallel flags and `--micro-batch-size`.
+fn validate_batches(args: &TrainArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size: must be at least 1");
     }
@@ -71,6 +92,11 @@ fn validate(args: &TrainArgs) -> Result<()> {
             bail!("--micro-batch-size: must divide --batch-size {} (got {m})", args.batch_size);
         }
     }
+    Ok(())
+}
+
+/// The run's length, the tokens' and the cadence of evaluation and saving.
+fn validate_lengths(args: &TrainArgs) -> Result<()> {
     if args.steps == Some(0) || args.epochs == Some(0) {
         bail!("--steps / --epochs: must be at least 1");
     }
@@ -83,6 +109,11 @@ fn validate(args: &TrainArgs) -> Result<()> {
     if args.eval_every == Some(0) || args.save_every == Some(0) || args.save_total_limit == Some(0) {
         bail!("--eval-every / --save-every / --save-total-limit: must be at least 1");
     }
+    Ok(())
+}
+
+/// `--offload` and `--offload-dir`.
+fn validate_offload(args: &TrainArgs) -> Result<()> {
     if args.offload.is_some() && !args.optimizer.fused() {
         bail!("--offload: stages are fetched and written back by the fused step (--optimizer lomo or adalomo)");
     }
@@ -96,12 +127,6 @@ fn validate(args: &TrainArgs) -> Result<()> {
         if args.eval.is_some() {
             bail!("--offload disk with --eval: evaluation runs the whole model at once, which --offload disk never holds; evaluate the saved checkpoint with `lomo eval`");
         }
-    }
-    if !(args.loss_scale >= 1.0 && args.loss_scale.is_finite()) {
-        bail!("--loss-scale: must be a finite number >= 1, got {}", args.loss_scale);
-    }
-    if args.dtype == crate::args::DtypeArg::F16 && !args.optimizer.fused() {
-        bail!("--dtype f16 with --optimizer {:?}: fp16 training needs loss scaling, which only the fused optimizers (lomo, adalomo) do; use --dtype bf16", args.optimizer);
     }
     Ok(())
 }

@@ -40,15 +40,7 @@ impl<'a, B: TrainBackend> Run<'a, B> {
             (None, Some(e)) => e * loader.batches_per_epoch() as u64,
             (None, None) => bail!("give --steps N or --epochs N"),
         };
-        let mut trainer = Trainer::<B>::new(
-            args.optimizer,
-            StepSettings {
-                weight_decay: args.weight_decay,
-                clip_grad_norm: args.clip_grad_norm,
-                clip_grad_value: args.clip_grad_value,
-                loss_scale: (args.dtype == crate::args::DtypeArg::F16).then_some(args.loss_scale),
-            },
-        )?;
+        let mut trainer = trainer::<B>(args)?;
         let (start_step, tokens_total) = match &resumed {
             Some(state) => resume(args, state, total_steps, &mut loader, &mut trainer, &model, device)?,
             None => (0, 0),
@@ -93,6 +85,19 @@ impl<'a, B: TrainBackend> Run<'a, B> {
             lead,
         })
     }
+}
+
+/// The optimizer `--optimizer` names, with the settings every optimizer shares.
+fn trainer<B: TrainBackend>(args: &TrainArgs) -> Result<Trainer<B>> {
+    Trainer::new(
+        args.optimizer,
+        StepSettings {
+            weight_decay: args.weight_decay,
+            clip_grad_norm: args.clip_grad_norm,
+            clip_grad_value: args.clip_grad_value,
+            loss_scale: (args.dtype == crate::args::DtypeArg::F16).then_some(args.loss_scale),
+        },
+    )
 }
 
 /// The learning rate of every step of a run of `total_steps` (`--lr`, `--schedule`, `--warmup-ratio`).
