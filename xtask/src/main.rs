@@ -78,24 +78,31 @@ struct CaseArgs {
     case: String,
 }
 
-/// A command line that parses but is not usable: clap's usage error, exit status 2.
-fn usage_error(message: impl std::fmt::Display) -> ! {
-    Task::command().error(clap::error::ErrorKind::InvalidValue, message).exit()
+/// A command line of `task` that parses but is not usable: clap's usage error with the task's
+/// usage line, exit status 2.
+fn usage_error(task: &str, message: impl std::fmt::Display) -> ! {
+    let mut command = Task::command();
+    command.build();
+    let mut task = command.find_subcommand(task).cloned().unwrap_or(command);
+    task.error(clap::error::ErrorKind::InvalidValue, message).exit()
 }
 
 impl ProfileArgs {
     /// Checks the backend and the `--case` labels against the suite.
     fn check(&self) {
-        backend::check_built(self.backend).unwrap_or_else(|e| usage_error(e));
+        backend::check_built(self.backend).unwrap_or_else(|e| usage_error("profile", e));
         if self.only.is_empty() {
             return;
         }
         let labels = match profile::suites::cases(&self.suite) {
             Ok(cases) => cases.iter().map(|c| c.label()).collect::<Vec<_>>(),
-            Err(e) => usage_error(e),
+            Err(e) => usage_error("profile", e),
         };
         if let Some(unknown) = self.only.iter().find(|l| !labels.contains(l)) {
-            usage_error(format!("--case: suite `{}` has no case `{unknown}` ({})", self.suite, labels.join(", ")));
+            usage_error(
+                "profile",
+                format!("--case: suite `{}` has no case `{unknown}` ({})", self.suite, labels.join(", ")),
+            );
         }
     }
 }
@@ -107,7 +114,7 @@ fn main() -> ExitCode {
             profile::profile(&a.suite, a.backend, a.replan, &a.only).map(|_| ())
         }
         Task::Bench(a) => {
-            let a = a.resolve().unwrap_or_else(|e| usage_error(e));
+            let a = a.resolve().unwrap_or_else(|e| usage_error("bench", e));
             bench::bench(&a).map(|_| ())
         }
         Task::BenchReport { json } => bench::redraw(&json),
