@@ -25,7 +25,7 @@ use crate::trainer::{StepSettings, Trainer};
 const CHARS: &str = "0123456789+=";
 
 /// A character-level tokenizer for the task: `<s>` (1) in front, `</s>` (2) to stop, `<pad>` (0).
-pub fn char_tokenizer() -> Result<TextTokenizer> {
+fn char_tokenizer() -> Result<TextTokenizer> {
     let mut vocab = serde_json::Map::new();
     vocab.insert("<pad>".into(), 0.into());
     vocab.insert("<s>".into(), 1.into());
