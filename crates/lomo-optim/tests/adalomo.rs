@@ -185,3 +185,42 @@ fn adalomo_state_saved_and_restored_continues_exactly() {
     let err = wrong.load_record(other, &TiedMlp::<TB>::new(24, 16, 2, 1, &device())).unwrap_err();
     assert!(err.to_string().contains("blocks.2"), "{err}");
 }
+
+/// The state through `UpdateRule::save_state` / `load_state` (a file, as checkpoints keep it)
+/// continues as the uninterrupted run; a stateless rule writes no file; a missing file is an
+/// error naming it.
+#[test]
+fn adalomo_state_through_a_file_continues_exactly_and_lomo_writes_none() {
+    use lomo_optim::{Lomo, UpdateRule};
+    let b = batch(10, 24, 12);
+    let new_step = || {
+        FusedStep::new(RuleUpdater::new(AdaLomoConfig::default().init::<Inner>().unwrap()), FusedConfig::default())
+            .unwrap()
+    };
+    let mut a = new_step();
+    let mut ma = TiedMlp::<TB>::new(24, 16, 3, 9, &device());
+    for _ in 0..3 {
+        ma = a.step(ma, std::slice::from_ref(&b), 0.01).unwrap().0;
+    }
+    let mut s = new_step();
+    let mut mb = TiedMlp::<TB>::new(24, 16, 3, 9, &device());
+    for _ in 0..2 {
+        mb = s.step(mb, std::slice::from_ref(&b), 0.01).unwrap().0;
+    }
+    let dir = std::env::temp_dir().join(format!("lomo-optim-state-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("optimizer");
+    s.updater().rule.save_state(&mb, &file).unwrap();
+    assert!(dir.join("optimizer.bin").is_file());
+    let mut resumed = new_step();
+    resumed.updater_mut().rule.load_state(&mb, &file, &device()).unwrap();
+    let mc = resumed.step(mb.clone(), std::slice::from_ref(&b), 0.01).unwrap().0;
+    assert_eq!(snapshot(&ma), snapshot(&mc), "resumed run differs from the uninterrupted one");
+
+    UpdateRule::<Inner>::save_state(&Lomo::new(0.0).unwrap(), &mb, &dir.join("lomo")).unwrap();
+    assert!(!dir.join("lomo.bin").exists(), "a stateless rule wrote a file");
+
+    let err = new_step().updater_mut().rule.load_state(&mb, &dir.join("missing"), &device()).unwrap_err();
+    assert!(err.to_string().contains("reading the AdaLomo state") && err.to_string().contains("missing.bin"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
