@@ -6,7 +6,7 @@ use std::path::Path;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{DType, Tensor};
 use lomo_data::{collate, Dataset, EncodeConfig, PaddingConfig};
-use lomo_models::{Batch, Llama, LossChunking, StorageDtype};
+use lomo_models::{load, Batch, Llama, LossChunking, Residency, StorageDtype, TensorSource};
 use lomo_optim::{AdaLomoConfig, FusedConfig, FusedStep, Lomo, RuleUpdater};
 use lomo_testutil::shared;
 
@@ -22,7 +22,16 @@ fn reference_batch(rows: std::ops::Range<usize>) -> Option<Batch> {
 
 fn model() -> Option<Llama<B>> {
     let dir = shared("models/stories260K")?;
-    Some(Llama::<B>::load_hf(dir, StorageDtype::F32, &burn::backend::flex::FlexDevice).unwrap())
+    Some(
+        load::<B>(
+            TensorSource::Hf(dir.as_ref()),
+            Residency::Resident,
+            StorageDtype::F32,
+            &burn::backend::flex::FlexDevice,
+        )
+        .map(|l| l.model)
+        .unwrap(),
+    )
 }
 
 fn weights(model: &Llama<B>) -> Vec<(String, Vec<f32>)> {

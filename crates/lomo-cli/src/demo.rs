@@ -105,7 +105,12 @@ fn demo<B: TrainBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
     let started = Instant::now();
     let (mut model, tokenizer, what) = match &args.model {
         Some(path) => {
-            let loaded = load_path::<B>(path, StorageDtype::F32, lomo_models::On::One(device))?;
+            let loaded = load_path::<B>(
+                path,
+                StorageDtype::F32,
+                lomo_models::On::One(device),
+                lomo_models::Residency::Resident,
+            )?;
             let t = require_tokenizer(loaded.tokenizer.as_ref(), "lomo demo --model")?.clone();
             (loaded.model, t, loaded.description)
         }
@@ -113,7 +118,13 @@ fn demo<B: TrainBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
             let tokenizer = char_tokenizer()?;
             let config = demo_config(16, args.hidden, args.layers)?;
             (
-                Llama::<B>::init(config, StorageDtype::F32, device, args.seed),
+                lomo_models::load::<B>(
+                    lomo_models::TensorSource::Init { config: &config, seed: args.seed },
+                    lomo_models::Residency::Resident,
+                    StorageDtype::F32,
+                    device,
+                )?
+                .model,
                 tokenizer,
                 "a small LLaMA (random init)".to_string(),
             )
@@ -174,7 +185,13 @@ fn memory_table<B: TrainBackend>(device: &B::Device, seed: u64) -> Result<()> {
         (alloc::peak(), alloc::peak() - base.min(alloc::peak()))
     };
     let mut lomo_step = FusedStep::new(RuleUpdater::new(Lomo::new(0.0)?), FusedConfig::default())?;
-    let model = Llama::<B>::init(config.clone(), StorageDtype::F32, device, seed);
+    let model = lomo_models::load::<B>(
+        lomo_models::TensorSource::Init { config: &config, seed },
+        lomo_models::Residency::Resident,
+        StorageDtype::F32,
+        device,
+    )?
+    .model;
     let (model, _) = lomo_step.step(model, std::slice::from_ref(&batch), 1e-3)?;
     let mut slot = Some(model);
     let mut failed = None;
@@ -187,7 +204,13 @@ fn memory_table<B: TrainBackend>(device: &B::Device, seed: u64) -> Result<()> {
         return Err(e.into());
     }
     let mut adamw = burn::optim::AdamWConfig::new().init::<B, Llama<B>>();
-    let model = Llama::<B>::init(config, StorageDtype::F32, device, seed);
+    let model = lomo_models::load::<B>(
+        lomo_models::TensorSource::Init { config: &config, seed },
+        lomo_models::Residency::Resident,
+        StorageDtype::F32,
+        device,
+    )?
+    .model;
     let (model, _) = full_backward_step::<B, _, _, 3>(model, std::slice::from_ref(&batch), &mut adamw, 1e-3)?;
     let mut slot = Some(model);
     let (adamw_peak, _) = measure(&mut || match full_backward_step::<B, _, _, 3>(

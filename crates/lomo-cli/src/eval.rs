@@ -34,7 +34,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             Some(p) => lomo_models::On::Stages(p),
             None => lomo_models::On::One(&device),
         };
-        let loaded = load_path::<Inner>(&args.model, args.dtype.storage(), on)?;
+        let loaded = load_path::<Inner>(&args.model, args.dtype.storage(), on, lomo_models::Residency::Resident)?;
         let result = evaluate(
             &loaded.model,
             loaded.tokenizer.as_ref(),

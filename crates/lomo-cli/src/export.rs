@@ -2,7 +2,7 @@
 //! to a GGUF file llama.cpp and Ollama run.
 
 use anyhow::{bail, Context, Result};
-use lomo_models::{GgufExportType, GgufFile, GgufTokenizerSpec, Llama, StorageDtype};
+use lomo_models::{GgufExportType, GgufFile, GgufTokenizerSpec, Llama, Residency, StorageDtype};
 
 use crate::args::{ExportArgs, GgufTypeArg};
 use crate::model::load_path;
@@ -30,7 +30,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
         GgufTypeArg::Q8_0 => GgufExportType::Q8_0,
     };
     let device = Default::default();
-    let loaded = load_path::<Cpu>(&args.model, StorageDtype::F32, lomo_models::On::One(&device))?;
+    let loaded = load_path::<Cpu>(&args.model, StorageDtype::F32, lomo_models::On::One(&device), Residency::Resident)?;
     let tokenizer = if args.model.is_dir() {
         let t = loaded.tokenizer.as_ref().with_context(|| {
             format!("--model {}: no tokenizer.json (a GGUF file needs the tokenizer)", args.model.display())

@@ -27,7 +27,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             Some(p) => lomo_models::On::Stages(p),
             None => lomo_models::On::One(&device),
         };
-        let loaded = load_path::<Inner>(&args.model, args.dtype.storage(), on)?;
+        let loaded = load_path::<Inner>(&args.model, args.dtype.storage(), on, lomo_models::Residency::Resident)?;
         let tokenizer = require_tokenizer(loaded.tokenizer.as_ref(), "lomo generate")?;
         let ids = prompt_ids(&args, tokenizer)?;
         let vocab = loaded.model.config().vocab_size;

@@ -204,8 +204,14 @@ mod tests {
     /// Merged prompts read the same numbers as every candidate run alone.
     #[test]
     fn shared_prompts_score_as_separate_rows() {
-        let model =
-            Llama::<Flex>::init(preset("stories260k").unwrap(), StorageDtype::F32, &burn::backend::flex::FlexDevice, 7);
+        let model = lomo_models::load::<Flex>(
+            lomo_models::TensorSource::Init { config: &preset("stories260k").unwrap(), seed: 7 },
+            lomo_models::Residency::Resident,
+            StorageDtype::F32,
+            &burn::backend::flex::FlexDevice,
+        )
+        .unwrap()
+        .model;
         let examples = [
             // One-token answers after one prompt: one row for the three.
             vec![answer(&[1, 5, 9, 33, 2], &[40]), answer(&[1, 5, 9, 33, 2], &[41]), answer(&[1, 5, 9, 33, 2], &[7])],

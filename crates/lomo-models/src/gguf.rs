@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
 use half::f16;
 use lomo_io::gguf::{GgufError, GgufHeader, GgufTensorInfo, GgufValue, Metadata};
 use lomo_io::gguf_tokenizer::GgufTokenizerSpec;
@@ -18,8 +17,6 @@ use memmap2::Mmap;
 use crate::config::{LlamaConfig, ModelType};
 use crate::dtype::{decode_tensor, rows_cols, FloatEncoding, PlainFloats, RowSource, StorageDtype};
 use crate::error::{ModelError, Result};
-use crate::llama::Llama;
-use crate::placement::On;
 use crate::safetensors::{map_file, release_pages};
 use crate::tensors::{gguf_to_hf, hf_to_gguf, TensorSpec};
 
@@ -339,21 +336,6 @@ impl GgufFile {
         GgufTokenizerSpec::from_metadata(&self.metadata).map_err(|e| gguf_error(&self.path, e))
     }
 
-    /// Builds a model of `config` from this file's tensors, in `dtype`.
-    /// `device` is one device, or a [`crate::Placement`] of the stages on devices.
-    pub fn load_model<'a, B: Backend>(
-        &self,
-        config: LlamaConfig,
-        dtype: StorageDtype,
-        device: impl Into<On<'a, B::Device>>,
-    ) -> Result<Llama<B>>
-    where
-        B::Device: 'a,
-    {
-        let device = device.into();
-        self.with_tensors(&config, dtype, |take| Llama::from_tensors(config.clone(), device, take))
-    }
-
     /// Hands `build` a reader of this file's tensors (burn's layout, `dtype`); after `build`, a
     /// tensor it did not read is an error.
     pub(crate) fn with_tensors<R>(
@@ -436,23 +418,6 @@ fn gguf_error(path: &Path, e: GgufError) -> ModelError {
 /// The llama.cpp name of an HF tensor name, for "missing tensor" messages.
 fn gguf_name_hint(hf: &str) -> String {
     format!("{hf} (GGUF name {})", hf_to_gguf(hf).unwrap_or_else(|| "?".into()))
-}
-
-impl<B: Backend> Llama<B> {
-    /// Loads a GGUF file (architecture `llama`): configuration from its metadata, weights
-    /// dequantised to `dtype`. Use [`GgufFile::tokenizer`] for its tokenizer.
-    pub fn load_gguf<'a>(
-        path: impl AsRef<Path>,
-        dtype: StorageDtype,
-        device: impl Into<On<'a, B::Device>>,
-    ) -> Result<Self>
-    where
-        B::Device: 'a,
-    {
-        let file = GgufFile::open(path)?;
-        let config = file.config()?;
-        file.load_model(config, dtype, device)
-    }
 }
 
 #[cfg(test)]

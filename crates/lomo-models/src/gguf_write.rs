@@ -12,11 +12,13 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use half::f16;
+use lomo_io::gguf::{GgufHeader, GgufTensorInfo, GgufValue};
+use lomo_io::gguf_tokenizer::GgufTokenizerSpec;
 
+use crate::config::{LlamaConfig, ModelType};
 use crate::error::{ModelError, Result};
-use crate::gguf::{gguf_name, GgufTokenizer, GgufValue};
 use crate::llama::Llama;
-use crate::ModelType;
+use crate::tensors::TensorSpec;
 
 const ALIGNMENT: u64 = 32;
 
@@ -81,61 +83,8 @@ fn unpermuted(g: usize, rows: usize, heads: usize) -> usize {
     head * head_dim + half * (head_dim / 2) + i
 }
 
-fn put_string(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn type_id(v: &GgufValue) -> u32 {
-    match v {
-        GgufValue::U8(_) => 0,
-        GgufValue::I8(_) => 1,
-        GgufValue::U16(_) => 2,
-        GgufValue::I16(_) => 3,
-        GgufValue::U32(_) => 4,
-        GgufValue::I32(_) => 5,
-        GgufValue::F32(_) => 6,
-        GgufValue::Bool(_) => 7,
-        GgufValue::String(_) => 8,
-        GgufValue::Array(_) => 9,
-        GgufValue::U64(_) => 10,
-        GgufValue::I64(_) => 11,
-        GgufValue::F64(_) => 12,
-    }
-}
-
-fn put_value(out: &mut Vec<u8>, v: &GgufValue) {
-    match v {
-        GgufValue::U8(x) => out.push(*x),
-        GgufValue::I8(x) => out.push(*x as u8),
-        GgufValue::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::Bool(x) => out.push(u8::from(*x)),
-        GgufValue::String(s) => put_string(out, s),
-        GgufValue::Array(items) => {
-            // An empty array is written as one of strings (never written: empty keys are left out).
-            out.extend_from_slice(&items.first().map_or(8, type_id).to_le_bytes());
-            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for item in items {
-                put_value(out, item);
-            }
-        }
-        GgufValue::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
-    }
-}
-
 /// The metadata llama.cpp's converter writes for a `llama` model, and the tokenizer's.
-fn metadata(
-    config: &crate::LlamaConfig,
-    ty: GgufExportType,
-    name: &str,
-    t: &GgufTokenizer,
-) -> Vec<(String, GgufValue)> {
+fn metadata(config: &LlamaConfig, ty: GgufExportType, name: &str, t: &GgufTokenizerSpec) -> Vec<(String, GgufValue)> {
     use GgufValue as V;
     let u32_of = |x: usize| V::U32(x as u32);
     let mut kv: Vec<(String, GgufValue)> = vec![
@@ -158,40 +107,7 @@ fn metadata(
         kv.push(("llama.attention.key_length".into(), u32_of(config.head_dim)));
         kv.push(("llama.attention.value_length".into(), u32_of(config.head_dim)));
     }
-    kv.push(("tokenizer.ggml.model".into(), V::String(t.model.clone())));
-    if let Some(pre) = &t.pre {
-        kv.push(("tokenizer.ggml.pre".into(), V::String(pre.clone())));
-    }
-    let strings = |v: &[String]| V::Array(v.iter().cloned().map(V::String).collect());
-    kv.push(("tokenizer.ggml.tokens".into(), strings(&t.tokens)));
-    if !t.token_types.is_empty() {
-        kv.push(("tokenizer.ggml.token_type".into(), V::Array(t.token_types.iter().map(|&x| V::I32(x)).collect())));
-    }
-    if !t.scores.is_empty() {
-        kv.push(("tokenizer.ggml.scores".into(), V::Array(t.scores.iter().map(|&x| V::F32(x)).collect())));
-    }
-    if !t.merges.is_empty() {
-        kv.push(("tokenizer.ggml.merges".into(), strings(&t.merges)));
-    }
-    let ids = [
-        ("bos_token_id", t.bos_token_id),
-        ("eos_token_id", t.eos_token_id),
-        ("unknown_token_id", t.unknown_token_id),
-        ("padding_token_id", t.padding_token_id),
-    ];
-    for (key, id) in ids {
-        if let Some(id) = id {
-            kv.push((format!("tokenizer.ggml.{key}"), V::U32(id)));
-        }
-    }
-    for (key, on) in [("add_bos_token", t.add_bos_token), ("add_eos_token", t.add_eos_token)] {
-        if let Some(on) = on {
-            kv.push((format!("tokenizer.ggml.{key}"), V::Bool(on)));
-        }
-    }
-    if let Some(template) = &t.chat_template {
-        kv.push(("tokenizer.chat_template".into(), V::String(template.clone())));
-    }
+    kv.extend(t.to_metadata());
     kv
 }
 
@@ -202,85 +118,30 @@ impl<B: Backend> Llama<B> {
         &self,
         path: impl AsRef<Path>,
         ty: GgufExportType,
-        tokenizer: &GgufTokenizer,
+        tokenizer: &GgufTokenizerSpec,
         name: &str,
     ) -> Result<()> {
         let path = path.as_ref();
         let config = self.config();
-        let unsupported = |field: &str, value: String| ModelError::UnsupportedConfig {
-            path: path.to_path_buf(),
-            field: field.into(),
-            value,
-        };
-        if config.model_type != ModelType::Llama {
-            return Err(unsupported(
-                "model_type",
-                format!("{:?} (GGUF export writes the llama architecture only)", config.model_type),
-            ));
-        }
-        if config.rope_scaling.is_some() {
-            return Err(unsupported(
-                "rope_scaling",
-                "llama3 (llama.cpp's rope_freqs tensor is not written yet)".into(),
-            ));
-        }
-        if tokenizer.tokens.len() > config.vocab_size {
-            return Err(ModelError::InvalidConfig {
-                path: path.to_path_buf(),
-                field: "tokenizer.ggml.tokens".into(),
-                reason: format!(
-                    "{} tokens, more than the model's vocabulary of {}",
-                    tokenizer.tokens.len(),
-                    config.vocab_size
-                ),
-            });
-        }
+        check_exportable(config, tokenizer, path)?;
         let tensors = self.hf_tensors();
         // Tensor infos first: names, ggml dims (fastest first), types and aligned offsets.
-        let mut plan = Vec::new();
+        let mut infos = Vec::with_capacity(tensors.len());
+        let mut plan = Vec::with_capacity(tensors.len());
         let mut offset = 0u64;
         for (spec, _) in &tensors {
-            let name = gguf_name(&spec.name).ok_or_else(|| {
-                unsupported(&spec.name, "a tensor llama.cpp's llama architecture has no name for".into())
-            })?;
             let cols = *spec.shape.last().expect("a tensor has a shape");
             let ggml = match (spec.shape.len(), ty) {
                 (1, _) | (_, GgufExportType::F32) => Ggml::F32,
                 (_, GgufExportType::Q8_0) if cols % 32 == 0 => Ggml::Q8_0,
                 _ => Ggml::F16,
             };
-            let heads = if spec.name.contains("self_attn.q_proj.") {
-                Some(config.num_heads)
-            } else if spec.name.contains("self_attn.k_proj.") {
-                Some(config.num_kv_heads)
-            } else {
-                None
-            };
-            let bytes = ggml.bytes(spec.numel()) as u64;
-            plan.push((name, ggml, heads, offset));
-            offset = (offset + bytes).next_multiple_of(ALIGNMENT);
+            let dims = spec.shape.iter().rev().map(|&d| d as u64).collect();
+            infos.push(GgufTensorInfo { name: spec.gguf_name(), dims, ggml_type: ggml as u32, offset });
+            plan.push((ggml, spec.slot.gguf_permuted_heads(config), offset));
+            offset = (offset + ggml.bytes(spec.numel()) as u64).next_multiple_of(ALIGNMENT);
         }
-        let kv = metadata(config, ty, name, tokenizer);
-        let mut header = Vec::new();
-        header.extend_from_slice(b"GGUF");
-        header.extend_from_slice(&3u32.to_le_bytes());
-        header.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-        header.extend_from_slice(&(kv.len() as u64).to_le_bytes());
-        for (key, value) in &kv {
-            put_string(&mut header, key);
-            header.extend_from_slice(&type_id(value).to_le_bytes());
-            put_value(&mut header, value);
-        }
-        for ((spec, _), (name, ggml, _, offset)) in tensors.iter().zip(&plan) {
-            put_string(&mut header, name);
-            header.extend_from_slice(&(spec.shape.len() as u32).to_le_bytes());
-            for &d in spec.shape.iter().rev() {
-                header.extend_from_slice(&(d as u64).to_le_bytes());
-            }
-            header.extend_from_slice(&(*ggml as u32).to_le_bytes());
-            header.extend_from_slice(&offset.to_le_bytes());
-        }
-        header.resize((header.len() as u64).next_multiple_of(ALIGNMENT) as usize, 0);
+        let header = GgufHeader::write(&metadata(config, ty, name, tokenizer), &infos, ALIGNMENT);
 
         let tmp = lomo_io::atomic::tmp_path(path)?;
         let io = |e| ModelError::io(&tmp, e);
@@ -288,7 +149,7 @@ impl<B: Backend> Llama<B> {
             out.write_all(&header).map_err(io)?;
             let mut at = 0u64;
             let mut buf = Vec::new();
-            for ((spec, tensor), (_, ggml, heads, offset)) in tensors.iter().zip(&plan) {
+            for ((spec, tensor), (ggml, heads, offset)) in tensors.iter().zip(&plan) {
                 out.write_all(&vec![0u8; (offset - at) as usize]).map_err(io)?;
                 let values: Vec<f32> = tensor
                     .clone()
@@ -296,28 +157,64 @@ impl<B: Backend> Llama<B> {
                     .convert::<f32>()
                     .to_vec()
                     .map_err(|e| ModelError::TensorRead { tensor: spec.name.clone(), reason: format!("{e:?}") })?;
-                // A vector (a norm, a bias) is written as rows of one value, so that a q or k
-                // bias is permuted like its projection's rows.
-                let cols = if spec.shape.len() == 1 { 1 } else { *spec.shape.last().expect("a tensor has a shape") };
-                let rows = values.len() / cols;
-                buf.clear();
-                for g in 0..rows {
-                    let hf = match heads {
-                        Some(h) => unpermuted(g, rows, *h),
-                        None => g,
-                    };
-                    let row = &values[hf * cols..(hf + 1) * cols];
-                    match ggml {
-                        Ggml::F32 => row.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
-                        Ggml::F16 => row.iter().for_each(|&x| buf.extend_from_slice(&f16::from_f32(x).to_le_bytes())),
-                        Ggml::Q8_0 => quantize_q8_0(row, &mut buf),
-                    }
-                }
+                encode_rows(spec, &values, *ggml, *heads, &mut buf);
                 out.write_all(&buf).map_err(io)?;
                 at = offset + buf.len() as u64;
             }
             Ok(())
         })
+    }
+}
+
+/// Refuses what llama.cpp's `llama` architecture cannot hold.
+fn check_exportable(config: &LlamaConfig, tokenizer: &GgufTokenizerSpec, path: &Path) -> Result<()> {
+    let unsupported = |field: &str, value: String| ModelError::UnsupportedConfig {
+        path: path.to_path_buf(),
+        field: field.into(),
+        value,
+    };
+    if config.model_type != ModelType::Llama {
+        return Err(unsupported(
+            "model_type",
+            format!("{:?} (GGUF export writes the llama architecture only)", config.model_type),
+        ));
+    }
+    if config.rope_scaling.is_some() {
+        return Err(unsupported("rope_scaling", "llama3 (llama.cpp's rope_freqs tensor is not written yet)".into()));
+    }
+    if tokenizer.tokens.len() > config.vocab_size {
+        return Err(ModelError::InvalidConfig {
+            path: path.to_path_buf(),
+            field: "tokenizer.ggml.tokens".into(),
+            reason: format!(
+                "{} tokens, more than the model's vocabulary of {}",
+                tokenizer.tokens.len(),
+                config.vocab_size
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `values` (the tensor of `spec` in HF's layout) as GGUF stores it, into `buf`: rows in
+/// llama.cpp's order for a q or k projection (`heads`), each row encoded as `ggml`. A vector (a
+/// norm, a bias) is written as rows of one value, so that a q or k bias is permuted like its
+/// projection's rows.
+fn encode_rows(spec: &TensorSpec, values: &[f32], ggml: Ggml, heads: Option<usize>, buf: &mut Vec<u8>) {
+    let cols = if spec.shape.len() == 1 { 1 } else { *spec.shape.last().expect("a tensor has a shape") };
+    let rows = values.len() / cols;
+    buf.clear();
+    for g in 0..rows {
+        let hf = match heads {
+            Some(h) => unpermuted(g, rows, h),
+            None => g,
+        };
+        let row = &values[hf * cols..(hf + 1) * cols];
+        match ggml {
+            Ggml::F32 => row.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
+            Ggml::F16 => row.iter().for_each(|&x| buf.extend_from_slice(&f16::from_f32(x).to_le_bytes())),
+            Ggml::Q8_0 => quantize_q8_0(row, buf),
+        }
     }
 }
 

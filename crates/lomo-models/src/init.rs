@@ -5,13 +5,7 @@
 //! stream, so a 7B model in bf16 never passes through an f32 copy, and the weights do not
 //! depend on the order tensors are built in.
 
-use burn::tensor::backend::Backend;
-
-use crate::config::LlamaConfig;
 use crate::dtype::{decode_tensor, RowSource, StorageDtype};
-use crate::error::Result;
-use crate::llama::Llama;
-use crate::placement::On;
 use crate::rng::{mix, SplitMix64};
 use crate::tensors::TensorSpec;
 
@@ -56,24 +50,8 @@ fn name_hash(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
-impl<B: Backend> Llama<B> {
-    /// A model of `config`'s shape with random weights stored in `dtype`, reproducible
-    /// from `seed`, on one device or placed stage by stage ([`crate::Placement`]).
-    ///
-    /// # Panics
-    /// If a placement is for another number of stages than the config's layers + 2.
-    pub fn init<'a>(config: LlamaConfig, dtype: StorageDtype, device: impl Into<On<'a, B::Device>>, seed: u64) -> Self
-    where
-        B::Device: 'a,
-    {
-        let result: Result<Self> =
-            Self::from_tensors(config, device.into(), |spec: &TensorSpec| Ok(init_tensor(spec, dtype, seed)));
-        result.unwrap_or_else(|e| panic!("{e}"))
-    }
-}
-
-/// The random tensor of `spec` in `dtype`, in burn's layout, as [`Llama::init`] makes it (its
-/// own seeded stream: the same whatever order tensors are made in).
+/// The random tensor of `spec` in `dtype`, in burn's layout ([`crate::TensorSource::Init`]): its
+/// own seeded stream, the same whatever order tensors are made in.
 pub(crate) fn init_tensor(spec: &TensorSpec, dtype: StorageDtype, seed: u64) -> burn::tensor::TensorData {
     let fill = if spec.slot.is_norm() {
         Fill::Constant(1.0)

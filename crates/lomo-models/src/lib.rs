@@ -3,9 +3,11 @@
 //! - [`Llama`]: HF's `LlamaForCausalLM` (and `Qwen2ForCausalLM`), configured from HF's
 //!   `config.json` ([`HfConfig`] → [`LlamaConfig`]), generic over the burn backend, with weights
 //!   stored in f32, bf16 or f16 ([`StorageDtype`]).
-//! - Checkpoints: HF safetensors in ([`Llama::load_hf`], single file or sharded, memory-mapped)
-//!   and out ([`Llama::save_hf`]), GGUF in ([`Llama::load_gguf`], F32/F16/BF16/Q8_0/Q4_0/Q4_1,
-//!   with the tokenizer metadata as [`GgufTokenizerSpec`]).
+//! - One way to load: [`load`] from a [`TensorSource`] (HF safetensors, single file or sharded,
+//!   memory-mapped; GGUF, F32/F16/BF16/Q8_0/Q4_0/Q4_1, with the tokenizer metadata as
+//!   [`GgufTokenizerSpec`]; random initialisation) into a [`Residency`] (resident, or a working
+//!   copy on disk), every tensor named by the one tensor table ([`tensors`]). Out: HF safetensors
+//!   ([`Llama::save_hf`]) and GGUF ([`Llama::save_gguf`]).
 //! - Training: [`Llama`] implements [`lomo_optim::StagedModel`] (embedding, one stage per decoder
 //!   block, then final norm + LM head + loss in token chunks), fed by a [`Batch`].
 //! - Generation with a KV cache ([`generate()`], [`KvCache`]), greedy or sampled with a seed.
@@ -13,11 +15,12 @@
 //!   that allocate nothing ([`LlamaConfig::num_params`]).
 //!
 //! ```no_run
-//! use lomo_models::{generate, GenerationConfig, Llama, SaveOptions, StorageDtype};
+//! use lomo_models::{generate, load, GenerationConfig, Residency, SaveOptions, StorageDtype, TensorSource};
 //!
 //! type B = burn::backend::Flex;
 //! let device = burn::backend::flex::FlexDevice;
-//! let model = Llama::<B>::load_hf("models/stories260K", StorageDtype::BF16, &device)?;
+//! let source = TensorSource::Hf("models/stories260K".as_ref());
+//! let model = load::<B>(source, Residency::Resident, StorageDtype::BF16, &device)?.model;
 //! let new_tokens = generate(&model, &[1, 403, 407, 261, 378], &GenerationConfig::greedy(40));
 //! model.save_hf("stories260K-bf16", &SaveOptions::default())?;
 //! # Ok::<(), lomo_models::ModelError>(())
@@ -35,6 +38,7 @@ pub mod gguf_write;
 pub mod init;
 pub mod kv_cache;
 pub mod llama;
+pub mod load;
 pub mod mlp;
 pub mod norm;
 pub mod offload;
@@ -57,6 +61,7 @@ pub use gguf::GgufFile;
 pub use gguf_write::GgufExportType;
 pub use kv_cache::KvCache;
 pub use llama::{HfParam, Llama, LossChunking};
+pub use load::{load, Loaded, Residency, TensorSource};
 pub use lomo_io::gguf_tokenizer::{GgufTokenizerModel, GgufTokenizerSpec};
 pub use offload::{DiskStore, IoStats, WorkingCopy};
 pub use placement::{On, Placement};

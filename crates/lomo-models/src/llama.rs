@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
-use crate::placement::{to_device, On};
+use crate::placement::{to_device, On, Placement};
 use crate::rope::{RopeTables, RotaryEmbedding};
 use crate::tensors::{BlockTensor, Slot, TensorSpec};
 
@@ -86,8 +86,8 @@ impl Default for LossChunking {
 
 /// A LLaMA-family causal language model.
 ///
-/// Build one with [`Llama::init`] (random weights), [`Llama::load_hf`] (safetensors),
-/// [`Llama::load_gguf`]; save with [`Llama::save_hf`]. Training presents it to the fused
+/// Build one with [`crate::load`] (safetensors, GGUF or random weights); save with
+/// [`Llama::save_hf`] or [`Llama::save_gguf`]. Training presents it to the fused
 /// step through [`lomo_optim::StagedModel`] (see `stages.rs`); generation is in
 /// [`crate::generate()`].
 #[derive(Module, Debug)]
@@ -268,6 +268,49 @@ impl<B: Backend> Llama<B> {
                 (spec, tensor)
             })
             .collect()
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// The device stage `stage`'s parameters live on.
+    ///
+    /// # Panics
+    /// If `stage` is not below `num_layers + 2`.
+    pub fn stage_device(&self, stage: usize) -> B::Device {
+        let layers = self.layers.len();
+        match stage {
+            0 => self.embed_tokens.weight.device(),
+            s if s <= layers => self.layers[s - 1].input_layernorm.weight.device(),
+            s if s == layers + 1 => self.norm.weight.device(),
+            s => panic!("stage {s} out of range: the model has {} stages", layers + 2),
+        }
+    }
+
+    /// The device of the loss stage (final norm and LM head).
+    pub fn head_device(&self) -> B::Device {
+        self.norm.weight.device()
+    }
+
+    /// Where the stages are now.
+    pub fn placement(&self) -> Placement<B::Device> {
+        Placement::from_stages((0..self.layers.len() + 2).map(|s| self.stage_device(s)).collect())
+    }
+
+    /// Moves each stage's parameters to its device in `placement`, as leaves that still require
+    /// their gradient, ids kept (burn's `Module::fork`; `to_device` would leave each weight a
+    /// node of the move, whose gradient the fused step never sees).
+    ///
+    /// # Errors
+    /// If the placement is for another number of stages.
+    pub fn place(self, placement: &Placement<B::Device>) -> Result<Self> {
+        let n = self.layers.len() + 2;
+        On::Stages(placement).check(n)?;
+        let Llama { embed_tokens, layers, norm, lm_head, config, rope, loss_chunking } = self;
+        let embed_tokens = embed_tokens.fork(placement.stage(0));
+        let layers = layers.into_iter().enumerate().map(|(i, l)| l.fork(placement.stage(i + 1))).collect();
+        let norm = norm.fork(placement.stage(n - 1));
+        let lm_head = lm_head.map(|h| h.fork(placement.stage(n - 1)));
+        Ok(Llama { embed_tokens, layers, norm, lm_head, config, rope, loss_chunking })
     }
 }
 

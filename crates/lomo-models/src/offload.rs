@@ -16,8 +16,8 @@
 //! cache, never a mapping, so the resident set holds at most the stage that runs and the one
 //! read ahead.
 //!
-//! The working copy is made from the source stage by stage ([`Llama::load_hf_offloaded`],
-//! [`Llama::init_offloaded`], [`GgufFile::load_model_offloaded`](crate::GgufFile)), so the whole
+//! The working copy is made from the source stage by stage ([`crate::load`] with
+//! [`crate::Residency::Disk`]), so the whole
 //! model is never in memory; [`DiskStore::save_hf`] writes an HF checkpoint from it tensor by
 //! tensor.
 
@@ -27,17 +27,17 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use burn::module::ParamId;
+use burn::tensor::backend::Backend;
 use burn::tensor::{DType, TensorData};
 use lomo_io::atomic::AtomicFile;
 use lomo_optim::{put_params, take_params, Held, OptimError, StageStore, Take};
 use serde_json::{json, Value};
 
-use crate::config::{LlamaConfig, TensorSpec};
 use crate::dtype::StorageDtype;
 use crate::error::{ModelError, Result};
 use crate::llama::Llama;
-use crate::placement::On;
 use crate::save::SaveOptions;
+use crate::tensors::TensorSpec;
 use crate::TrainBackend;
 
 /// The working copy's record of the last step written back whole.
@@ -245,11 +245,11 @@ fn header_metadata(path: &Path) -> Result<HashMap<String, String>> {
 
 impl DiskStore {
     /// Makes the working copy in `dir` for `skeleton` (a model of placeholders, see
-    /// [`Llama::skeleton`]), stage file by stage file, each tensor from `take` (burn's layout,
+    /// [`crate::Residency::Disk`]), stage file by stage file, each tensor from `take` (burn's layout,
     /// the storage dtype, as [`Llama`]'s loaders hand them over). `dir` is created; files of an
     /// earlier working copy there are replaced; anything else there is an error (the working
     /// copy never overwrites a user's files). `step` is the step the weights are from.
-    pub fn create<B: TrainBackend>(
+    pub fn create<B: Backend>(
         dir: &Path,
         skeleton: &Llama<B>,
         step: u64,
@@ -300,12 +300,21 @@ impl DiskStore {
     }
 
     /// Where every tensor of `skeleton` goes: stage files and offsets.
-    fn layout<B: TrainBackend>(dir: &Path, skeleton: &Llama<B>, step: u64) -> Result<Self> {
+    fn layout<B: Backend>(dir: &Path, skeleton: &Llama<B>, step: u64) -> Result<Self> {
         let dtype = skeleton.dtype();
-        let n = skeleton.num_stages();
-        let reads: Vec<Vec<ParamId>> = (0..n).map(|s| skeleton.stage_param_ids(s)).collect();
-        let specs: HashMap<ParamId, TensorSpec> =
-            skeleton.hf_params().into_iter().map(|(spec, p)| (p.id(), spec)).collect();
+        let layers = skeleton.config().num_layers;
+        let n = layers + 2;
+        // Each stage reads its rows of the tensor table; the loss stage of a tied model reads the
+        // embedding too (it is the LM head), kept in stage 0's file.
+        let mut reads: Vec<Vec<ParamId>> = vec![Vec::new(); n];
+        let mut specs: HashMap<ParamId, TensorSpec> = HashMap::new();
+        for (spec, p) in skeleton.hf_params() {
+            reads[spec.slot.stage(layers)].push(p.id());
+            specs.insert(p.id(), spec);
+        }
+        if skeleton.config().tie_word_embeddings {
+            reads[n - 1].push(skeleton.embed_tokens.weight.id);
+        }
         let mut seen = HashSet::new();
         let mut files = Vec::with_capacity(n);
         let mut location = HashMap::new();
@@ -579,79 +588,5 @@ impl<B: TrainBackend> StageStore<B, Llama<B>> for DiskStore {
 
     fn end_step(&mut self) -> std::result::Result<(), OptimError> {
         self.write_step(self.step + 1).map_err(store_err)
-    }
-}
-
-impl<B: TrainBackend> Llama<B> {
-    /// A model of `config` whose every parameter is a placeholder (no elements, the storage
-    /// dtype, its stage's device): what a [`DiskStore`] fills stage by stage.
-    pub fn skeleton<'a>(config: LlamaConfig, dtype: StorageDtype, device: impl Into<On<'a, B::Device>>) -> Result<Self>
-    where
-        B::Device: 'a,
-    {
-        Self::from_tensors(config, device.into(), |spec| {
-            Ok(TensorData::from_bytes_vec(Vec::new(), vec![0; spec.shape.len()], dtype.to_burn()))
-        })
-    }
-
-    /// [`Llama::init`] straight into a working copy in `store_dir`: each tensor is made, written
-    /// to its stage's file and dropped, so the model is never in memory. The same `seed` gives
-    /// the same weights as [`Llama::init`].
-    pub fn init_offloaded<'a>(
-        config: LlamaConfig,
-        dtype: StorageDtype,
-        device: impl Into<On<'a, B::Device>>,
-        seed: u64,
-        store_dir: &Path,
-    ) -> Result<(Self, DiskStore)>
-    where
-        B::Device: 'a,
-    {
-        let skeleton = Self::skeleton(config, dtype, device)?;
-        let store = DiskStore::create(store_dir, &skeleton, 0, |spec| Ok(crate::init::init_tensor(spec, dtype, seed)))?;
-        Ok((skeleton, store))
-    }
-
-    /// [`Llama::load_hf`] into a working copy in `store_dir` (never the files in `dir`), stage by
-    /// stage; the same errors for a bad checkpoint.
-    pub fn load_hf_offloaded<'a>(
-        dir: impl AsRef<Path>,
-        dtype: StorageDtype,
-        device: impl Into<On<'a, B::Device>>,
-        store_dir: &Path,
-        step: u64,
-    ) -> Result<(Self, DiskStore)>
-    where
-        B::Device: 'a,
-    {
-        let dir = dir.as_ref();
-        let config = LlamaConfig::from_file(dir.join("config.json"))?;
-        let device = device.into();
-        crate::safetensors::with_safetensors(dir, &config, dtype, |take| {
-            let skeleton = Self::skeleton(config.clone(), dtype, device)?;
-            let store = DiskStore::create(store_dir, &skeleton, step, take)?;
-            Ok((skeleton, store))
-        })
-    }
-}
-
-impl crate::GgufFile {
-    /// [`crate::GgufFile::load_model`] into a working copy in `store_dir`, stage by stage.
-    pub fn load_model_offloaded<'a, B: TrainBackend>(
-        &self,
-        config: LlamaConfig,
-        dtype: StorageDtype,
-        device: impl Into<On<'a, B::Device>>,
-        store_dir: &Path,
-    ) -> Result<(Llama<B>, DiskStore)>
-    where
-        B::Device: 'a,
-    {
-        let device = device.into();
-        self.with_tensors(&config, dtype, |take| {
-            let skeleton = Llama::<B>::skeleton(config.clone(), dtype, device)?;
-            let store = DiskStore::create(store_dir, &skeleton, 0, take)?;
-            Ok((skeleton, store))
-        })
     }
 }

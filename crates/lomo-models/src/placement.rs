@@ -3,7 +3,7 @@
 //!
 //! A [`Placement`] gives every stage (embedding, each decoder block, the loss stage) a device.
 //! Loaders build each tensor straight on its stage's device ([`On`]), so a model larger than one
-//! device never lands whole on one; [`Llama::place`] moves a model that exists. The stages then
+//! device never lands whole on one; [`crate::Llama::place`] moves a model that exists. The stages then
 //! read their device off their own parameters: the forward pass moves the boundary activation to
 //! the next stage's device (`Tensor::to_device`, a graph node whose backward moves the gradient
 //! back), so the fused step's stage-wise backward runs each stage on its device and hands the
@@ -18,12 +18,10 @@
 //! [`crate::plan::PlanConfig::plan_devices`] chooses the split: contiguous ranges of stages, one
 //! per device, that make the largest per-device peak as small as it can be.
 
-use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::error::{ModelError, Result};
-use crate::llama::Llama;
 
 /// One device per stage of a model (`num_layers + 2` stages).
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +30,11 @@ pub struct Placement<D> {
 }
 
 impl<D: Clone> Placement<D> {
+    /// Stage `s` on `stages[s]`.
+    pub(crate) fn from_stages(stages: Vec<D>) -> Self {
+        Self { stages }
+    }
+
     /// Every stage on `device`.
     pub fn single(device: D, num_stages: usize) -> Self {
         Self { stages: vec![device; num_stages] }
@@ -120,48 +123,5 @@ pub(crate) fn to_device<B: Backend, const D: usize>(x: Tensor<B, D>, device: &B:
         x
     } else {
         x.to_device(device)
-    }
-}
-
-impl<B: Backend> Llama<B> {
-    /// The device stage `stage`'s parameters live on.
-    ///
-    /// # Panics
-    /// If `stage` is not below `num_layers + 2`.
-    pub fn stage_device(&self, stage: usize) -> B::Device {
-        let layers = self.layers.len();
-        match stage {
-            0 => self.embed_tokens.weight.device(),
-            s if s <= layers => self.layers[s - 1].input_layernorm.weight.device(),
-            s if s == layers + 1 => self.norm.weight.device(),
-            s => panic!("stage {s} out of range: the model has {} stages", layers + 2),
-        }
-    }
-
-    /// The device of the loss stage (final norm and LM head).
-    pub fn head_device(&self) -> B::Device {
-        self.norm.weight.device()
-    }
-
-    /// Where the stages are now.
-    pub fn placement(&self) -> Placement<B::Device> {
-        Placement { stages: (0..self.layers.len() + 2).map(|s| self.stage_device(s)).collect() }
-    }
-
-    /// Moves each stage's parameters to its device in `placement`, as leaves that still require
-    /// their gradient, ids kept (burn's `Module::fork`; `to_device` would leave each weight a
-    /// node of the move, whose gradient the fused step never sees).
-    ///
-    /// # Errors
-    /// If the placement is for another number of stages.
-    pub fn place(self, placement: &Placement<B::Device>) -> Result<Self> {
-        let n = self.layers.len() + 2;
-        On::Stages(placement).check(n)?;
-        let Llama { embed_tokens, layers, norm, lm_head, config, rope, loss_chunking } = self;
-        let embed_tokens = embed_tokens.fork(placement.stage(0));
-        let layers = layers.into_iter().enumerate().map(|(i, l)| l.fork(placement.stage(i + 1))).collect();
-        let norm = norm.fork(placement.stage(n - 1));
-        let lm_head = lm_head.map(|h| h.fork(placement.stage(n - 1)));
-        Ok(Llama { embed_tokens, layers, norm, lm_head, config, rope, loss_chunking })
     }
 }

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
 use burn::tensor::TensorData;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
@@ -19,8 +18,6 @@ use serde::Deserialize;
 use crate::config::LlamaConfig;
 use crate::dtype::{decode_tensor, rows_cols, FloatEncoding, PlainFloats, StorageDtype};
 use crate::error::{ModelError, Result};
-use crate::llama::Llama;
-use crate::placement::On;
 use crate::tensors::TensorSpec;
 
 /// File name of a single-file checkpoint.
@@ -99,38 +96,6 @@ fn ignorable(name: &str, config: &LlamaConfig) -> bool {
     name.ends_with("rotary_emb.inv_freq")
         || (config.tie_word_embeddings
             && crate::tensors::Slot::from_hf_name(name) == Some(crate::tensors::Slot::LmHead))
-}
-
-impl<B: Backend> Llama<B> {
-    /// Loads the HF checkpoint in `dir` (`config.json` and safetensors weights, single or
-    /// sharded), storing the weights in `dtype`.
-    ///
-    /// Errors name the file and the tensor or field: a missing or unexpected tensor, a shape
-    /// that contradicts `config.json`, an unreadable element type, a malformed file.
-    /// `device` is one device, or a [`crate::Placement`] of the stages on devices (each tensor
-    /// is built on its stage's device).
-    pub fn load_hf<'a>(dir: impl AsRef<Path>, dtype: StorageDtype, device: impl Into<On<'a, B::Device>>) -> Result<Self>
-    where
-        B::Device: 'a,
-    {
-        let dir = dir.as_ref();
-        let config = LlamaConfig::from_file(dir.join("config.json"))?;
-        Self::load_safetensors(dir, config, dtype, device)
-    }
-
-    /// Loads safetensors weights from `dir` into a model of `config`.
-    pub fn load_safetensors<'a>(
-        dir: &Path,
-        config: LlamaConfig,
-        dtype: StorageDtype,
-        device: impl Into<On<'a, B::Device>>,
-    ) -> Result<Self>
-    where
-        B::Device: 'a,
-    {
-        let device = device.into();
-        with_safetensors(dir, &config, dtype, |take| Self::from_tensors(config.clone(), device, take))
-    }
 }
 
 /// Hands `build` a reader of the safetensors weights in `dir` (each tensor in burn's layout and

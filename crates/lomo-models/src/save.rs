@@ -19,11 +19,12 @@ use serde_json::{json, Value};
 
 use burn::tensor::TensorData;
 
-use crate::config::{LlamaConfig, TensorSpec};
+use crate::config::LlamaConfig;
 use crate::dtype::StorageDtype;
 use crate::error::{ModelError, Result};
 use crate::llama::Llama;
 use crate::safetensors::{INDEX_FILE, SINGLE_FILE};
+use crate::tensors::TensorSpec;
 
 /// How [`Llama::save_hf`] writes a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,13 +3,15 @@
 
 use std::path::Path;
 
-use lomo_models::{Batch, GgufFile, Llama, ModelError, SaveOptions, StorageDtype};
+use lomo_models::{Batch, GgufFile, Llama, ModelError, Residency, SaveOptions, StorageDtype, TensorSource};
 
 use crate::common::gguf_writer::{self, TensorEntry, Value};
 use crate::common::{self, max_abs_diff, values, B};
 
 fn load(dir: &Path, dtype: StorageDtype) -> Llama<B> {
-    Llama::<B>::load_hf(dir, dtype, &common::device()).unwrap()
+    lomo_models::load::<B>(TensorSource::Hf(dir.as_ref()), Residency::Resident, dtype, &common::device())
+        .map(|l| l.model)
+        .unwrap()
 }
 
 /// Raw bytes of every tensor, by HF name, in HF layout.
@@ -118,7 +120,14 @@ fn bf16_is_saved_as_bf16() {
 }
 
 fn expect_err(dir: &Path) -> ModelError {
-    match Llama::<B>::load_hf(dir, StorageDtype::F32, &common::device()) {
+    match lomo_models::load::<B>(
+        TensorSource::Hf(dir.as_ref()),
+        Residency::Resident,
+        StorageDtype::F32,
+        &common::device(),
+    )
+    .map(|l| l.model)
+    {
         Ok(_) => panic!("loading {} should fail", dir.display()),
         Err(e) => e,
     }
@@ -275,7 +284,12 @@ fn gguf_with_permuted_rows_loads_as_the_hf_model() {
     let tokenizer = file.tokenizer().unwrap();
     assert_eq!((tokenizer.model.gguf_name(), tokenizer.tokens.len(), tokenizer.eos_id), ("llama", 512, Some(2)));
 
-    let from_gguf = Llama::<B>::load_gguf(&path, StorageDtype::F32, &common::device()).unwrap();
+    let from_gguf = GgufFile::open(&path)
+        .and_then(|f| {
+            lomo_models::load::<B>(TensorSource::Gguf(&f), Residency::Resident, StorageDtype::F32, &common::device())
+        })
+        .map(|l| l.model)
+        .unwrap();
     let from_hf = load(&dir, StorageDtype::F32);
     // Un-permuted and transposed back, every weight is the HF one, bit for bit.
     assert_eq!(raw_tensors(&from_gguf), raw_tensors(&from_hf));
@@ -290,7 +304,12 @@ fn broken_gguf_files_are_named_errors() {
     let path = out.join("q6k.gguf");
     // Q6_K (ggml type 14) is not supported.
     write_stories_gguf(&dir, &path, Some(14));
-    let err = Llama::<B>::load_gguf(&path, StorageDtype::F32, &common::device()).unwrap_err();
+    let err = GgufFile::open(&path)
+        .and_then(|f| {
+            lomo_models::load::<B>(TensorSource::Gguf(&f), Residency::Resident, StorageDtype::F32, &common::device())
+        })
+        .map(|l| l.model)
+        .unwrap_err();
     assert!(
         matches!(&err, ModelError::UnsupportedTensorType { tensor, dtype, .. } if tensor == "blk.0.attn_q.weight" && dtype.starts_with("Q6_K")),
         "{err}"

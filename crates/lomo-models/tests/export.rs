@@ -1,7 +1,9 @@
 //! GGUF export: what `Llama::save_gguf` writes reads back through `GgufFile` as the same
 //! model, within the rounding of the tensor type.
 
-use lomo_models::{GgufExportType, GgufFile, GgufTokenizerModel, GgufTokenizerSpec, Llama, StorageDtype};
+use lomo_models::{
+    load, GgufExportType, GgufFile, GgufTokenizerModel, GgufTokenizerSpec, Llama, Residency, StorageDtype, TensorSource,
+};
 
 use crate::common::{self, max_abs_diff, values, B};
 
@@ -19,7 +21,9 @@ fn tensors(model: &Llama<B>) -> Vec<(String, Vec<f32>)> {
 fn exported_gguf_reads_back_as_the_model_within_the_types_rounding() {
     let Some(dir) = common::stories260k() else { return };
     let Some(batch) = common::reference_batch() else { return };
-    let model = Llama::<B>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();
+    let model = load::<B>(TensorSource::Hf(&dir), Residency::Resident, StorageDtype::F32, &common::device())
+        .map(|l| l.model)
+        .unwrap();
     let out = common::temp_dir("gguf_export");
     let reference = tensors(&model);
     let logits = values(model.forward(&batch));
@@ -27,8 +31,9 @@ fn exported_gguf_reads_back_as_the_model_within_the_types_rounding() {
         let path = out.join(format!("{ty:?}.gguf"));
         model.save_gguf(&path, ty, &tokenizer(model.config().vocab_size), "stories260K").unwrap();
         let file = GgufFile::open(&path).unwrap();
-        let config = file.config().unwrap();
-        let back = file.load_model::<B>(config, StorageDtype::F32, &common::device()).unwrap();
+        let back = load::<B>(TensorSource::Gguf(&file), Residency::Resident, StorageDtype::F32, &common::device())
+            .map(|l| l.model)
+            .unwrap();
         assert_eq!(back.config().num_params(), model.config().num_params());
         for ((name, w), (name_back, w_back)) in reference.iter().zip(tensors(&back)) {
             assert_eq!(name, &name_back);

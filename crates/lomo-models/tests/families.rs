@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lomo_models::{Batch, Llama, ModelType, StorageDtype};
+use lomo_models::{load, Batch, ModelType, Residency, StorageDtype, TensorSource};
 
 use crate::common::{self, max_abs_diff, values, AD};
 
@@ -26,7 +26,9 @@ fn batch(dir: &Path) -> Batch {
 /// the worst differences (logits, gradients).
 fn check(name: &str, model_type: ModelType) -> (f32, f32) {
     let dir = fixture(name);
-    let model = Llama::<AD>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();
+    let model = load::<AD>(TensorSource::Hf(&dir), Residency::Resident, StorageDtype::F32, &common::device())
+        .map(|l| l.model)
+        .unwrap();
     assert_eq!(model.config().model_type, model_type);
     let batch = batch(&dir);
     let hf = common::read_safetensors(&dir.join("logits.safetensors"));
@@ -69,7 +71,9 @@ fn fused_step_is_sgd_with_hf_gradients(name: &str) {
     use burn::module::AutodiffModule;
     use lomo_optim::{FusedConfig, FusedStep, Lomo, RuleUpdater};
     let dir = fixture(name);
-    let model = Llama::<AD>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();
+    let model = load::<AD>(TensorSource::Hf(&dir), Residency::Resident, StorageDtype::F32, &common::device())
+        .map(|l| l.model)
+        .unwrap();
     let before: Vec<Vec<f32>> = model.valid().hf_tensors().into_iter().map(|(_, t)| values(t)).collect();
     let mut step = FusedStep::new(RuleUpdater::new(Lomo::new(0.0).unwrap()), FusedConfig::default()).unwrap();
     let (model, report) = step.step(model, &[batch(&dir)], 0.1).unwrap();
@@ -100,7 +104,14 @@ fn mistral_matches_hf_with_its_sliding_window_shorter_than_the_batch() {
 
 #[test]
 fn mistral_decodes_with_a_kv_cache_as_its_full_forward_past_the_window() {
-    let model = Llama::<crate::common::B>::load_hf(fixture("mistral"), StorageDtype::F32, &common::device()).unwrap();
+    let model = load::<crate::common::B>(
+        TensorSource::Hf(fixture("mistral").as_ref()),
+        Residency::Resident,
+        StorageDtype::F32,
+        &common::device(),
+    )
+    .map(|l| l.model)
+    .unwrap();
     let seq: Vec<i64> = (0..11).map(|i| 3 + (i * 7) % 60).collect();
     let mut cache = lomo_models::KvCache::new(model.config().num_layers);
     let mut cached = vec![values(model.forward_cached(&seq[..3], 1, &mut cache))];

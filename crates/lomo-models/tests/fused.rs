@@ -2,7 +2,7 @@
 //! (`lomo-optim` 0.1.1, reference/gen_reference.py steps 3–5).
 
 use burn::module::AutodiffModule;
-use lomo_models::{Batch, HfParam, Llama, StorageDtype};
+use lomo_models::{load, Batch, HfParam, Llama, Residency, StorageDtype, TensorSource};
 use lomo_optim::{AdaLomoConfig, FusedConfig, FusedStep, Lomo, RuleUpdater, Updater};
 
 use crate::common::{self, max_abs_diff, values, NamedTensors, AD, B};
@@ -16,7 +16,9 @@ fn setup(reference: &str) -> Option<(Llama<AD>, Batch, NamedTensors, serde_json:
         common::read_safetensors(&common::shared(&format!("reference/stories260K/{reference}.safetensors"))?);
     let runs = common::shared("reference/stories260K/runs.json")?;
     let runs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(runs).unwrap()).unwrap();
-    let model = Llama::<AD>::load_hf(dir, StorageDtype::F32, &common::device()).unwrap();
+    let model = load::<AD>(TensorSource::Hf(dir.as_ref()), Residency::Resident, StorageDtype::F32, &common::device())
+        .map(|l| l.model)
+        .unwrap();
     Some((model, batch, expected, runs[reference].clone()))
 }
 
@@ -102,11 +104,15 @@ fn adalomo_three_steps_match_reference() {
 fn bf16_step_equals_the_f32_step_to_bf16_rounding() {
     let Some(dir) = common::stories260k() else { return };
     let Some(batch) = common::reference_batch() else { return };
-    let bf16 = Llama::<AD>::load_hf(&dir, StorageDtype::BF16, &common::device()).unwrap();
+    let bf16 = load::<AD>(TensorSource::Hf(&dir), Residency::Resident, StorageDtype::BF16, &common::device())
+        .map(|l| l.model)
+        .unwrap();
     // f32 weights equal to the bf16 ones: the bf16 model's weights, converted.
     let f32_dir = std::env::temp_dir().join(format!("lomo-bf16-vs-f32-{}", std::process::id()));
     bf16.valid().save_hf(&f32_dir, &Default::default()).unwrap();
-    let f32m = Llama::<AD>::load_hf(&f32_dir, StorageDtype::F32, &common::device()).unwrap();
+    let f32m = load::<AD>(TensorSource::Hf(&f32_dir), Residency::Resident, StorageDtype::F32, &common::device())
+        .map(|l| l.model)
+        .unwrap();
     std::fs::remove_dir_all(&f32_dir).ok();
 
     let before: Vec<Vec<f32>> = f32m

@@ -4,8 +4,8 @@
 
 mod common;
 
-use lomo_models::{GgufFile, Llama, LlamaConfig, SaveOptions, StorageDtype};
 use lomo_io::memory::{live, peak, reset_peak, CountingAllocator};
+use lomo_models::{load, GgufFile, LlamaConfig, Residency, SaveOptions, StorageDtype, TensorSource};
 
 use common::B;
 
@@ -47,15 +47,33 @@ fn loading_peaks_at_the_weights() {
     };
     let dir = common::temp_dir("load_memory");
     {
-        let model = Llama::<B>::init(config.clone(), StorageDtype::F32, &common::device(), 1);
+        let model = load::<B>(
+            TensorSource::Init { config: &config.clone(), seed: 1 },
+            Residency::Resident,
+            StorageDtype::F32,
+            &common::device(),
+        )
+        .unwrap()
+        .model;
         model.save_hf(&dir, &SaveOptions::default()).unwrap();
     }
     // Random initialisation in bf16 makes each tensor in bf16: no transient f32 model.
-    let (model, peak) = peak_of(|| Llama::<B>::init(config.clone(), StorageDtype::BF16, &common::device(), 1));
+    let (model, peak) = peak_of(|| {
+        load::<B>(
+            TensorSource::Init { config: &config.clone(), seed: 1 },
+            Residency::Resident,
+            StorageDtype::BF16,
+            &common::device(),
+        )
+        .unwrap()
+        .model
+    });
     check("random init in BF16", peak, config.num_bytes(StorageDtype::BF16));
     drop(model);
     for dtype in [StorageDtype::F32, StorageDtype::BF16] {
-        let (model, peak) = peak_of(|| Llama::<B>::load_hf(&dir, dtype, &common::device()).unwrap());
+        let (model, peak) = peak_of(|| {
+            load::<B>(TensorSource::Hf(&dir), Residency::Resident, dtype, &common::device()).map(|l| l.model).unwrap()
+        });
         check(&format!("safetensors f32 → {dtype:?}"), peak, config.num_bytes(dtype));
         drop(model);
     }
@@ -66,7 +84,12 @@ fn loading_peaks_at_the_weights() {
         let ((model, config), peak) = peak_of(|| {
             let file = GgufFile::open(&path).unwrap();
             let config = file.config().unwrap();
-            (file.load_model::<B>(config.clone(), StorageDtype::BF16, &common::device()).unwrap(), config)
+            (
+                load::<B>(TensorSource::Gguf(&file), Residency::Resident, StorageDtype::BF16, &common::device())
+                    .map(|l| l.model)
+                    .unwrap(),
+                config,
+            )
         });
         check("GGUF Q4_1 → BF16 (tokenizer metadata included)", peak, config.num_bytes(StorageDtype::BF16));
         drop(model);

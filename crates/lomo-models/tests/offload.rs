@@ -6,7 +6,9 @@
 
 use burn::module::AutodiffModule;
 use lomo_models::presets::preset;
-use lomo_models::{DiskStore, Llama, LlamaConfig, SaveOptions, StorageDtype, TrainBackend};
+use lomo_models::{
+    load, DiskStore, Llama, LlamaConfig, Residency, SaveOptions, StorageDtype, TensorSource, TrainBackend,
+};
 use lomo_optim::{
     AdaLomoConfig, FusedConfig, FusedStep, HostStore, Local, Lomo, Resident, RuleUpdater, StageStore, Updater,
 };
@@ -70,7 +72,9 @@ fn assert_same(got: &[(String, Vec<f32>)], want: &[(String, Vec<f32>)], what: &s
 fn saved_weights(store: &DiskStore, skeleton: &Llama<AD>, name: &str) -> Vec<(String, Vec<f32>)> {
     let dir = temp_dir(name);
     store.save_hf(skeleton, &dir, &SaveOptions::default()).unwrap();
-    let model = Llama::<AD>::load_hf(&dir, StorageDtype::F32, &crate::common::device()).unwrap();
+    let model = load::<AD>(TensorSource::Hf(&dir), Residency::Resident, StorageDtype::F32, &crate::common::device())
+        .map(|l| l.model)
+        .unwrap();
     weights(&model)
 }
 
@@ -84,14 +88,27 @@ fn disk_and_host_offload_equal_the_resident_step_bit_for_bit() {
                 "lomo" => run(model, &mut lomo_step(), store, 3),
                 _ => run(model, &mut adalomo_step(), store, 3),
             };
-            let resident = Llama::<AD>::init(config(tied), StorageDtype::F32, &device, 5);
+            let resident = load::<AD>(
+                TensorSource::Init { config: &config(tied), seed: 5 },
+                Residency::Resident,
+                StorageDtype::F32,
+                &device,
+            )
+            .unwrap()
+            .model;
             let (resident, want_losses) = three(resident, &mut Resident);
             let want = weights(&resident);
 
             // Disk: the working copy made by random init straight into the store.
             let dir = temp_dir(&format!("offload-{optimizer}-{tied}"));
-            let (skeleton, mut store) =
-                Llama::<AD>::init_offloaded(config(tied), StorageDtype::F32, &device, 5, &dir).unwrap();
+            let (skeleton, mut store) = load::<AD>(
+                TensorSource::Init { config: &config(tied), seed: 5 },
+                Residency::Disk { dir: &dir, step: 0 },
+                StorageDtype::F32,
+                &device,
+            )
+            .map(|l| (l.model, l.store.expect("a working copy")))
+            .unwrap();
             let (skeleton, losses) = three(skeleton, &mut store);
             assert_eq!(losses, want_losses, "{what}: disk losses");
             assert_eq!(store.step(), 3);
@@ -115,7 +132,14 @@ fn disk_and_host_offload_equal_the_resident_step_bit_for_bit() {
             );
 
             // Host: the same code path, every move the identity on the CPU.
-            let model = Llama::<AD>::init(config(tied), StorageDtype::F32, &device, 5);
+            let model = load::<AD>(
+                TensorSource::Init { config: &config(tied), seed: 5 },
+                Residency::Resident,
+                StorageDtype::F32,
+                &device,
+            )
+            .unwrap()
+            .model;
             let (model, mut host) = HostStore::new::<AD, _, 3>(model, Some(device)).unwrap();
             assert_eq!(host.held_bytes() as u64, bytes);
             let (model, losses) = three(model, &mut host);
@@ -130,30 +154,70 @@ fn disk_and_host_offload_equal_the_resident_step_bit_for_bit() {
 fn a_working_copy_made_from_an_hf_checkpoint_trains_as_the_checkpoint_does() {
     let device = crate::common::device();
     let source = temp_dir("offload-source");
-    Llama::<AD>::init(config(false), StorageDtype::F32, &device, 9).save_hf(&source, &SaveOptions::default()).unwrap();
-    let resident = Llama::<AD>::load_hf(&source, StorageDtype::F32, &device).unwrap();
+    load::<AD>(TensorSource::Init { config: &config(false), seed: 9 }, Residency::Resident, StorageDtype::F32, &device)
+        .unwrap()
+        .model
+        .save_hf(&source, &SaveOptions::default())
+        .unwrap();
+    let resident = load::<AD>(TensorSource::Hf(&source), Residency::Resident, StorageDtype::F32, &device)
+        .map(|l| l.model)
+        .unwrap();
     let (resident, _) = run(resident, &mut lomo_step(), &mut Resident, 2);
     let dir = temp_dir("offload-from-hf");
-    let (skeleton, mut store) = Llama::<AD>::load_hf_offloaded(&source, StorageDtype::F32, &device, &dir, 0).unwrap();
+    let (skeleton, mut store) =
+        load::<AD>(TensorSource::Hf(&source), Residency::Disk { dir: &dir, step: 0 }, StorageDtype::F32, &device)
+            .map(|l| (l.model, l.store.expect("a working copy")))
+            .unwrap();
     let (skeleton, _) = run(skeleton, &mut lomo_step(), &mut store, 2);
     assert_same(&saved_weights(&store, &skeleton, "offload-from-hf-saved"), &weights(&resident), "from HF");
     // The user's checkpoint is read, never written.
-    let again = Llama::<AD>::load_hf(&source, StorageDtype::F32, &device).unwrap();
-    let init = Llama::<AD>::init(config(false), StorageDtype::F32, &device, 9);
+    let again = load::<AD>(TensorSource::Hf(&source), Residency::Resident, StorageDtype::F32, &device)
+        .map(|l| l.model)
+        .unwrap();
+    let init = load::<AD>(
+        TensorSource::Init { config: &config(false), seed: 9 },
+        Residency::Resident,
+        StorageDtype::F32,
+        &device,
+    )
+    .unwrap()
+    .model;
     assert_same(&weights(&again), &weights(&init), "the source checkpoint");
     // A directory holding other files is never made a working copy.
-    let err = Llama::<AD>::load_hf_offloaded(&source, StorageDtype::F32, &device, &source, 0).unwrap_err().to_string();
+    let err =
+        load::<AD>(TensorSource::Hf(&source), Residency::Disk { dir: &source, step: 0 }, StorageDtype::F32, &device)
+            .map(|l| (l.model, l.store.expect("a working copy")))
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("not part of a lomo working copy"), "{err}");
 }
 
 #[test]
 fn a_failure_between_write_backs_then_resuming_from_the_checkpoint_ends_at_the_same_weights() {
     let device = crate::common::device();
-    let (uninterrupted, _) =
-        run(Llama::<AD>::init(config(true), StorageDtype::F32, &device, 2), &mut lomo_step(), &mut Resident, 3);
+    let (uninterrupted, _) = run(
+        load::<AD>(
+            TensorSource::Init { config: &config(true), seed: 2 },
+            Residency::Resident,
+            StorageDtype::F32,
+            &device,
+        )
+        .unwrap()
+        .model,
+        &mut lomo_step(),
+        &mut Resident,
+        3,
+    );
 
     let dir = temp_dir("offload-crash");
-    let (skeleton, mut store) = Llama::<AD>::init_offloaded(config(true), StorageDtype::F32, &device, 2, &dir).unwrap();
+    let (skeleton, mut store) = load::<AD>(
+        TensorSource::Init { config: &config(true), seed: 2 },
+        Residency::Disk { dir: &dir, step: 0 },
+        StorageDtype::F32,
+        &device,
+    )
+    .map(|l| (l.model, l.store.expect("a working copy")))
+    .unwrap();
     let mut step = lomo_step();
     let (skeleton, _) = run(skeleton, &mut step, &mut store, 1);
     let checkpoint = temp_dir("offload-crash-checkpoint");
@@ -172,7 +236,9 @@ fn a_failure_between_write_backs_then_resuming_from_the_checkpoint_ends_at_the_s
 
     // Resume: a new working copy from the checkpoint of step 1, then steps 2 and 3.
     let (skeleton, mut store) =
-        Llama::<AD>::load_hf_offloaded(&checkpoint, StorageDtype::F32, &device, &dir, 1).unwrap();
+        load::<AD>(TensorSource::Hf(&checkpoint), Residency::Disk { dir: &dir, step: 1 }, StorageDtype::F32, &device)
+            .map(|l| (l.model, l.store.expect("a working copy")))
+            .unwrap();
     assert_eq!(store.step(), 1);
     let (skeleton, _) = run(skeleton, &mut step, &mut store, 2);
     assert_eq!(store.step(), 3);
@@ -184,14 +250,20 @@ fn a_working_copy_made_from_a_gguf_file_holds_its_weights() {
     let Some(path) = crate::common::smol_gguf() else { return };
     let device = crate::common::device();
     let gguf = lomo_models::GgufFile::open(&path).unwrap();
-    let config = gguf.config().unwrap();
-    let resident = gguf.load_model::<AD>(config.clone(), StorageDtype::BF16, &device).unwrap();
+    let resident = load::<AD>(TensorSource::Gguf(&gguf), Residency::Resident, StorageDtype::BF16, &device)
+        .map(|l| l.model)
+        .unwrap();
     let dir = temp_dir("offload-gguf");
-    let (skeleton, store) = gguf.load_model_offloaded::<AD>(config, StorageDtype::BF16, &device, &dir).unwrap();
+    let (skeleton, store) =
+        load::<AD>(TensorSource::Gguf(&gguf), Residency::Disk { dir: &dir, step: 0 }, StorageDtype::BF16, &device)
+            .map(|l| (l.model, l.store.expect("a working copy")))
+            .unwrap();
     assert_eq!(store.step(), 0);
     let saved = temp_dir("offload-gguf-saved");
     store.save_hf(&skeleton, &saved, &SaveOptions::default()).unwrap();
-    let reloaded = Llama::<AD>::load_hf(&saved, StorageDtype::BF16, &device).unwrap();
+    let reloaded = load::<AD>(TensorSource::Hf(&saved), Residency::Resident, StorageDtype::BF16, &device)
+        .map(|l| l.model)
+        .unwrap();
     assert_same(&weights(&reloaded), &weights(&resident), "from GGUF");
 }
 
@@ -201,11 +273,28 @@ fn offload_composes_with_stages_placed_on_devices() {
     // on the device its placeholders name.
     let device = crate::common::device();
     let placement = lomo_models::Placement::from_assignment(&[device; 3], &[0, 0, 1, 1, 1, 2, 2]).unwrap();
-    let (resident, _) =
-        run(Llama::<AD>::init(config(false), StorageDtype::F32, &device, 4), &mut lomo_step(), &mut Resident, 2);
+    let (resident, _) = run(
+        load::<AD>(
+            TensorSource::Init { config: &config(false), seed: 4 },
+            Residency::Resident,
+            StorageDtype::F32,
+            &device,
+        )
+        .unwrap()
+        .model,
+        &mut lomo_step(),
+        &mut Resident,
+        2,
+    );
     let dir = temp_dir("offload-placed");
-    let (skeleton, mut store) =
-        Llama::<AD>::init_offloaded(config(false), StorageDtype::F32, &placement, 4, &dir).unwrap();
+    let (skeleton, mut store) = load::<AD>(
+        TensorSource::Init { config: &config(false), seed: 4 },
+        Residency::Disk { dir: &dir, step: 0 },
+        StorageDtype::F32,
+        &placement,
+    )
+    .map(|l| (l.model, l.store.expect("a working copy")))
+    .unwrap();
     assert_eq!(skeleton.placement(), placement);
     let (skeleton, _) = run(skeleton, &mut lomo_step(), &mut store, 2);
     assert_eq!(skeleton.placement(), placement, "placeholders keep their stage's device");

@@ -7,8 +7,8 @@
 mod common;
 
 use burn::module::ParamId;
-use lomo_models::{Batch, DiskStore, Llama, LlamaConfig, StorageDtype};
 use lomo_io::memory::{live, CountingAllocator};
+use lomo_models::{load, Batch, DiskStore, Llama, LlamaConfig, Residency, StorageDtype, TensorSource};
 use lomo_optim::{FusedConfig, FusedStep, Local, Lomo, OptimError, RuleUpdater, StageStore};
 
 #[global_allocator]
@@ -61,8 +61,14 @@ fn resident_weights_never_exceed_two_stages() {
     };
     let dir = common::temp_dir("offload_memory");
     let before = live();
-    let (skeleton, mut store) =
-        Llama::<AD>::init_offloaded(config.clone(), StorageDtype::F32, &common::device(), 1, &dir).unwrap();
+    let (skeleton, mut store) = load::<AD>(
+        TensorSource::Init { config: &config.clone(), seed: 1 },
+        Residency::Disk { dir: &dir, step: 0 },
+        StorageDtype::F32,
+        &common::device(),
+    )
+    .map(|l| (l.model, l.store.expect("a working copy")))
+    .unwrap();
     let largest = (0..skeleton.num_stages()).map(|s| store.stage_bytes(s)).max().unwrap() as usize;
     let model_bytes = config.num_bytes(StorageDtype::F32) as usize;
     assert!(model_bytes > 6 * largest, "the check must be able to fail: {model_bytes} vs {largest}");

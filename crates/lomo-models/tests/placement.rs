@@ -8,7 +8,9 @@
 use burn::module::AutodiffModule;
 use lomo_models::plan::{PlanConfig, PlanOptimizer, StepMode};
 use lomo_models::presets::preset;
-use lomo_models::{Batch, Llama, LlamaConfig, LossChunking, Placement, StorageDtype, TrainBackend};
+use lomo_models::{
+    load, Batch, Llama, LlamaConfig, LossChunking, Placement, Residency, StorageDtype, TensorSource, TrainBackend,
+};
 use lomo_optim::{AdaLomoConfig, FusedConfig, FusedStep, Lomo, RuleUpdater, Updater};
 
 use crate::common::values;
@@ -88,10 +90,33 @@ fn placed_equals_unplaced<B: TrainBackend>(devices: &[B::Device]) {
                     steps(model, FusedStep::new(RuleUpdater::new(rule), FusedConfig::default()).unwrap(), 0.01)
                 }
             };
-            let plain = Llama::<B>::init(config.clone(), StorageDtype::F32, &devices[0], 3);
-            let built = Llama::<B>::init(config.clone(), StorageDtype::F32, &placement, 3);
+            let plain = load::<B>(
+                TensorSource::Init { config: &config.clone(), seed: 3 },
+                Residency::Resident,
+                StorageDtype::F32,
+                &devices[0],
+            )
+            .unwrap()
+            .model;
+            let built = load::<B>(
+                TensorSource::Init { config: &config.clone(), seed: 3 },
+                Residency::Resident,
+                StorageDtype::F32,
+                &placement,
+            )
+            .unwrap()
+            .model;
             assert_eq!(built.placement(), placement);
-            let moved = Llama::<B>::init(config.clone(), StorageDtype::F32, &devices[0], 3).place(&placement).unwrap();
+            let moved = load::<B>(
+                TensorSource::Init { config: &config.clone(), seed: 3 },
+                Residency::Resident,
+                StorageDtype::F32,
+                &devices[0],
+            )
+            .unwrap()
+            .model
+            .place(&placement)
+            .unwrap();
             assert_eq!(moved.placement(), placement);
             let (plain, plain_losses) = run(plain);
             let expected = weights(&plain);
@@ -119,7 +144,14 @@ fn stages_placed_on_the_cpu_device_repeated_equal_the_unplaced_step_bit_for_bit(
 #[test]
 fn a_placement_that_does_not_fit_the_model_is_an_error() {
     let device = crate::common::device();
-    let model = Llama::<crate::common::B>::init(config(true), StorageDtype::F32, &device, 3);
+    let model = load::<crate::common::B>(
+        TensorSource::Init { config: &config(true), seed: 3 },
+        Residency::Resident,
+        StorageDtype::F32,
+        &device,
+    )
+    .unwrap()
+    .model;
     let err = model.place(&Placement::single(device, 4)).unwrap_err().to_string();
     assert!(err.contains("4 stages") && err.contains("7"), "{err}");
     let err = Placement::from_assignment(&[device; 2], &[0, 1, 0]).unwrap_err().to_string();
@@ -129,7 +161,11 @@ fn a_placement_that_does_not_fit_the_model_is_an_error() {
     // The loaders check a placement against the checkpoint's layers before reading a tensor.
     let placement = Placement::single(device, 3);
     let Some(dir) = crate::common::stories260k() else { return };
-    let err = Llama::<crate::common::B>::load_hf(dir, StorageDtype::F32, &placement).unwrap_err().to_string();
+    let err =
+        load::<crate::common::B>(TensorSource::Hf(dir.as_ref()), Residency::Resident, StorageDtype::F32, &placement)
+            .map(|l| l.model)
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("placement"), "{err}");
 }
 
@@ -164,8 +200,16 @@ fn moved_parameters_still_require_their_gradients() {
         }
     }
     let device = crate::common::device();
-    let model =
-        Llama::<AD>::init(config(true), StorageDtype::F32, &device, 3).place(&Placement::single(device, 7)).unwrap();
+    let model = load::<AD>(
+        TensorSource::Init { config: &config(true), seed: 3 },
+        Residency::Resident,
+        StorageDtype::F32,
+        &device,
+    )
+    .unwrap()
+    .model
+    .place(&Placement::single(device, 7))
+    .unwrap();
     let mut leaves = Leaves(Vec::new());
     model.visit(&mut leaves);
     assert!(!leaves.0.is_empty() && leaves.0.iter().all(|&r| r), "{:?}", leaves.0);

@@ -1,7 +1,7 @@
 //! Presets, parameter counting, configuration parsing and random initialisation.
 
 use lomo_models::presets::{preset, PRESETS};
-use lomo_models::{Batch, HfConfig, Llama, ModelType, SaveOptions, StorageDtype};
+use lomo_models::{load, Batch, HfConfig, Llama, ModelType, Residency, SaveOptions, StorageDtype, TensorSource};
 
 use crate::common::{self, values, B};
 
@@ -75,7 +75,14 @@ fn qwen2_with_biases_and_wide_heads_runs_and_round_trips() {
     assert!(names.contains(&"model.layers.1.self_attn.k_proj.bias".to_string()));
     assert!(!names.contains(&"model.layers.1.self_attn.o_proj.bias".to_string()));
 
-    let model = Llama::<B>::init(config.clone(), StorageDtype::F32, &common::device(), 5);
+    let model = load::<B>(
+        TensorSource::Init { config: &config.clone(), seed: 5 },
+        Residency::Resident,
+        StorageDtype::F32,
+        &common::device(),
+    )
+    .unwrap()
+    .model;
     assert_eq!(model.layers[0].self_attn.q_proj.weight.val().dims(), [64, 96]);
     let batch = Batch::new((0..20).collect(), None, Some((0..20).collect()), [2, 10]).unwrap();
     let loss = values(model.loss(&batch))[0];
@@ -84,7 +91,9 @@ fn qwen2_with_biases_and_wide_heads_runs_and_round_trips() {
 
     let dir = common::temp_dir("qwen2_round_trip");
     model.save_hf(&dir, &SaveOptions::default()).unwrap();
-    let reloaded = Llama::<B>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();
+    let reloaded = load::<B>(TensorSource::Hf(&dir), Residency::Resident, StorageDtype::F32, &common::device())
+        .map(|l| l.model)
+        .unwrap();
     assert_eq!(reloaded.config(), &config);
     assert_eq!(values(reloaded.forward(&batch)), values(model.forward(&batch)));
 }
@@ -93,9 +102,30 @@ fn qwen2_with_biases_and_wide_heads_runs_and_round_trips() {
 fn random_init_is_reproducible_and_hf_like() {
     let config = preset("stories260K").unwrap();
     let device = common::device();
-    let a = Llama::<B>::init(config.clone(), StorageDtype::F32, &device, 7);
-    let b = Llama::<B>::init(config.clone(), StorageDtype::F32, &device, 7);
-    let c = Llama::<B>::init(config.clone(), StorageDtype::F32, &device, 8);
+    let a = load::<B>(
+        TensorSource::Init { config: &config.clone(), seed: 7 },
+        Residency::Resident,
+        StorageDtype::F32,
+        &device,
+    )
+    .unwrap()
+    .model;
+    let b = load::<B>(
+        TensorSource::Init { config: &config.clone(), seed: 7 },
+        Residency::Resident,
+        StorageDtype::F32,
+        &device,
+    )
+    .unwrap()
+    .model;
+    let c = load::<B>(
+        TensorSource::Init { config: &config.clone(), seed: 8 },
+        Residency::Resident,
+        StorageDtype::F32,
+        &device,
+    )
+    .unwrap()
+    .model;
     let weight = |m: &Llama<B>| values(m.layers[2].mlp.down_proj.weight.val());
     assert_eq!(weight(&a), weight(&b));
     assert_ne!(weight(&a), weight(&c));
@@ -104,7 +134,10 @@ fn random_init_is_reproducible_and_hf_like() {
     assert!((std - 0.02).abs() < 0.001, "std {std}");
     assert!(values(a.norm.weight.val()).iter().all(|&x| x == 1.0));
     // bf16 init is the f32 init rounded.
-    let half = Llama::<B>::init(config, StorageDtype::BF16, &device, 7);
+    let half =
+        load::<B>(TensorSource::Init { config: &config, seed: 7 }, Residency::Resident, StorageDtype::BF16, &device)
+            .unwrap()
+            .model;
     let rounded: Vec<f32> = w.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
     assert_eq!(values(half.layers[2].mlp.down_proj.weight.val()), rounded);
 }

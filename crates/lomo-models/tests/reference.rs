@@ -1,7 +1,7 @@
 //! stories260K against the numbers PyTorch / HF transformers produced
 //! (shared/reference/gen_reference.py).
 
-use lomo_models::{generate, GenerationConfig, Llama, StorageDtype};
+use lomo_models::{generate, load, GenerationConfig, Residency, StorageDtype, TensorSource};
 
 use crate::common::{self, max_abs_diff, values, AD, B};
 
@@ -12,7 +12,9 @@ fn logits_and_loss_match_hf() {
     else {
         return;
     };
-    let model = Llama::<B>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();
+    let model = load::<B>(TensorSource::Hf(&dir), Residency::Resident, StorageDtype::F32, &common::device())
+        .map(|l| l.model)
+        .unwrap();
     let reference = common::read_safetensors(&reference);
 
     // o = m(input_ids=..., attention_mask=..., labels=...); o.logits [2, 40, 512]
@@ -46,7 +48,9 @@ fn gradients_match_hf() {
     else {
         return;
     };
-    let model = Llama::<AD>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();
+    let model = load::<AD>(TensorSource::Hf(&dir), Residency::Resident, StorageDtype::F32, &common::device())
+        .map(|l| l.model)
+        .unwrap();
     let reference = common::read_safetensors(&reference);
     // loss_of(m).backward(); {n: p.grad for n, p in m.named_parameters()}
     let grads = common::hf_grads(&model, &model.loss(&batch).backward());
@@ -62,7 +66,9 @@ fn gradients_match_hf() {
 #[test]
 fn greedy_generation_matches_hf() {
     let Some(dir) = common::stories260k() else { return };
-    let model = Llama::<B>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();
+    let model = load::<B>(TensorSource::Hf(&dir), Residency::Resident, StorageDtype::F32, &common::device())
+        .map(|l| l.model)
+        .unwrap();
     let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     let prompt = "Once upon a time";
     let ids = tokenizer.encode(prompt, true).unwrap().get_ids().to_vec();
@@ -80,7 +86,9 @@ fn greedy_generation_matches_hf() {
 #[test]
 fn sampled_generation_is_reproducible() {
     let Some(dir) = common::stories260k() else { return };
-    let model = Llama::<B>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();
+    let model = load::<B>(TensorSource::Hf(&dir), Residency::Resident, StorageDtype::F32, &common::device())
+        .map(|l| l.model)
+        .unwrap();
     let prompt = [1, 403, 407, 261, 378];
     let sampled = |temperature, top_p, seed| {
         let config = GenerationConfig {
@@ -104,7 +112,9 @@ fn sampled_generation_is_reproducible() {
 #[test]
 fn cached_decoding_across_cache_blocks_equals_the_full_forward() {
     let Some(dir) = common::stories260k() else { return };
-    let model = Llama::<B>::load_hf(&dir, StorageDtype::F32, &common::device()).unwrap();
+    let model = load::<B>(TensorSource::Hf(&dir), Residency::Resident, StorageDtype::F32, &common::device())
+        .map(|l| l.model)
+        .unwrap();
     let prompt: Vec<i64> = vec![1, 403, 407, 261, 378, 300, 290];
     let mut cache = lomo_models::KvCache::new(model.config().num_layers);
     let mut seq = prompt.clone();

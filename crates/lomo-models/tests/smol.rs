@@ -1,7 +1,10 @@
 //! SmolLM2-135M-Instruct from its GGUF (Q4_1 / Q8_0 / F32 tensors, byte-level BPE tokenizer,
 //! ChatML): a real pretrained model end to end.
 
-use lomo_models::{generate, Batch, GenerationConfig, GgufFile, Llama, Sampling, SaveOptions, StorageDtype};
+use lomo_models::{
+    generate, load, Batch, GenerationConfig, GgufFile, Llama, Residency, Sampling, SaveOptions, StorageDtype,
+    TensorSource,
+};
 
 use crate::common::{self, gguf_tokenizer, max_abs_diff, values, B};
 
@@ -28,7 +31,9 @@ fn smollm_gguf_answers_and_round_trips_through_hf_safetensors() {
     assert!(meta.chat_template.as_deref().unwrap_or("").contains("<|im_start|>"));
     let tokenizer = gguf_tokenizer::byte_level_bpe(&meta);
 
-    let model: Llama<B> = file.load_model(config.clone(), StorageDtype::F32, &common::device()).unwrap();
+    let model: Llama<B> = load(TensorSource::Gguf(&file), Residency::Resident, StorageDtype::F32, &common::device())
+        .map(|l| l.model)
+        .unwrap();
     let prompt = tokenizer.encode(PROMPT, false).unwrap().get_ids().to_vec();
     let im_end = tokenizer.token_to_id("<|im_end|>").unwrap();
     let new = generate(
@@ -43,7 +48,9 @@ fn smollm_gguf_answers_and_round_trips_through_hf_safetensors() {
     // GGUF → HF safetensors → loaded again: the same model, the same logits.
     let out = common::temp_dir("smol_hf");
     model.save_hf(&out, &SaveOptions::default()).unwrap();
-    let reloaded = Llama::<B>::load_hf(&out, StorageDtype::F32, &common::device()).unwrap();
+    let reloaded = load::<B>(TensorSource::Hf(&out), Residency::Resident, StorageDtype::F32, &common::device())
+        .map(|l| l.model)
+        .unwrap();
     assert_eq!(reloaded.config(), model.config());
     let ids: Vec<i64> = prompt.iter().take(16).map(|&t| t as i64).collect();
     let batch = Batch::new(ids, None, None, [1, 16]).unwrap();

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use burn::module::{AutodiffModule, ParamId};
-use lomo_models::{Batch, Llama, LossChunking, StorageDtype};
+use lomo_models::{Batch, Llama, LossChunking, Residency, StorageDtype, TensorSource};
 use lomo_optim::{param_ids, StagedModel};
 
 use crate::common::{self, values, AD};
@@ -41,7 +41,12 @@ fn inner_staged_loss(model: &Llama<AD>, batch: &Batch) -> f32 {
 fn load(dtype: StorageDtype) -> Option<(Llama<AD>, Batch)> {
     let dir = common::stories260k()?;
     let batch = common::reference_batch()?;
-    Some((Llama::<AD>::load_hf(dir, dtype, &common::device()).unwrap(), batch))
+    Some((
+        lomo_models::load::<AD>(TensorSource::Hf(dir.as_ref()), Residency::Resident, dtype, &common::device())
+            .map(|l| l.model)
+            .unwrap(),
+        batch,
+    ))
 }
 
 #[test]

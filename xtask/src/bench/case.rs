@@ -200,8 +200,14 @@ impl CaseRunner for Run<'_> {
         let case = self.0;
         let dtype: StorageDtype = case.dtype.parse().map_err(|e| anyhow::anyhow!("case field `dtype`: {e}"))?;
         let clock = Instant::now();
-        let mut model = Llama::<B>::load_hf(&case.model_dir, dtype, &device)
-            .with_context(|| format!("loading {}", case.model_dir.display()))?;
+        let mut model = lomo_models::load::<B>(
+            lomo_models::TensorSource::Hf(&case.model_dir),
+            lomo_models::Residency::Resident,
+            dtype,
+            &device,
+        )
+        .map(|l| l.model)
+        .with_context(|| format!("loading {}", case.model_dir.display()))?;
         let load_seconds = clock.elapsed().as_secs_f64();
         let rows = case.batch_size / case.dist.as_ref().map_or(1, |d| d.world_size);
         if case.input_ids.len() != rows * case.tokens {

@@ -250,21 +250,54 @@ fn load_model(a: &BenchArgs) -> Result<(Llama<burn::backend::Flex>, String)> {
     let device = burn::backend::flex::FlexDevice;
     Ok(match (&a.model, &a.preset) {
         (Some(path), _) if path.is_dir() => (
-            Llama::load_hf(path, a.dtype, &device).with_context(|| format!("--model {}", path.display()))?,
+            lomo_models::load(
+                lomo_models::TensorSource::Hf(path.as_ref()),
+                lomo_models::Residency::Resident,
+                a.dtype,
+                &device,
+            )
+            .map(|l| l.model)
+            .with_context(|| format!("--model {}", path.display()))?,
             path.display().to_string(),
         ),
         (Some(path), _) if path.extension().is_some_and(|e| e == "gguf") => (
-            Llama::load_gguf(path, a.dtype, &device).with_context(|| format!("--model {}", path.display()))?,
+            lomo_models::GgufFile::open(path)
+                .and_then(|f| {
+                    lomo_models::load(
+                        lomo_models::TensorSource::Gguf(&f),
+                        lomo_models::Residency::Resident,
+                        a.dtype,
+                        &device,
+                    )
+                })
+                .map(|l| l.model)
+                .with_context(|| format!("--model {}", path.display()))?,
             path.display().to_string(),
         ),
         (Some(path), _) => bail!("--model {}: expected an HF checkpoint directory or a .gguf file", path.display()),
         (None, Some(name)) => {
             let config = lomo_models::presets::preset(name).with_context(|| format!("--preset {name}"))?;
-            (Llama::init(config, a.dtype, &device, a.seed), format!("preset {name} (random weights)"))
+            (
+                lomo_models::load(
+                    lomo_models::TensorSource::Init { config: &config, seed: a.seed },
+                    lomo_models::Residency::Resident,
+                    a.dtype,
+                    &device,
+                )?
+                .model,
+                format!("preset {name} (random weights)"),
+            )
         }
-        (None, None) => {
-            (Llama::init(default_config()?, a.dtype, &device, a.seed), "LLaMA 134M (random weights)".into())
-        }
+        (None, None) => (
+            lomo_models::load(
+                lomo_models::TensorSource::Init { config: &default_config()?, seed: a.seed },
+                lomo_models::Residency::Resident,
+                a.dtype,
+                &device,
+            )?
+            .model,
+            "LLaMA 134M (random weights)".into(),
+        ),
     })
 }
 

@@ -175,16 +175,37 @@ impl CaseRunner for Run<'_> {
         // The working copy of an offload-to-disk case: beside the reports, removed afterwards.
         let work = crate::profile::out_dir().join(format!("offload-work-{}", std::process::id()));
         let (model, mut store) = match case.offload {
-            None => (Llama::<B>::init(config, dtype, &device, case.seed), Store::Resident(Resident)),
+            None => (
+                lomo_models::load::<B>(
+                    lomo_models::TensorSource::Init { config: &config, seed: case.seed },
+                    lomo_models::Residency::Resident,
+                    dtype,
+                    &device,
+                )?
+                .model,
+                Store::Resident(Resident),
+            ),
             Some(OffloadTarget::Disk) => {
                 if case.mode != StepMode::Fused {
                     bail!("offload is for the fused step");
                 }
-                let (model, disk) = Llama::<B>::init_offloaded(config, dtype, &device, case.seed, &work)?;
+                let (model, disk) = lomo_models::load::<B>(
+                    lomo_models::TensorSource::Init { config: &config, seed: case.seed },
+                    lomo_models::Residency::Disk { dir: &work, step: 0 },
+                    dtype,
+                    &device,
+                )
+                .map(|l| (l.model, l.store.expect("a load into Residency::Disk makes a working copy")))?;
                 (model, Store::Disk(disk))
             }
             Some(OffloadTarget::Host) => {
-                let model = Llama::<B>::init(config, dtype, &device, case.seed);
+                let model = lomo_models::load::<B>(
+                    lomo_models::TensorSource::Init { config: &config, seed: case.seed },
+                    lomo_models::Residency::Resident,
+                    dtype,
+                    &device,
+                )?
+                .model;
                 let host = burn::tensor::Tensor::<B, 1>::empty([1], &device).inner().device();
                 let (model, store) = HostStore::new::<B, _, 3>(model, Some(host))?;
                 (model, Store::Host(store))

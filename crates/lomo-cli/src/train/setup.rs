@@ -31,7 +31,7 @@ impl<'a, B: TrainBackend> Run<'a, B> {
             None => On::One(device),
         };
         let (loaded, store) = load_model::<B>(args, resumed.as_ref(), on)?;
-        let Loaded { model, tokenizer, tokenizer_file, description } = loaded;
+        let Loaded { model, tokenizer, tokenizer_file, description, .. } = loaded;
         let model = model.with_loss_chunking(LossChunking::Tokens(args.loss_chunk_tokens));
         let task = parse_task(args.task.as_deref())?;
         let (mut loader, num_examples) = load_data(args, task, tokenizer.as_ref(), &model)?;

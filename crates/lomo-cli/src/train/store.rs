@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use lomo_models::{DiskStore, IoStats, Llama, On, TrainBackend};
+use lomo_models::{DiskStore, IoStats, Llama, On, Residency, TrainBackend};
 use lomo_optim::{HostStore, Resident, StageStore};
 
 use crate::args::{OffloadArg, TrainArgs};
 use crate::checkpoint::TrainerState;
-use crate::model::{load, load_offloaded, load_path, load_path_offloaded, Loaded};
+use crate::model::{load, load_path, Loaded};
 
 /// Where the weights of the stages that are not running wait (`--offload`).
 pub(super) enum Store<B: TrainBackend> {
@@ -101,8 +101,8 @@ pub(super) fn load_model<B: TrainBackend>(
     };
     let (loaded, store) = match (offload_dir(args), &args.resume) {
         (Some(store_dir), _) => load_working_copy(args, resumed, on, store_dir)?,
-        (None, Some(dir)) => (load_path(dir, dtype, on)?, Store::Resident(Resident)),
-        (None, None) => (load(&args.source, dtype, on, args.seed)?, Store::Resident(Resident)),
+        (None, Some(dir)) => (load_path(dir, dtype, on, Residency::Resident)?, Store::Resident(Resident)),
+        (None, None) => (load(&args.source, dtype, on, args.seed, Residency::Resident)?, Store::Resident(Resident)),
     };
     if args.offload != Some(OffloadArg::Host) {
         return Ok((loaded, store));
@@ -139,10 +139,12 @@ fn load_working_copy<B: TrainBackend>(
     }
     let dtype = args.dtype.storage();
     let step = resumed.map_or(0, |s| s.step);
-    let (loaded, mut disk) = match &args.resume {
-        Some(dir) => load_path_offloaded(dir, dtype, on, &store_dir, step)?,
-        None => load_offloaded(&args.source, dtype, on, args.seed, &store_dir)?,
+    let residency = Residency::Disk { dir: &store_dir, step };
+    let mut loaded = match &args.resume {
+        Some(dir) => load_path(dir, dtype, on, residency)?,
+        None => load(&args.source, dtype, on, args.seed, residency)?,
     };
+    let mut disk = loaded.store.take().expect("a load into Residency::Disk makes a working copy");
     // Crash tests: the write-back after this many fails, as a crash between two stages'
     // write-backs would stop the step.
     if let Ok(n) = std::env::var("LOMO_OFFLOAD_FAIL_AFTER") {
