@@ -50,10 +50,7 @@ pub fn evaluate<B: lomo_kernels::FusedKernels>(
         });
     }
     let dataset = load_training(&[path.to_path_buf()], format, None, tokenizer, max_len, false)?;
-    let vocab = model.config().vocab_size;
-    if let Some((i, id)) = first_outside_vocab(dataset.examples.iter().map(|e| e.input_ids.as_slice()), vocab) {
-        bail!("{}: example {} has token id {id}, outside the model's vocabulary of {vocab}", path.display(), i + 1);
-    }
+    check_vocab(model, path, dataset.examples.iter().map(std::slice::from_ref))?;
     let pad = tokenizer.map(PaddingConfig::for_tokenizer).unwrap_or_default();
     let (mut loss_sum, mut targets) = (0.0, 0usize);
     for chunk in dataset.examples.chunks(batch_size) {
@@ -67,6 +64,22 @@ pub fn evaluate<B: lomo_kernels::FusedKernels>(
     }
     let loss = loss_sum / targets as f64;
     Ok(EvalResult { loss, perplexity: loss.exp(), accuracy: None, examples: dataset.examples.len() })
+}
+
+/// Refuses a token id the model has no embedding for, naming the example (counting from 1) of
+/// `path` whose rows (its candidates, for a task) hold it.
+fn check_vocab<'a, B: Backend>(
+    model: &Llama<B>,
+    path: &Path,
+    examples: impl Iterator<Item = &'a [Example]>,
+) -> Result<()> {
+    let vocab = model.config().vocab_size;
+    for (i, rows) in examples.enumerate() {
+        if let Some((_, id)) = first_outside_vocab(rows.iter().map(|r| r.input_ids.as_slice()), vocab) {
+            bail!("{}: example {} has token id {id}, outside the model's vocabulary of {vocab}", path.display(), i + 1);
+        }
+    }
+    Ok(())
 }
 
 /// A SuperGLUE file scored.
@@ -88,12 +101,7 @@ pub fn score_task<B: lomo_kernels::FusedKernels>(
     batch_size: usize,
 ) -> Result<TaskScores> {
     let set = load_scoring_set(path, task, tokenizer, &EncodeConfig::with_max_len(max_len))?;
-    let vocab = model.config().vocab_size;
-    for (i, e) in set.examples.iter().enumerate() {
-        if let Some((_, id)) = first_outside_vocab(e.candidates.iter().map(|c| c.input_ids.as_slice()), vocab) {
-            bail!("{}: example {} has token id {id}, outside the model's vocabulary of {vocab}", path.display(), i + 1);
-        }
-    }
+    check_vocab(model, path, set.examples.iter().map(|e| e.candidates.as_slice()))?;
     let pad = PaddingConfig::for_tokenizer(tokenizer);
     let candidates: Vec<&[Example]> = set.examples.iter().map(|e| e.candidates.as_slice()).collect();
     let per_example = score_candidates(model, &candidates, &pad, batch_size)?;
