@@ -1235,3 +1235,33 @@ fn eval_and_generate_with_stages_placed_on_devices_give_the_one_device_results()
         "the CPU backend has one device",
     );
 }
+
+/// A token id the model has no embedding for is refused before training, naming the example
+/// (counting across the --data files) and the id, in one line.
+#[test]
+fn token_ids_outside_the_vocabulary_are_refused_naming_the_example() {
+    let dir = tmp("outside-vocab");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
+    std::fs::write(&a, "{\"input_ids\": [1, 5, 9], \"labels\": [1, 5, 9]}\n").unwrap();
+    std::fs::write(&b, "{\"input_ids\": [1, 600, 9], \"labels\": [1, 600, 9]}\n").unwrap();
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let args = [
+        "train",
+        "--preset",
+        "stories260k",
+        "--data",
+        a,
+        "--data",
+        b,
+        "--optimizer",
+        "lomo",
+        "--lr",
+        "0.1",
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+    ];
+    user_error(&args, "--data: example 2 (counting across the --data files in order) has token id 600, outside the model's vocabulary of 512");
+}
