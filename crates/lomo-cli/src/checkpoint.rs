@@ -17,7 +17,8 @@ use crate::trainer::Trainer;
 
 /// The file of the training state.
 pub const STATE_FILE: &str = "trainer_state.json";
-/// The file of AdaLomo's state (a burn record, without extension: burn adds `.bin`).
+/// The file of the update rule's state, when it keeps one (AdaLomo's: a burn record, without
+/// extension: burn adds `.bin`).
 pub const OPTIMIZER_FILE: &str = "optimizer";
 
 /// Where a run is, for `--resume`.
