@@ -18,7 +18,7 @@ use crate::config::{LlamaConfig, ModelType};
 use crate::dtype::{decode_tensor, rows_cols, FloatEncoding, PlainFloats, RowSource, StorageDtype};
 use crate::error::{ModelError, Result};
 use crate::safetensors::{map_file, release_pages};
-use crate::tensors::{gguf_to_hf, hf_to_gguf, TensorSpec};
+use crate::tensors::{gguf_to_hf, hf_to_gguf, BlockTensor, Slot, TensorSpec};
 
 /// ggml tensor types this crate can dequantise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,15 +293,17 @@ impl GgufFile {
                 });
             }
         }
+        let embed_name = Slot::Embedding.gguf_name();
         let embed = self
-            .tensor_info("token_embd.weight")
-            .ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: "token_embd.weight".into() })?;
+            .tensor_info(&embed_name)
+            .ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: embed_name.clone() })?;
         let vocab = match self.meta_usize("llama.vocab_size")? {
             Some(v) => v,
             None => embed.shape()[0],
         };
         let token_id = |key: &str| self.meta_usize(key).map(|v| v.map(|v| v as u32));
-        let has = |name: &str| self.tensor_info(name).is_some();
+        let has = |slot: Slot| self.tensor_info(&slot.gguf_name()).is_some();
+        let first_bias = |tensor| Slot::Block { layer: 0, tensor, bias: true };
         let config = LlamaConfig {
             model_type: ModelType::Llama,
             vocab_size: vocab,
@@ -318,10 +320,10 @@ impl GgufFile {
                 .ok_or_else(|| self.invalid("llama.attention.layer_norm_rms_epsilon", "missing"))?,
             rope_theta: self.meta("llama.rope.freq_base").and_then(GgufValue::as_f64).unwrap_or(10_000.0),
             rope_scaling: None,
-            tie_word_embeddings: !has("output.weight"),
-            qkv_bias: has("blk.0.attn_q.bias"),
-            o_bias: has("blk.0.attn_output.bias"),
-            mlp_bias: has("blk.0.ffn_gate.bias"),
+            tie_word_embeddings: !has(Slot::LmHead),
+            qkv_bias: has(first_bias(BlockTensor::QProj)),
+            o_bias: has(first_bias(BlockTensor::OProj)),
+            mlp_bias: has(first_bias(BlockTensor::GateProj)),
             qk_norm: false,
             sliding_window: None,
             bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,

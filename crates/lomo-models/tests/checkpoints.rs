@@ -9,7 +9,7 @@ use crate::common::gguf_writer::{self, TensorEntry, Value};
 use crate::common::{self, max_abs_diff, values, B};
 
 fn load(dir: &Path, dtype: StorageDtype) -> Llama<B> {
-    lomo_models::load::<B>(TensorSource::Hf(dir.as_ref()), Residency::Resident, dtype, &common::device())
+    lomo_models::load::<B>(TensorSource::Hf(dir), Residency::Resident, dtype, &common::device())
         .map(|l| l.model)
         .unwrap()
 }
@@ -121,7 +121,7 @@ fn bf16_is_saved_as_bf16() {
 
 fn expect_err(dir: &Path) -> ModelError {
     match lomo_models::load::<B>(
-        TensorSource::Hf(dir.as_ref()),
+        TensorSource::Hf(dir),
         Residency::Resident,
         StorageDtype::F32,
         &common::device(),
