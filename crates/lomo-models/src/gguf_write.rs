@@ -1,7 +1,7 @@
 //! Writing GGUF files for llama.cpp / Ollama (architecture `llama`): the metadata llama.cpp's
 //! converter (`convert_hf_to_gguf.py`) writes, the tokenizer, and the weights in F32, F16 or
 //! Q8_0, with the q and k projections permuted into llama.cpp's rotary layout (the inverse of
-//! what [`crate::GgufFile::load_model`] undoes). Norms stay F32 and a matrix whose rows are
+//! what [`crate::load()`] undoes for a GGUF source). Norms stay F32 and a matrix whose rows are
 //! not a whole number of Q8_0 blocks falls back to F16, as llama.cpp's converter does.
 //!
 //! Written under a temporary name, synced and renamed into place ([`lomo_io::atomic`]);

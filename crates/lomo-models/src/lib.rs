@@ -3,7 +3,7 @@
 //! - [`Llama`]: HF's `LlamaForCausalLM` (and `Qwen2ForCausalLM`), configured from HF's
 //!   `config.json` ([`HfConfig`] → [`LlamaConfig`]), generic over the burn backend, with weights
 //!   stored in f32, bf16 or f16 ([`StorageDtype`]).
-//! - One way to load: [`load`] from a [`TensorSource`] (HF safetensors, single file or sharded,
+//! - One way to load: [`load()`] from a [`TensorSource`] (HF safetensors, single file or sharded,
 //!   memory-mapped; GGUF, F32/F16/BF16/Q8_0/Q4_0/Q4_1, with the tokenizer metadata as
 //!   [`GgufTokenizerSpec`]; random initialisation) into a [`Residency`] (resident, or a working
 //!   copy on disk), every tensor named by the one tensor table ([`tensors`]). Out: HF safetensors

@@ -86,7 +86,7 @@ impl Default for LossChunking {
 
 /// A LLaMA-family causal language model.
 ///
-/// Build one with [`crate::load`] (safetensors, GGUF or random weights); save with
+/// Build one with [`crate::load()`] (safetensors, GGUF or random weights); save with
 /// [`Llama::save_hf`] or [`Llama::save_gguf`]. Training presents it to the fused
 /// step through [`lomo_optim::StagedModel`] (see `stages.rs`); generation is in
 /// [`crate::generate()`].

@@ -16,7 +16,7 @@
 //! cache, never a mapping, so the resident set holds at most the stage that runs and the one
 //! read ahead.
 //!
-//! The working copy is made from the source stage by stage ([`crate::load`] with
+//! The working copy is made from the source stage by stage ([`crate::load()`] with
 //! [`crate::Residency::Disk`]), so the whole
 //! model is never in memory; [`DiskStore::save_hf`] writes an HF checkpoint from it tensor by
 //! tensor.
