@@ -87,7 +87,7 @@ pub struct GgufTokenizerSpec {
     pub chat_template: Option<String>,
 }
 
-/// The special-token id keys, each with the field that holds it.
+/// The special-token id keys, in the order of [`GgufTokenizerSpec::ids`].
 const ID_KEYS: [&str; 4] = ["bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id"];
 
 impl GgufTokenizerSpec {
@@ -115,6 +115,7 @@ impl GgufTokenizerSpec {
         self.token_types.get(id).copied().unwrap_or(token_type::NORMAL)
     }
 
+    /// BOS, EOS, unknown and padding ids, in the order of `ID_KEYS`.
     fn ids(&self) -> [Option<u32>; 4] {
         [self.bos_id, self.eos_id, self.unk_id, self.pad_id]
     }
@@ -139,8 +140,7 @@ impl GgufTokenizerSpec {
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(GgufError::Key { key: key("token_type"), reason: "expected an array".into() }),
         };
-        let id = |k: &str| metadata.usize(&key(k)).map(|v| v.map(|v| v as u32));
-        let [bos_id, eos_id, unk_id, pad_id] = [id(ID_KEYS[0])?, id(ID_KEYS[1])?, id(ID_KEYS[2])?, id(ID_KEYS[3])?];
+        let [bos_id, eos_id, unk_id, pad_id] = ID_KEYS.map(|k| metadata.usize(&key(k)).map(|v| v.map(|v| v as u32)));
         Ok(Self {
             model: GgufTokenizerModel::from_gguf_name(&model)?,
             pre: metadata.string(&key("pre"))?,
@@ -148,10 +148,10 @@ impl GgufTokenizerSpec {
             token_types,
             scores: metadata.numbers(&key("scores"))?.into_iter().map(|s| s as f32).collect(),
             merges: metadata.strings(&key("merges"))?,
-            bos_id,
-            eos_id,
-            unk_id,
-            pad_id,
+            bos_id: bos_id?,
+            eos_id: eos_id?,
+            unk_id: unk_id?,
+            pad_id: pad_id?,
             add_bos: metadata.bool(&key("add_bos_token")),
             add_eos: metadata.bool(&key("add_eos_token")),
             chat_template: metadata.string("tokenizer.chat_template")?,
