@@ -34,7 +34,7 @@ enum Task {
     Profile(ProfileArgs),
     /// The training step's throughput, side by side with PyTorch + the LOMO authors' package
     /// on the same checkpoint and batch, written to target/bench/<name>.{json,md,svg}.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// The md and svg of a bench run again from its json (after a change to the report).
     BenchReport {
         /// The run's .json.

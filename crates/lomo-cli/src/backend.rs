@@ -56,9 +56,10 @@ pub type Cuda = burn::backend::Autodiff<burn::backend::Cuda>;
 #[cfg(feature = "tch")]
 pub type Tch = burn::backend::Autodiff<burn::backend::LibTorch>;
 
-/// Runs `$body` with `$B` bound to the autodiff backend `$kind` (a [`BackendKind`]) names and
-/// `$device` to its default device; a backend not compiled in is a one-line error naming the
-/// feature ([`not_built`]). `$body` is an `anyhow::Result`.
+/// Runs `$body` with `$B` bound to the autodiff backend `$kind` (a
+/// [`BackendKind`](crate::backend::BackendKind)) names and `$device` to its default device; a
+/// backend not compiled in is a one-line error naming the feature
+/// ([`not_built`](crate::backend::not_built)). `$body` is an `anyhow::Result`.
 #[macro_export]
 macro_rules! with_backend {
     ($kind:expr, |$B:ident, $device:ident| $body:expr) => {{
