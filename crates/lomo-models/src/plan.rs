@@ -554,8 +554,8 @@ impl PlanConfig {
         // best[k][i]: the smallest largest peak of stages 0..i on k + 1 devices, and where the
         // last range starts.
         let mut best = vec![vec![(u64::MAX, 0usize); n + 1]; devices];
-        for i in 1..=n {
-            best[0][i] = (cost(0, i).total, 0);
+        for (i, one_device) in best[0].iter_mut().enumerate().skip(1) {
+            *one_device = (cost(0, i).total, 0);
         }
         for k in 1..devices {
             for i in k + 1..=n {

@@ -24,7 +24,7 @@ fn batches() -> Vec<Batch> {
     let ids: Vec<i64> = (0..24).map(|i| (i * 37 % 500) as i64 + 1).collect();
     let mut labels = ids.clone();
     labels[0..3].fill(-100);
-    let mut mask = vec![1; 24];
+    let mut mask = [1; 24];
     mask[22..].fill(0);
     labels[22..].fill(-100);
     let a = Batch::new(ids[..12].to_vec(), Some(mask[..12].to_vec()), Some(labels[..12].to_vec()), [2, 6]).unwrap();
