@@ -220,6 +220,13 @@ where
         })
     }
 
+    /// Waits, as long as the collective timeout, until every rank of the group has come here:
+    /// a point the ranks pass together (`lomo train`'s final checkpoint, written by rank 0
+    /// while the others wait). Every rank calls it, the same number of times.
+    pub fn barrier(&mut self, what: &str) -> Result<(), DistError> {
+        self.meet(what)
+    }
+
     /// Leaves the group (after the last step; every rank calls it).
     pub fn finish(self) -> Result<(), DistError> {
         let peer = self.peer;

@@ -161,6 +161,12 @@ impl<B: TrainBackend> Run<'_, B> {
         if let (true, Some(dir)) = (self.lead, &args.save) {
             self.save_to(dir, done, eval_loss)?;
         }
+        if let (Some(c), Some(_), Some(_)) = (self.collective.as_mut(), &args.save, self.store.disk()) {
+            // The final checkpoint carries the run directory's other entries over, `offload/`
+            // with every rank's working copy among them: a copy removed while rank 0 moves it
+            // would be left behind, so the ranks remove theirs once it is written.
+            c.barrier("the final checkpoint").context("--world-size")?;
+        }
         self.remove_working_copy()
     }
 
