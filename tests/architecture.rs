@@ -261,45 +261,46 @@ fn target_module(from: &[String], path: &[String], modules: &BTreeSet<Vec<String
     (!base.is_empty()).then_some(base)
 }
 
-/// A cycle in `graph`, if there is one, as the modules along it.
-fn find_cycle(graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Option<Vec<String>> {
-    fn visit(
-        node: &Vec<String>,
-        graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
-        state: &mut BTreeMap<Vec<String>, u8>,
-        stack: &mut Vec<Vec<String>>,
-    ) -> Option<Vec<String>> {
-        state.insert(node.clone(), 1);
-        stack.push(node.clone());
-        for next in graph.get(node).into_iter().flatten() {
-            match state.get(next).copied().unwrap_or(0) {
-                1 => {
-                    let start = stack.iter().position(|n| n == next).expect("on the stack");
-                    let mut cycle: Vec<String> = stack[start..].iter().map(|m| m.join("::")).collect();
-                    cycle.push(next.join("::"));
-                    return Some(cycle);
-                }
-                0 => {
-                    if let Some(cycle) = visit(next, graph, state, stack) {
-                        return Some(cycle);
-                    }
-                }
-                _ => {}
-            }
-        }
-        stack.pop();
-        state.insert(node.clone(), 2);
-        None
+/// The groups of modules that import each other in a circle (strongly connected components
+/// of more than one module, Tarjan's algorithm), each as its modules' names.
+fn cyclic_groups(graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Vec<Vec<String>> {
+    struct Tarjan<'g> {
+        graph: &'g BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
+        index: BTreeMap<&'g Vec<String>, (usize, usize)>,
+        stack: Vec<&'g Vec<String>>,
+        groups: Vec<Vec<String>>,
     }
-    let mut state = BTreeMap::new();
+    impl<'g> Tarjan<'g> {
+        fn visit(&mut self, node: &'g Vec<String>) -> usize {
+            let order = self.index.len();
+            self.index.insert(node, (order, order));
+            self.stack.push(node);
+            let mut low = order;
+            for next in self.graph.get(node).into_iter().flatten() {
+                match self.index.get(next) {
+                    None => low = low.min(self.visit(next)),
+                    Some(&(next_order, _)) if self.stack.contains(&next) => low = low.min(next_order),
+                    Some(_) => {}
+                }
+            }
+            self.index.insert(node, (order, low));
+            if low == order {
+                let at = self.stack.iter().rposition(|n| *n == node).expect("on the stack");
+                let group: Vec<String> = self.stack.split_off(at).iter().map(|m| m.join("::")).collect();
+                if group.len() > 1 {
+                    self.groups.push(group);
+                }
+            }
+            low
+        }
+    }
+    let mut tarjan = Tarjan { graph, index: BTreeMap::new(), stack: Vec::new(), groups: Vec::new() };
     for node in graph.keys() {
-        if state.get(node).copied().unwrap_or(0) == 0 {
-            if let Some(cycle) = visit(node, graph, &mut state, &mut Vec::new()) {
-                return Some(cycle);
-            }
+        if !tarjan.index.contains_key(node) {
+            tarjan.visit(node);
         }
     }
-    None
+    tarjan.groups
 }
 
 #[test]
@@ -327,8 +328,9 @@ fn no_import_cycle_between_files() {
                 graph.entry(module.clone()).or_default().insert(target);
             }
         }
-        if let Some(cycle) = find_cycle(&graph) {
-            cycles.push(format!("{}: {}", dir.file_name().unwrap_or_default().to_string_lossy(), cycle.join(" -> ")));
+        for group in cyclic_groups(&graph) {
+            let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            cycles.push(format!("{name}: {} import each other", group.join(", ")));
         }
     }
     assert!(edges > 50, "found only {edges} imports between files: is the path walk broken?");
