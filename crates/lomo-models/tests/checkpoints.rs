@@ -120,13 +120,8 @@ fn bf16_is_saved_as_bf16() {
 }
 
 fn expect_err(dir: &Path) -> ModelError {
-    match lomo_models::load::<B>(
-        TensorSource::Hf(dir),
-        Residency::Resident,
-        StorageDtype::F32,
-        &common::device(),
-    )
-    .map(|l| l.model)
+    match lomo_models::load::<B>(TensorSource::Hf(dir), Residency::Resident, StorageDtype::F32, &common::device())
+        .map(|l| l.model)
     {
         Ok(_) => panic!("loading {} should fail", dir.display()),
         Err(e) => e,

@@ -155,10 +155,10 @@ pub use adalomo::{AdaLomo, AdaLomoConfig, AdaLomoParamRecord, AdaLomoRecord, Sec
 pub use baseline::{full_backward_grads, full_backward_step, full_forward_loss, BurnOptimizer};
 pub use error::OptimError;
 pub use fused::{FusedConfig, FusedStep, StepReport, StepTimings};
+pub use lomo::Lomo;
 /// The backend extension the fused step's updates run through (lomo-kernels'): the bound
 /// [`FusedStep`] puts on the inner backend.
 pub use lomo_kernels::UpdateKernels;
-pub use lomo::Lomo;
 pub use reduce::{Local, StepReducer};
 pub use rule::{param_paths, GradPrep, RuleUpdater, UpdateRule, Updater};
 pub use scaler::{DynamicLossScaler, LossScaleConfig};

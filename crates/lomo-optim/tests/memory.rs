@@ -10,8 +10,8 @@ mod common;
 use burn::module::ParamId;
 use burn::optim::{AdamWConfig, SgdConfig};
 use burn::tensor::{DType, Distribution, Tensor};
-use lomo_kernels::blocks;
 use lomo_io::memory::{live, peak, reset_peak, CountingAllocator};
+use lomo_kernels::blocks;
 use lomo_optim::{full_backward_step, FusedConfig, FusedStep, GradPrep, Lomo, RuleUpdater, UpdateRule};
 
 use common::backend::{device, Inner, TestBackend as TB, HEAP_VISIBLE, SUPPORTS_F16};
