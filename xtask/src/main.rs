@@ -30,10 +30,10 @@ static ALLOCATOR: lomo_io::memory::CountingAllocator = lomo_io::memory::Counting
 enum Task {
     /// The peak memory and the time of one training step per case (model shape × optimizer ×
     /// mode × dtype × batch) next to the planner's prediction, written to
-    /// target/profile/<suite>.{json,md,svg}.
+    /// target/profile/SUITE.{json,md,svg}.
     Profile(ProfileArgs),
     /// The training step's throughput, side by side with PyTorch + the LOMO authors' package
-    /// on the same checkpoint and batch, written to target/bench/<name>.{json,md,svg}.
+    /// on the same checkpoint and batch, written to target/bench/NAME.{json,md,svg}.
     Bench(Box<bench::BenchArgs>),
     /// The md and svg of a bench run again from its json (after a change to the report).
     BenchReport {
@@ -59,11 +59,11 @@ struct ProfileArgs {
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     backend: BackendKind,
     /// Run only this case (`fused lomo`, `full sgd`, ...; repeatable); the others keep their
-    /// results from target/profile/<suite>.json when it has them.
+    /// results from target/profile/SUITE.json when it has them.
     #[arg(long = "case", value_name = "LABEL")]
     only: Vec<String>,
     /// Recompute the planner's predictions for the measurements in
-    /// target/profile/<suite>.json (runs nothing, so it takes no --case).
+    /// target/profile/SUITE.json (runs nothing, so it takes no --case).
     #[arg(long, conflicts_with = "only")]
     replan: bool,
 }
