@@ -55,6 +55,12 @@ fn char_tokenizer() -> Result<TextTokenizer> {
     Ok(TextTokenizer::from_parts(inner, Some(1), Some(2), Some(0)))
 }
 
+/// The demo's model: f32 random weights from `seed`, resident.
+fn random_model<B: TrainBackend>(config: &LlamaConfig, seed: u64, device: &B::Device) -> Result<Llama<B>> {
+    let source = lomo_models::TensorSource::Init { config, seed };
+    Ok(lomo_models::load::<B>(source, lomo_models::Residency::Resident, StorageDtype::F32, device)?.model)
+}
+
 /// The demo's model: a small LLaMA (GQA, SwiGLU, RoPE, tied embeddings).
 fn demo_config(vocab: usize, hidden: usize, layers: usize) -> Result<LlamaConfig> {
     let mut config = lomo_models::presets::preset("stories260k")?;
@@ -117,17 +123,7 @@ fn demo<B: TrainBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
         None => {
             let tokenizer = char_tokenizer()?;
             let config = demo_config(16, args.hidden, args.layers)?;
-            (
-                lomo_models::load::<B>(
-                    lomo_models::TensorSource::Init { config: &config, seed: args.seed },
-                    lomo_models::Residency::Resident,
-                    StorageDtype::F32,
-                    device,
-                )?
-                .model,
-                tokenizer,
-                "a small LLaMA (random init)".to_string(),
-            )
+            (random_model::<B>(&config, args.seed, device)?, tokenizer, "a small LLaMA (random init)".to_string())
         }
     };
     let task = AdditionTask::generate(&AdditionConfig { seed: args.seed, ..Default::default() })?;
@@ -185,13 +181,7 @@ fn memory_table<B: TrainBackend>(device: &B::Device, seed: u64) -> Result<()> {
         (alloc::peak(), alloc::peak() - base.min(alloc::peak()))
     };
     let mut lomo_step = FusedStep::new(RuleUpdater::new(Lomo::new(0.0)?), FusedConfig::default())?;
-    let model = lomo_models::load::<B>(
-        lomo_models::TensorSource::Init { config: &config, seed },
-        lomo_models::Residency::Resident,
-        StorageDtype::F32,
-        device,
-    )?
-    .model;
+    let model = random_model::<B>(&config, seed, device)?;
     let (model, _) = lomo_step.step(model, std::slice::from_ref(&batch), 1e-3)?;
     let mut slot = Some(model);
     let mut failed = None;
@@ -204,13 +194,7 @@ fn memory_table<B: TrainBackend>(device: &B::Device, seed: u64) -> Result<()> {
         return Err(e.into());
     }
     let mut adamw = burn::optim::AdamWConfig::new().init::<B, Llama<B>>();
-    let model = lomo_models::load::<B>(
-        lomo_models::TensorSource::Init { config: &config, seed },
-        lomo_models::Residency::Resident,
-        StorageDtype::F32,
-        device,
-    )?
-    .model;
+    let model = random_model::<B>(&config, seed, device)?;
     let (model, _) = full_backward_step::<B, _, _, 3>(model, std::slice::from_ref(&batch), &mut adamw, 1e-3)?;
     let mut slot = Some(model);
     let (adamw_peak, _) = measure(&mut || match full_backward_step::<B, _, _, 3>(

@@ -146,25 +146,33 @@ fn adalomo_on_a_parameter_larger_than_a_block_equals_the_plain_rules() {
     run_shape_within(0.1, 1030, 1024, 5e-5);
 }
 
+type AdaLomoStep = FusedStep<RuleUpdater<lomo_optim::AdaLomo<Inner>>>;
+
+fn new_step() -> AdaLomoStep {
+    FusedStep::new(RuleUpdater::new(AdaLomoConfig::default().init::<Inner>().unwrap()), FusedConfig::default()).unwrap()
+}
+
+/// The same model after 3 uninterrupted AdaLomo steps on `b`, and after 2 with the step that
+/// took them (whose state a resumed run continues from).
+fn three_steps_and_two(b: &crate::common::model::Batch) -> (TiedMlp<TB>, AdaLomoStep, TiedMlp<TB>) {
+    let run = |steps: usize| {
+        let mut step = new_step();
+        let mut model = TiedMlp::<TB>::new(24, 16, 3, 9, &device());
+        for _ in 0..steps {
+            model = step.step(model, std::slice::from_ref(b), 0.01).unwrap().0;
+        }
+        (step, model)
+    };
+    let (_, three) = run(3);
+    let (step, two) = run(2);
+    (three, step, two)
+}
+
 #[test]
 fn adalomo_state_saved_and_restored_continues_exactly() {
     let b = batch(10, 24, 12);
-    let new_step = || {
-        FusedStep::new(RuleUpdater::new(AdaLomoConfig::default().init::<Inner>().unwrap()), FusedConfig::default())
-            .unwrap()
-    };
-    // Uninterrupted: 3 steps.
-    let mut a = new_step();
-    let mut ma = TiedMlp::<TB>::new(24, 16, 3, 9, &device());
-    for _ in 0..3 {
-        ma = a.step(ma, std::slice::from_ref(&b), 0.01).unwrap().0;
-    }
+    let (ma, s, mb) = three_steps_and_two(&b);
     // Interrupted after 2: the state goes through a record, the model gets new parameter ids.
-    let mut s = new_step();
-    let mut mb = TiedMlp::<TB>::new(24, 16, 3, 9, &device());
-    for _ in 0..2 {
-        mb = s.step(mb, std::slice::from_ref(&b), 0.01).unwrap().0;
-    }
     let record = s.updater().rule.to_record(&mb);
     assert_eq!(record.step, 2);
     let fresh = TiedMlp::<TB>::new(24, 16, 3, 1, &device());
@@ -193,20 +201,7 @@ fn adalomo_state_saved_and_restored_continues_exactly() {
 fn adalomo_state_through_a_file_continues_exactly_and_lomo_writes_none() {
     use lomo_optim::{Lomo, UpdateRule};
     let b = batch(10, 24, 12);
-    let new_step = || {
-        FusedStep::new(RuleUpdater::new(AdaLomoConfig::default().init::<Inner>().unwrap()), FusedConfig::default())
-            .unwrap()
-    };
-    let mut a = new_step();
-    let mut ma = TiedMlp::<TB>::new(24, 16, 3, 9, &device());
-    for _ in 0..3 {
-        ma = a.step(ma, std::slice::from_ref(&b), 0.01).unwrap().0;
-    }
-    let mut s = new_step();
-    let mut mb = TiedMlp::<TB>::new(24, 16, 3, 9, &device());
-    for _ in 0..2 {
-        mb = s.step(mb, std::slice::from_ref(&b), 0.01).unwrap().0;
-    }
+    let (ma, s, mb) = three_steps_and_two(&b);
     let dir = std::env::temp_dir().join(format!("lomo-optim-state-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("optimizer");
