@@ -21,19 +21,33 @@
 //! Labels follow HF's convention: they are not shifted, position t's logits predict label t+1,
 //! and the loss is the mean over all targets of the batch ([`Batch::num_targets`]).
 //!
-//! ```no_run
-//! use lomo_data::{BatchLoader, Dataset, EncodeConfig, LoaderConfig, PaddingConfig, TextTokenizer};
+//! ```
+//! use lomo_data::{BatchLoader, Dataset, EncodeConfig, LoaderConfig, PaddingConfig};
 //!
-//! # fn main() -> Result<(), lomo_data::DataError> {
-//! let tokenizer = TextTokenizer::from_file("models/stories260K/tokenizer.json")?;
-//! let dataset = Dataset::load("data/alpaca_en_demo.json", None, Some(&tokenizer),
-//!                             &EncodeConfig::with_max_len(256))?;
-//! let config = LoaderConfig { padding: PaddingConfig::for_tokenizer(&tokenizer), ..LoaderConfig::new(8) };
-//! let mut loader = BatchLoader::new(dataset, config)?;
-//! let batch = loader.next_batch()?;
-//! println!("{:?} batch, {} targets", batch.shape(), batch.num_targets());
-//! let resume_here = serde_json::to_string(&loader.position()).unwrap();
-//! # let _ = resume_here;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Pre-tokenized JSONL needs no tokenizer (`Dataset::load` takes one for text, Alpaca, chat).
+//! let dir = std::env::temp_dir().join(format!("lomo-data-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let path = dir.join("train.jsonl");
+//! std::fs::write(
+//!     &path,
+//!     "{\"input_ids\": [1, 5, 6, 7], \"labels\": [-100, -100, 6, 7]}\n\
+//!      {\"input_ids\": [1, 8, 9], \"labels\": [-100, 8, 9]}\n\
+//!      {\"input_ids\": [1, 4, 4, 4, 4], \"labels\": [-100, -100, -100, 4, 4]}\n",
+//! )?;
+//! let dataset = Dataset::load(&path, None, None, &EncodeConfig::with_max_len(16))?;
+//! let config = LoaderConfig { padding: PaddingConfig { pad_id: 0, pad_to_multiple_of: None }, ..LoaderConfig::new(2) };
+//! let mut loader = BatchLoader::new(dataset.clone(), config.clone())?;
+//! let first = loader.next_batch()?;
+//! assert_eq!(first.shape()[0], 2);
+//!
+//! // The loader's position resumes the same sequence of batches in another run.
+//! let position = loader.position();
+//! let second = loader.next_batch()?;
+//! let mut resumed = BatchLoader::new(dataset, config)?;
+//! resumed.seek(&position)?;
+//! assert_eq!(resumed.next_batch()?, second);
+//! # std::fs::remove_dir_all(&dir)?;
 //! # Ok(())
 //! # }
 //! ```

@@ -14,15 +14,25 @@
 //! - Presets of real model shapes with random weights ([`presets`]) and parameter / byte counts
 //!   that allocate nothing ([`LlamaConfig::num_params`]).
 //!
-//! ```no_run
-//! use lomo_models::{generate, load, GenerationConfig, Residency, SaveOptions, StorageDtype, TensorSource};
+//! ```
+//! use lomo_models::{generate, load, presets, GenerationConfig, Residency, SaveOptions, StorageDtype, TensorSource};
 //!
 //! type B = burn::backend::Flex;
 //! let device = burn::backend::flex::FlexDevice;
-//! let source = TensorSource::Hf("models/stories260K".as_ref());
+//! // stories260K's shape with random weights (an HF directory is `TensorSource::Hf(path)`, a
+//! // GGUF file `TensorSource::Gguf(&GgufFile::open(path)?)`).
+//! let config = presets::preset("stories260k")?;
+//! let source = TensorSource::Init { config: &config, seed: 42 };
 //! let model = load::<B>(source, Residency::Resident, StorageDtype::BF16, &device)?.model;
-//! let new_tokens = generate(&model, &[1, 403, 407, 261, 378], &GenerationConfig::greedy(40));
-//! model.save_hf("stories260K-bf16", &SaveOptions::default())?;
+//! let prompt = [1, 403, 407, 261, 378];
+//! let new_tokens = generate(&model, &prompt, &GenerationConfig::greedy(8));
+//!
+//! // Saved as an HF checkpoint and loaded back, it continues the prompt the same way.
+//! let dir = std::env::temp_dir().join(format!("lomo-models-doc-{}", std::process::id()));
+//! model.save_hf(&dir, &SaveOptions::default())?;
+//! let reloaded = load::<B>(TensorSource::Hf(&dir), Residency::Resident, StorageDtype::BF16, &device)?.model;
+//! assert_eq!(generate(&reloaded, &prompt, &GenerationConfig::greedy(8)), new_tokens);
+//! # std::fs::remove_dir_all(&dir).unwrap();
 //! # Ok::<(), lomo_models::ModelError>(())
 //! ```
 #![warn(missing_docs)]
