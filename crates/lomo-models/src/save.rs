@@ -74,7 +74,11 @@ pub(crate) fn safetensors_header(
         .collect();
     let bad = |reason: String| ModelError::InvalidSafetensors { path: path.to_path_buf(), reason };
     let metadata = Metadata::new(Some(metadata), infos).map_err(|e| bad(e.to_string()))?;
-    let mut header = serde_json::to_vec(&metadata).map_err(|e| bad(e.to_string()))?;
+    // Through a JSON value, whose maps are ordered by key: the metadata's `HashMap` would
+    // otherwise give the header's keys in a different order in every process, and the same
+    // weights would be written as different bytes.
+    let value = serde_json::to_value(&metadata).map_err(|e| bad(e.to_string()))?;
+    let mut header = serde_json::to_vec(&value).map_err(|e| bad(e.to_string()))?;
     header.resize(header.len().max(min_len).next_multiple_of(8), b' ');
     let mut out = (header.len() as u64).to_le_bytes().to_vec();
     out.extend(header);
@@ -212,5 +216,28 @@ pub(crate) fn save_hf_tensors(
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The header is the same bytes whatever order the metadata map hands its keys out in.
+    #[test]
+    fn a_header_is_the_same_bytes_every_time() {
+        let header = || {
+            let metadata: HashMap<String, String> = (0..16).map(|i| (format!("key{i}"), format!("value{i}"))).collect();
+            let tensors = [("b.weight".to_string(), vec![2, 3]), ("a.weight".to_string(), vec![4])];
+            safetensors_header(Path::new("x.safetensors"), metadata, tensors, StorageDtype::F32, 0).unwrap()
+        };
+        let first = header();
+        for _ in 0..8 {
+            assert_eq!(header(), first);
+        }
+        let len = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+        let parsed: serde_json::Value = serde_json::from_slice(&first[8..8 + len]).unwrap();
+        assert_eq!(parsed["b.weight"]["data_offsets"], serde_json::json!([0, 24]));
+        assert_eq!(parsed["a.weight"]["data_offsets"], serde_json::json!([24, 40]));
     }
 }
