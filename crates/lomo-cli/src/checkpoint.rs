@@ -1,7 +1,8 @@
 //! Checkpoints: an HF directory (config.json, safetensors, tokenizer.json) that HF
 //! transformers loads, plus what `--resume` needs to continue exactly: the step, the data
 //! position, the loss scaler and the update rule's state. Written to a temporary directory, then
-//! renamed into place, so a checkpoint is never half-written.
+//! renamed into place, so a checkpoint is never half-written, and a save killed after its files
+//! were complete is finished by the next start ([`save_dir`]).
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::args::OptimizerKind;
 use crate::trainer::Trainer;
+use lomo_cli::save_dir;
 
 /// The file of the training state.
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -67,10 +69,9 @@ pub fn save<B: lomo_models::TrainBackend>(
     config: &str,
     trainer: &Trainer<B>,
 ) -> Result<()> {
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = save_dir::staging_dir(dir)?;
+    let parent = tmp.parent().expect("beside the checkpoint");
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = dir.file_name().with_context(|| format!("--save {}: not a directory name", dir.display()))?;
-    let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
@@ -88,95 +89,23 @@ pub fn save<B: lomo_models::TrainBackend>(
         let file = tmp.join(crate::config::CONFIG_FILE);
         std::fs::write(&file, config).with_context(|| format!("writing {}", file.display()))?;
         trainer.save_state(model, &tmp.join(OPTIMIZER_FILE))?;
-        Ok(())
+        // From here on the save is as good as done: a kill before the swap is finished by the
+        // next start (`save_dir::prepare`), never undone.
+        save_dir::mark_complete(&tmp)
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    // What else lives in the run's directory (periodic `step-N` checkpoints, `--log` and its
-    // loss.svg, the user's own files) is carried over: only the checkpoint's own files are
-    // replaced. An open log keeps writing to its file, which a rename does not change.
-    if dir.is_dir() {
-        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-            let entry = entry?;
-            let name = entry.file_name();
-            if !tmp.join(&name).exists() {
-                std::fs::rename(entry.path(), tmp.join(&name))
-                    .with_context(|| format!("moving {}", entry.path().display()))?;
-            }
-        }
-    }
-    // Swap, durably: the old checkpoint is moved aside before the new one takes its name, and
-    // removed last (what `tidy` undoes after a crash).
-    let old = parent.join(format!(".{}.old-{}", name.to_string_lossy(), std::process::id()));
-    lomo_io::atomic::replace_dir(&tmp, dir, &old)
-        .with_context(|| format!("putting the checkpoint {} in place", dir.display()))
+    let name = dir.file_name().expect("staging_dir checked it").to_string_lossy().into_owned();
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    save_dir::finish(&tmp, dir, &old)
 }
 
-/// Makes sure `--save DIR` can be written before anything is trained, and tidies what a killed
-/// save left behind: a temporary directory (`.NAME.tmp-PID`) is removed, and a checkpoint
-/// moved aside for the swap (`.NAME.old-PID`) is put back when its replacement never took its
-/// name. Entries of a `lomo` process still running are left alone. Returns notes to print.
+/// Makes sure `--save DIR` can be written before anything is trained, and recovers what a
+/// killed save left behind (see [`save_dir`]). Returns notes to print.
 pub fn prepare_save_dir(dir: &Path) -> Result<Vec<String>> {
-    let at = |what: &str| format!("--save {}: {what}", dir.display());
-    if dir.exists() && !dir.is_dir() {
-        bail!("{}", at("exists and is not a directory"));
-    }
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = dir.file_name().with_context(|| at("not a directory name"))?.to_string_lossy().into_owned();
-    std::fs::create_dir_all(parent).with_context(|| at(&format!("cannot create {}", parent.display())))?;
-    for place in [Some(parent), dir.is_dir().then_some(dir)].into_iter().flatten() {
-        let probe = place.join(format!(".lomo-write-check-{}", std::process::id()));
-        std::fs::create_dir(&probe).with_context(|| at(&format!("{} is not writable", place.display())))?;
-        std::fs::remove_dir(&probe).with_context(|| at(&format!("removing {}", probe.display())))?;
-    }
-    let mut notes = tidy(parent, |n| n == name)?;
-    if dir.is_dir() {
-        notes.extend(tidy(dir, |n| n.starts_with("step-"))?);
-    }
-    Ok(notes)
-}
-
-/// Tidies `.NAME.tmp-PID` / `.NAME.old-PID` entries in `place` for the names `ours` accepts.
-fn tidy(place: &Path, ours: impl Fn(&str) -> bool) -> Result<Vec<String>> {
-    let mut notes = Vec::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(place)
-        .with_context(|| format!("reading {}", place.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    // `old` before `tmp`, so that a checkpoint is restored before its replacement is removed.
-    entries.sort_by_key(|p| !p.to_string_lossy().contains(".old-"));
-    for path in entries {
-        let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let Some(rest) = file.strip_prefix('.') else { continue };
-        let Some((name, kind, pid)) = ["tmp", "old"].iter().find_map(|kind| {
-            let (name, pid) = rest.rsplit_once(&format!(".{kind}-"))?;
-            Some((name.to_string(), *kind, pid.parse::<u32>().ok()?))
-        }) else {
-            continue;
-        };
-        if !ours(&name) || !path.is_dir() || lomo_is_running(pid) {
-            continue;
-        }
-        let target = place.join(&name);
-        if kind == "old" && !target.exists() {
-            std::fs::rename(&path, &target).with_context(|| format!("restoring {}", target.display()))?;
-            notes.push(format!(
-                "restored {} from an interrupted save (it had been moved aside to {file})",
-                target.display()
-            ));
-        } else {
-            std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
-            notes.push(format!("removed {}, left by an interrupted save", path.display()));
-        }
-    }
-    Ok(notes)
-}
-
-/// Whether `pid` is a running `lomo` (Linux: `/proc/PID/comm`; elsewhere, assumed not).
-fn lomo_is_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == "lomo").unwrap_or(false)
+    save_dir::prepare(dir)
 }
 
 /// `--save-total-limit`: deletes all but the newest `limit` `step-N` checkpoints in `dir` and,

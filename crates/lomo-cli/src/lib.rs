@@ -1,7 +1,9 @@
-//! What the `lomo` binary shares with xtask: the backend a command line names
-//! ([`backend`], the one place a cargo feature becomes a burn backend type) and the SVG charts'
-//! frame ([`chart`]). The subcommands themselves live in the binary.
+//! What the `lomo` binary shares with xtask and its tests: the backend a command line names
+//! ([`backend`], the one place a cargo feature becomes a burn backend type), the SVG charts'
+//! frame ([`chart`]) and the crash-safe swap of a checkpoint directory ([`save_dir`]). The
+//! subcommands themselves live in the binary.
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod chart;
+pub mod save_dir;

@@ -1265,3 +1265,110 @@ fn token_ids_outside_the_vocabulary_are_refused_naming_the_example() {
     ];
     user_error(&args, "--data: example 2 (counting across the --data files in order) has token id 600, outside the model's vocabulary of 512");
 }
+
+/// `strace`, which the kill test injects its kills with; `None` after saying how to get it
+/// (a failure under `CI`, whose `.ci/run` installs it).
+fn strace() -> Option<&'static str> {
+    if Command::new("strace").arg("-V").output().is_ok_and(|o| o.status.success()) {
+        return Some("strace");
+    }
+    let note = "strace is missing: `apt-get install strace` (the kill test injects SIGKILL with it)";
+    assert!(std::env::var_os("CI").is_none(), "{note}");
+    eprintln!("skipping: {note}");
+    None
+}
+
+/// The `rename(from, to)` calls in an strace log, with `base` (and its trailing `/`) cut off.
+fn renames(log: &str, base: &Path) -> Vec<(String, String)> {
+    let base = format!("{}/", base.display());
+    log.lines()
+        .filter_map(|line| {
+            let args = line.split_once("rename(\"")?.1;
+            let (from, rest) = args.split_once("\", \"")?;
+            let to = rest.split_once('"')?.0;
+            Some((from.replace(&base, ""), to.replace(&base, "")))
+        })
+        .collect()
+}
+
+/// The checkpoint a rename marks complete (`…/.NAME.tmp-PID/.lomo-save-complete`), as
+/// `…/NAME` relative to the run's base directory.
+fn marked_complete(to: &str) -> Option<String> {
+    let staged = to.strip_suffix(&format!("/{}", lomo_cli::save_dir::COMPLETE))?;
+    let (parent, file) = staged.rsplit_once('/').unwrap_or(("", staged));
+    let name = file.strip_prefix('.')?.rsplit_once(".tmp-")?.0;
+    Some(if parent.is_empty() { name.to_string() } else { format!("{parent}/{name}") })
+}
+
+/// A kill at each rename of a run's saves in turn (every file of every `step-N`, their marks,
+/// the final checkpoint's carry-over and swap) loses no checkpoint: after the next start's
+/// recovery (`save_dir::prepare`, what `lomo train` runs first) every checkpoint whose files
+/// were complete before the kill is in place with the uninterrupted run's weights and state,
+/// every checkpoint on disk is whole, and nothing of the interrupted save is left over.
+#[test]
+fn a_kill_at_any_rename_of_a_save_loses_no_checkpoint() {
+    use std::os::unix::process::ExitStatusExt;
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
+    let Some(strace) = strace() else { return };
+    let dir = tmp("kill-save");
+    let run = |base: &Path, inject: Option<usize>| {
+        std::fs::create_dir_all(base).unwrap();
+        let mut args = short_run(&model, &data, "3", &base.join("out"));
+        args.extend(["--save-every", "1"].map(String::from));
+        let log = base.join("strace.log");
+        let mut command = Command::new(strace);
+        command.args(["-f", "-qq", "-e", "trace=rename,renameat,renameat2", "-o"]).arg(&log);
+        if let Some(k) = inject {
+            command.args(["-e", &format!("inject=rename,renameat,renameat2:signal=SIGKILL:when={k}")]);
+        }
+        let out = command.arg(env!("CARGO_BIN_EXE_lomo")).args(&args).output().expect("run strace");
+        (out, std::fs::read_to_string(&log).unwrap())
+    };
+    let clean = dir.join("clean");
+    let (out, log) = run(&clean, None);
+    ok(&out);
+    let calls = renames(&log, &clean);
+    let complete: Vec<(usize, String)> =
+        calls.iter().enumerate().filter_map(|(i, (_, to))| Some((i + 1, marked_complete(to)?))).collect();
+    assert_eq!(
+        complete.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(),
+        ["out/step-1", "out/step-2", "out"],
+        "{calls:?}"
+    );
+    let checkpoint = |base: &Path, name: &str| {
+        let dir = base.join(name);
+        (weights(&dir), std::fs::read_to_string(dir.join("trainer_state.json")).unwrap())
+    };
+    for k in 1..=calls.len() {
+        let base = dir.join(format!("kill-{k}"));
+        let (out, _) = run(&base, Some(k));
+        assert_eq!(out.status.signal(), Some(9), "kill at rename {k} ({:?}) did not happen", calls[k - 1]);
+        lomo_cli::save_dir::prepare(&base.join("out")).unwrap();
+        for (at, name) in &complete {
+            if *at < k {
+                assert!(base.join(name).join("trainer_state.json").exists(), "{name} lost by a kill at rename {k}");
+            }
+        }
+        let mut on_disk = vec!["out".to_string()];
+        if let Ok(entries) = std::fs::read_dir(base.join("out")) {
+            on_disk.extend(entries.map(|e| format!("out/{}", e.unwrap().file_name().to_string_lossy())));
+        }
+        for name in on_disk.iter().filter(|n| n.as_str() == "out" || n.starts_with("out/step-")) {
+            if base.join(name).join("trainer_state.json").exists() {
+                assert!(checkpoint(&base, name) == checkpoint(&clean, name), "{name} differs after a kill at {k}");
+            }
+        }
+        for place in [base.clone(), base.join("out")] {
+            for entry in std::fs::read_dir(&place).into_iter().flatten() {
+                let file = entry.unwrap().file_name().to_string_lossy().into_owned();
+                assert!(
+                    !file.contains(".tmp-") && !file.contains(".old-") && file != lomo_cli::save_dir::COMPLETE,
+                    "{file} left in {} after a kill at rename {k}",
+                    place.display()
+                );
+            }
+        }
+    }
+}

@@ -170,6 +170,18 @@ pub fn write(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> Result<(), Writ
     file.commit()
 }
 
+/// Syncs the files directly in `dir`, then `dir` itself: what was written there with plain
+/// writes is on disk, under the names it has, once this returns.
+pub fn sync_files(dir: &Path) -> Result<(), WriteError> {
+    for entry in std::fs::read_dir(dir).map_err(|e| WriteError::new(dir, e))? {
+        let path = entry.map_err(|e| WriteError::new(dir, e))?.path();
+        if path.is_file() {
+            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| WriteError::new(&path, e))?;
+        }
+    }
+    sync_dir(dir)
+}
+
 /// Puts the directory `staged` (already complete, in the same parent as `dir`) in place of
 /// `dir`, durably: the files directly in `staged` and `staged` itself are synced, an existing
 /// `dir` is renamed to `aside`, `staged` is renamed to `dir`, the parent is synced, and `aside`
@@ -179,13 +191,7 @@ pub fn write(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> Result<(), Writ
 /// Subdirectories of `staged` are not synced: what the caller writes is files; directories it
 /// moves into `staged` were durable where they came from.
 pub fn replace_dir(staged: &Path, dir: &Path, aside: &Path) -> Result<(), WriteError> {
-    for entry in std::fs::read_dir(staged).map_err(|e| WriteError::new(staged, e))? {
-        let path = entry.map_err(|e| WriteError::new(staged, e))?.path();
-        if path.is_file() {
-            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| WriteError::new(&path, e))?;
-        }
-    }
-    sync_dir(staged)?;
+    sync_files(staged)?;
     if dir.exists() {
         std::fs::rename(dir, aside).map_err(|e| WriteError::new(dir, e))?;
     }
