@@ -130,9 +130,9 @@ fn demo<B: TrainBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
     let examples = task.train_examples(&tokenizer, &EncodeConfig::with_max_len(32))?;
     let eval = task.eval_examples(&tokenizer)?;
     let params = model.config().num_params();
-    println!("lomo demo: fine-tune {what} ({params} parameters) with {:?} on synthetic addition ({} training problems, {} held out)", args.optimizer, task.train.len(), eval.len());
+    lomo_cli::sayln!("lomo demo: fine-tune {what} ({params} parameters) with {:?} on synthetic addition ({} training problems, {} held out)", args.optimizer, task.train.len(), eval.len());
     let before = accuracy(&model.valid(), &tokenizer, &eval)?;
-    println!("exact match before: {:.1}%", before * 100.0);
+    lomo_cli::sayln!("exact match before: {:.1}%", before * 100.0);
 
     let steps = args.steps;
     let mut loader_config = LoaderConfig::new(args.batch_size);
@@ -149,11 +149,16 @@ fn demo<B: TrainBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
         let (next, report) = step.step(model, std::slice::from_ref(&batch), schedule.lr(s))?;
         model = next;
         if (s + 1) % (steps / 6).max(1) == 0 || s + 1 == steps {
-            println!("  step {:>4}/{steps}  loss {:.4}  ({:.0} s)", s + 1, report.loss, t0.elapsed().as_secs_f64());
+            lomo_cli::sayln!(
+                "  step {:>4}/{steps}  loss {:.4}  ({:.0} s)",
+                s + 1,
+                report.loss,
+                t0.elapsed().as_secs_f64()
+            );
         }
     }
     let after = accuracy(&model.valid(), &tokenizer, &eval)?;
-    println!(
+    lomo_cli::sayln!(
         "exact match after {steps} {:?} steps: {:.1}%  (before: {:.1}%)",
         args.optimizer,
         after * 100.0,
@@ -161,7 +166,7 @@ fn demo<B: TrainBackend>(args: &DemoArgs, device: &B::Device) -> Result<()> {
     );
 
     memory_table::<B>(device, args.seed).context("measuring memory")?;
-    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    lomo_cli::sayln!("total {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -209,21 +214,23 @@ fn memory_table<B: TrainBackend>(device: &B::Device, seed: u64) -> Result<()> {
     if let Some(e) = failed {
         return Err(e.into());
     }
-    println!();
-    println!("memory of one training step, measured (peak live heap; {params} parameters, f32, batch 4 × 64 tokens):");
-    println!("| optimizer                 | peak heap  | × weights |");
-    println!("|---------------------------|------------|-----------|");
-    println!("| weights alone             | {:>10} | {:>9.2} |", alloc::human(weight_bytes), 1.0);
-    println!(
+    lomo_cli::sayln!();
+    lomo_cli::sayln!(
+        "memory of one training step, measured (peak live heap; {params} parameters, f32, batch 4 × 64 tokens):"
+    );
+    lomo_cli::sayln!("| optimizer                 | peak heap  | × weights |");
+    lomo_cli::sayln!("|---------------------------|------------|-----------|");
+    lomo_cli::sayln!("| weights alone             | {:>10} | {:>9.2} |", alloc::human(weight_bytes), 1.0);
+    lomo_cli::sayln!(
         "| LOMO (fused, stage-wise)  | {:>10} | {:>9.2} |",
         alloc::human(lomo_peak),
         lomo_peak as f64 / weight_bytes as f64
     );
-    println!(
+    lomo_cli::sayln!(
         "| AdamW (full backward)     | {:>10} | {:>9.2} |",
         alloc::human(adamw_peak),
         adamw_peak as f64 / weight_bytes as f64
     );
-    println!("LOMO needs {:.0}% of AdamW's memory here.", 100.0 * lomo_peak as f64 / adamw_peak as f64);
+    lomo_cli::sayln!("LOMO needs {:.0}% of AdamW's memory here.", 100.0 * lomo_peak as f64 / adamw_peak as f64);
     Ok(())
 }

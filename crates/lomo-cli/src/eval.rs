@@ -44,7 +44,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             args.max_len,
             args.batch_size,
         )?;
-        println!("{}", serde_json::to_string(&result)?);
+        lomo_cli::sayln!("{}", serde_json::to_string(&result)?);
         Ok(())
     })
 }

@@ -50,7 +50,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     });
     model.save_gguf(out, ty, &tokenizer, &name).with_context(|| format!("writing {}", out.display()))?;
     let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-    eprintln!(
+    lomo_cli::noteln!(
         "wrote {} ({:.1} MB, {:?}, {} parameters)",
         out.display(),
         bytes as f64 / 1e6,

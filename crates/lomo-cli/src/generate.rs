@@ -51,7 +51,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         stop.extend(loaded.model.config().eos_token_ids.iter().copied());
         let config = GenerationConfig { max_new_tokens: args.max_new_tokens, sampling, stop_tokens: stop };
         let new_ids = generate(&loaded.model, &ids, &config);
-        println!("{}", tokenizer.decode(&new_ids, true)?);
+        lomo_cli::sayln!("{}", tokenizer.decode(&new_ids, true)?);
         Ok(())
     })
 }

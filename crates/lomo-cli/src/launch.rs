@@ -30,7 +30,7 @@ pub fn run(args: LaunchArgs) -> Result<()> {
         None => free_coordinator_port().context("finding free ports for the coordinator")?,
     };
     let coordinator = Coordinator::start(port)?;
-    eprintln!("coordinator on {}; starting {} ranks", coordinator.address, args.nproc);
+    lomo_cli::noteln!("coordinator on {}; starting {} ranks", coordinator.address, args.nproc);
     let exe = std::env::current_exe().context("finding the lomo executable")?;
     let mut children: Vec<(usize, Child)> = Vec::new();
     for rank in 0..args.nproc {
@@ -80,9 +80,10 @@ fn kill_all(children: &mut [(usize, Child)]) {
 
 pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
     let c = Coordinator::start(args.port)?;
-    eprintln!(
+    lomo_cli::noteln!(
         "coordinator serving on port {} (ranks: --coordinator ws://THIS_HOST:{}); Ctrl-C stops it",
-        args.port, args.port
+        args.port,
+        args.port
     );
     let _ = c;
     loop {

@@ -44,7 +44,7 @@ fn fail(err: &anyhow::Error) -> ExitCode {
         }
         line.push_str(&cause);
     }
-    eprintln!("error: {line}");
+    lomo_cli::noteln!("error: {line}");
     ExitCode::from(2)
 }
 
@@ -93,7 +93,7 @@ fn main() -> ExitCode {
                 Some(rest) if !at.is_empty() => format!("error: {at}{rest}"),
                 _ => first.to_string(),
             };
-            eprintln!("{first}{detail} (see `lomo --help`)");
+            lomo_cli::noteln!("{first}{detail} (see `lomo --help`)");
             return ExitCode::from(2);
         }
     };

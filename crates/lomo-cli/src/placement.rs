@@ -88,7 +88,7 @@ pub fn inference_placement<B: burn::tensor::backend::Backend>(
 ) -> Result<lomo_models::Placement<B::Device>> {
     let plan = PlanConfig::inference(config_of_path(model)?, dtype, batch, max_len, backend == BackendKind::Cpu);
     let (placement, split) = place::<B>(list, backend, &plan)?;
-    eprint!("stages on {} devices:\n{split}", split.devices.len());
+    lomo_cli::note!("stages on {} devices:\n{split}", split.devices.len());
     Ok(placement)
 }
 

@@ -45,19 +45,19 @@ pub fn run(args: PlanArgs) -> Result<()> {
         None => {
             let plan = config.plan()?;
             if args.json {
-                println!("{}", serde_json::to_string(&plan)?);
+                lomo_cli::sayln!("{}", serde_json::to_string(&plan)?);
             } else {
-                println!("{heading}");
-                print!("{plan}");
+                lomo_cli::sayln!("{heading}");
+                lomo_cli::say!("{plan}");
             }
         }
         Some(n) => {
             let plan = config.plan_devices(n).with_context(|| format!("--devices {n}"))?;
             if args.json {
-                println!("{}", serde_json::to_string(&plan)?);
+                lomo_cli::sayln!("{}", serde_json::to_string(&plan)?);
             } else {
-                println!("{heading}, stages split over {n} devices");
-                print!("{plan}");
+                lomo_cli::sayln!("{heading}, stages split over {n} devices");
+                lomo_cli::say!("{plan}");
             }
         }
     }
@@ -76,13 +76,13 @@ fn print_offload(args: &PlanArgs, config: &PlanConfig, heading: &str, target: Of
     let norm_pass = args.clip_grad_norm.is_some() || args.dtype == crate::args::DtypeArg::F16;
     let plan = config.plan_offload(target, norm_pass).context("--offload")?;
     if args.json {
-        println!("{}", serde_json::to_string(&plan)?);
+        lomo_cli::sayln!("{}", serde_json::to_string(&plan)?);
     } else {
-        println!(
+        lomo_cli::sayln!(
             "{heading}, weights offloaded to {}",
             if target == OffloadTarget::Host { "host memory" } else { "disk" }
         );
-        print!("{plan}");
+        lomo_cli::say!("{plan}");
     }
     Ok(())
 }

@@ -46,8 +46,8 @@ impl Progress {
     /// A message that does not break the bar.
     pub fn message(&self, text: &str) {
         if self.tty {
-            eprint!("\r\x1b[2K");
+            lomo_cli::note!("\r\x1b[2K");
         }
-        eprintln!("{text}");
+        lomo_cli::noteln!("{text}");
     }
 }

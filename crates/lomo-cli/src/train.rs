@@ -135,7 +135,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     validate(&args)?;
     if let (Some(dir), 0) = (&args.save, args.rank) {
         for note in checkpoint::prepare_save_dir(dir)? {
-            eprintln!("note: {note}");
+            lomo_cli::noteln!("note: {note}");
         }
     }
     with_backend!(args.backend, |B, device| run::Run::<B>::setup(&args, &device)?.train())

@@ -1372,3 +1372,30 @@ fn a_kill_at_any_rename_of_a_save_loses_no_checkpoint() {
         }
     }
 }
+
+/// A run whose stdout and stderr are closed after it starts (`lomo train … 2>&1 | head -2`)
+/// trains to the end and saves, as it would with a reader: printing into a closed pipe is
+/// dropped, not a crash.
+#[test]
+fn closed_output_pipes_do_not_stop_training() {
+    use std::process::Stdio;
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
+    let dir = tmp("closed-pipes");
+    let out = dir.join("out");
+    let args = short_run(&model, &data, "3", &out);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lomo"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lomo");
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "lomo train with closed pipes: {status}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("trainer_state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"], 3);
+}

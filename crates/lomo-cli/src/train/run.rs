@@ -237,11 +237,11 @@ impl<B: TrainBackend> Run<'_, B> {
             "final_loss": last_loss,
             "eval": self.eval_results.iter().map(|(s, r)| json!({"step": s, "result": r})).collect::<Vec<_>>(),
         });
-        eprintln!(
+        lomo_cli::noteln!(
             "done: {steps} steps, {tokens} tokens, {wall:.1} s, peak heap {}, final loss {last_loss:.4}",
             alloc::human(alloc::peak())
         );
-        println!("{summary}");
+        lomo_cli::sayln!("{summary}");
         Ok(())
     }
 }

@@ -53,7 +53,7 @@ impl<'a, B: TrainBackend> Run<'a, B> {
         let params = model.config().num_params();
         let collective = join::<B>(args, device)?;
         if lead {
-            eprintln!(
+            lomo_cli::noteln!(
                 "training {description}: {params} parameters ({:?}), {num_examples} examples, {total_steps} steps of {} (micro-batches of {micro}), {:?}",
                 args.dtype, args.batch_size, args.optimizer
             );
@@ -132,7 +132,7 @@ fn place_stages<B: TrainBackend>(args: &TrainArgs, list: &str) -> Result<Placeme
     };
     let (placement, split) = crate::placement::split_devices::<B>(list, &shape, config)?;
     if args.rank == 0 {
-        eprint!("stages on {} devices (predicted peaks):\n{split}", split.devices.len());
+        lomo_cli::note!("stages on {} devices (predicted peaks):\n{split}", split.devices.len());
     }
     Ok(placement)
 }
@@ -147,9 +147,10 @@ fn load_data<B: TrainBackend>(
 ) -> Result<(BatchLoader, usize)> {
     let dataset = load_training(&args.data, args.format, task, tokenizer, args.max_len, args.skip_overlong)?;
     if dataset.skipped_too_long > 0 {
-        eprintln!(
+        lomo_cli::noteln!(
             "skipped {} examples whose answer alone is longer than --max-len {}",
-            dataset.skipped_too_long, args.max_len
+            dataset.skipped_too_long,
+            args.max_len
         );
     }
     let vocab = model.config().vocab_size;
@@ -232,7 +233,11 @@ fn join<B: TrainBackend>(
     let inner_device = burn::tensor::Tensor::<B, 1>::empty([1], device).inner().device();
     let c = lomo_dist::Collective::<B::InnerBackend>::join(&dist, &inner_device).context("--world-size")?;
     if args.rank == 0 {
-        eprintln!("data parallel: {} ranks, {} rows each per step", args.world_size, args.batch_size / args.world_size);
+        lomo_cli::noteln!(
+            "data parallel: {} ranks, {} rows each per step",
+            args.world_size,
+            args.batch_size / args.world_size
+        );
     }
     Ok(Some(c))
 }

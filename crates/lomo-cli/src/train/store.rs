@@ -123,12 +123,12 @@ fn load_working_copy<B: TrainBackend>(
     if let (Some(ckpt), Some(state), Ok(copy)) = (&args.resume, resumed, DiskStore::inspect(&store_dir)) {
         let steps: std::collections::BTreeSet<u64> = copy.stage_steps.iter().copied().collect();
         if copy.interrupted() {
-            eprintln!(
+            lomo_cli::noteln!(
                 "--offload disk: the working copy in {} was interrupted during step {} (its stages are from steps {steps:?}); it is made again from {}, at step {}",
                 store_dir.display(), copy.step + 1, ckpt.display(), state.step
             );
         } else {
-            eprintln!(
+            lomo_cli::noteln!(
                 "--offload disk: the working copy in {} is at step {}; it is made again from {}, at step {}",
                 store_dir.display(),
                 copy.step,
