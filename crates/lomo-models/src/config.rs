@@ -253,6 +253,7 @@ impl HfConfig {
         let sliding_window = self.sliding_window(model_type, path)?;
         let (num_heads, num_kv_heads, head_dim) = self.heads(path)?;
         let (rope_theta, rope_scaling) = self.rope(path)?;
+        let (rms_norm_eps, max_position_embeddings) = self.norm_and_context(path)?;
         let (qkv_bias, o_bias) = match model_type {
             ModelType::Llama | ModelType::Qwen3 | ModelType::Mistral => {
                 let bias = self.attention_bias.unwrap_or(false);
@@ -269,8 +270,8 @@ impl HfConfig {
             num_heads,
             num_kv_heads,
             head_dim,
-            max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
-            rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
+            max_position_embeddings,
+            rms_norm_eps,
             rope_theta,
             rope_scaling,
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
@@ -371,6 +372,20 @@ impl HfConfig {
             }
         }
         Ok((num_heads, num_kv_heads, head_dim))
+    }
+
+    /// RMSNorm's ε (finite and positive: RMSNorm divides by `sqrt(mean(x²) + ε)`) and the
+    /// context length (at least one position), with transformers' defaults.
+    fn norm_and_context(&self, path: &Path) -> Result<(f64, usize)> {
+        let eps = self.rms_norm_eps.unwrap_or(1e-6);
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(invalid(path, "rms_norm_eps", format!("{eps} is not a finite positive number")));
+        }
+        let context = self.max_position_embeddings.unwrap_or(2048);
+        if context == 0 {
+            return Err(invalid(path, "max_position_embeddings", "must be positive"));
+        }
+        Ok((eps, context))
     }
 
     /// RoPE's θ and scaling, from `rope_theta` / `rope_scaling` or transformers ≥ 5's

@@ -184,6 +184,11 @@ fn broken_safetensors_checkpoints_are_named_errors() {
     assert!(matches!(&err, ModelError::UnsupportedConfig { field, .. } if field == "hidden_act"), "{err}");
     let err = expect_err(&edit_config("broken_heads", &|c| c["num_key_value_heads"] = 3.into()));
     assert!(matches!(&err, ModelError::InvalidConfig { field, .. } if field == "num_key_value_heads"), "{err}");
+    let err = expect_err(&edit_config("broken_eps", &|c| c["rms_norm_eps"] = (-1.0).into()));
+    assert!(matches!(&err, ModelError::InvalidConfig { field, .. } if field == "rms_norm_eps"), "{err}");
+    let err = expect_err(&edit_config("broken_context", &|c| c["max_position_embeddings"] = 0.into()));
+    assert!(matches!(&err, ModelError::InvalidConfig { field, .. } if field == "max_position_embeddings"), "{err}");
+    assert!(err.to_string().contains("broken_context/config.json"), "{err}");
     // One layer fewer in the config than in the file: layer 4's tensors are unexpected.
     let err = expect_err(&edit_config("broken_layers", &|c| c["num_hidden_layers"] = 4.into()));
     assert!(
