@@ -304,6 +304,16 @@ impl GgufFile {
         let token_id = |key: &str| self.meta_usize(key).map(|v| v.map(|v| v as u32));
         let has = |slot: Slot| self.tensor_info(&slot.gguf_name()).is_some();
         let first_bias = |tensor| Slot::Block { layer: 0, tensor, bias: true };
+        let eps_key = "llama.attention.layer_norm_rms_epsilon";
+        let rms_norm_eps =
+            self.meta(eps_key).and_then(GgufValue::as_f64).ok_or_else(|| self.invalid(eps_key, "missing"))?;
+        if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
+            return Err(self.invalid(eps_key, format!("{rms_norm_eps} is not a finite positive number")));
+        }
+        let max_position_embeddings = self.meta_usize("llama.context_length")?.unwrap_or(2048);
+        if max_position_embeddings == 0 {
+            return Err(self.invalid("llama.context_length", "must be positive"));
+        }
         let config = LlamaConfig {
             model_type: ModelType::Llama,
             vocab_size: vocab,
@@ -313,11 +323,8 @@ impl GgufFile {
             num_heads: heads,
             num_kv_heads: kv_heads,
             head_dim,
-            max_position_embeddings: self.meta_usize("llama.context_length")?.unwrap_or(2048),
-            rms_norm_eps: self
-                .meta("llama.attention.layer_norm_rms_epsilon")
-                .and_then(GgufValue::as_f64)
-                .ok_or_else(|| self.invalid("llama.attention.layer_norm_rms_epsilon", "missing"))?,
+            max_position_embeddings,
+            rms_norm_eps,
             rope_theta: self.meta("llama.rope.freq_base").and_then(GgufValue::as_f64).unwrap_or(10_000.0),
             rope_scaling: None,
             tie_word_embeddings: !has(Slot::LmHead),

@@ -200,6 +200,16 @@ fn broken_safetensors_checkpoints_are_named_errors() {
 /// stories260K as llama.cpp's converter would write it: llama.cpp names, q/k rows permuted,
 /// configuration in `llama.*` metadata.
 fn write_stories_gguf(dir: &Path, path: &Path, q_type_override: Option<u32>) {
+    write_stories_gguf_with(dir, path, q_type_override, &|_| {});
+}
+
+/// [`write_stories_gguf`] with its metadata edited by `edit` first.
+fn write_stories_gguf_with(
+    dir: &Path,
+    path: &Path,
+    q_type_override: Option<u32>,
+    edit: &dyn Fn(&mut Vec<(&'static str, Value)>),
+) {
     let config = lomo_models::LlamaConfig::from_file(dir.join("config.json")).unwrap();
     let tensors = common::read_safetensors(&dir.join("model.safetensors"));
     let gguf_name = |hf: &str| -> String {
@@ -251,7 +261,7 @@ fn write_stories_gguf(dir: &Path, path: &Path, q_type_override: Option<u32>) {
             data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         });
     }
-    let metadata = [
+    let mut metadata = vec![
         ("general.architecture", Value::Str("llama".into())),
         ("llama.embedding_length", Value::U32(64)),
         ("llama.block_count", Value::U32(5)),
@@ -267,6 +277,7 @@ fn write_stories_gguf(dir: &Path, path: &Path, q_type_override: Option<u32>) {
         ("tokenizer.ggml.bos_token_id", Value::U32(1)),
         ("tokenizer.ggml.eos_token_id", Value::U32(2)),
     ];
+    edit(&mut metadata);
     gguf_writer::write(path, &metadata, &entries);
 }
 
@@ -315,6 +326,22 @@ fn broken_gguf_files_are_named_errors() {
         "{err}"
     );
     assert!(err.to_string().contains("q6k.gguf"), "{err}");
+
+    // A negative RMSNorm epsilon is refused by name, as in config.json.
+    let negative_eps = out.join("eps.gguf");
+    write_stories_gguf_with(&dir, &negative_eps, None, &|metadata| {
+        for (key, value) in metadata.iter_mut() {
+            if *key == "llama.attention.layer_norm_rms_epsilon" {
+                *value = Value::F32(-1.0);
+            }
+        }
+    });
+    let err = GgufFile::open(&negative_eps).and_then(|f| f.config()).unwrap_err();
+    assert!(
+        matches!(&err, ModelError::InvalidConfig { field, .. } if field == "llama.attention.layer_norm_rms_epsilon"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("eps.gguf"), "{err}");
 
     let good = out.join("good.gguf");
     write_stories_gguf(&dir, &good, None);
