@@ -203,13 +203,11 @@ fn write_stories_gguf(dir: &Path, path: &Path, q_type_override: Option<u32>) {
     write_stories_gguf_with(dir, path, q_type_override, &|_| {});
 }
 
+/// GGUF metadata as the test writer takes it: key and value, in file order.
+type GgufMetadata = Vec<(&'static str, Value)>;
+
 /// [`write_stories_gguf`] with its metadata edited by `edit` first.
-fn write_stories_gguf_with(
-    dir: &Path,
-    path: &Path,
-    q_type_override: Option<u32>,
-    edit: &dyn Fn(&mut Vec<(&'static str, Value)>),
-) {
+fn write_stories_gguf_with(dir: &Path, path: &Path, q_type_override: Option<u32>, edit: &dyn Fn(&mut GgufMetadata)) {
     let config = lomo_models::LlamaConfig::from_file(dir.join("config.json")).unwrap();
     let tensors = common::read_safetensors(&dir.join("model.safetensors"));
     let gguf_name = |hf: &str| -> String {
