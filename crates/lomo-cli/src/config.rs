@@ -67,10 +67,14 @@ pub fn expand(argv: Vec<OsString>) -> Result<Expanded> {
     let given = &argv[2..];
     let mut layers: Vec<(PathBuf, Vec<(String, Entry)>)> = Vec::new();
     if let Some(dir) = flag_value(given, "resume") {
-        let file = PathBuf::from(dir).join(CONFIG_FILE);
+        let dir = PathBuf::from(dir);
+        let file = dir.join(CONFIG_FILE);
         if file.exists() {
             let entries = read(&file)?.into_iter().filter(|(k, _)| !NOT_RESUMED.contains(&k.as_str())).collect();
             layers.push((file, entries));
+        } else {
+            // Named here, before clap would ask for the flags a checkpoint's config supplies.
+            check_checkpoint_dir(&dir)?;
         }
     }
     if let Some(file) = flag_value(given, "config") {
@@ -101,6 +105,25 @@ pub fn expand(argv: Vec<OsString>) -> Result<Expanded> {
     }
     out.extend(given.iter().cloned());
     Ok(Expanded { argv: out, origins })
+}
+
+/// That `--resume DIR` names a checkpoint directory (one without its run's config, written
+/// before checkpoints carried it, still has its trainer state).
+fn check_checkpoint_dir(dir: &Path) -> Result<()> {
+    let state = crate::checkpoint::STATE_FILE;
+    if !dir.exists() {
+        bail!("--resume {}: no such directory", dir.display());
+    }
+    if !dir.is_dir() {
+        bail!("--resume {}: not a directory (a checkpoint is the directory `--save` wrote)", dir.display());
+    }
+    if !dir.join(state).exists() {
+        bail!(
+            "--resume {}: not a checkpoint (no {state} or {CONFIG_FILE}: was it written by `lomo train --save`?)",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Removes `key` and the keys it excludes.

@@ -205,6 +205,18 @@ fn user_error(args: &[&str], expect: &str) {
 
 #[test]
 fn user_errors_are_one_line_and_exit_2() {
+    // `--resume X` names X whatever is wrong with it, rather than asking for flags its config
+    // would have supplied.
+    let not_a_checkpoint = tmp("resume-not-a-checkpoint");
+    std::fs::create_dir_all(&not_a_checkpoint).unwrap();
+    std::fs::write(not_a_checkpoint.join("file.txt"), "x").unwrap();
+    for (dir, expect) in [
+        (Path::new("/nonexistent/run/step-3").to_path_buf(), "step-3: no such directory"),
+        (not_a_checkpoint.join("file.txt"), "file.txt: not a directory"),
+        (not_a_checkpoint.clone(), "not a checkpoint (no trainer_state.json"),
+    ] {
+        user_error(&["train", "--resume", dir.to_str().unwrap()], expect);
+    }
     user_error(
         &[
             "train",
