@@ -34,6 +34,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         if let Some((_, id)) = lomo_models::batch::first_outside_vocab([ids.as_slice()], vocab) {
             bail!("--prompt: token id {id} is outside the model's vocabulary of {vocab}");
         }
+        let context = loaded.model.config().max_position_embeddings;
+        if ids.len().saturating_add(args.max_new_tokens) > context {
+            bail!(
+                "--max-new-tokens {}: with the prompt's {} tokens it passes the model's context of {context} \
+                 positions (max_position_embeddings)",
+                args.max_new_tokens,
+                ids.len()
+            );
+        }
         let sampling = if args.temperature == 0.0 {
             Sampling::Greedy
         } else {
@@ -60,7 +69,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 /// the split).
 fn place<B: burn::tensor::backend::Backend>(args: &GenerateArgs, list: &str) -> Result<Placement<B::Device>> {
     let context = crate::placement::config_of_path(&args.model)?.max_position_embeddings;
-    let context = context.min(args.max_new_tokens + 1024).max(2);
+    let context = context.min(args.max_new_tokens.saturating_add(1024)).max(2);
     crate::placement::inference_placement::<B>(list, args.backend, &args.model, args.dtype.storage(), 1, context)
 }
 

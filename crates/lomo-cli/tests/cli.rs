@@ -194,6 +194,17 @@ fn generate_continues_the_story_like_hf_transformers() {
     assert_eq!(text.trim(), ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball.");
 }
 
+#[test]
+fn generating_past_the_models_context_is_refused_up_front() {
+    let Some(model) = shared("models/stories260K") else { return };
+    for n in ["18446744073709551615", "1000000000", "508"] {
+        user_error(
+            &["generate", "--model", model.to_str().unwrap(), "--prompt", "Once upon a time", "--max-new-tokens", n],
+            "passes the model's context of 512 positions",
+        );
+    }
+}
+
 fn user_error(args: &[&str], expect: &str) {
     let out = lomo(args);
     assert_eq!(out.status.code(), Some(2), "{args:?}");

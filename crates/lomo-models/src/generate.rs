@@ -102,7 +102,8 @@ pub fn generate<B: FusedKernels>(model: &Llama<B>, prompt: &[u32], config: &Gene
     };
     let mut cache = KvCache::new(model.config().num_layers);
     let mut input: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
-    let mut out = Vec::with_capacity(config.max_new_tokens);
+    // Never more than the model's context up front, whatever a caller asks for.
+    let mut out = Vec::with_capacity(config.max_new_tokens.min(model.config().max_position_embeddings));
     while out.len() < config.max_new_tokens {
         let logits = model.forward_cached(&input, 1, &mut cache);
         let logits: Vec<f32> = logits.into_data().convert::<f32>().into_vec().expect("f32 logits");
