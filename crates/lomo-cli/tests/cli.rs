@@ -1422,3 +1422,17 @@ fn closed_output_pipes_do_not_stop_training() {
         serde_json::from_str(&std::fs::read_to_string(out.join("trainer_state.json")).unwrap()).unwrap();
     assert_eq!(state["step"], 3);
 }
+
+/// `--epochs` so large that the step count overflows is refused, not wrapped into a short run.
+#[test]
+fn an_epoch_count_past_counting_is_refused() {
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
+    let save = tmp("epochs-overflow");
+    let mut args = short_run(&model, &data, "1", &save);
+    let i = args.iter().position(|a| a == "--steps").unwrap();
+    args.splice(i..i + 2, ["--epochs".to_string(), "4611686018427387905".to_string()]);
+    user_error(&args.iter().map(String::as_str).collect::<Vec<_>>(), "--epochs 4611686018427387905");
+    assert!(!save.join("trainer_state.json").exists());
+}

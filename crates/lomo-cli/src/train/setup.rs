@@ -37,7 +37,12 @@ impl<'a, B: TrainBackend> Run<'a, B> {
         let (mut loader, num_examples) = load_data(args, task, tokenizer.as_ref(), &model)?;
         let total_steps = match (args.steps, args.epochs) {
             (Some(s), _) => s,
-            (None, Some(e)) => e * loader.batches_per_epoch() as u64,
+            (None, Some(e)) => e.checked_mul(loader.batches_per_epoch() as u64).with_context(|| {
+                format!(
+                    "--epochs {e}: {e} × {} batches an epoch is more steps than can be counted",
+                    loader.batches_per_epoch()
+                )
+            })?,
             (None, None) => bail!("give --steps N or --epochs N"),
         };
         let mut trainer = trainer::<B>(args)?;
