@@ -228,6 +228,21 @@ fn user_errors_are_one_line_and_exit_2() {
     ] {
         user_error(&["train", "--resume", dir.to_str().unwrap()], expect);
     }
+    // Sizes whose byte counts would wrap are refused, not planned as a few megabytes.
+    user_error(
+        &[
+            "plan",
+            "--preset",
+            "llama-7b",
+            "--optimizer",
+            "lomo",
+            "--batch-size",
+            "4294967296",
+            "--max-len",
+            "4294967296",
+        ],
+        "too large to plan",
+    );
     user_error(
         &[
             "train",

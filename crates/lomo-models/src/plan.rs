@@ -265,6 +265,29 @@ impl PlanConfig {
                 format!("{} does not divide batch_size {}", self.micro_batch_size, self.batch_size),
             ));
         }
+        self.check_countable()
+    }
+
+    /// That the step's sizes can be counted in bytes: the planner sums `u64`s, and a batch
+    /// whose activations pass an exbibyte would wrap into a small, wrong answer.
+    fn check_countable(&self) -> Result<(), PlanError> {
+        const LIMIT: u128 = 1 << 60;
+        let m = &self.model;
+        let rows = self.batch_size as u128 * self.max_tokens as u128;
+        let widest =
+            [m.hidden_size, m.intermediate_size, m.vocab_size, m.num_heads * m.head_dim].into_iter().max().unwrap_or(0)
+                as u128;
+        let activations = rows * widest * 8 * (m.num_layers as u128 + 2);
+        let scores = self.micro_batch_size as u128 * m.num_heads as u128 * (self.max_tokens as u128).pow(2) * 4;
+        if activations > LIMIT || scores > LIMIT {
+            return Err(PlanError::field(
+                "batch_size",
+                format!(
+                    "{} rows × {} tokens: the step's activations pass 1 EiB, too large to plan",
+                    self.batch_size, self.max_tokens
+                ),
+            ));
+        }
         Ok(())
     }
 
