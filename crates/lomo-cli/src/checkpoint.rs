@@ -18,7 +18,7 @@ use crate::trainer::Trainer;
 use lomo_cli::save_dir;
 
 /// The file of the training state.
-pub const STATE_FILE: &str = "trainer_state.json";
+pub use lomo_cli::save_dir::STATE_FILE;
 /// The file of the update rule's state, when it keeps one (AdaLomo's: a burn record, without
 /// extension: burn adds `.bin`).
 pub const OPTIMIZER_FILE: &str = "optimizer";

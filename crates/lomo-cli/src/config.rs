@@ -110,7 +110,7 @@ pub fn expand(argv: Vec<OsString>) -> Result<Expanded> {
 /// That `--resume DIR` names a checkpoint directory (one without its run's config, written
 /// before checkpoints carried it, still has its trainer state).
 fn check_checkpoint_dir(dir: &Path) -> Result<()> {
-    let state = crate::checkpoint::STATE_FILE;
+    let state = lomo_cli::save_dir::STATE_FILE;
     if !dir.exists() {
         bail!("--resume {}: no such directory", dir.display());
     }

@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+/// A checkpoint's training state (step, data position, …): the file that makes a directory a
+/// checkpoint `--resume` can continue from.
+pub const STATE_FILE: &str = "trainer_state.json";
+
 /// The mark of a temporary checkpoint directory whose files are all written and synced.
 pub const COMPLETE: &str = ".lomo-save-complete";
 
