@@ -2,12 +2,13 @@
 //! scoring every candidate answer with its summed log-likelihood. `lomo eval` prints it;
 //! `lomo train --eval` runs it during training.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
 use lomo_data::{
-    collate, load_scoring_set, EncodeConfig, Example, PaddingConfig, SuperGlueTask, TextTokenizer, IGNORE_INDEX,
+    collate, load_scoring_set, EncodeConfig, Example, PaddingConfig, ScoringSet, SuperGlueTask, TextTokenizer,
+    IGNORE_INDEX,
 };
 use lomo_models::batch::first_outside_vocab;
 use lomo_models::{Batch, Llama};
@@ -37,43 +38,78 @@ pub fn evaluate<B: lomo_kernels::FusedKernels>(
     max_len: usize,
     batch_size: usize,
 ) -> Result<EvalResult> {
-    if let Some(task) = task {
-        // One pass: every candidate is scored; the gold candidates' scores give the loss on the
-        // answers, the argmax over candidates the accuracy.
-        let tokenizer = require_tokenizer(tokenizer, "a SuperGLUE task")?;
-        let scored = score_task(model, tokenizer, path, task, max_len, batch_size)?;
-        return Ok(EvalResult {
-            loss: scored.gold_loss,
-            perplexity: scored.gold_loss.exp(),
-            accuracy: Some(scored.accuracy),
-            examples: scored.examples,
-        });
-    }
-    let dataset = load_training(&[path.to_path_buf()], format, None, tokenizer, max_len, false)?;
-    check_vocab(model, path, dataset.examples.iter().map(std::slice::from_ref))?;
-    let pad = tokenizer.map(PaddingConfig::for_tokenizer).unwrap_or_default();
-    let (mut loss_sum, mut targets) = (0.0, 0usize);
-    for chunk in dataset.examples.chunks(batch_size) {
-        let batch = model_batch(&collate(chunk.iter(), &pad)?)?;
-        let sums = row_log_likelihoods(model, &batch)?;
-        loss_sum -= sums.iter().sum::<f64>();
-        targets += batch.num_targets();
-    }
-    if targets == 0 {
-        bail!("{}: no supervised tokens to take a loss on", path.display());
-    }
-    let loss = loss_sum / targets as f64;
-    Ok(EvalResult { loss, perplexity: loss.exp(), accuracy: None, examples: dataset.examples.len() })
+    EvalSet::load(path, format, task, tokenizer, max_len, model.config().vocab_size)?.evaluate(model, batch_size)
 }
 
-/// Refuses a token id the model has no embedding for, naming the example (counting from 1) of
+/// An evaluation file read, tokenized and checked against the model's vocabulary once: a
+/// training run reads its `--eval` file before its first step (a bad line is found then, not
+/// hours in) and scores the same set at every evaluation.
+pub enum EvalSet {
+    /// A SuperGLUE task's examples, each with its candidate answers.
+    Task { set: ScoringSet, pad: PaddingConfig },
+    /// Examples in a training format, for their loss.
+    Loss { path: PathBuf, examples: Vec<Example>, pad: PaddingConfig },
+}
+
+impl EvalSet {
+    /// Reads `path` as `task`'s file (or, without a task, in the training format `format`
+    /// detects) and refuses a token id outside a vocabulary of `vocab`, naming the example.
+    pub fn load(
+        path: &Path,
+        format: Option<FormatArg>,
+        task: Option<SuperGlueTask>,
+        tokenizer: Option<&TextTokenizer>,
+        max_len: usize,
+        vocab: usize,
+    ) -> Result<Self> {
+        if let Some(task) = task {
+            let tokenizer = require_tokenizer(tokenizer, "a SuperGLUE task")?;
+            let set = load_scoring_set(path, task, tokenizer, &EncodeConfig::with_max_len(max_len))?;
+            check_vocab(vocab, path, set.examples.iter().map(|e| e.candidates.as_slice()))?;
+            return Ok(Self::Task { set, pad: PaddingConfig::for_tokenizer(tokenizer) });
+        }
+        let dataset = load_training(&[path.to_path_buf()], format, None, tokenizer, max_len, false)?;
+        check_vocab(vocab, path, dataset.examples.iter().map(std::slice::from_ref))?;
+        let pad = tokenizer.map(PaddingConfig::for_tokenizer).unwrap_or_default();
+        Ok(Self::Loss { path: path.to_path_buf(), examples: dataset.examples, pad })
+    }
+
+    /// Loss and perplexity of `model` on the set and, for a task, accuracy; `batch_size` rows
+    /// at a time.
+    pub fn evaluate<B: lomo_kernels::FusedKernels>(&self, model: &Llama<B>, batch_size: usize) -> Result<EvalResult> {
+        match self {
+            // One pass: every candidate is scored; the gold candidates' scores give the loss on
+            // the answers, the argmax over candidates the accuracy.
+            Self::Task { set, pad } => {
+                let scored = score_task(model, set, pad, batch_size)?;
+                Ok(EvalResult {
+                    loss: scored.gold_loss,
+                    perplexity: scored.gold_loss.exp(),
+                    accuracy: Some(scored.accuracy),
+                    examples: scored.examples,
+                })
+            }
+            Self::Loss { path, examples, pad } => {
+                let (mut loss_sum, mut targets) = (0.0, 0usize);
+                for chunk in examples.chunks(batch_size) {
+                    let batch = model_batch(&collate(chunk.iter(), pad)?)?;
+                    let sums = row_log_likelihoods(model, &batch)?;
+                    loss_sum -= sums.iter().sum::<f64>();
+                    targets += batch.num_targets();
+                }
+                if targets == 0 {
+                    bail!("{}: no supervised tokens to take a loss on", path.display());
+                }
+                let loss = loss_sum / targets as f64;
+                Ok(EvalResult { loss, perplexity: loss.exp(), accuracy: None, examples: examples.len() })
+            }
+        }
+    }
+}
+
+/// Refuses a token id outside a vocabulary of `vocab`, naming the example (counting from 1) of
 /// `path` whose rows (its candidates, for a task) hold it.
-fn check_vocab<'a, B: Backend>(
-    model: &Llama<B>,
-    path: &Path,
-    examples: impl Iterator<Item = &'a [Example]>,
-) -> Result<()> {
-    let vocab = model.config().vocab_size;
+fn check_vocab<'a>(vocab: usize, path: &Path, examples: impl Iterator<Item = &'a [Example]>) -> Result<()> {
     for (i, rows) in examples.enumerate() {
         if let Some((_, id)) = first_outside_vocab(rows.iter().map(|r| r.input_ids.as_slice()), vocab) {
             bail!("{}: example {} has token id {id}, outside the model's vocabulary of {vocab}", path.display(), i + 1);
@@ -90,21 +126,16 @@ pub struct TaskScores {
     pub examples: usize,
 }
 
-/// Scores `model` on a SuperGLUE file: each candidate by the summed log-likelihood of its
+/// Scores `model` on a SuperGLUE set: each candidate by the summed log-likelihood of its
 /// tokens given the prompt, the best one predicted.
 pub fn score_task<B: lomo_kernels::FusedKernels>(
     model: &Llama<B>,
-    tokenizer: &TextTokenizer,
-    path: &Path,
-    task: SuperGlueTask,
-    max_len: usize,
+    set: &ScoringSet,
+    pad: &PaddingConfig,
     batch_size: usize,
 ) -> Result<TaskScores> {
-    let set = load_scoring_set(path, task, tokenizer, &EncodeConfig::with_max_len(max_len))?;
-    check_vocab(model, path, set.examples.iter().map(|e| e.candidates.as_slice()))?;
-    let pad = PaddingConfig::for_tokenizer(tokenizer);
     let candidates: Vec<&[Example]> = set.examples.iter().map(|e| e.candidates.as_slice()).collect();
-    let per_example = score_candidates(model, &candidates, &pad, batch_size)?;
+    let per_example = score_candidates(model, &candidates, pad, batch_size)?;
     let accuracy = lomo_data::accuracy(&set.examples, &per_example)?;
     let (mut nll, mut tokens) = (0.0, 0usize);
     for (e, scores) in set.examples.iter().zip(&per_example) {

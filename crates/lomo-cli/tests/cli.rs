@@ -1451,3 +1451,21 @@ fn an_epoch_count_past_counting_is_refused() {
     user_error(&args.iter().map(String::as_str).collect::<Vec<_>>(), "--epochs 4611686018427387905");
     assert!(!save.join("trainer_state.json").exists());
 }
+
+/// A bad `--eval` file is found before the first step, naming its line, not at the first
+/// evaluation: no step runs and nothing is saved.
+#[test]
+fn a_bad_eval_file_fails_before_training() {
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
+    let dir = tmp("bad-eval");
+    std::fs::create_dir_all(&dir).unwrap();
+    let eval = dir.join("dev.jsonl");
+    std::fs::write(&eval, "{\"text\": \"Once upon a time\"}\n{\"text\": \n").unwrap();
+    let save = dir.join("out");
+    let mut args = short_run(&model, &data, "3", &save);
+    args.extend(["--eval", eval.to_str().unwrap(), "--eval-every", "100", "--save-every", "1"].map(String::from));
+    user_error(&args.iter().map(String::as_str).collect::<Vec<_>>(), "dev.jsonl:2");
+    assert!(!save.join("step-1").exists(), "a step ran before the eval file was read");
+}

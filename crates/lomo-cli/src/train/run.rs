@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
-use lomo_data::{BatchLoader, SuperGlueTask, TextTokenizer};
+use lomo_data::{BatchLoader, TextTokenizer};
 use lomo_models::{Llama, TrainBackend};
 use lomo_optim::LrSchedule;
 use serde_json::json;
@@ -18,7 +18,7 @@ use crate::args::TrainArgs;
 use crate::checkpoint::{self, TrainerState};
 use crate::data::model_batch;
 use crate::progress::Progress;
-use crate::scoring::{evaluate, EvalResult};
+use crate::scoring::{EvalResult, EvalSet};
 use crate::trainer::Trainer;
 
 /// One `lomo train` run: the model and where its idle stages wait, the data, the optimizer,
@@ -30,7 +30,6 @@ pub(super) struct Run<'a, B: TrainBackend> {
     pub(super) store: Store<B>,
     pub(super) tokenizer: Option<TextTokenizer>,
     pub(super) tokenizer_file: Option<PathBuf>,
-    pub(super) task: Option<SuperGlueTask>,
     pub(super) loader: BatchLoader,
     pub(super) trainer: Trainer<B>,
     pub(super) schedule: LrSchedule,
@@ -46,6 +45,8 @@ pub(super) struct Run<'a, B: TrainBackend> {
     pub(super) total_steps: u64,
     pub(super) tokens_total: u64,
     pub(super) last_loss: f64,
+    /// `--eval`'s file, read and checked at setup (rank 0 only).
+    pub(super) eval_set: Option<EvalSet>,
     pub(super) eval_results: Vec<(u64, EvalResult)>,
     /// Data parallel: rank 0 logs, evaluates and saves; the others train quietly.
     pub(super) lead: bool,
@@ -122,15 +123,13 @@ impl<B: TrainBackend> Run<'_, B> {
     /// logged and kept for the summary. Returns the eval loss when it ran.
     pub(super) fn maybe_eval(&mut self, done: u64) -> Result<Option<f64>> {
         let args = self.args;
-        let (Some(path), Some(every), true) = (&args.eval, args.eval_every, self.lead) else { return Ok(None) };
+        let (Some(set), Some(every)) = (&self.eval_set, args.eval_every) else { return Ok(None) };
         if !done.is_multiple_of(every) && done != self.total_steps {
             return Ok(None);
         }
-        let model = self.take_model();
-        let (tokenizer, task) = (self.tokenizer.as_ref(), self.task);
-        let (model, r) = self.store.whole(model, |m, _| {
-            evaluate(&m.valid(), tokenizer, path, args.format, task, args.max_len, args.batch_size)
-        })?;
+        // The fields apart, so the set is read while the model goes through the store.
+        let model = self.model.take().expect("the model is back after every pass");
+        let (model, r) = self.store.whole(model, |m, _| set.evaluate(&m.valid(), args.batch_size))?;
         self.model = Some(model);
         self.progress.message(&format!("eval at step {done}: {}", serde_json::to_string(&r)?));
         self.log.eval(done, &r)?;

@@ -18,6 +18,7 @@ use crate::checkpoint::{self, TrainerState, OPTIMIZER_FILE};
 use crate::data::{load_training, parse_task};
 use crate::model::Loaded;
 use crate::progress::Progress;
+use crate::scoring::EvalSet;
 use crate::trainer::{StepSettings, Trainer};
 
 impl<'a, B: TrainBackend> Run<'a, B> {
@@ -35,6 +36,19 @@ impl<'a, B: TrainBackend> Run<'a, B> {
         let model = model.with_loss_chunking(LossChunking::Tokens(args.loss_chunk_tokens));
         let task = parse_task(args.task.as_deref())?;
         let (mut loader, num_examples) = load_data(args, task, tokenizer.as_ref(), &model)?;
+        let lead = args.rank == 0;
+        // `--eval` is read and checked now, not at the first evaluation hours in.
+        let eval_set = match (&args.eval, lead) {
+            (Some(path), true) => Some(EvalSet::load(
+                path,
+                args.format,
+                task,
+                tokenizer.as_ref(),
+                args.max_len,
+                model.config().vocab_size,
+            )?),
+            _ => None,
+        };
         let total_steps = match (args.steps, args.epochs) {
             (Some(s), _) => s,
             (None, Some(e)) => e.checked_mul(loader.batches_per_epoch() as u64).with_context(|| {
@@ -51,7 +65,6 @@ impl<'a, B: TrainBackend> Run<'a, B> {
             None => (0, 0),
         };
         let schedule = schedule(args, total_steps)?;
-        let lead = args.rank == 0;
         let log = Log::open(args, lead, resumed.is_some(), start_step)?;
         let config = crate::config::render(args)?;
         let micro = args.micro_batch_size.unwrap_or(args.batch_size / args.world_size);
@@ -72,7 +85,6 @@ impl<'a, B: TrainBackend> Run<'a, B> {
             store,
             tokenizer,
             tokenizer_file,
-            task,
             loader,
             trainer,
             schedule,
@@ -86,6 +98,7 @@ impl<'a, B: TrainBackend> Run<'a, B> {
             total_steps,
             tokens_total,
             last_loss: f64::NAN,
+            eval_set,
             eval_results: Vec::new(),
             lead,
         })
