@@ -315,7 +315,7 @@ impl<B: UpdateKernels> UpdateRule<B> for AdaLomo<B> {
         let (p, row, col) = B::adalomo_matrix_update(
             param.into_primitive().tensor(),
             grad.into_primitive().tensor(),
-            (*prep).into(),
+            *prep,
             moment,
             self.config.scalars(lr, beta),
         );

@@ -61,7 +61,7 @@ impl<B: UpdateKernels> UpdateRule<B> for Lomo {
         let p = B::lomo_update(
             param.into_primitive().tensor(),
             grad.into_primitive().tensor(),
-            (*prep).into(),
+            *prep,
             lr,
             self.weight_decay,
         );

@@ -7,41 +7,13 @@ use burn::module::{AutodiffModule, Module, ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor};
-use lomo_kernels::GradScale;
 
 use crate::error::OptimError;
 
-/// The gradient transforms shared by every rule, applied in this order in fp32:
-/// unscale (fp16 loss scaling), clamp by value, multiply by the global-norm clip coefficient.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GradPrep {
-    /// `1 / loss_scale` (1 without loss scaling).
-    pub inv_scale: f64,
-    /// Clamp each gradient element to `[-v, v]`.
-    pub clip_value: Option<f64>,
-    /// `min(1, max_norm / (norm + 1e-6))`, from the norm pass.
-    pub clip_coef: Option<f64>,
-}
-
-impl Default for GradPrep {
-    fn default() -> Self {
-        Self { inv_scale: 1.0, clip_value: None, clip_coef: None }
-    }
-}
-
-impl GradPrep {
-    /// The gradient in fp32 with the transforms applied (lomo-kernels' [`GradScale::apply`]).
-    pub fn apply<B: Backend, const D: usize>(&self, grad: Tensor<B, D>) -> Tensor<B, D> {
-        GradScale::from(*self).apply(grad)
-    }
-}
-
-/// The scalars lomo-kernels' update kernels take.
-impl From<GradPrep> for GradScale {
-    fn from(p: GradPrep) -> Self {
-        Self { inv_scale: p.inv_scale, clip_value: p.clip_value, clip_coef: p.clip_coef }
-    }
-}
+/// The gradient transforms shared by every rule, applied in this order in fp32: unscale (fp16
+/// loss scaling), clamp by value, multiply by the global-norm clip coefficient. The scalars
+/// lomo-kernels' update kernels take, under the name the fused step has always given them.
+pub use lomo_kernels::GradScale as GradPrep;
 
 /// A per-parameter update rule (LOMO, AdaLomo). Works on the inner (non-autodiff) backend.
 ///
