@@ -27,6 +27,15 @@ pub enum OptimError {
     /// A stage store could not fetch or write back a stage's weights (a file, a device).
     #[error("offload: {0}")]
     Store(String),
+    /// A device reported a failure when the phase timers waited for it (an asynchronous
+    /// backend's kernel error surfaces at the next wait).
+    #[error("the device {device} failed (found while the phase timers waited for it): {}", one_line(error))]
+    Device {
+        /// The device, as its backend prints it.
+        device: String,
+        /// The backend's report.
+        error: burn::tensor::backend::ExecutionError,
+    },
     /// Saved optimizer state does not fit the model it is loaded into.
     #[error("optimizer state for parameter `{param}`: {message}")]
     State {
@@ -47,4 +56,9 @@ pub enum OptimError {
         /// The recorder's error.
         message: String,
     },
+}
+
+/// A backend's multi-line report on one line, so that an error stays one line for the CLI.
+fn one_line(error: &impl std::fmt::Display) -> String {
+    error.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
 }

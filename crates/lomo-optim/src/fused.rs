@@ -15,6 +15,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, Tensor, TensorPrimitive};
 use lomo_kernels::UpdateKernels;
 
+use crate::clock::PhaseClock;
 use crate::error::OptimError;
 use crate::reduce::StepReducer;
 use crate::rule::{GradPrep, Updater};
@@ -57,7 +58,9 @@ pub struct StepReport {
 }
 
 /// Wall-clock seconds of the phases of one fused step, from timers inside it (a clock read
-/// per stage: cheap, always on).
+/// per stage: cheap, always on). On an asynchronous backend (CUDA) they count the device's
+/// work only with [`FusedStep::with_synced_timings`]; otherwise a phase is charged the time to
+/// queue its kernels, and the device's time lands wherever a result is next read.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct StepTimings {
     /// The tape-free forward pass through every stage but the loss stage.
@@ -115,6 +118,8 @@ pub struct FusedStep<U> {
     updater: U,
     config: FusedConfig,
     scaler: Option<DynamicLossScaler>,
+    /// Whether the phase timers wait for the devices at every phase boundary.
+    synced_timings: bool,
 }
 
 impl<U> FusedStep<U> {
@@ -137,7 +142,22 @@ impl<U> FusedStep<U> {
             }
         }
         let scaler = config.loss_scale.map(DynamicLossScaler::new).transpose()?;
-        Ok(Self { updater, config, scaler })
+        Ok(Self { updater, config, scaler, synced_timings: false })
+    }
+
+    /// With `on`, the step waits for the model's devices (`Backend::sync`) at the start and end
+    /// of every timed phase, so that [`StepTimings`] hold each phase's device time on an
+    /// asynchronous backend (CUDA), not the time to queue it; each wait drains the device's
+    /// queue, so ask for it when the timings are what is measured. Off by default: the step then
+    /// waits only where a result is read (the loss). On a CPU backend the waits return at once.
+    pub fn with_synced_timings(mut self, on: bool) -> Self {
+        self.synced_timings = on;
+        self
+    }
+
+    /// Whether the phase timers wait for the devices ([`Self::with_synced_timings`]).
+    pub fn synced_timings(&self) -> bool {
+        self.synced_timings
     }
 
     /// The updater (to read or save its state).
@@ -222,12 +242,13 @@ impl<U> FusedStep<U> {
         U: Updater<B, M>,
     {
         let mut reduce_seconds = 0.0;
+        let clock = PhaseClock::<B>::new(self.synced_timings, || model.devices());
         let plan = global_plan::<B, M, D>(&model, micro_batches, reducer, &mut reduce_seconds)?;
-        let clock = Instant::now();
+        let start = clock.start()?;
         let (model, boundaries, (fetch, release)) =
-            forward_boundaries::<B, M, D>(model, micro_batches, plan.num_stages, store)?;
+            forward_boundaries::<B, M, D>(model, micro_batches, plan.num_stages, store, &clock)?;
         let mut timings = StepTimings {
-            forward: clock.elapsed().as_secs_f64() - fetch - release,
+            forward: clock.seconds_since(start)? - fetch - release,
             store_fetch: fetch,
             store_release: release,
             ..Default::default()
@@ -245,7 +266,7 @@ impl<U> FusedStep<U> {
         };
         let inv_scale = scale.map_or(1.0, |s| 1.0 / s);
         let mut prep = GradPrep { inv_scale, clip_value: self.config.clip_grad_value, clip_coef: None };
-        let pass = Passes { micro_batches, boundaries: &boundaries, plan: &plan, scale };
+        let pass = Passes { micro_batches, boundaries: &boundaries, plan: &plan, scale, clock: &clock };
 
         let mut model = model;
         let mut loss_sum = None;
@@ -289,12 +310,13 @@ impl<U> FusedStep<U> {
 }
 
 /// What both backward passes of a step read: the micro-batches, their boundary activations, the
-/// stage plan and the loss scale.
+/// stage plan, the loss scale and the timers' clock.
 struct Passes<'a, B: AutodiffBackend, M: StagedModel<B, D>, const D: usize> {
     micro_batches: &'a [M::Batch],
     boundaries: &'a [Vec<Tensor<B::InnerBackend, D>>],
     plan: &'a StagePlan,
     scale: Option<f64>,
+    clock: &'a PhaseClock<B>,
 }
 
 /// The step's stage plan, with the target count summed over every rank when data parallel.
@@ -350,7 +372,7 @@ where
     B::InnerBackend: UpdateKernels,
     M: StagedModel<B, D>,
 {
-    let clock = Instant::now();
+    let start = pass.clock.start()?;
     let mut norm = NormPass { inv_scale, sum_sq: 0.0, overflow: false };
     let (result, reduce_seconds) = reduced_pass(model, pass, reducer, store, false, |m, ready| {
         norm.add::<B, M>(&m, ready);
@@ -358,7 +380,7 @@ where
         (m, go_on)
     })?;
     let (fetch, release) = result.store_seconds;
-    timings.norm_pass = Some(clock.elapsed().as_secs_f64() - reduce_seconds - fetch - release);
+    timings.norm_pass = Some(pass.clock.seconds_since(start)? - reduce_seconds - fetch - release);
     timings.store_fetch += fetch;
     timings.store_release += release;
     Ok(NormOutcome {
@@ -471,17 +493,18 @@ pub(crate) fn forward_boundaries<B: AutodiffBackend, M: StagedModel<B, D>, const
     micro_batches: &[M::Batch],
     num_stages: usize,
     store: &mut dyn StageStore<B, M>,
+    clock: &PhaseClock<B>,
 ) -> Result<(M, Vec<Vec<Tensor<B::InnerBackend, D>>>, (f64, f64)), OptimError> {
     let (mut fetch, mut release) = (0.0, 0.0);
     let mut boundaries: Vec<Vec<Tensor<B::InnerBackend, D>>> =
         micro_batches.iter().map(|_| Vec::with_capacity(num_stages - 1)).collect();
     for s in 0..num_stages - 1 {
-        let clock = Instant::now();
+        let start = clock.start()?;
         model = store.fetch(model, s)?;
         // The next stage to run: the following block, or after the last one the loss stage,
         // where the backward pass begins.
         store.prefetch(s + 1)?;
-        fetch += clock.elapsed().as_secs_f64();
+        fetch += clock.seconds_since(start)?;
         let inner = model.valid();
         for (mb, batch) in micro_batches.iter().enumerate() {
             let input = boundaries[mb].last().cloned();
@@ -489,9 +512,9 @@ pub(crate) fn forward_boundaries<B: AutodiffBackend, M: StagedModel<B, D>, const
             boundaries[mb].push(out);
         }
         drop(inner);
-        let clock = Instant::now();
+        let start = clock.start()?;
         model = store.release(model, s, &[])?;
-        release += clock.elapsed().as_secs_f64();
+        release += clock.seconds_since(start)?;
     }
     Ok((model, boundaries, (fetch, release)))
 }
@@ -500,13 +523,9 @@ pub(crate) fn forward_boundaries<B: AutodiffBackend, M: StagedModel<B, D>, const
 /// the gradients that are final (raw, summed over micro-batches and stages) and returns the
 /// model and whether to go on. Each stage's weights are fetched from `store` before it runs and
 /// released after `on_ready`; in the `updating` pass with the parameters updated there.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn backward_pass<B, M, const D: usize, F>(
+fn backward_pass<B, M, const D: usize, F>(
     mut model: M,
-    micro_batches: &[M::Batch],
-    boundaries: &[Vec<Tensor<B::InnerBackend, D>>],
-    plan: &StagePlan,
-    loss_scale: Option<f64>,
+    pass: &Passes<'_, B, M, D>,
     store: &mut dyn StageStore<B, M>,
     updating: bool,
     on_ready: &mut F,
@@ -516,6 +535,7 @@ where
     M: StagedModel<B, D>,
     F: FnMut(M, &mut GradientsParams, usize) -> (M, bool),
 {
+    let Passes { micro_batches, boundaries, plan, scale: loss_scale, clock } = *pass;
     let n = plan.num_stages;
     // The mean over every rank's targets (a rank without any gets a weight it never uses).
     let loss_weight = loss_scale.unwrap_or(1.0) / plan.targets.max(1) as f64;
@@ -526,7 +546,7 @@ where
     let mut ready_seconds = 0.0;
     let mut store_seconds = (0.0, 0.0);
     for s in (0..n).rev() {
-        let fetch_clock = Instant::now();
+        let fetch_start = clock.start()?;
         model = store.fetch(model, s)?;
         // After stage 0 of the norm pass, the updating pass starts again at the loss stage.
         // (Stage 0 of the next step's forward is the one being updated now: nothing to read.)
@@ -535,8 +555,8 @@ where
             (0, false) => store.prefetch(n - 1)?,
             _ => store.prefetch(s - 1)?,
         }
-        store_seconds.0 += fetch_clock.elapsed().as_secs_f64();
-        let clock = Instant::now();
+        store_seconds.0 += clock.seconds_since(fetch_start)?;
+        let start = clock.start()?;
         let mut ready = GradientsParams::new();
         for (mb, batch) in micro_batches.iter().enumerate() {
             if s == n - 1 {
@@ -567,15 +587,15 @@ where
                 collect_grads::<B, M>(&model, &mut grads, s, plan, &mut pending, &mut ready);
             }
         }
-        stage_seconds[s] = clock.elapsed().as_secs_f64();
+        stage_seconds[s] = clock.seconds_since(start)?;
         // The stage's graphs are gone: every weight is uniquely owned again.
-        let clock = Instant::now();
+        let start = clock.start()?;
         let (next, go_on) = on_ready(model, &mut ready, s);
-        ready_seconds += clock.elapsed().as_secs_f64();
+        ready_seconds += clock.seconds_since(start)?;
         let updated: &[ParamId] = if updating && go_on { &plan.home[s] } else { &[] };
-        let clock = Instant::now();
+        let start = clock.start()?;
         model = store.release(next, s, updated)?;
-        store_seconds.1 += clock.elapsed().as_secs_f64();
+        store_seconds.1 += clock.seconds_since(start)?;
         if !go_on {
             break;
         }
@@ -600,22 +620,13 @@ where
 {
     let mut failed: Option<OptimError> = None;
     let mut reduce_seconds = 0.0;
-    let result = backward_pass::<B, M, D, _>(
-        model,
-        pass.micro_batches,
-        pass.boundaries,
-        pass.plan,
-        pass.scale,
-        store,
-        updating,
-        &mut |m, ready, s| {
-            if let Err(e) = reduce_ready::<B, M>(&m, ready, s, pass.plan, reducer, &mut reduce_seconds) {
-                failed = Some(e);
-                return (m, false);
-            }
-            on_ready(m, ready)
-        },
-    )?;
+    let result = backward_pass::<B, M, D, _>(model, pass, store, updating, &mut |m, ready, s| {
+        if let Err(e) = reduce_ready::<B, M>(&m, ready, s, pass.plan, pass.clock, reducer, &mut reduce_seconds) {
+            failed = Some(e);
+            return (m, false);
+        }
+        on_ready(m, ready)
+    })?;
     match failed {
         Some(e) => Err(e),
         None => Ok((result, reduce_seconds)),
@@ -647,6 +658,7 @@ fn reduce_ready<B: AutodiffBackend, M: AutodiffModule<B>>(
     ready: &mut GradientsParams,
     s: usize,
     plan: &StagePlan,
+    clock: &PhaseClock<B>,
     reducer: &mut dyn StepReducer<B::InnerBackend>,
     seconds: &mut f64,
 ) -> Result<(), OptimError> {
@@ -696,7 +708,7 @@ fn reduce_ready<B: AutodiffBackend, M: AutodiffModule<B>>(
             self.ready.register::<B::InnerBackend, D>(param.id, part);
         }
     }
-    let clock = Instant::now();
+    let start = clock.start()?;
     let mut gather = Gather::<B::InnerBackend> { ready, s, plan, parts: Vec::new() };
     model.visit(&mut gather);
     let Gather { ready, parts, .. } = gather;
@@ -707,7 +719,7 @@ fn reduce_ready<B: AutodiffBackend, M: AutodiffModule<B>>(
     let sum = reducer.sum_grad(flat.into_primitive().tensor())?;
     let sum = Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(sum));
     model.visit(&mut Scatter::<B::InnerBackend> { ready, s, plan, sum, at: 0 });
-    *seconds += clock.elapsed().as_secs_f64();
+    *seconds += clock.seconds_since(start)?;
     Ok(())
 }
 

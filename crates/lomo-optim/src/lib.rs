@@ -137,6 +137,7 @@
 
 pub mod adalomo;
 pub mod baseline;
+mod clock;
 pub mod error;
 pub mod fused;
 pub mod lomo;
