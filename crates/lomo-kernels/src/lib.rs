@@ -36,6 +36,8 @@
 mod autodiff;
 mod backends;
 pub mod blocks;
+#[cfg(feature = "cubecl")]
+mod cube;
 mod flex;
 pub mod reference;
 #[cfg(feature = "tch")]

@@ -5,6 +5,8 @@
 //! checkout. A missing file skips the test with a note saying where to get it, and fails it
 //! when `CI` is set (a skipped test must not pass CI).
 
+pub mod mutate;
+
 use std::path::{Path, PathBuf};
 
 /// The shared folder: `$LOMO_SHARED`, else `../shared` beside the workspace root.

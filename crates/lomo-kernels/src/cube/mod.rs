@@ -1,0 +1,146 @@
+//! GPU kernels written once in CubeCL (`#[cube]`), for every burn CubeCL backend without
+//! fusion (`CubeBackend<R, …>`: burn's `Cuda` as lomo builds it, and `Wgpu` on Vulkan, Metal,
+//! DirectX — Mesa's software Vulkan in CI, where they are tested against [`crate::reference`]).
+//!
+//! Each is one launch (or two, where a reduction runs along both axes), f32 inside whatever the
+//! storage dtype, on contiguous buffers; results in the storage dtype as the reference gives
+//! them. What has no kernel here yet takes the trait's default (the reference composition of
+//! burn's ops): the embedding and its backward, the linear layer (cubecl's matmul) and the
+//! attention.
+//!
+//! - [`elementwise`]: SwiGLU forward and backward, LOMO's update (in place).
+//! - [`rows`]: one cube per row — RMSNorm forward and backward, `log softmax` at labels and its
+//!   gradient; the sum of squares of a gradient.
+//! - [`adalomo`]: AdaLomo's factored update of a matrix, with the update's and the weight's
+//!   RMS kept on the device.
+
+mod adalomo;
+mod elementwise;
+mod rows;
+
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::DType;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use cubecl::prelude::*;
+use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
+
+use crate::{AdaLomoScalars, FusedKernels, GradScale, UpdateKernels};
+
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedKernels for CubeBackend<R, F, I, BT> {
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        rows::rms_norm(x, weight, eps)
+    }
+
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        rows::rms_norm_backward::<R, F, I, BT>(x, weight, eps, grad)
+    }
+
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        elementwise::swiglu(gate, up)
+    }
+
+    fn swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        elementwise::swiglu_backward(gate, up, grad)
+    }
+
+    fn log_probs(logits: FloatTensor<Self>, labels: &[i64]) -> FloatTensor<Self> {
+        rows::log_probs::<R, F, I, BT>(logits, labels)
+    }
+
+    fn log_probs_backward(
+        logits: FloatTensor<Self>,
+        labels: &[i64],
+        out: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        rows::log_probs_backward::<R, F, I, BT>(logits, labels, out, grad)
+    }
+}
+
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> UpdateKernels for CubeBackend<R, F, I, BT> {
+    fn lomo_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: GradScale,
+        lr: f64,
+        weight_decay: f64,
+    ) -> FloatTensor<Self> {
+        elementwise::lomo_update(param, grad, scale, lr, weight_decay)
+    }
+
+    fn adalomo_matrix_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: GradScale,
+        moment: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
+        s: AdaLomoScalars,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        adalomo::matrix_update::<R, F, I, BT>(param, grad, scale, moment, s)
+    }
+
+    fn sum_sq(grad: FloatTensor<Self>, scale: f64) -> f64 {
+        rows::sum_sq::<R, F, I, BT>(grad, scale)
+    }
+}
+
+/// Units per cube of the row kernels (a power of two: the reductions halve it).
+const ROW_UNITS: usize = 256;
+
+/// `t` contiguous; with `write`, also uniquely owned, so that a kernel may write into it (a
+/// copy when another reference holds it).
+fn owned_contiguous<R: CubeRuntime>(t: CubeTensor<R>, write: bool) -> CubeTensor<R> {
+    let t = into_contiguous(t);
+    if write && !t.can_mut() {
+        t.copy()
+    } else {
+        t
+    }
+}
+
+/// A new contiguous tensor of `like`'s shape.
+fn empty_like<R: CubeRuntime>(like: &CubeTensor<R>, dtype: DType) -> CubeTensor<R> {
+    empty_device_dtype(like.client.clone(), like.device.clone(), like.meta.shape().clone(), dtype)
+}
+
+/// A new contiguous f32 tensor of `shape`, on `like`'s device.
+fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: &[usize]) -> CubeTensor<R> {
+    empty_device_dtype(like.client.clone(), like.device.clone(), shape.into(), DType::F32)
+}
+
+/// The storage type a kernel's `#[define]` takes for a float tensor.
+fn float_dtype<R: CubeRuntime>(t: &CubeTensor<R>) -> StorageType {
+    t.dtype.into()
+}
+
+/// Cubes and units for one unit per element of `n`.
+fn elementwise_launch<R: Runtime>(client: &ComputeClient<R>, n: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new(client, n);
+    (calculate_cube_count_elemwise(client, n, dim), dim)
+}
+
+/// One cube of [`ROW_UNITS`] units per row, `rows` of them (in two dimensions past the 65,535
+/// a dimension holds; the kernels read the flat `CUBE_POS` and skip those past the end).
+fn row_launch(rows: usize) -> (CubeCount, CubeDim) {
+    let x = rows.clamp(1, 65_535);
+    let y = rows.div_ceil(x).max(1);
+    (CubeCount::Static(x as u32, y as u32, 1), CubeDim::new_1d(ROW_UNITS as u32))
+}
+
+/// `labels` on `like`'s device as an i32 array (the kernels' label type).
+fn labels_on<R: CubeRuntime>(like: &CubeTensor<R>, labels: &[i64]) -> CubeTensor<R> {
+    let ids: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
+    let handle = like.client.create_from_slice(bytemuck::cast_slice(&ids));
+    CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), [ids.len()].into(), handle, DType::I32)
+}

@@ -1,0 +1,134 @@
+//! The CubeCL kernels (`src/cube/`) on burn's wgpu backend against the reference compositions
+//! of burn's ops on the same backend, in f32 (WGSL has no bf16). On a machine without a GPU
+//! this runs on Mesa's software Vulkan (lavapipe: `apt-get install mesa-vulkan-drivers
+//! libvulkan1`), so the shapes are small, but each is chosen to cross the kernels' edges: rows
+//! wider than a cube's 256 units and not a multiple of them, more rows than one block of
+//! partial sums (64), more elements than one block of the sum of squares (8,192).
+//!
+//! Tolerances: the kernels sum in another order than burn's reductions (a tree in shared
+//! memory), so sums agree to f32 rounding of the sum, 1e-5 relative to the largest value;
+//! elementwise kernels do the reference's arithmetic and agree to 1e-6.
+
+use burn::backend::Wgpu;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use lomo_io::rng::SplitMix64;
+use lomo_kernels::update::reference as update_reference;
+use lomo_kernels::{reference, AdaLomoScalars, FusedKernels, GradScale, UpdateKernels};
+
+type B = Wgpu;
+
+fn random<const D: usize>(shape: [usize; D], seed: u64, mean: f64) -> Tensor<B, D> {
+    let mut rng = SplitMix64::new(seed);
+    let n = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| (mean + rng.next_normal()) as f32).collect();
+    Tensor::from_data(TensorData::new(values, shape), &Default::default())
+}
+
+fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+fn prim<const D: usize>(t: &Tensor<B, D>) -> FloatTensor<B> {
+    t.clone().into_primitive().tensor()
+}
+
+fn tensor<const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// Largest absolute difference over the largest magnitude of `want`.
+fn assert_close<const D: usize>(what: &str, got: Tensor<B, D>, want: Tensor<B, D>, tol: f32) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let (got, want) = (values(got), values(want));
+    let scale = want.iter().fold(1e-30f32, |m, v| m.max(v.abs()));
+    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(got.iter().all(|v| v.is_finite()), "{what}: non-finite values");
+    assert!(diff / scale <= tol, "{what}: max |diff| {diff} against max |value| {scale} (tolerance {tol})");
+}
+
+#[test]
+fn rms_norm_forward_and_backward() {
+    for (rows, n) in [(5, 37), (130, 600)] {
+        let x = random([rows, n], 1, 0.3);
+        let w = random([n], 2, 1.0);
+        let dy = random([rows, n], 3, 0.0);
+        let got = tensor::<2>(B::rms_norm(prim(&x), prim(&w), 1e-6));
+        assert_close("rms_norm", got, reference::rms_norm(x.clone(), w.clone(), 1e-6), 1e-6);
+        let (dx, dw) = B::rms_norm_backward(prim(&x), prim(&w), 1e-6, prim(&dy));
+        let (want_dx, want_dw) = reference::rms_norm_backward(x, w, 1e-6, dy);
+        assert_close("rms_norm dx", tensor::<2>(dx), want_dx, 1e-5);
+        assert_close("rms_norm dw", tensor::<1>(dw), want_dw, 1e-5);
+    }
+}
+
+#[test]
+fn swiglu_forward_and_backward() {
+    let (gate, up, dy) = (random([7, 333], 4, 0.0), random([7, 333], 5, 0.0), random([7, 333], 6, 0.0));
+    let got = tensor::<2>(B::swiglu(prim(&gate), prim(&up)));
+    assert_close("swiglu", got, reference::swiglu(gate.clone(), up.clone()), 1e-6);
+    let (d_gate, d_up) = B::swiglu_backward(prim(&gate), prim(&up), prim(&dy));
+    let (want_gate, want_up) = reference::swiglu_backward(gate, up, dy);
+    assert_close("swiglu d_gate", tensor::<2>(d_gate), want_gate, 1e-6);
+    assert_close("swiglu d_up", tensor::<2>(d_up), want_up, 1e-6);
+}
+
+#[test]
+fn log_probs_forward_and_backward() {
+    let (rows, vocab) = (9, 700);
+    let logits = random([rows, vocab], 7, 0.0).mul_scalar(3.0);
+    let labels: Vec<i64> = (0..rows as i64).map(|i| (i * 97 + 5) % vocab as i64).collect();
+    let out = tensor::<1>(B::log_probs(prim(&logits), &labels));
+    assert_close("log_probs", out.clone(), reference::log_probs(logits.clone(), &labels), 1e-5);
+    let grad = random([rows], 8, 0.0);
+    let want = reference::log_probs_backward(logits.clone(), &labels, grad.clone());
+    let before = values(logits.clone());
+    // Shared logits: the kernel works on a copy and the caller's stay as they were.
+    let got = tensor::<2>(B::log_probs_backward(prim(&logits), &labels, prim(&out), prim(&grad)));
+    assert_close("log_probs backward (shared logits)", got, want.clone(), 1e-5);
+    assert_eq!(values(logits.clone()), before, "the caller's logits were written over");
+    // Logits of its own (a new buffer): the gradient is written over them.
+    let owned = logits.mul_scalar(1.0).into_primitive().tensor();
+    let got = tensor::<2>(B::log_probs_backward(owned, &labels, prim(&out), prim(&grad)));
+    assert_close("log_probs backward (in place)", got, want, 1e-5);
+}
+
+#[test]
+fn lomo_update_with_every_transform() {
+    let scales = [GradScale::default(), GradScale { inv_scale: 0.25, clip_value: Some(0.3), clip_coef: Some(0.6) }];
+    for scale in scales {
+        for wd in [0.0, 0.1] {
+            let (p, g) = (random([300, 7], 9, 0.0), random([300, 7], 10, 0.2));
+            let got = tensor::<2>(B::lomo_update(prim(&p), prim(&g), scale, 1e-2, wd));
+            let want = tensor::<2>(update_reference::lomo_update::<B>(prim(&p), prim(&g), scale, 1e-2, wd));
+            assert_close("lomo_update", got, want, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn sum_of_squares_over_blocks() {
+    let g = random([20_000], 11, 0.1);
+    let got = B::sum_sq(prim(&g), 0.5);
+    let want: f64 = values(g).iter().map(|&v| (v as f64 * 0.5).powi(2)).sum();
+    assert!((got - want).abs() <= 1e-5 * want, "sum_sq {got} against {want}");
+}
+
+#[test]
+fn adalomo_first_and_later_updates() {
+    let s =
+        AdaLomoScalars { lr: 1e-2, beta: 0.8, eps_sq: 1e-30, eps_scale: 1e-3, clip_threshold: 1.0, weight_decay: 0.05 };
+    let scale = GradScale { inv_scale: 0.5, clip_value: Some(2.0), clip_coef: Some(0.9) };
+    let (p, g) = (random([70, 45], 12, 0.0), random([70, 45], 13, 0.1));
+    let run = |moment: Option<(Tensor<B, 1>, Tensor<B, 1>)>| {
+        let m = || moment.as_ref().map(|(r, c)| (prim(r), prim(c)));
+        let (gp, gr, gc) = B::adalomo_matrix_update(prim(&p), prim(&g), scale, m(), s);
+        let (wp, wr, wc) = update_reference::adalomo_matrix_update::<B>(prim(&p), prim(&g), scale, m(), s);
+        assert_close("adalomo row", tensor::<1>(gr), tensor::<1>(wr.clone()), 1e-5);
+        assert_close("adalomo col", tensor::<1>(gc), tensor::<1>(wc.clone()), 1e-5);
+        assert_close("adalomo weight", tensor::<2>(gp), tensor::<2>(wp), 1e-5);
+        (tensor::<1>(wr), tensor::<1>(wc))
+    };
+    let moment = run(None);
+    run(Some(moment));
+}
