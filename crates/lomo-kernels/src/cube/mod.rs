@@ -56,7 +56,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedKerne
     }
 
     fn log_probs(logits: FloatTensor<Self>, labels: &[i64]) -> FloatTensor<Self> {
-        rows::log_probs::<R, F, I, BT>(logits, labels)
+        rows::log_probs(logits, labels)
     }
 
     fn log_probs_backward(

@@ -345,10 +345,7 @@ pub fn rms_norm_backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Boo
 }
 
 /// `log softmax(logits)[i, labels[i]]` per row, `[n]` in f32.
-pub fn log_probs<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
-    logits: CubeTensor<R>,
-    labels: &[i64],
-) -> CubeTensor<R> {
+pub fn log_probs<R: CubeRuntime>(logits: CubeTensor<R>, labels: &[i64]) -> CubeTensor<R> {
     let logits = owned_contiguous(logits, false);
     let [rows, vocab] = rows_of(&logits);
     let out = empty_f32(&logits, &[rows]);
