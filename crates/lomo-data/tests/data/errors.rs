@@ -41,6 +41,22 @@ fn pretokenized_errors_name_file_line_and_field() {
     ends_with(&m, "data.jsonl:2: field \"(record)\": expected a JSON object, found an array");
 }
 
+/// A row with nothing to learn is refused when the file is read, naming its line, as Alpaca and
+/// chat records are: it used to pass, and a batch of such rows stopped training at its step
+/// with no file or line named.
+#[test]
+fn pretokenized_rows_with_nothing_to_learn_are_refused_up_front() {
+    let good = r#"{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}"#;
+    let ignored = r#"{"input_ids": [1, 2, 3], "labels": [-100, -100, -100]}"#;
+    let m = load_error("masked.jsonl", &format!("{good}\n{good}\n\n{ignored}\n{good}\n"), None);
+    ends_with(&m, "masked.jsonl:4: field \"labels\": every label past the first is -100: there is nothing to learn");
+    // Position 0 is never predicted (HF's shift), so its label alone is nothing to learn.
+    let m = load_error("first.jsonl", r#"{"input_ids": [1, 2], "labels": [1, -100]}"#, None);
+    ends_with(&m, "first.jsonl:1: field \"labels\": every label past the first is -100: there is nothing to learn");
+    let m = load_error("one.jsonl", &format!("{good}\n{{\"input_ids\": [7]}}\n"), None);
+    ends_with(&m, "one.jsonl:2: field \"input_ids\": has one token: nothing to predict (a row needs two)");
+}
+
 #[test]
 fn a_pretokenized_id_outside_the_vocabulary_is_an_error() {
     let tokenizer = stories_tokenizer!();
@@ -148,7 +164,7 @@ fn bad_configs_and_missing_tokenizers_are_errors() {
     let dataset = Dataset::load(&path, None, None, &EncodeConfig::default()).unwrap();
     assert!(lomo_data::BatchLoader::new(dataset, LoaderConfig::new(0)).is_err());
     let not_utf8 = temp_file("bin.jsonl", "");
-    std::fs::write(&not_utf8, b"{\"input_ids\": [1]}\n\xff\xfe\n").unwrap();
+    std::fs::write(&not_utf8, b"{\"input_ids\": [1, 2]}\n\xff\xfe\n").unwrap();
     let e = Dataset::load(&not_utf8, None, None, &EncodeConfig::default()).unwrap_err();
     assert!(e.to_string().contains("bin.jsonl: line 2: not valid UTF-8"), "{e}");
 }
