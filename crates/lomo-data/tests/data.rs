@@ -7,6 +7,7 @@ mod data {
     pub mod errors;
     pub mod formats;
     pub mod gguf;
+    pub mod mutations;
     pub mod reference;
     pub mod stream;
     pub mod superglue;
