@@ -44,7 +44,7 @@ pub mod reference;
 mod tch;
 pub mod update;
 
-pub use update::{AdaLomoScalars, GradScale, UpdateKernels};
+pub use update::{AdaLomoScalars, GradScale, SumSq, UpdateKernels};
 
 use std::sync::Arc;
 

@@ -110,8 +110,15 @@ fn lomo_update_with_every_transform() {
 fn sum_of_squares_over_blocks() {
     let g = random([20_000], 11, 0.1);
     let got = B::sum_sq(prim(&g), 0.5);
-    let want: f64 = values(g).iter().map(|&v| (v as f64 * 0.5).powi(2)).sum();
+    let want: f64 = values(g.clone()).iter().map(|&v| (v as f64 * 0.5).powi(2)).sum();
     assert!((got - want).abs() <= 1e-5 * want, "sum_sq {got} against {want}");
+    // Left on the device, two tensors' sums are read together, after what is known already.
+    let h = random([3, 5], 14, 0.0);
+    let deferred = vec![B::sum_sq_deferred(prim(&g), 0.5), B::sum_sq_deferred(prim(&h), 0.5)];
+    assert!(matches!(deferred[0], SumSq::OnDevice(_)), "wgpu's sums stay on the device");
+    let both = SumSq::add_to(1.0, deferred);
+    let want = 1.0 + want + values(h).iter().map(|&v| (v as f64 * 0.5).powi(2)).sum::<f64>();
+    assert!((both - want).abs() <= 1e-5 * want, "deferred sums {both} against {want}");
 }
 
 #[test]

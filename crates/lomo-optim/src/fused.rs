@@ -12,8 +12,8 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, ElementConversion, Tensor, TensorPrimitive};
-use lomo_kernels::UpdateKernels;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+use lomo_kernels::{SumSq, UpdateKernels};
 
 use crate::clock::PhaseClock;
 use crate::error::OptimError;
@@ -541,7 +541,8 @@ where
     let loss_weight = loss_scale.unwrap_or(1.0) / plan.targets.max(1) as f64;
     let mut upstream: Vec<Option<Tensor<B::InnerBackend, D>>> = vec![None; micro_batches.len()];
     let mut pending = GradientsParams::new();
-    let mut loss_sum = 0.0;
+    // Each loss chunk's value, read once when the pass ends (a read waits for the device).
+    let mut losses: Vec<Tensor<B::InnerBackend, 1>> = Vec::new();
     let mut stage_seconds = vec![0.0; n];
     let mut ready_seconds = 0.0;
     let mut store_seconds = (0.0, 0.0);
@@ -564,7 +565,7 @@ where
                 for chunk in 0..model.num_loss_chunks(batch) {
                     let x = Tensor::<B, D>::from_inner(boundaries[mb][n - 2].clone()).require_grad();
                     let raw = model.forward_loss(x.clone(), batch, chunk).cast(DType::F32);
-                    loss_sum += raw.clone().inner().into_scalar().elem::<f64>();
+                    losses.push(raw.clone().inner().reshape([1]));
                     let loss = raw.mul_scalar(loss_weight);
                     let mut grads = loss.backward();
                     if let Some(g) = x.grad_remove(&mut grads) {
@@ -600,7 +601,17 @@ where
             break;
         }
     }
+    let loss_sum = sum_in_f64(losses);
     Ok(PassResult { model, loss_sum, stage_seconds, ready_seconds, store_seconds })
+}
+
+/// The sum of one-element f32 tensors in f64, in their order, read in one transfer.
+fn sum_in_f64<B: Backend>(values: Vec<Tensor<B, 1>>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let data = Tensor::cat(values, 0).into_data().convert::<f64>();
+    data.as_slice::<f64>().map_or(f64::NAN, |v| v.iter().fold(0.0, |acc, x| acc + x))
 }
 
 /// One backward pass of the step in which each stage's final gradients are first summed across
@@ -777,21 +788,26 @@ impl NormPass {
         model: &M,
         ready: &mut GradientsParams,
     ) {
-        struct Visit<'a> {
-            norm: &'a mut NormPass,
+        struct Visit<'a, B: Backend> {
+            inv_scale: f64,
+            sums: Vec<SumSq<B>>,
             ready: &'a mut GradientsParams,
         }
-        impl<B: AutodiffBackend<InnerBackend: UpdateKernels>> ModuleVisitor<B> for Visit<'_> {
+        impl<B: AutodiffBackend<InnerBackend: UpdateKernels>> ModuleVisitor<B> for Visit<'_, B::InnerBackend> {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
                 let Some(g) = self.ready.remove::<B::InnerBackend, D>(param.id) else { return };
                 // Gradients were computed on the scaled loss: unscale before squaring, in fp32.
-                let sq = <B::InnerBackend as UpdateKernels>::sum_sq(g.into_primitive().tensor(), self.norm.inv_scale);
-                if !sq.is_finite() {
-                    self.norm.overflow = true;
-                }
-                self.norm.sum_sq += sq;
+                let g = g.into_primitive().tensor();
+                self.sums.push(<B::InnerBackend as UpdateKernels>::sum_sq_deferred(g, self.inv_scale));
             }
         }
-        model.visit(&mut Visit { norm: self, ready });
+        let mut visit = Visit::<B::InnerBackend> { inv_scale: self.inv_scale, sums: Vec::new(), ready };
+        model.visit(&mut visit);
+        // One read for the stage (on a GPU, the sums wait on the device until here). A
+        // non-finite gradient makes the sum non-finite.
+        self.sum_sq = SumSq::add_to(self.sum_sq, visit.sums);
+        if !self.sum_sq.is_finite() {
+            self.overflow = true;
+        }
     }
 }

@@ -27,7 +27,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 
-use crate::{AdaLomoScalars, FusedKernels, GradScale, UpdateKernels};
+use crate::{AdaLomoScalars, FusedKernels, GradScale, SumSq, UpdateKernels};
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedKernels for CubeBackend<R, F, I, BT> {
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
@@ -91,7 +91,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> UpdateKern
     }
 
     fn sum_sq(grad: FloatTensor<Self>, scale: f64) -> f64 {
-        rows::sum_sq::<R, F, I, BT>(grad, scale)
+        SumSq::<Self>::add_to(0.0, vec![Self::sum_sq_deferred(grad, scale)])
+    }
+
+    fn sum_sq_deferred(grad: FloatTensor<Self>, scale: f64) -> SumSq<Self> {
+        SumSq::OnDevice(rows::sum_sq_partials(grad, scale))
     }
 }
 

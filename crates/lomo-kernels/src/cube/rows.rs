@@ -3,7 +3,6 @@
 //! in shared memory, in f32.
 
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
-use burn::tensor::{Tensor, TensorPrimitive};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
@@ -401,18 +400,15 @@ pub fn log_probs_backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Bo
     logits
 }
 
-/// Elements each cube of [`sum_sq`] reduces.
+/// Elements each cube of [`sum_sq_partials`] reduces.
 const SUM_SQ_PER_CUBE: usize = ROW_UNITS * 32;
 
-/// `Σ (g · scale)²`: f32 within blocks of [`SUM_SQ_PER_CUBE`] elements, the blocks' sums read
-/// back and added in f64.
-pub fn sum_sq<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(grad: CubeTensor<R>, scale: f64) -> f64 {
+/// `Σ (g · scale)²` as f32 partial sums on the device, one per block of [`SUM_SQ_PER_CUBE`]
+/// elements (`[blocks]`; one 0 for an empty tensor).
+pub fn sum_sq_partials<R: CubeRuntime>(grad: CubeTensor<R>, scale: f64) -> CubeTensor<R> {
     let grad = owned_contiguous(grad, false);
     let n = grad.meta.num_elements();
-    if n == 0 {
-        return 0.0;
-    }
-    let blocks = n.div_ceil(SUM_SQ_PER_CUBE);
+    let blocks = n.div_ceil(SUM_SQ_PER_CUBE).max(1);
     let partial = empty_f32(&grad, &[blocks]);
     let (count, dim) = row_launch(blocks);
     let dtype = float_dtype(&grad);
@@ -428,7 +424,5 @@ pub fn sum_sq<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(g
         ROW_UNITS,
         dtype,
     );
-    let partial = Tensor::<CubeBackend<R, F, I, BT>, 1>::from_primitive(TensorPrimitive::Float(partial));
-    let sums = partial.into_data().convert::<f32>();
-    sums.as_slice::<f32>().map(|s| s.iter().map(|&v| v as f64).sum()).unwrap_or(0.0)
+    partial
 }

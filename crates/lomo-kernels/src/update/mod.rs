@@ -16,7 +16,7 @@ pub mod reference;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Tensor, TensorMetadata, TensorPrimitive};
 
 /// The gradient transforms every update applies first, in this order, in f32: unscale (fp16
 /// loss scaling), clamp by value, multiply by the global-norm clip coefficient.
@@ -113,5 +113,46 @@ pub trait UpdateKernels: Backend {
     /// `Σ (g · scale)²` in f32 per block of elements, summed in f64.
     fn sum_sq(grad: FloatTensor<Self>, scale: f64) -> f64 {
         reference::sum_sq::<Self>(grad, scale)
+    }
+
+    /// [`UpdateKernels::sum_sq`], possibly left on the device for the caller to read later,
+    /// together with others ([`SumSq::add_to`]): a backend whose reads wait for a queue of device
+    /// work (CUDA, wgpu) returns its f32 partial sums, so that a norm pass reads once per stage
+    /// instead of once per parameter. The default reads at once.
+    fn sum_sq_deferred(grad: FloatTensor<Self>, scale: f64) -> SumSq<Self> {
+        SumSq::Now(Self::sum_sq(grad, scale))
+    }
+}
+
+/// A sum of squares from [`UpdateKernels::sum_sq_deferred`]: known, or partial sums (f32, any
+/// shape) still on the device.
+#[derive(Debug)]
+pub enum SumSq<B: Backend> {
+    /// Already read.
+    Now(f64),
+    /// f32 partial sums on the device; their total, added in f64, is the sum.
+    OnDevice(FloatTensor<B>),
+}
+
+impl<B: Backend> SumSq<B> {
+    /// `start` plus the total of `sums`, added in f64 in their order, with every partial sum
+    /// left on the device read in one transfer (their concatenation) and added last.
+    pub fn add_to(start: f64, sums: Vec<Self>) -> f64 {
+        let mut total = start;
+        let mut pending = Vec::new();
+        for s in sums {
+            match s {
+                SumSq::Now(v) => total += v,
+                SumSq::OnDevice(t) => {
+                    let n = t.shape().num_elements();
+                    pending.push(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t)).reshape([n]));
+                }
+            }
+        }
+        if !pending.is_empty() {
+            let data = Tensor::cat(pending, 0).into_data().convert::<f64>();
+            total += data.as_slice::<f64>().map_or(f64::NAN, |v| v.iter().sum::<f64>());
+        }
+        total
     }
 }
