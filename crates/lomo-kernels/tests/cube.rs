@@ -14,7 +14,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use lomo_io::rng::SplitMix64;
 use lomo_kernels::update::reference as update_reference;
-use lomo_kernels::{reference, AdaLomoScalars, FusedKernels, GradScale, UpdateKernels};
+use lomo_kernels::{reference, AdaLomoScalars, FusedKernels, GradScale, SumSq, UpdateKernels};
 
 type B = Wgpu;
 
