@@ -9,6 +9,18 @@
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 
+#[cfg(feature = "cuda")]
+mod cuda_driver;
+
+/// The number of GPUs the NVIDIA driver sees, asked before burn touches CUDA; where
+/// `--backend cuda` cannot run here (no driver, the toolkit's stub libcuda first on the library
+/// path, a driver older than this build, no GPU, no NVRTC), a one-line error saying what is
+/// missing and what to do. [`with_backend!`](crate::with_backend) calls it first.
+#[cfg(feature = "cuda")]
+pub fn check_cuda() -> Result<usize> {
+    cuda_driver::check()
+}
+
 /// The backends `--backend` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -59,7 +71,8 @@ pub type Tch = burn::backend::Autodiff<burn::backend::LibTorch>;
 /// Runs `$body` with `$B` bound to the autodiff backend `$kind` (a
 /// [`BackendKind`](crate::backend::BackendKind)) names and `$device` to its default device; a
 /// backend not compiled in is a one-line error naming the feature
-/// ([`not_built`](crate::backend::not_built)). `$body` is an `anyhow::Result`.
+/// ([`not_built`](crate::backend::not_built)), and CUDA where it cannot run (no driver, no GPU)
+/// one naming what is missing, before anything touches it. `$body` is an `anyhow::Result`.
 #[macro_export]
 macro_rules! with_backend {
     ($kind:expr, |$B:ident, $device:ident| $body:expr) => {{
@@ -71,9 +84,14 @@ macro_rules! with_backend {
             }
             $crate::backend::BackendKind::Cuda => $crate::__if_cuda!(
                 {
-                    type $B = $crate::backend::Cuda;
-                    let $device = Default::default();
-                    $body
+                    match $crate::backend::check_cuda() {
+                        Err(e) => Err(e),
+                        Ok(_) => {
+                            type $B = $crate::backend::Cuda;
+                            let $device = Default::default();
+                            $body
+                        }
+                    }
                 },
                 $crate::backend::not_built("cuda")
             ),
@@ -126,6 +144,15 @@ macro_rules! __if_tch {
     };
 }
 
+/// The number of GPUs the NVIDIA driver sees (`check_cuda`: asked of the driver, not of cubecl,
+/// which panics where CUDA cannot run); an error in a build without CUDA.
+fn cuda_device_count() -> Result<usize> {
+    #[cfg(feature = "cuda")]
+    return check_cuda();
+    #[cfg(not(feature = "cuda"))]
+    not_built("cuda")
+}
+
 /// The error for a backend that this binary was built without.
 pub fn not_built<T>(feature: &str) -> Result<T> {
     let extra = if feature == "tch" {
@@ -171,11 +198,10 @@ impl DeviceMemory for burn::backend::cuda::CudaDevice {
 /// `mps` (LibTorch). A device may repeat (two ranges of stages on one device).
 pub fn parse_devices<B: burn::tensor::backend::Backend>(kind: BackendKind, list: &str) -> Result<Vec<B::Device>> {
     use burn::tensor::backend::{Device, DeviceId};
-    let cuda_count = || B::device_count(0);
     if list.trim() == "all" {
         return match kind {
             BackendKind::Cuda => {
-                let n = cuda_count();
+                let n = cuda_device_count()?;
                 if n == 0 {
                     bail!("--devices all: CUDA reports no device");
                 }
@@ -197,8 +223,16 @@ pub fn parse_devices<B: burn::tensor::backend::Backend>(kind: BackendKind, list:
                 let index: u16 = cuda["cuda:".len()..]
                     .parse()
                     .map_err(|_| anyhow::anyhow!("--devices: `{item}`: expected cuda:N with N a device number"))?;
-                if kind == BackendKind::Cuda && usize::from(index) >= cuda_count() {
-                    bail!("--devices: `{item}`: CUDA sees {} devices", cuda_count());
+                if kind == BackendKind::Cuda {
+                    let count = cuda_device_count()?;
+                    if usize::from(index) >= count {
+                        let numbers =
+                            if count == 1 { "cuda:0".to_string() } else { format!("cuda:0 to cuda:{}", count - 1) };
+                        bail!(
+                            "--devices: `{item}`: the NVIDIA driver sees {count} GPU{} here ({numbers})",
+                            if count == 1 { "" } else { "s" }
+                        );
+                    }
                 }
                 B::Device::from_id(DeviceId::new(0, index))
             }

@@ -6,6 +6,9 @@ use std::process::{Command, Output};
 
 use lomo_testutil::shared;
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
 fn lomo(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lomo")).args(args).output().expect("run lomo")
 }
