@@ -8,20 +8,28 @@
 //! own. Facts of burn-collective 0.21 this is built around: across processes only all-reduce
 //! works; the default global strategy (`Ring`) fails on tensors whose largest dimension is
 //! smaller than the number of nodes, so `Tree(2)` is used; every rank must make the same calls
-//! in the same order (the fused step guarantees it, see [`lomo_optim::reduce`]); and its calls
+//! in the same order (the fused step guarantees it, see [`lomo_optim::reduce`]); its calls
 //! block without a deadline, so each one here runs on a helper thread and is given up after
-//! [`DistConfig::timeout`]: a rank that died or never came makes the others fail, never hang.
+//! [`DistConfig::timeout`]: a rank that died or never came makes the others fail, never hang;
+//! and it panics on its own threads when a peer disconnects. Beside the orchestrator the
+//! coordinator serves a barrier of ours (`barrier.rs`), whose connections tell every rank at
+//! once that another one is gone; the panics are caught or kept quiet (`events.rs`), so a rank
+//! that loses its group exits with one line naming the rank it lost.
 
-use std::io::{BufRead, BufReader, Write};
+mod barrier;
+mod events;
+
 use std::marker::PhantomData;
-use std::net::{TcpListener, TcpStream};
-use std::sync::{mpsc, Arc, Mutex};
+use std::net::TcpListener;
 use std::time::Duration;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn_collective::{AllReduceStrategy, CollectiveConfig, PeerId, ReduceOperation};
 use lomo_optim::{OptimError, StepReducer};
+
+use barrier::BarrierClient;
+use events::{silence_burn_panics, Event, Events};
 
 /// What can go wrong joining or running a data-parallel group.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +45,23 @@ pub enum DistError {
         what: String,
         /// The timeout.
         seconds: u64,
+    },
+    /// A rank's connection to the coordinator closed before the rank finished: its process
+    /// died or was killed, or its machine became unreachable.
+    #[error("rank {rank} left the group during {what}: its connection to the coordinator closed before it finished (the process died or was killed)")]
+    RankLost {
+        /// The rank.
+        rank: usize,
+        /// The call this rank was in.
+        what: String,
+    },
+    /// The coordinator went away.
+    #[error("{what}: lost the coordinator: {reason}")]
+    CoordinatorGone {
+        /// The call this rank was in.
+        what: String,
+        /// How it was lost.
+        reason: String,
     },
     /// burn-collective reported an error.
     #[error("{what}: {message}")]
@@ -137,44 +162,18 @@ pub fn free_coordinator_port() -> std::io::Result<u16> {
     Err(std::io::Error::other("no two consecutive free ports"))
 }
 
-/// Runs `call` on a helper thread and waits at most `timeout` for it: burn-collective's calls
-/// block with no deadline of their own. A call given up keeps its thread until the process
-/// exits (which a failed rank then does).
-fn bounded<T: Send + 'static>(
-    what: &str,
-    timeout: Duration,
-    call: impl FnOnce() -> Result<T, burn_collective::CollectiveError> + Send + 'static,
-) -> Result<T, DistError> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name(format!("lomo-dist {what}"))
-        .spawn(move || {
-            let _ = tx.send(call());
-        })
-        .map_err(|e| DistError::Collective { what: what.into(), message: e.to_string() })?;
-    match rx.recv_timeout(timeout) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(DistError::Collective { what: what.into(), message: format!("{e:?}") }),
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            Err(DistError::Timeout { what: what.into(), seconds: timeout.as_secs() })
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            Err(DistError::Collective { what: what.into(), message: "the collective call panicked".into() })
-        }
-    }
-}
-
 /// This process's membership of a group, as a [`StepReducer`] for the fused step.
 pub struct Collective<B: Backend> {
     peer: PeerId,
     /// The coordinator's barrier (see [`Collective::all_reduce`]).
-    barrier: BufReader<TcpStream>,
+    barrier: BarrierClient,
+    /// What this rank waits for: the barrier's answers and burn-collective's calls.
+    events: Events,
     /// What registering takes, kept to register again after every operation (below).
     config: CollectiveConfig,
     world_size: usize,
-    timeout: Duration,
     device: B::Device,
-    calls: u64,
+    all_reduces: u64,
     _backend: PhantomData<B>,
 }
 
@@ -191,9 +190,12 @@ where
 {
     /// Joins the group: registers with the coordinator, waiting at most the timeout for it
     /// to answer. One rank per process (burn-collective keeps one local server per backend).
+    /// Installs, once, a panic hook that keeps burn-collective's internal panics quiet (a
+    /// lost peer is reported through the barrier instead, as [`DistError::RankLost`]).
     pub fn join(config: &DistConfig, device: &B::Device) -> Result<Self, DistError> {
         config.validate()?;
         quiet_logs();
+        silence_burn_panics();
         let parse = |flag: &str, a: &str| {
             a.parse::<burn_communication::Address>().map_err(|e| DistError::Config(format!("{flag} {a}: {e}")))
         };
@@ -205,17 +207,24 @@ where
             .with_data_service_port(config.data_port())
             .with_global_all_reduce_strategy(AllReduceStrategy::Centralized);
         let peer = PeerId(config.rank as u32);
-        let barrier = connect_barrier(&config.coordinator, config.world_size, config.timeout)?;
+        let mut events = Events::new(config.timeout);
+        let barrier = BarrierClient::connect(
+            &config.coordinator,
+            config.world_size,
+            config.rank,
+            config.timeout,
+            events.sender(),
+        )?;
         let (dev, c) = (device.clone(), collective.clone());
-        bounded("joining the group", config.timeout, move || burn_collective::register::<B>(peer, dev, c))?;
+        events.call("joining the group", move || burn_collective::register::<B>(peer, dev, c))?;
         Ok(Self {
             peer,
             barrier,
+            events,
             config: collective,
             world_size: config.world_size,
-            timeout: config.timeout,
             device: device.clone(),
-            calls: 0,
+            all_reduces: 0,
             _backend: PhantomData,
         })
     }
@@ -224,13 +233,24 @@ where
     /// a point the ranks pass together (`lomo train`'s final checkpoint, written by rank 0
     /// while the others wait). Every rank calls it, the same number of times.
     pub fn barrier(&mut self, what: &str) -> Result<(), DistError> {
-        self.meet(what)
+        self.meet(what, None).map(drop)
     }
 
-    /// Leaves the group (after the last step; every rank calls it).
-    pub fn finish(self) -> Result<(), DistError> {
+    /// Whether the group stops here: every rank calls it at the same points, `request` saying
+    /// why this rank wants to stop (a code the caller gives its meaning; `lomo train` passes a
+    /// signal's number) or `None`, and every rank gets the same answer, the largest code any
+    /// rank asked with. A barrier, so as cheap as one round trip to the coordinator.
+    pub fn stop_together(&mut self, request: Option<u32>) -> Result<Option<u32>, DistError> {
+        self.meet("the end-of-step check for a stop", request)
+    }
+
+    /// Leaves the group (after the last step; every rank calls it), telling the coordinator
+    /// that this rank is done, so its going is no loss to the others.
+    pub fn finish(mut self) -> Result<(), DistError> {
         let peer = self.peer;
-        bounded("leaving the group", self.timeout, move || burn_collective::finish_collective::<B>(peer))
+        let left = self.events.call("leaving the group", move || burn_collective::finish_collective::<B>(peer));
+        self.barrier.leave();
+        left
     }
 
     /// A global all-reduce (sum). burn-collective 0.21 completes one global operation per
@@ -241,41 +261,32 @@ where
     /// new registration meets a slow rank's old one and the two wait on different sessions).
     /// The fused step sends one tensor per stage to keep these rounds few.
     fn all_reduce(&mut self, tensor: FloatTensor<B>) -> Result<FloatTensor<B>, DistError> {
-        self.calls += 1;
-        let (peer, what) = (self.peer, format!("all-reduce #{}", self.calls));
+        self.all_reduces += 1;
+        let (peer, what) = (self.peer, format!("all-reduce #{}", self.all_reduces));
         // With stages placed on several devices, a stage's gradients are summed on the device
         // this rank registered and come back to theirs.
         let home = B::float_device(&tensor);
         let tensor = if home == self.device { tensor } else { B::float_to_device(tensor, &self.device) };
         let sum =
-            bounded(&what, self.timeout, move || burn_collective::all_reduce::<B>(peer, tensor, ReduceOperation::Sum))?;
+            self.events.call(&what, move || burn_collective::all_reduce::<B>(peer, tensor, ReduceOperation::Sum))?;
         let sum = if home == self.device { sum } else { B::float_to_device(sum, &home) };
-        self.meet(&what)?;
-        bounded(&what, self.timeout, move || burn_collective::finish_collective::<B>(peer))?;
-        self.meet(&what)?;
+        self.meet(&what, None)?;
+        self.events.call(&what, move || burn_collective::finish_collective::<B>(peer))?;
+        self.meet(&what, None)?;
         let (device, config) = (self.device.clone(), self.config.clone());
-        bounded(&what, self.timeout, move || burn_collective::register::<B>(peer, device, config))?;
+        self.events.call(&what, move || burn_collective::register::<B>(peer, device, config))?;
         Ok(sum)
     }
 
-    /// Waits until every rank has reached the same point.
-    fn meet(&mut self, what: &str) -> Result<(), DistError> {
-        let lost = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                DistError::Timeout { what: format!("{what} (barrier)"), seconds: self.timeout.as_secs() }
-            }
-            _ => DistError::Collective { what: format!("{what} (barrier)"), message: e.to_string() },
-        };
-        self.barrier.get_mut().write_all(b"arrive\n").map_err(lost)?;
-        let mut line = String::new();
-        let n = self.barrier.read_line(&mut line).map_err(lost)?;
-        if n == 0 || line.trim() != "go" {
-            return Err(DistError::Collective {
-                what: format!("{what} (barrier)"),
-                message: "the coordinator closed the connection".into(),
-            });
-        }
-        Ok(())
+    /// Waits until every rank has reached the same point; the answer is the largest stop
+    /// request made there.
+    fn meet(&mut self, what: &str, stop: Option<u32>) -> Result<Option<u32>, DistError> {
+        let what = format!("{what} (barrier)");
+        self.barrier.arrive(&what, stop)?;
+        self.events.wait(&what, |event| match event {
+            Event::Go { stop } => Some(stop),
+            _ => None,
+        })
     }
 }
 
@@ -310,79 +321,10 @@ where
     }
 }
 
-/// The coordinator's barrier address for `ws://HOST:PORT`: `HOST:PORT+1`.
-fn barrier_address(coordinator: &str) -> Result<String, DistError> {
-    let port = port_of(coordinator)
-        .ok_or_else(|| DistError::Config(format!("--coordinator {coordinator}: expected ws://HOST:PORT")))?;
-    let host = coordinator.trim_start_matches("ws://").rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1");
-    let next = port
-        .checked_add(1)
-        .ok_or_else(|| DistError::Config(format!("--coordinator {coordinator}: the barrier needs port {port} + 1")))?;
-    Ok(format!("{host}:{next}"))
-}
-
-/// Connects to the coordinator's barrier (retrying until `timeout`) and says the group's size.
-fn connect_barrier(coordinator: &str, world_size: usize, timeout: Duration) -> Result<BufReader<TcpStream>, DistError> {
-    let address = barrier_address(coordinator)?;
-    let deadline = std::time::Instant::now() + timeout;
-    let stream = loop {
-        match TcpStream::connect(&address) {
-            Ok(s) => break s,
-            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(_) => {
-                return Err(DistError::Timeout {
-                    what: format!("joining the group (barrier {address})"),
-                    seconds: timeout.as_secs(),
-                })
-            }
-        }
-    };
-    let err = |e: std::io::Error| DistError::Collective { what: format!("barrier {address}"), message: e.to_string() };
-    stream.set_read_timeout(Some(timeout)).map_err(err)?;
-    let mut writer = stream.try_clone().map_err(err)?;
-    writer.write_all(format!("hello {world_size}\n").as_bytes()).map_err(err)?;
-    Ok(BufReader::new(stream))
-}
-
-/// The barrier: every connection says `hello N` once, then `arrive` at each meeting; when N
-/// have arrived, each gets `go`. A connection that closes fails the waiting ones (their
-/// connections are closed), so a rank that dies never leaves the others waiting.
-fn serve_barrier(listener: TcpListener) {
-    struct Round {
-        waiting: Vec<TcpStream>,
-        world: usize,
-    }
-    let round = Arc::new(Mutex::new(Round { waiting: Vec::new(), world: 0 }));
-    for stream in listener.incoming().flatten() {
-        let round = round.clone();
-        std::thread::spawn(move || {
-            let Ok(reply) = stream.try_clone() else { return };
-            let mut lines = BufReader::new(stream).lines();
-            while let Some(Ok(line)) = lines.next() {
-                let mut r = round.lock().expect("the barrier's lock");
-                if let Some(n) = line.strip_prefix("hello ") {
-                    r.world = n.trim().parse().unwrap_or(0);
-                } else if line == "arrive" {
-                    let Ok(me) = reply.try_clone() else { break };
-                    r.waiting.push(me);
-                    if r.world > 0 && r.waiting.len() >= r.world {
-                        for mut w in r.waiting.drain(..) {
-                            let _ = w.write_all(b"go\n");
-                        }
-                    }
-                }
-            }
-            // Gone: fail whoever waits.
-            let mut r = round.lock().expect("the barrier's lock");
-            for w in r.waiting.drain(..) {
-                let _ = w.shutdown(std::net::Shutdown::Both);
-            }
-        });
-    }
-}
-
 /// burn-collective's global orchestrator, serving on a port of this machine until the process
-/// exits, and the ranks' barrier on the next port.
+/// exits or gets SIGINT or SIGTERM (burn-collective listens for them itself and stops serving;
+/// a process that must outlive a signal runs the coordinator in another process), and the
+/// ranks' barrier on the next port.
 #[derive(Debug)]
 pub struct Coordinator {
     /// `ws://127.0.0.1:PORT` (other machines reach it by this machine's name).
@@ -394,13 +336,14 @@ impl Coordinator {
     /// and waits until it accepts connections (at most 10 s).
     pub fn start(port: u16) -> Result<Self, DistError> {
         quiet_logs();
+        silence_burn_panics();
         let next =
             port.checked_add(1).ok_or_else(|| DistError::Coordinator(format!("the barrier needs port {port} + 1")))?;
         let listener = TcpListener::bind(("0.0.0.0", next))
             .map_err(|e| DistError::Coordinator(format!("barrier on port {next}: {e}")))?;
         std::thread::Builder::new()
             .name("lomo-dist barrier".into())
-            .spawn(move || serve_barrier(listener))
+            .spawn(move || barrier::serve(listener))
             .map_err(|e| DistError::Coordinator(e.to_string()))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
