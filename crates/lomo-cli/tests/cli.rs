@@ -9,6 +9,8 @@ use lomo_testutil::shared;
 #[cfg(feature = "cuda")]
 mod cuda;
 
+mod reliability;
+
 fn lomo(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lomo")).args(args).output().expect("run lomo")
 }

@@ -172,6 +172,139 @@ pub struct LlamaConfig {
     pub pad_token_id: Option<u32>,
 }
 
+/// What the size fields of a configuration are called in the file it was read from, so that a
+/// size past its limit is named as the user wrote it (`config.json`'s or a GGUF file's keys).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SizeFields {
+    pub vocab_size: &'static str,
+    pub hidden_size: &'static str,
+    pub intermediate_size: &'static str,
+    pub num_layers: &'static str,
+    pub num_heads: &'static str,
+    pub num_kv_heads: &'static str,
+    pub head_dim: &'static str,
+    pub max_position_embeddings: &'static str,
+}
+
+/// `config.json`'s names of the sizes.
+pub(crate) const HF_SIZE_FIELDS: SizeFields = SizeFields {
+    vocab_size: "vocab_size",
+    hidden_size: "hidden_size",
+    intermediate_size: "intermediate_size",
+    num_layers: "num_hidden_layers",
+    num_heads: "num_attention_heads",
+    num_kv_heads: "num_key_value_heads",
+    head_dim: "head_dim",
+    max_position_embeddings: "max_position_embeddings",
+};
+
+/// The most parameters a configuration may describe: 2^42 (4.4 trillion, 17.6 TB in f32), past
+/// every LLaMA-family model published. Beyond it a size is a corrupt or hostile file, and the
+/// byte counts of the planner (`u64`) stay far from overflowing.
+pub const MAX_PARAMS: u64 = 1 << 42;
+
+/// The largest value each size may take, far past any published model (LLaMA 3.1 405B: 126
+/// layers, width 16384, MLP 53248, 128 heads, vocabulary 128256): a bigger one is a corrupt
+/// file, refused before anything is sized from it.
+const SIZE_LIMITS: SizeLimits = SizeLimits {
+    vocab_size: 1 << 24,
+    hidden_size: 1 << 17,
+    intermediate_size: 1 << 19,
+    num_layers: 1 << 12,
+    num_heads: 1 << 12,
+    head_dim: 1 << 12,
+    max_position_embeddings: 1 << 24,
+};
+
+struct SizeLimits {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_layers: usize,
+    num_heads: usize,
+    head_dim: usize,
+    max_position_embeddings: usize,
+}
+
+impl LlamaConfig {
+    /// Checks that every size is positive and within [`SIZE_LIMITS`] and that the model has at
+    /// most [`MAX_PARAMS`] parameters (counted with overflow-checked arithmetic): what must hold
+    /// before anything is sized from the configuration. Returns the field at fault (named as
+    /// `names` says) and what is wrong.
+    pub(crate) fn size_problem(&self, names: &SizeFields) -> Option<(&'static str, String)> {
+        let l = &SIZE_LIMITS;
+        let sizes = [
+            (names.vocab_size, self.vocab_size, l.vocab_size),
+            (names.hidden_size, self.hidden_size, l.hidden_size),
+            (names.intermediate_size, self.intermediate_size, l.intermediate_size),
+            (names.num_layers, self.num_layers, l.num_layers),
+            (names.num_heads, self.num_heads, l.num_heads),
+            (names.num_kv_heads, self.num_kv_heads, l.num_heads),
+            (names.head_dim, self.head_dim, l.head_dim),
+            (names.max_position_embeddings, self.max_position_embeddings, l.max_position_embeddings),
+        ];
+        for (field, value, limit) in sizes {
+            if value == 0 {
+                return Some((field, "must be positive".into()));
+            }
+            if value > limit {
+                return Some((field, format!("{value} is past the limit {limit} (no published model comes near it)")));
+            }
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Some((names.head_dim, format!("{} is not an even number (RoPE rotates pairs)", self.head_dim)));
+        }
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            let (kv, heads) = (self.num_kv_heads, self.num_heads);
+            return Some((names.num_kv_heads, format!("{kv} does not divide the {heads} query heads")));
+        }
+        let (embedding, layers) = self.checked_param_counts();
+        let total = embedding.checked_add(layers).filter(|&n| n <= u128::from(MAX_PARAMS));
+        if total.is_none() {
+            let field = if layers >= embedding { names.num_layers } else { names.vocab_size };
+            return Some((
+                field,
+                format!(
+                    "the sizes make {} parameters, past the {MAX_PARAMS} this crate plans for",
+                    embedding.saturating_add(layers)
+                ),
+            ));
+        }
+        None
+    }
+
+    /// Parameters of the embedding and LM head, and of the blocks and final norm, in `u128`
+    /// (sizes within [`SIZE_LIMITS`] cannot overflow it), without listing the tensors.
+    fn checked_param_counts(&self) -> (u128, u128) {
+        let n = |v: usize| v as u128;
+        let (v, h, f) = (n(self.vocab_size), n(self.hidden_size), n(self.intermediate_size));
+        let (q, kv) = (n(self.num_heads) * n(self.head_dim), n(self.num_kv_heads) * n(self.head_dim));
+        let mut block = h * q + 2 * h * kv + q * h + 3 * h * f + 2 * h;
+        if self.qkv_bias {
+            block += q + 2 * kv;
+        }
+        if self.o_bias {
+            block += h;
+        }
+        if self.mlp_bias {
+            block += 2 * f + h;
+        }
+        if self.qk_norm {
+            block += 2 * n(self.head_dim);
+        }
+        let heads = if self.tie_word_embeddings { 1 } else { 2 };
+        (heads * v * h, n(self.num_layers) * block + h)
+    }
+
+    /// [`Self::size_problem`] as the error naming `path` and the field.
+    pub(crate) fn check_sizes(&self, path: &Path, names: &SizeFields) -> Result<()> {
+        match self.size_problem(names) {
+            Some((field, reason)) => Err(invalid(path, field, reason)),
+            None => Ok(()),
+        }
+    }
+}
+
 fn unsupported(path: &Path, field: &str, value: impl std::fmt::Display) -> ModelError {
     ModelError::UnsupportedConfig { path: path.to_path_buf(), field: field.into(), value: value.to_string() }
 }
@@ -241,8 +374,13 @@ impl HfConfig {
     /// Reads `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        serde_json::from_str(&text).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })
+        let text = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+        Self::from_slice(&text, path)
+    }
+
+    /// Parses `config.json`'s bytes; `path` only names the file in errors.
+    pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })
     }
 
     /// Applies `transformers`' defaults and checks every field that changes what the model
@@ -261,7 +399,7 @@ impl HfConfig {
             }
             ModelType::Qwen2 => (true, false),
         };
-        Ok(LlamaConfig {
+        let config = LlamaConfig {
             model_type,
             vocab_size: self.vocab_size,
             hidden_size: self.hidden_size,
@@ -283,7 +421,9 @@ impl HfConfig {
             bos_token_id: single_token_id(&self.bos_token_id, path, "bos_token_id")?,
             eos_token_ids: token_ids(&self.eos_token_id, path, "eos_token_id")?,
             pad_token_id: single_token_id(&self.pad_token_id, path, "pad_token_id")?,
-        })
+        };
+        config.check_sizes(path, &HF_SIZE_FIELDS)?;
+        Ok(config)
     }
 
     fn model_type(&self, path: &Path) -> Result<ModelType> {

@@ -14,11 +14,23 @@ use lomo_io::gguf::{GgufError, GgufHeader, GgufTensorInfo, GgufValue, Metadata};
 use lomo_io::gguf_tokenizer::GgufTokenizerSpec;
 use memmap2::Mmap;
 
-use crate::config::{LlamaConfig, ModelType};
+use crate::config::{LlamaConfig, ModelType, SizeFields};
 use crate::dtype::{decode_tensor, rows_cols, FloatEncoding, PlainFloats, RowSource, StorageDtype};
 use crate::error::{ModelError, Result};
 use crate::safetensors::{map_file, release_pages};
 use crate::tensors::{gguf_to_hf, hf_to_gguf, BlockTensor, Slot, TensorSpec};
+
+/// The `llama.*` keys the sizes of a configuration come from.
+const GGUF_SIZE_FIELDS: SizeFields = SizeFields {
+    vocab_size: "llama.vocab_size",
+    hidden_size: "llama.embedding_length",
+    intermediate_size: "llama.feed_forward_length",
+    num_layers: "llama.block_count",
+    num_heads: "llama.attention.head_count",
+    num_kv_heads: "llama.attention.head_count_kv",
+    head_dim: "llama.attention.key_length",
+    max_position_embeddings: "llama.context_length",
+};
 
 /// ggml tensor types this crate can dequantise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,8 +230,9 @@ impl GgufFile {
                 info.name
             )));
         }
-        let bytes = numel / block_values as u64 * block_bytes as u64;
-        let end = self.data_start.checked_add(info.offset).and_then(|s| s.checked_add(bytes));
+        let bytes = (numel / block_values as u64).checked_mul(block_bytes as u64);
+        let end = bytes.and_then(|bytes| self.data_start.checked_add(info.offset)?.checked_add(bytes));
+        let bytes = bytes.map_or_else(|| "more than 2^64".into(), |b| b.to_string());
         if end.is_none_or(|end| end > self.map.len() as u64) {
             return Err(fail(format!(
                 "tensor `{}` ({bytes} bytes) extends past the end of the file (truncated?)",
@@ -299,7 +312,7 @@ impl GgufFile {
             .ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: embed_name.clone() })?;
         let vocab = match self.meta_usize("llama.vocab_size")? {
             Some(v) => v,
-            None => embed.shape()[0],
+            None => embed.shape().first().copied().unwrap_or(0),
         };
         let token_id = |key: &str| self.meta_usize(key).map(|v| v.map(|v| v as u32));
         let has = |slot: Slot| self.tensor_info(&slot.gguf_name()).is_some();
@@ -337,6 +350,7 @@ impl GgufFile {
             eos_token_ids: token_id("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
             pad_token_id: token_id("tokenizer.ggml.padding_token_id")?,
         };
+        config.check_sizes(&self.path, &GGUF_SIZE_FIELDS)?;
         Ok(config)
     }
 

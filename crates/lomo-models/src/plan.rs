@@ -254,6 +254,9 @@ impl PlanConfig {
                 Ok(())
             }
         };
+        if let Some((field, message)) = self.model.size_problem(&crate::config::HF_SIZE_FIELDS) {
+            return Err(PlanError::field("model", format!("{field}: {message}")));
+        }
         positive("batch_size", self.batch_size)?;
         positive("micro_batch_size", self.micro_batch_size)?;
         positive("max_tokens", self.max_tokens)?;

@@ -1,0 +1,78 @@
+//! Bad input found before any work, and full disks named: a config.json claiming sizes past any
+//! model, a bad value in `--config`, a full disk under `--log` or under the `--offload disk`
+//! working copy. Each is one line, exit 2, and leaves nothing half-written.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::tmp;
+use lomo_testutil::shared;
+
+/// stories260K's checkpoint in `dir`, its config.json's fields set as `claims` say.
+fn checkpoint_claiming(dir: &Path, model: &Path, claims: &[(&str, &str)]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for file in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(model.join(file), dir.join(file)).unwrap();
+    }
+    let config = std::fs::read_to_string(model.join("config.json")).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&config).unwrap();
+    for (field, claim) in claims {
+        value[field] = serde_json::from_str(claim).unwrap();
+    }
+    std::fs::write(dir.join("config.json"), value.to_string()).unwrap();
+    dir.to_path_buf()
+}
+
+/// `lomo args` with its address space capped at 4 GiB, so that a regression that sizes
+/// something from a claimed size fails here (an allocation failure) instead of exhausting the
+/// machine.
+fn lomo_capped(args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 4194304 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_lomo"))
+        .args(args)
+        .output()
+        .expect("run lomo under sh")
+}
+
+fn one_line_exit_2(out: &Output, expect: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line expected, got:\n{err}");
+    assert!(err.contains(expect), "{err:?} should mention {expect:?}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+}
+
+/// A config.json claiming a billion layers (or sizes past any model) is refused naming the
+/// file and the field, before anything is sized from it: `lomo plan` had aborted after
+/// exhausting memory listing a billion layers' tensors, and train and generate with it.
+#[test]
+fn a_config_claiming_sizes_past_any_model_is_refused_before_anything_is_sized() {
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
+    let base = tmp("huge-config");
+    let claims: [(&[(&str, &str)], &str); 5] = [
+        (&[("num_hidden_layers", "1000000000")], "field `num_hidden_layers`: 1000000000 is past the limit"),
+        (&[("hidden_size", "1099511627776")], "field `hidden_size`: 1099511627776 is past the limit"),
+        (&[("intermediate_size", "4294967296")], "field `intermediate_size`: 4294967296 is past the limit"),
+        (&[("vocab_size", "18446744073709551615")], "field `vocab_size`: 18446744073709551615 is past the limit"),
+        // Each size within its limit, together past any model's parameter count.
+        (
+            &[("num_hidden_layers", "4096"), ("hidden_size", "131072"), ("intermediate_size", "524288")],
+            "field `num_hidden_layers`: the sizes make",
+        ),
+    ];
+    for (i, (fields, expect)) in claims.into_iter().enumerate() {
+        let dir = checkpoint_claiming(&base.join(format!("{i}")), &model, fields);
+        let (dir, data) = (dir.to_str().unwrap(), data.to_str().unwrap());
+        let expect = format!("config.json: {expect}");
+        let plan = ["plan", "--model", dir, "--optimizer", "lomo", "--batch-size", "1", "--max-len", "16"];
+        one_line_exit_2(&lomo_capped(&plan), &expect);
+        let train = ["train", "--model", dir, "--data", data, "--optimizer", "lomo", "--lr", "1e-3", "--steps", "1"];
+        one_line_exit_2(&lomo_capped(&[&train[..], &["--batch-size", "1", "--max-len", "16"]].concat()), &expect);
+        let generate = ["generate", "--model", dir, "--prompt", "Once upon a time", "--max-new-tokens", "4"];
+        one_line_exit_2(&lomo_capped(&generate), &expect);
+    }
+}
