@@ -132,7 +132,8 @@ fn validate_offload(args: &TrainArgs) -> Result<()> {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    validate(&args)?;
+    // A bad value from `--config` names the file's line.
+    validate(&args).map_err(crate::config::locate)?;
     if let (Some(dir), 0) = (&args.save, args.rank) {
         for note in checkpoint::prepare_save_dir(dir)? {
             lomo_cli::noteln!("note: {note}");

@@ -11,7 +11,8 @@ use crate::plot::{self, Curves};
 
 /// The run's log file (rank 0's, with `--log`), its curves and their chart.
 pub(super) struct Log {
-    file: Option<BufWriter<File>>,
+    /// The open log and its path (for errors: a full disk names the file).
+    file: Option<(BufWriter<File>, PathBuf)>,
     curves: Curves,
     chart: Option<PathBuf>,
 }
@@ -30,8 +31,10 @@ impl Log {
                 }
                 let kept = if resumed { kept_log_lines(path, start_step, &mut curves)? } else { String::new() };
                 let mut file = BufWriter::new(File::create(path).with_context(|| format!("--log {}", path.display()))?);
-                file.write_all(kept.as_bytes()).with_context(|| format!("--log {}", path.display()))?;
-                Some(file)
+                file.write_all(kept.as_bytes())
+                    .and_then(|()| file.flush())
+                    .with_context(|| format!("--log {}: writing", path.display()))?;
+                Some((file, path.clone()))
             }
             None => None,
         };
@@ -62,9 +65,10 @@ impl Log {
     }
 
     fn write(&mut self, line: &serde_json::Value) -> Result<()> {
-        if let Some(file) = self.file.as_mut() {
-            writeln!(file, "{line}")?;
-            file.flush()?;
+        if let Some((file, path)) = self.file.as_mut() {
+            writeln!(file, "{line}")
+                .and_then(|()| file.flush())
+                .with_context(|| format!("--log {}: writing", path.display()))?;
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use super::tmp;
+use super::{strace, tmp, user_error};
 use lomo_testutil::shared;
 
 /// stories260K's checkpoint in `dir`, its config.json's fields set as `claims` say.
@@ -75,4 +75,59 @@ fn a_config_claiming_sizes_past_any_model_is_refused_before_anything_is_sized() 
         let generate = ["generate", "--model", dir, "--prompt", "Once upon a time", "--max-new-tokens", "4"];
         one_line_exit_2(&lomo_capped(&generate), &expect);
     }
+}
+
+/// A bad value in `--config` names the file's line and the key (`lr = nan`, `batch_size = 0`
+/// had been reported as `--lr: …` with no file); the same value on the command line still
+/// names the flag.
+#[test]
+fn a_bad_value_in_a_run_config_names_the_files_line() {
+    let dir = tmp("bad-config-values");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("run.toml");
+    let head = "preset = \"stories260k\"\ndata = [\"x.jsonl\"]\noptimizer = \"lomo\"\n";
+    let cases = [
+        ("lr = nan\nsteps = 1\nbatch_size = 1\n", "run.toml:4: lr: must be a finite number > 0, got NaN"),
+        ("lr = 0.1\nsteps = 1\nbatch_size = 0\n", "run.toml:6: batch_size: must be at least 1"),
+        ("lr = 0.1\nbatch_size = 2\nmax_len = 1\nsteps = 1\n", "run.toml:6: max_len: must be at least 2"),
+    ];
+    for (tail, expect) in cases {
+        std::fs::write(&config, format!("{head}{tail}")).unwrap();
+        user_error(&["train", "--config", config.to_str().unwrap()], expect);
+    }
+    std::fs::write(&config, format!("{head}lr = 0.1\nsteps = 1\n")).unwrap();
+    user_error(
+        &["train", "--config", config.to_str().unwrap(), "--batch-size", "0"],
+        "--batch-size: must be at least 1",
+    );
+}
+
+/// A full disk under `--log` names the log file (the error had said only "No space left on
+/// device"). The full disk is strace's: every write to the log fails with ENOSPC.
+#[test]
+fn a_full_disk_under_the_log_names_the_log_file() {
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
+    let Some(strace) = strace() else { return };
+    let dir = tmp("log-disk-full");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("run.log");
+    let out = Command::new(strace)
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=write", "-e", "inject=write:error=ENOSPC", "-P"])
+        .arg(&log)
+        .arg(env!("CARGO_BIN_EXE_lomo"))
+        .args(["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()])
+        .args(["--optimizer", "lomo", "--lr", "1e-3", "--steps", "2", "--batch-size", "1", "--max-len", "32"])
+        .arg("--log")
+        .arg(&log)
+        .output()
+        .expect("run strace");
+    // The run says its first steps before the log's first write fails: the error is its last line.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    let expect = format!("error: --log {}: writing: No space left on device", log.display());
+    assert!(last.starts_with(&expect), "{last:?} should start with {expect:?}");
+    assert!(!err.contains("panicked"), "{err}");
 }
