@@ -225,6 +225,28 @@ fn write_stage(
     Ok(bytes)
 }
 
+/// Removes the files of a working copy from `dir` (stage files and `store.json`, and their
+/// temporary files); any other file there is an error, since the working copy never overwrites a
+/// user's files.
+fn remove_working_copy(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+        let entry = entry.map_err(|e| io_err(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = (name.starts_with("stage-")
+            && (name.ends_with(".safetensors") || name.ends_with(".safetensors.tmp")))
+            || name == STORE_FILE
+            || name == format!("{STORE_FILE}.tmp");
+        if !ours {
+            return Err(ModelError::Offload(format!(
+                "{}: holds `{name}`, which is not part of a lomo working copy; give an empty or new directory",
+                dir.display()
+            )));
+        }
+        std::fs::remove_file(entry.path()).map_err(|e| io_err(&entry.path(), e))?;
+    }
+    Ok(())
+}
+
 /// The metadata field `field` of a safetensors file's header.
 fn header_metadata(path: &Path) -> Result<HashMap<String, String>> {
     use std::io::Read;
@@ -249,28 +271,37 @@ impl DiskStore {
     /// the storage dtype, as [`Llama`]'s loaders hand them over). `dir` is created; files of an
     /// earlier working copy there are replaced; anything else there is an error (the working
     /// copy never overwrites a user's files). `step` is the step the weights are from.
+    ///
+    /// # Errors
+    /// A file of `dir` that is not a working copy's, a tensor `take` fails to give, or a write
+    /// that fails (a full disk): then no file of the working copy is left behind, and `dir` is
+    /// removed if this call created it.
     pub fn create<B: Backend>(
+        dir: &Path,
+        skeleton: &Llama<B>,
+        step: u64,
+        take: impl FnMut(&TensorSpec) -> Result<TensorData>,
+    ) -> Result<Self> {
+        let created = !dir.exists();
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let made = remove_working_copy(dir).and_then(|()| Self::fill(dir, skeleton, step, take));
+        if made.is_err() {
+            // Nothing half-written stays: a later run would find stage files of no step.
+            let _ = remove_working_copy(dir);
+            if created {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        made
+    }
+
+    /// Writes every stage file of a new working copy in `dir` and its `store.json`.
+    fn fill<B: Backend>(
         dir: &Path,
         skeleton: &Llama<B>,
         step: u64,
         mut take: impl FnMut(&TensorSpec) -> Result<TensorData>,
     ) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-        for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
-            let entry = entry.map_err(|e| io_err(dir, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let ours = (name.starts_with("stage-")
-                && (name.ends_with(".safetensors") || name.ends_with(".safetensors.tmp")))
-                || name == STORE_FILE
-                || name == format!("{STORE_FILE}.tmp");
-            if !ours {
-                return Err(ModelError::Offload(format!(
-                    "{}: holds `{name}`, which is not part of a lomo working copy; give an empty or new directory",
-                    dir.display()
-                )));
-            }
-            std::fs::remove_file(entry.path()).map_err(|e| io_err(&entry.path(), e))?;
-        }
         let mut store = Self::layout(dir, skeleton, step)?;
         let dtype = store.dtype;
         for (s, file) in store.files.iter().enumerate() {

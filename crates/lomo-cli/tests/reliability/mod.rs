@@ -131,3 +131,39 @@ fn a_full_disk_under_the_log_names_the_log_file() {
     assert!(last.starts_with(&expect), "{last:?} should start with {expect:?}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A full disk while the `--offload disk` working copy is made (a stage file's write, a stage
+/// file's sync, `store.json`'s write failing with ENOSPC, by strace) leaves no file of it and
+/// names the directory: partial stage files had stayed behind.
+#[test]
+fn a_full_disk_while_making_the_offload_working_copy_leaves_nothing() {
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
+    let Some(strace) = strace() else { return };
+    let base = tmp("offload-disk-full");
+    for (syscall, file) in [
+        ("pwrite64", "stage-00000.safetensors.tmp"),
+        ("fsync", "stage-00003.safetensors.tmp"),
+        ("write", "store.json.tmp"),
+    ] {
+        let offload = base.join(syscall).join("offload");
+        let out = Command::new(strace)
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", &format!("trace={syscall}")])
+            .args(["-e", &format!("inject={syscall}:error=ENOSPC"), "-P"])
+            .arg(offload.join(file))
+            .arg(env!("CARGO_BIN_EXE_lomo"))
+            .args(["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()])
+            .args(["--optimizer", "lomo", "--lr", "1e-3", "--steps", "1", "--batch-size", "1", "--max-len", "32"])
+            .args(["--offload", "disk", "--offload-dir"])
+            .arg(&offload)
+            .output()
+            .expect("run strace");
+        one_line_exit_2(&out, &format!("in {}", offload.display()));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("No space left on device"), "{syscall}");
+        let left: Vec<_> =
+            std::fs::read_dir(&offload).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "{syscall} on {file}: the failed working copy left {left:?}");
+        assert!(!offload.exists(), "{syscall}: the directory made for the working copy stays");
+    }
+}
