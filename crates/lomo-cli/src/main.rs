@@ -17,6 +17,7 @@ mod plan;
 mod plot;
 mod progress;
 mod scoring;
+mod signals;
 mod train;
 mod trainer;
 
@@ -109,6 +110,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => fail(&err),
+        // Stopped as a signal asked: the command has said so in its own line.
+        Err(err) => match err.downcast_ref::<signals::Interrupted>() {
+            Some(signals::Interrupted(signal)) => ExitCode::from(signal.exit_code()),
+            None => fail(&err),
+        },
     }
 }

@@ -19,6 +19,7 @@ use crate::checkpoint::{self, TrainerState};
 use crate::data::model_batch;
 use crate::progress::Progress;
 use crate::scoring::{EvalResult, EvalSet};
+use crate::signals::{Interrupted, Signal, StopRequest};
 use crate::trainer::Trainer;
 
 /// One `lomo train` run: the model and where its idle stages wait, the data, the optimizer,
@@ -53,16 +54,63 @@ pub(super) struct Run<'a, B: TrainBackend> {
 }
 
 impl<B: TrainBackend> Run<'_, B> {
-    /// Every remaining step, each followed by its evaluation and saves, then the summary.
+    /// Every remaining step, each followed by its evaluation and saves, then the summary. A
+    /// SIGINT or SIGTERM stops the run after the step it came in (data parallel: every rank
+    /// after the same step), saved when `--save` is given ([`Run::interrupt`]).
     pub(super) fn train(mut self) -> Result<()> {
+        let signals = StopRequest::catch()?;
         for step in self.start_step..self.total_steps {
             self.step(step)?;
             let done = step + 1;
             let eval_loss = self.maybe_eval(done)?;
             self.log.draw()?;
-            self.maybe_save(done, eval_loss)?;
+            let saved = self.maybe_save(done, eval_loss)?;
+            if done == self.total_steps {
+                break;
+            }
+            if let Some(signal) = self.stop_requested(&signals)? {
+                return self.interrupt(signal, done, eval_loss, saved);
+            }
         }
         self.finish()
+    }
+
+    /// Whether to stop after this step: a signal caught by this process or, data parallel, by
+    /// any rank (the ranks agree at the coordinator, so all stop after the same step).
+    fn stop_requested(&mut self, signals: &StopRequest) -> Result<Option<Signal>> {
+        let here = signals.received();
+        let Some(c) = self.collective.as_mut() else { return Ok(here) };
+        let agreed = c.stop_together(here.map(|s| s.number().unsigned_abs())).context("data parallel")?;
+        Ok(agreed.map(|code| Signal::from_code(code).unwrap_or(Signal::Terminate)))
+    }
+
+    /// Stops after step `done` as `signal` asked: with `--save`, rank 0 saves `step-N` (unless
+    /// this step's was just written) through the same crash-safe path as every checkpoint; the
+    /// working copy goes as at the end of a run; the group is left; and rank 0 says in one line
+    /// what happened and where the checkpoint is (the other ranks stay quiet, as they train).
+    fn interrupt(mut self, signal: Signal, done: u64, eval_loss: Option<f64>, saved: Option<PathBuf>) -> Result<()> {
+        let args = self.args;
+        let checkpoint = match (&args.save, self.lead, saved) {
+            (Some(_), true, Some(sub)) => Some(sub),
+            (Some(dir), true, None) => {
+                let sub = dir.join(format!("step-{done}"));
+                self.save_step(&sub, done, eval_loss)?;
+                Some(sub)
+            }
+            _ => None,
+        };
+        self.remove_working_copy()?;
+        if let Some(c) = self.collective.take() {
+            c.finish().context("--world-size")?;
+        }
+        if self.lead {
+            let what = format!("interrupted by {} after step {done} of {}", signal.name(), self.total_steps);
+            self.progress.message(&match checkpoint {
+                Some(sub) => format!("{what}: saved {0} (continue with --resume {0})", sub.display()),
+                None => format!("{what}; nothing saved (no --save)"),
+            });
+        }
+        Err(Interrupted(signal).into())
     }
 
     fn take_model(&mut self) -> Llama<B> {
@@ -140,25 +188,23 @@ impl<B: TrainBackend> Run<'_, B> {
 
     /// Rank 0's saves after step `done`: a `step-N` checkpoint every `--save-every` steps (and
     /// the rotation), the final checkpoint at the last; then the working copy of `--offload
-    /// disk`, which the final checkpoint replaces, goes.
-    pub(super) fn maybe_save(&mut self, done: u64, eval_loss: Option<f64>) -> Result<()> {
+    /// disk`, which the final checkpoint replaces, goes. Returns the `step-N` written, if one was.
+    pub(super) fn maybe_save(&mut self, done: u64, eval_loss: Option<f64>) -> Result<Option<PathBuf>> {
         let args = self.args;
         if let (Some(dir), Some(every), true) = (&args.save, args.save_every, self.lead) {
             if done.is_multiple_of(every) && done != self.total_steps {
                 let sub = dir.join(format!("step-{done}"));
-                self.save_to(&sub, done, eval_loss)?;
-                if let Some(limit) = args.save_total_limit {
-                    for old in checkpoint::rotate(dir, limit, args.keep_best)? {
-                        self.progress.message(&format!("removed {} (--save-total-limit {limit})", old.display()));
-                    }
-                }
+                self.save_step(&sub, done, eval_loss)?;
+                self.progress.message(&format!("saved {}", sub.display()));
+                return Ok(Some(sub));
             }
         }
         if done != self.total_steps {
-            return Ok(());
+            return Ok(None);
         }
         if let (true, Some(dir)) = (self.lead, &args.save) {
             self.save_to(dir, done, eval_loss)?;
+            self.progress.message(&format!("saved {}", dir.display()));
         }
         if let (Some(c), Some(_), Some(_)) = (self.collective.as_mut(), &args.save, self.store.disk()) {
             // The final checkpoint carries the run directory's other entries over, `offload/`
@@ -166,7 +212,20 @@ impl<B: TrainBackend> Run<'_, B> {
             // would be left behind, so the ranks remove theirs once it is written.
             c.barrier("the final checkpoint").context("--world-size")?;
         }
-        self.remove_working_copy()
+        self.remove_working_copy()?;
+        Ok(None)
+    }
+
+    /// The `step-N` checkpoint `sub` of step `done`, then the rotation `--save-total-limit` asks for.
+    fn save_step(&mut self, sub: &Path, done: u64, eval_loss: Option<f64>) -> Result<()> {
+        let args = self.args;
+        self.save_to(sub, done, eval_loss)?;
+        if let (Some(dir), Some(limit)) = (&args.save, args.save_total_limit) {
+            for old in checkpoint::rotate(dir, limit, args.keep_best)? {
+                self.progress.message(&format!("removed {} (--save-total-limit {limit})", old.display()));
+            }
+        }
+        Ok(())
     }
 
     /// The checkpoint of step `done` written to `dir` from the whole model.
@@ -179,7 +238,6 @@ impl<B: TrainBackend> Run<'_, B> {
             checkpoint::save(dir, m, disk, tokenizer, tokenizer_file, &state, config, trainer)
         })?;
         self.model = Some(model);
-        self.progress.message(&format!("saved {}", dir.display()));
         Ok(())
     }
 
