@@ -100,3 +100,60 @@ fn bench_generate_decodes_the_asked_tokens() {
     assert_eq!(r["ours"]["new_ids"].as_array().unwrap().len(), 70);
     assert!(r["ours"]["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
 }
+
+/// A peer's result as the script prints it (with `--device cuda`'s memory fields), every step
+/// taking `seconds`.
+fn peer_json(seconds: f64, mib: u64) -> Value {
+    let step = serde_json::json!({ "seconds": seconds, "cpu_seconds": seconds, "loss": 6.0 });
+    serde_json::json!({
+        "steps": [step.clone(), step.clone(), step],
+        "peak_rss": 1u64 << 30, "threads": 2, "versions": {}, "attn_implementation": "sdpa",
+        "device": "cuda", "max_memory_allocated": mib << 20, "max_memory_reserved": (mib + 1) << 20,
+        "nvidia_smi_peak": (mib + 2) << 20,
+    })
+}
+
+#[test]
+fn the_report_shows_both_peers_mfu_and_device_memory() {
+    run(&[
+        "bench",
+        "--preset",
+        "stories260k",
+        "--batch-size",
+        "2",
+        "--tokens",
+        "16",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--peak-tflops",
+        "1e-6",
+        "--name",
+        "ci-report",
+    ]);
+    // The peers' figures and ours' device memory as a GPU run would give them, written into the
+    // report's JSON and redrawn (`bench-report`), as a report is after a change to its format.
+    let mut r = report("ci-report");
+    assert_eq!(r["peak"]["tflops"].as_f64(), Some(1e-6));
+    let case = &mut r["cases"][0];
+    case["peer"] = peer_json(2.0, 1000);
+    case["hooks"] = peer_json(0.5, 3000);
+    case["ours"]["device_reserved_peak"] = Value::from(5000u64 << 20);
+    let json = target().join("bench/ci-report-gpu.json");
+    std::fs::write(&json, r.to_string()).unwrap();
+    run(&["bench-report", json.to_str().unwrap()]);
+    let md = std::fs::read_to_string(json.with_extension("md")).unwrap();
+    let row = md.lines().find(|l| l.starts_with("| fused LOMO |")).expect("the lomo row");
+    // MFU = 8 × parameters × tokens / s/step / peak: the peers' steps take 2 s and 0.5 s.
+    let flops = 8.0 * r["params"].as_f64().unwrap() * 32.0;
+    for seconds in [2.0, 0.5] {
+        let mfu = format!("| {:.1} % |", 100.0 * flops / seconds / 1e6);
+        assert!(row.contains(&mfu), "{mfu} in {row}");
+    }
+    assert!(row.contains("| 2.000 (2.000–2.000) | 16 |") && row.contains("| 0.500 (0.500–0.500) | 64 |"), "{row}");
+    assert!(md.contains("lomo / hooks") && !md.contains("data sheet"), "{md}");
+    let memory = md.lines().skip_while(|l| !l.starts_with("Peak device memory")).nth(4).expect("the memory row");
+    assert!(memory.contains("| 5000 | – | 1000 | 1001 | 1002 | 3000 | 3001 | 3002 |"), "{memory}");
+    assert!(std::fs::read_to_string(json.with_extension("svg")).unwrap().contains("PyTorch hooks"));
+}

@@ -91,6 +91,9 @@ pub struct BenchCase {
     /// Data parallel (`bench --nproc`): this process's rank; `input_ids` is its slice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dist: Option<CaseDist>,
+    /// The fused step's timers wait for the device at every phase (`--synced-timings`).
+    #[serde(default)]
+    pub synced_timings: bool,
 }
 
 /// A case's place in a data-parallel group.
@@ -128,6 +131,14 @@ pub struct OursResult {
     pub peak_rss: Option<u64>,
     /// Seconds to load the model.
     pub load_seconds: f64,
+    /// On a GPU: the most the backend's memory pool held after any step (cubecl's
+    /// `memory_usage().bytes_reserved`; its pools do not shrink during a run), bytes.
+    #[serde(default)]
+    pub device_reserved_peak: Option<u64>,
+    /// On CUDA: the process's peak device memory by `nvidia-smi`, polled by the bench, bytes
+    /// (context and pool included).
+    #[serde(default)]
+    pub nvidia_smi_peak: Option<u64>,
 }
 
 /// User + system CPU seconds of this process so far.
@@ -153,15 +164,16 @@ enum Stepper<B: TrainBackend> {
 }
 
 impl<B: TrainBackend> Stepper<B> {
-    fn new(kind: CaseKind) -> Result<Self> {
+    fn new(kind: CaseKind, synced_timings: bool) -> Result<Self> {
         let fused = FusedConfig { clip_grad_norm: kind.clip_grad_norm(), ..Default::default() };
         Ok(match kind {
-            CaseKind::Lomo | CaseKind::LomoClip => {
-                Stepper::Lomo(FusedStep::new(RuleUpdater::new(Lomo::new(0.0)?), fused)?)
-            }
-            CaseKind::Adalomo => {
-                Stepper::AdaLomo(FusedStep::new(RuleUpdater::new(AdaLomoConfig::default().init()?), fused)?)
-            }
+            CaseKind::Lomo | CaseKind::LomoClip => Stepper::Lomo(
+                FusedStep::new(RuleUpdater::new(Lomo::new(0.0)?), fused)?.with_synced_timings(synced_timings),
+            ),
+            CaseKind::Adalomo => Stepper::AdaLomo(
+                FusedStep::new(RuleUpdater::new(AdaLomoConfig::default().init()?), fused)?
+                    .with_synced_timings(synced_timings),
+            ),
             CaseKind::Adamw => Stepper::AdamW(AdamWConfig::new().init()),
         })
     }
@@ -196,7 +208,7 @@ impl<B: TrainBackend> Stepper<B> {
 impl CaseRunner for Run<'_> {
     type Output = OursResult;
 
-    fn run<B: TrainBackend>(self, device: B::Device, _memory: &dyn DeviceMemory) -> Result<OursResult> {
+    fn run<B: TrainBackend>(self, device: B::Device, memory: &dyn DeviceMemory) -> Result<OursResult> {
         let case = self.0;
         let dtype: StorageDtype = case.dtype.parse().map_err(|e| anyhow::anyhow!("case field `dtype`: {e}"))?;
         let clock = Instant::now();
@@ -229,7 +241,8 @@ impl CaseRunner for Run<'_> {
             None => None,
         };
         let batches = [batch];
-        let mut stepper = Stepper::<B>::new(case.kind)?;
+        let mut stepper = Stepper::<B>::new(case.kind, case.synced_timings)?;
+        let mut device_reserved_peak: Option<u64> = None;
         let mut steps = Vec::with_capacity(case.warmup + case.steps);
         let (mut cpu0, mut wall0) = (process_cpu_seconds(), Instant::now());
         for i in 0..case.warmup + case.steps {
@@ -242,7 +255,15 @@ impl CaseRunner for Run<'_> {
                 None => stepper.step(model, &batches, case.lr, &mut lomo_optim::Local)?,
             };
             model = next;
+            // The step ends when the device has done its work, not when its last kernel is
+            // queued (CUDA); on the CPU this returns at once.
+            B::sync(&device).map_err(|e| {
+                anyhow::anyhow!("waiting for the device after step {}: {}", i + 1, e.to_string().replace('\n', " "))
+            })?;
             let seconds = clock.elapsed().as_secs_f64();
+            if let Some(bytes) = memory.device_reserved_bytes() {
+                device_reserved_peak = Some(device_reserved_peak.map_or(bytes, |p| p.max(bytes)));
+            }
             eprintln!("  {} step {}: {seconds:.3} s, loss {loss:.6}", case.kind.name(), i + 1);
             steps.push(StepSample { seconds, loss, timings });
         }
@@ -255,6 +276,8 @@ impl CaseRunner for Run<'_> {
             wall_seconds: wall0.elapsed().as_secs_f64(),
             peak_rss: lomo_io::memory::peak_rss(),
             load_seconds,
+            device_reserved_peak,
+            nvidia_smi_peak: None,
         })
     }
 }

@@ -114,8 +114,8 @@ pub fn bench_generate(a: &BenchArgs, model: Llama<Flex>, description: String) ->
 }
 
 fn run_peer(a: &BenchArgs, dir: &Path, ids: &[i64], n: usize) -> Result<Decoding, String> {
-    super::check_python(&a.python, "import torch, transformers, safetensors")?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peer/hf_generate.py");
+    super::peer::check_python(&a.python, "import torch, transformers, safetensors")?;
+    let script = super::peer::script("hf_generate.py")?;
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
     let output = Command::new(&a.python)

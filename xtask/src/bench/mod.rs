@@ -4,10 +4,16 @@
 //! The bench writes the model as an HF checkpoint and the batch as JSON under
 //! `target/bench/work/`; each case then runs in a child process of this binary (`bench-case`,
 //! so that its peak RSS is its own), and with `--peer` the same step runs in PyTorch through
-//! `xtask/peer/torch_lomo.py`. Results go to `target/bench/<name>.{json,md,svg}`.
+//! `xtask/peer/torch_lomo.py` twice: with the LOMO authors' package and with PyTorch's own
+//! fused-in-backward hooks (`peer.rs`; the script is compiled into this binary, so a built
+//! `xtask` benches where there is no cargo or source tree). With `--backend cuda` both sides run
+//! on the GPU, one after the other, each step timed to the device's end of it, and the device
+//! memory is reported (`gpu.rs`). Results go to `target/bench/<name>.{json,md,svg}`.
 
 pub mod case;
 mod generate;
+mod gpu;
+mod peer;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendKind;
 use case::{BenchCase, CaseKind, OursResult};
+use gpu::DeviceMemoryPoll;
+pub use peer::{Peer, PeerResult};
 
 /// Token ids as `--prompt-ids` gives them (a type of its own, so that clap takes the list as
 /// one value).
@@ -64,10 +72,22 @@ pub struct BenchArgs {
     /// The backend of ours.
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     backend: BackendKind,
-    /// Also run the step with PyTorch + lomo-optim (`xtask/peer/torch_lomo.py`) on the same
-    /// checkpoint and batch; needs a Python with torch, transformers, safetensors and lomo-optim.
+    /// Also run the step in PyTorch on the same checkpoint and batch (`xtask/peer/torch_lomo.py`,
+    /// on the GPU with --backend cuda), twice: with the LOMO authors' package (lomo-optim) and
+    /// with PyTorch's own fused-in-backward hooks (the lomo case only); needs a Python with
+    /// torch, transformers, safetensors and lomo-optim.
     #[arg(long)]
     peer: bool,
+    /// The device's peak TFLOP/s for the MFU column (model FLOPs: 8 × parameters × tokens per
+    /// step, forward + recompute + backward); default on CUDA, bf16/f16: the data sheet's dense
+    /// figure for the GPU `nvidia-smi` names, where known. No MFU without one.
+    #[arg(long, value_name = "TFLOPS")]
+    peak_tflops: Option<f64>,
+    /// Wait for the device at every phase of our step, so that the phase table holds device
+    /// time on CUDA (each wait drains the queue, so s/step rises a little: compare s/step
+    /// without it). On the CPU it changes nothing.
+    #[arg(long)]
+    synced_timings: bool,
     /// The peer's Python.
     #[arg(long, value_name = "PATH", default_value = "python3")]
     python: String,
@@ -175,32 +195,12 @@ pub struct CaseResult {
     pub peer: Option<PeerResult>,
     /// Why the peer did not run or failed.
     pub peer_error: Option<String>,
-}
-
-/// What the peer script printed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PeerResult {
-    /// Every step, warm-up first.
-    pub steps: Vec<PeerStep>,
-    /// Peak RSS of the Python process, bytes.
-    pub peak_rss: u64,
-    /// torch's intra-op threads.
-    pub threads: usize,
-    /// Versions of torch, transformers and lomo-optim.
-    pub versions: serde_json::Value,
-    /// HF's attention implementation (sdpa, eager).
-    pub attn_implementation: Option<String>,
-}
-
-/// One peer step.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PeerStep {
-    /// Wall seconds.
-    pub seconds: f64,
-    /// Process CPU seconds.
-    pub cpu_seconds: f64,
-    /// Loss before the step's update.
-    pub loss: f64,
+    /// PyTorch's own fused-in-backward hooks, with `--peer` where it has the case (lomo).
+    #[serde(default)]
+    pub hooks: Option<PeerResult>,
+    /// Why the hooks peer did not run or failed.
+    #[serde(default)]
+    pub hooks_error: Option<String>,
 }
 
 /// A bench run, as written to `<name>.json`.
@@ -231,8 +231,23 @@ pub struct BenchResult {
     pub cores: usize,
     /// Whether this binary was optimised.
     pub release: bool,
+    /// The peak the MFU divides by, TFLOP/s, and where it comes from.
+    #[serde(default)]
+    pub peak: Option<PeakFlops>,
+    /// Whether our phase timers waited for the device (`--synced-timings`).
+    #[serde(default)]
+    pub synced_timings: bool,
     /// One entry per case.
     pub cases: Vec<CaseResult>,
+}
+
+/// The device's peak for the MFU.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeakFlops {
+    /// TFLOP/s.
+    pub tflops: f64,
+    /// `--peak-tflops`, or the data-sheet table and the GPU's name.
+    pub source: String,
 }
 
 fn one() -> usize {
@@ -301,15 +316,15 @@ fn load_model(a: &BenchArgs) -> Result<(Llama<burn::backend::Flex>, String)> {
     })
 }
 
-/// Runs every case, ours (in child processes) then the peer's where it is ready.
+/// Runs every case, ours (in child processes) then each peer's where it is ready (`ready`: per
+/// peer, `Err` why not) and has the case.
 fn run_cases(
     a: &BenchArgs,
     model_dir: &Path,
     batch_path: &Path,
     input_ids: &[i64],
-    peer_ready: &Result<(), String>,
+    ready: &[(Peer, Result<(), String>); 2],
 ) -> Vec<CaseResult> {
-    let peer_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peer/torch_lomo.py");
     let mut results = Vec::new();
     for &kind in &a.cases {
         let case = BenchCase {
@@ -323,6 +338,7 @@ fn run_cases(
             warmup: a.warmup,
             steps: a.steps,
             dist: None,
+            synced_timings: a.synced_timings,
         };
         eprintln!(
             "{}: ours ({} backend{})",
@@ -342,23 +358,44 @@ fn run_cases(
                 (None, Some(e))
             }
         };
-        let (peer, peer_error) = match (peer_ready, kind.peer_optimizer()) {
-            (Err(e), _) => (None, Some(e.clone())),
-            (Ok(()), None) => (None, Some(format!("the peer has no `{}` case", kind.name()))),
-            (Ok(()), Some(optimizer)) => {
-                eprintln!("{}: PyTorch + lomo-optim", kind.name());
-                match run_peer(a, &peer_script, model_dir, batch_path, optimizer, kind.clip_grad_norm()) {
-                    Ok(p) => (Some(p), None),
-                    Err(e) => {
-                        eprintln!("  peer failed: {e}");
-                        (None, Some(e))
+        let mut sides = ready.iter().map(|(peer, ready)| {
+            let optimizer = match (peer, kind.peer_optimizer()) {
+                (Peer::Hooks, _) if kind != CaseKind::Lomo => None,
+                (_, optimizer) => optimizer,
+            };
+            match (ready, optimizer) {
+                (Err(e), _) => (None, Some(e.clone())),
+                (Ok(()), None) => (None, Some(format!("{} has no `{}` case", peer.label(), kind.name()))),
+                (Ok(()), Some(optimizer)) => {
+                    eprintln!("{}: {}", kind.name(), peer.label());
+                    match peer::run(a, *peer, model_dir, batch_path, optimizer, kind.clip_grad_norm()) {
+                        Ok(p) => (Some(p), None),
+                        Err(e) => {
+                            eprintln!("  {} failed: {e}", peer.label());
+                            (None, Some(e))
+                        }
                     }
                 }
             }
-        };
-        results.push(CaseResult { kind, ours, error, peer, peer_error });
+        });
+        let (peer, peer_error) = sides.next().unwrap_or_default();
+        let (hooks, hooks_error) = sides.next().unwrap_or_default();
+        results.push(CaseResult { kind, ours, error, peer, peer_error, hooks, hooks_error });
     }
     results
+}
+
+/// The peak the MFU divides by: `--peak-tflops`, else on CUDA the data sheet's for the GPU.
+fn peak_flops(a: &BenchArgs) -> Option<PeakFlops> {
+    if let Some(tflops) = a.peak_tflops {
+        return Some(PeakFlops { tflops, source: "--peak-tflops".into() });
+    }
+    if a.backend != BackendKind::Cuda {
+        return None;
+    }
+    let name = gpu::name()?;
+    let tflops = gpu::peak_tflops(&name, &a.dtype.to_string())?;
+    Some(PeakFlops { tflops, source: format!("data sheet, dense {}, {name}", a.dtype) })
 }
 
 /// `cargo xtask bench …`.
@@ -394,12 +431,15 @@ pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
     let batch_json = serde_json::json!({ "input_ids": rows, "attention_mask": vec![vec![1; a.tokens]; a.batch_size], "labels": rows });
     std::fs::write(&batch_path, batch_json.to_string()).with_context(|| format!("writing {}", batch_path.display()))?;
 
-    let peer_ready = if a.peer { check_peer(&a.python) } else { Err("not asked for (--peer)".to_string()) };
-    if let (true, Err(e)) = (a.peer, &peer_ready) {
-        eprintln!("peer: {e}\n  running ours alone (then --python peer/bin/python)");
-    }
+    let ready = [Peer::LomoOptim, Peer::Hooks].map(|peer| {
+        let ready = if a.peer { peer::check(&a.python, peer) } else { Err("not asked for (--peer)".to_string()) };
+        if let (true, Err(e)) = (a.peer, &ready) {
+            eprintln!("{}: {e}\n  running without it (then --python peer/bin/python)", peer.label());
+        }
+        (peer, ready)
+    });
 
-    let results = run_cases(a, &model_dir, &batch_path, &input_ids, &peer_ready);
+    let results = run_cases(a, &model_dir, &batch_path, &input_ids, &ready);
     let result = BenchResult {
         name: a.name.clone(),
         model: description,
@@ -413,6 +453,8 @@ pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
         nproc: a.nproc,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         release: !cfg!(debug_assertions),
+        peak: peak_flops(a),
+        synced_timings: a.synced_timings,
         cases: results,
     };
     let dir = out_dir();
@@ -481,59 +523,19 @@ fn run_child(case: &BenchCase, backend: BackendKind, threads: Option<usize>) -> 
     if let Some(n) = threads {
         command.env("RAYON_NUM_THREADS", n.to_string());
     }
-    let output = command.output().map_err(|e| format!("starting the case's process: {e}"))?;
+    command.stdout(Stdio::piped());
+    let child = command.spawn().map_err(|e| format!("starting the case's process: {e}"))?;
+    let poll = (backend == BackendKind::Cuda).then(|| DeviceMemoryPoll::start(child.id()));
+    let output = child.wait_with_output().map_err(|e| format!("waiting for the case's process: {e}"))?;
+    let nvidia_smi_peak = poll.and_then(DeviceMemoryPoll::finish);
     if !output.status.success() {
         return Err(format!("the case's process exited with {}", output.status));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout.lines().last().ok_or("the case printed nothing")?;
-    serde_json::from_str(line).map_err(|e| format!("reading the case's result: {e}"))
-}
-
-/// Whether `python` imports what the peer needs; the error says what is missing.
-fn check_peer(python: &str) -> Result<(), String> {
-    check_python(python, "import torch, transformers, safetensors, lomo_optim")
-}
-
-/// Whether `python` runs `imports`; the error names the interpreter and the import that failed.
-fn check_python(python: &str, imports: &str) -> Result<(), String> {
-    let out = Command::new(python).args(["-c", imports]).output().map_err(|e| format!("`{python}`: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().last().unwrap_or("").to_string();
-        return Err(format!("`{python}` cannot `{imports}` ({last}); make a peer with `python3 -m venv peer && peer/bin/pip install torch transformers safetensors lomo-optim`"));
-    }
-    Ok(())
-}
-
-/// Runs the peer script for one case.
-fn run_peer(
-    a: &BenchArgs,
-    script: &Path,
-    model_dir: &Path,
-    batch: &Path,
-    optimizer: &str,
-    clip: Option<f64>,
-) -> Result<PeerResult, String> {
-    let mut command = Command::new(&a.python);
-    command
-        .arg(script)
-        .args(["--model", &model_dir.display().to_string(), "--batch", &batch.display().to_string()])
-        .args(["--optimizer", optimizer, "--dtype", &a.dtype.to_string(), "--lr", "1e-4"])
-        .args(["--steps", &(a.warmup + a.steps).to_string()])
-        .stderr(Stdio::inherit());
-    if let Some(c) = clip {
-        command.args(["--clip-grad-norm", &c.to_string()]);
-    }
-    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    command.args(["--threads", &threads.to_string()]).env("OMP_NUM_THREADS", threads.to_string());
-    let output = command.output().map_err(|e| format!("starting `{}`: {e}", a.python))?;
-    if !output.status.success() {
-        return Err(format!("{} exited with {}", script.display(), output.status));
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().last().ok_or("the peer printed nothing")?;
-    serde_json::from_str(line).map_err(|e| format!("reading the peer's result: {e}"))
+    let mut result: OursResult = serde_json::from_str(line).map_err(|e| format!("reading the case's result: {e}"))?;
+    result.nvidia_smi_peak = nvidia_smi_peak;
+    Ok(result)
 }
 
 /// The hidden `bench-case` subcommand: runs one case here, prints its result as one JSON line.

@@ -44,57 +44,130 @@ fn label(kind: CaseKind) -> &'static str {
     }
 }
 
-/// A case's row of the side-by-side table: ours, the peer, the ratio, the first losses.
-fn case_row(r: &BenchResult, c: &CaseResult, tokens: f64) -> String {
-    let mut row = format!("| {} |", label(c.kind));
-    let ours = c.ours.as_ref().and_then(|o| Some((o, stats(&ours_seconds(o, r.warmup))?)));
-    match &ours {
-        Some((o, s)) => {
-            let cores = o.cpu_seconds / o.wall_seconds.max(1e-9);
-            let rss = o.peak_rss.map_or("–".into(), gib);
+/// One side's cells of the side-by-side table: s/step median (min–max), tokens/s, MFU, cores,
+/// peak RSS; `None`: `why` in the first cell.
+fn side_cells(row: &mut String, r: &BenchResult, measured: Option<(Stats, f64, u64)>, why: Option<&str>) {
+    let tokens = (r.batch_size * r.tokens) as f64;
+    match measured {
+        Some((s, cores, rss)) => {
+            let mfu = match &r.peak {
+                Some(p) => format!("{:.1} %", 100.0 * step_flops(r) / s.median / (p.tflops * 1e12)),
+                None => "–".into(),
+            };
             let _ = write!(
                 row,
-                " {:.3} ({:.3}–{:.3}) | {:.0} | {cores:.2} | {rss} |",
+                " {:.3} ({:.3}–{:.3}) | {:.0} | {mfu} | {cores:.2} | {} |",
                 s.median,
                 s.min,
                 s.max,
-                tokens / s.median
+                tokens / s.median,
+                if rss == 0 { "–".into() } else { gib(rss) }
             );
         }
         None => {
-            let _ = write!(row, " failed: {} | | | |", c.error.as_deref().unwrap_or("?"));
+            let _ = write!(row, " {} | | | | |", why.unwrap_or("–"));
         }
     }
-    let peer = c.peer.as_ref().and_then(|p| Some((p, stats(&peer_seconds(p, r.warmup))?)));
-    match &peer {
-        Some((p, s)) => {
-            let measured = &p.steps[r.warmup.min(p.steps.len())..];
-            let (cpu, wall) = measured.iter().fold((0.0, 0.0), |(c, w), s| (c + s.cpu_seconds, w + s.seconds));
-            let _ =
-                write!(row, " {:.3} ({:.3}–{:.3}) | {:.2} | {} |", s.median, s.min, s.max, cpu / wall, gib(p.peak_rss));
-        }
-        None => {
-            let _ = write!(row, " {} | | |", c.peer_error.as_deref().unwrap_or("–"));
+}
+
+/// A peer's measured steps: statistics, cores, peak RSS.
+fn peer_measured(r: &BenchResult, p: &PeerResult) -> Option<(Stats, f64, u64)> {
+    let s = stats(&peer_seconds(p, r.warmup))?;
+    let measured = &p.steps[r.warmup.min(p.steps.len())..];
+    let (cpu, wall) = measured.iter().fold((0.0, 0.0), |(c, w), s| (c + s.cpu_seconds, w + s.seconds));
+    Some((s, cpu / wall.max(1e-9), p.peak_rss))
+}
+
+/// Model FLOPs of one step with activation recompute: 8 × parameters × tokens (forward 2,
+/// recompute 2, backward 4), the same for every case and side.
+fn step_flops(r: &BenchResult) -> f64 {
+    8.0 * r.params as f64 * (r.batch_size * r.tokens) as f64
+}
+
+/// A case's row of the side-by-side table: ours, both peers, the ratios, the first losses.
+fn case_row(r: &BenchResult, c: &CaseResult) -> String {
+    let mut row = format!("| {} |", label(c.kind));
+    let ours = c.ours.as_ref().and_then(|o| {
+        let s = stats(&ours_seconds(o, r.warmup))?;
+        let cores = o.cpu_seconds / o.wall_seconds.max(1e-9);
+        Some((s, cores, o.peak_rss.unwrap_or(0)))
+    });
+    let ours_median = ours.as_ref().map(|o| o.0.median);
+    let failed = c.error.as_ref().map(|e| format!("failed: {e}"));
+    side_cells(&mut row, r, ours, failed.as_deref().or(Some("?")));
+    let peer = c.peer.as_ref().and_then(|p| peer_measured(r, p));
+    let peer_median = peer.as_ref().map(|p| p.0.median);
+    side_cells(&mut row, r, peer, c.peer_error.as_deref());
+    let hooks = c.hooks.as_ref().and_then(|p| peer_measured(r, p));
+    let hooks_median = hooks.as_ref().map(|p| p.0.median);
+    side_cells(&mut row, r, hooks, c.hooks_error.as_deref());
+    for other in [peer_median, hooks_median] {
+        match (ours_median, other) {
+            (Some(a), Some(b)) => {
+                let _ = write!(row, " **{:.2} ×** |", a / b);
+            }
+            _ => row.push_str(" – |"),
         }
     }
-    match (&ours, &peer) {
-        (Some((_, a)), Some((_, b))) => {
-            let _ = write!(row, " **{:.2} ×** |", a.median / b.median);
-        }
-        _ => row.push_str(" – |"),
-    }
-    let first_ours = c.ours.as_ref().and_then(|o| o.steps.first()).map(|s| format!("{:.6}", s.loss));
-    let first_peer = c.peer.as_ref().and_then(|p| p.steps.first()).map(|s| format!("{:.6}", s.loss));
-    let _ = writeln!(row, " {} / {} |", first_ours.as_deref().unwrap_or("–"), first_peer.as_deref().unwrap_or("–"));
+    let first = |steps: Option<f64>| steps.map_or("–".to_string(), |l| format!("{l:.6}"));
+    let _ = writeln!(
+        row,
+        " {} / {} / {} |",
+        first(c.ours.as_ref().and_then(|o| o.steps.first()).map(|s| s.loss)),
+        first(c.peer.as_ref().and_then(|p| p.steps.first()).map(|s| s.loss)),
+        first(c.hooks.as_ref().and_then(|p| p.steps.first()).map(|s| s.loss)),
+    );
     row
+}
+
+/// The device memory of each side, where one was measured (a GPU run): ours from cubecl's pool
+/// and nvidia-smi, PyTorch's from its own counters and nvidia-smi.
+fn device_memory(out: &mut String, r: &BenchResult) {
+    let any = r.cases.iter().any(|c| {
+        c.ours.as_ref().is_some_and(|o| o.device_reserved_peak.is_some() || o.nvidia_smi_peak.is_some())
+            || [&c.peer, &c.hooks].into_iter().flatten().any(|p| p.max_memory_reserved.is_some())
+    });
+    if !any {
+        return;
+    }
+    let mib = |b: Option<u64>| b.map_or("–".to_string(), |b| format!("{:.0}", b as f64 / (1u64 << 20) as f64));
+    let _ = writeln!(out, "\nPeak device memory, MiB: ours = cubecl's pool reserved (the most after any step; its pools do not shrink in a run) and the process by `nvidia-smi` (polled every 200 ms: context and pool); PyTorch = `torch.cuda.max_memory_allocated` / `max_memory_reserved` and `nvidia-smi`:\n");
+    let _ = writeln!(out, "| step | lomo pool | lomo nvidia-smi | lomo-optim allocated | reserved | nvidia-smi | hooks allocated | reserved | nvidia-smi |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for c in &r.cases {
+        let o = c.ours.as_ref();
+        let mut row = format!(
+            "| {} | {} | {} |",
+            label(c.kind),
+            mib(o.and_then(|o| o.device_reserved_peak)),
+            mib(o.and_then(|o| o.nvidia_smi_peak))
+        );
+        for p in [&c.peer, &c.hooks] {
+            let p = p.as_ref();
+            let _ = write!(
+                row,
+                " {} | {} | {} |",
+                mib(p.and_then(|p| p.max_memory_allocated)),
+                mib(p.and_then(|p| p.max_memory_reserved)),
+                mib(p.and_then(|p| p.nvidia_smi_peak))
+            );
+        }
+        let _ = writeln!(out, "{row}");
+    }
 }
 
 /// Where one step of ours goes (the fused step's timers per phase) and, with several ranks,
 /// the all-reduce's share.
 fn phases(out: &mut String, r: &BenchResult) {
+    let waits = match (r.synced_timings, r.backend) {
+        (true, _) => "waiting for the device at every phase",
+        (false, crate::backend::BackendKind::Cpu) => "a CPU backend: each phase's own time",
+        // On an asynchronous backend an unsynced timer reads when the kernels were queued.
+        (false, _) => "not waiting for the device: queue times, not device times (--synced-timings)",
+    };
     let _ = writeln!(
         out,
-        "\nWhere one step of ours goes (the fused step's own timers, median over the measured steps, seconds):\n"
+        "\nWhere one step of ours goes (the fused step's own timers, {waits}; median over the measured steps, seconds):\n"
     );
     let _ = writeln!(out, "| step | forward (no tape) | norm pass | backward: embedding | blocks | loss stage | updates | timers total | wall |");
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -141,7 +214,23 @@ fn phases(out: &mut String, r: &BenchResult) {
     }
 }
 
-/// The report: one row per case, ours beside the peer, then our phase breakdown.
+/// How the MFU column is computed, and the peak it divides by.
+fn mfu_note(r: &BenchResult) -> String {
+    let flops = step_flops(r);
+    match &r.peak {
+        Some(p) => format!(
+            "MFU = model FLOPs per step (8 × {:.1}M parameters × {} tokens = {flops:.3e}: forward, recompute, backward; attention's own FLOPs not counted) / s/step / {} TFLOP/s ({}).",
+            r.params as f64 / 1e6,
+            r.batch_size * r.tokens,
+            p.tflops,
+            p.source
+        ),
+        None => format!("MFU: no peak known (--peak-tflops F; on CUDA in bf16/f16 the data sheet's for the GPU nvidia-smi names); model FLOPs per step {flops:.3e} (8 × parameters × tokens)."),
+    }
+}
+
+/// The report: one row per case, ours beside the peers, device memory on a GPU, then our phase
+/// breakdown.
 pub fn markdown(r: &BenchResult) -> String {
     let mut out = String::new();
     let threads = r.threads.map_or_else(|| format!("{} (all)", r.cores), |t| t.to_string());
@@ -160,16 +249,20 @@ pub fn markdown(r: &BenchResult) -> String {
     );
     let _ = writeln!(
         out,
-        "Seconds per step: median (min–max) of the steps after {} warm-up; cores = process CPU time / wall time; ratio = ours / peer (below 1: ours is faster).\n",
+        "Seconds per step: median (min–max) of the steps after {} warm-up; cores = process CPU time / wall time; ratio = lomo / peer (below 1: lomo is faster). Peers: PyTorch + the LOMO authors' package (lomo-optim), and PyTorch's own fused-in-backward hooks (SGD in a post-accumulate-grad hook per parameter, torchtune's optimizer_in_bwd; the lomo case only), both with gradient checkpointing.\n",
         r.warmup
     );
-    let _ = writeln!(out, "| step | lomo s/step | tokens/s | cores | peak RSS | PyTorch + lomo-optim s/step | cores | peak RSS | ratio | first loss: lomo / peer |");
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let tokens = (r.batch_size * r.tokens) as f64;
+    let _ = writeln!(out, "{}\n", mfu_note(r));
+    let _ = writeln!(out, "| step | lomo s/step | tokens/s | MFU | cores | peak RSS | lomo-optim s/step | tokens/s | MFU | cores | peak RSS | hooks s/step | tokens/s | MFU | cores | peak RSS | lomo / lomo-optim | lomo / hooks | first loss: lomo / lomo-optim / hooks |");
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for c in &r.cases {
-        out.push_str(&case_row(r, c, tokens));
+        out.push_str(&case_row(r, c));
     }
 
+    device_memory(&mut out, r);
     phases(&mut out, r);
     if let Some(p) = r.cases.iter().find_map(|c| c.peer.as_ref()) {
         let _ = writeln!(
@@ -183,68 +276,76 @@ pub fn markdown(r: &BenchResult) -> String {
     out
 }
 
-/// The chart: per case, our median s/step beside the peer's (whiskers min–max), the ratio
-/// above; drawn with plotters' SVG backend, as the profile's chart and `lomo train`'s loss.svg.
+/// The chart: per case, our median s/step beside each peer's (whiskers min–max), the ratios
+/// to lomo-optim above; drawn with plotters' SVG backend, as the profile's chart and `lomo
+/// train`'s loss.svg.
 pub fn svg(r: &BenchResult) -> anyhow::Result<String> {
     use lomo_cli::chart;
     use plotters::prelude::*;
-    let rows: Vec<(String, Option<Stats>, Option<Stats>)> = r
+    // Per case: its label and each side's statistics (lomo, lomo-optim, hooks).
+    let rows: Vec<(String, [Option<Stats>; 3])> = r
         .cases
         .iter()
         .map(|c| {
             let ours = c.ours.as_ref().and_then(|o| stats(&ours_seconds(o, r.warmup)));
             let peer = c.peer.as_ref().and_then(|p| stats(&peer_seconds(p, r.warmup)));
-            (label(c.kind).to_string(), ours, peer)
+            let hooks = c.hooks.as_ref().and_then(|p| stats(&peer_seconds(p, r.warmup)));
+            (label(c.kind).to_string(), [ours, peer, hooks])
         })
         .collect();
     let n = rows.len().max(1) as u32;
-    let top = rows
-        .iter()
-        .flat_map(|(_, o, p)| [o.as_ref().map(|s| s.max), p.as_ref().map(|s| s.max)])
-        .flatten()
-        .fold(0f64, f64::max)
-        .max(1e-3)
-        * 1.4;
+    let top =
+        rows.iter().flat_map(|(_, sides)| sides.iter().flatten().map(|s| s.max)).fold(0f64, f64::max).max(1e-3) * 1.4;
     let title = format!(
-        "s/step, {} {} {} × {} ({} threads): lomo vs PyTorch + lomo-optim",
+        "s/step, {} {} {} × {} ({}): lomo vs PyTorch",
         r.model,
         r.dtype,
         r.batch_size,
         r.tokens,
-        r.threads.unwrap_or(r.cores)
+        match r.backend {
+            crate::backend::BackendKind::Cpu => format!("{} threads", r.threads.unwrap_or(r.cores)),
+            other => other.name().to_string(),
+        }
     );
-    let width = 240 + 200 * n;
+    let width = 240 + 240 * n;
     // A case's segment in pixels (the plot less the y labels and margins), for the insets.
     let seg = (width - 60 - 24) as f64 / n.max(2) as f64;
     let px = |f: f64| (f * seg).round() as u32;
     chart::svg((width, 420), |root| {
-        let label = |i: usize| rows.get(i).map(|(l, _, _)| l.clone()).unwrap_or_default();
+        let label = |i: usize| rows.get(i).map(|(l, _)| l.clone()).unwrap_or_default();
         let mut chart = chart::bar_chart(root, &title, 14, n, top, "seconds per step (median)", label)?;
-        for (side, (name, colour)) in
-            [("lomo", chart::BLUE), ("PyTorch + lomo-optim", chart::ORANGE)].into_iter().enumerate()
-        {
-            let pick = |row: &(String, Option<Stats>, Option<Stats>)| {
-                let stats = if side == 0 { row.1.as_ref() } else { row.2.as_ref() };
-                stats.map(|s| (s.median, s.min, s.max))
-            };
-            // Each side takes half of its case's segment (pixel margins inset it).
-            let (left, right) = if side == 0 { (px(0.1), px(0.52)) } else { (px(0.52), px(0.1)) };
+        let sides = [("lomo", chart::BLUE), ("PyTorch + lomo-optim", chart::ORANGE), ("PyTorch hooks", chart::GREEN)];
+        for (side, (name, colour)) in sides.into_iter().enumerate() {
+            let pick = |row: &(String, [Option<Stats>; 3])| row.1[side].as_ref().map(|s| (s.median, s.min, s.max));
+            // Each side takes a quarter of its case's segment, the three centred in it.
+            let from = 0.12 + 0.25 * side as f64;
+            let (left, right) = (px(from), px(1.0 - from - 0.25));
             let bars = rows.iter().enumerate().filter_map(|(i, row)| {
                 let (median, _, _) = pick(row)?;
                 Some(chart::bar(i as u32, 0.0, median, colour.filled(), left, right))
             });
             chart.draw_series(bars).map_err(chart::error)?.label(name).legend(chart::mark(colour, 5));
             // A 3-pixel bar from min to max at the middle of the side's bar.
-            let (left, right) = if side == 0 { (px(0.29) - 1, px(0.71) - 2) } else { (px(0.71) - 2, px(0.29) - 1) };
+            let middle = from + 0.125;
+            let (left, right) = (px(middle) - 1, px(1.0 - middle) - 2);
             let whiskers = rows.iter().enumerate().filter_map(|(i, row)| {
                 let (_, min, max) = pick(row)?;
                 Some(chart::bar(i as u32, min, max, BLACK.filled(), left, right))
             });
             chart.draw_series(whiskers).map_err(chart::error)?;
         }
-        let ratios = rows.iter().enumerate().filter_map(|(i, (_, ours, peer))| {
-            let (o, p) = (ours.as_ref()?, peer.as_ref()?);
-            Some(chart::note(format!("{:.2} ×", o.median / p.median), i as u32, o.max.max(p.max) + top * 0.03, 12))
+        let ratios = rows.iter().enumerate().filter_map(|(i, (_, [ours, peer, hooks]))| {
+            let o = ours.as_ref()?;
+            let parts: Vec<String> = [peer, hooks]
+                .into_iter()
+                .zip(["lomo-optim", "hooks"])
+                .filter_map(|(p, name)| Some(format!("{:.2} × {name}", o.median / p.as_ref()?.median)))
+                .collect();
+            if parts.is_empty() {
+                return None;
+            }
+            let high = [ours, peer, hooks].into_iter().flatten().map(|s| s.max).fold(0f64, f64::max);
+            Some(chart::note(parts.join(", "), i as u32, high + top * 0.03, 12))
         });
         chart.draw_series(ratios).map_err(chart::error)?;
         chart::legend(&mut chart, SeriesLabelPosition::UpperRight)

@@ -57,8 +57,14 @@ pub struct SuiteResult {
 /// The workspace's `target/`, or `$CARGO_TARGET_DIR`.
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        // xtask lives one level below the workspace root.
-        Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").join("target")
+        // xtask lives one level below the workspace root it was built in; a binary copied to
+        // another machine (a GPU host without cargo) writes under the current directory.
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent");
+        if workspace.join("Cargo.toml").is_file() {
+            workspace.join("target")
+        } else {
+            PathBuf::from("target")
+        }
     })
 }
 
