@@ -241,6 +241,41 @@ fn the_coordinator_stops_on_sigint_and_sigterm() {
     }
 }
 
+/// A coordinator and two ranks of a long run, once rank 0 has logged its first step.
+fn group_after_one_step(model: &Path, data: &Path, save: &Path, timeout: u64) -> (Lomo, Vec<Lomo>) {
+    let port = lomo_dist::free_coordinator_port().unwrap();
+    let mut coordinator = Lomo::start(&["coordinator", "--port", &port.to_string()]);
+    coordinator.wait_for_line("the banner", |l| l.contains("Ctrl-C stops it"));
+    let mut ranks: Vec<Lomo> = (0..2)
+        .map(|rank| {
+            let node = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let mut args = long_run(model, data, "lomo", save);
+            args.extend(["--collective-timeout".to_string(), timeout.to_string(), "--world-size".into(), "2".into()]);
+            args.extend(["--rank".to_string(), rank.to_string()]);
+            args.extend(["--coordinator".to_string(), format!("ws://127.0.0.1:{port}")]);
+            args.extend(["--node-address".to_string(), format!("ws://127.0.0.1:{node}")]);
+            Lomo::start(&args)
+        })
+        .collect();
+    ranks[0].wait_for_line("step 1", |l| l.starts_with("step 1/"));
+    (coordinator, ranks)
+}
+
+/// A rank left running after `fault` (at `since`, when it had printed `before` lines) exits
+/// 2 within `timeout` seconds, with one more line, an error containing `expected`, and no
+/// panic text anywhere.
+fn exits_with_one_line(survivor: &mut Lomo, before: usize, since: Instant, timeout: u64, fault: &str, expected: &str) {
+    let (status, _) = survivor.exit();
+    let took = since.elapsed();
+    let all = survivor.seen.join("\n");
+    assert_eq!(status.code(), Some(2), "{fault}: {all}");
+    assert!(took < Duration::from_secs(timeout), "{fault}: the survivor took {took:?}");
+    assert!(!all.contains("panicked") && !all.contains("backtrace"), "{fault}: {all}");
+    let said = &survivor.seen[before..];
+    assert_eq!(said.len(), 1, "{fault}: one line after it:\n{all}");
+    assert!(said[0].starts_with("error: ") && said[0].contains(expected), "{fault}: {all}");
+}
+
 /// A rank killed (SIGKILL) after the first step makes the other exit non-zero, well within
 /// `--collective-timeout`, with one line naming the rank it lost, and no panic text:
 /// burn-collective's threads panic when a peer goes, and that stays inside.
@@ -252,41 +287,31 @@ fn a_killed_rank_makes_the_other_exit_with_one_line_naming_it() {
     let dir = tmp("signals-dead-rank");
     let timeout = 120;
     for killed in [1, 0] {
-        let port = lomo_dist::free_coordinator_port().unwrap();
-        let mut coordinator = Lomo::start(&["coordinator", "--port", &port.to_string()]);
-        coordinator.wait_for_line("the banner", |l| l.contains("Ctrl-C stops it"));
-        let mut ranks: Vec<Lomo> = (0..2)
-            .map(|rank| {
-                let node = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-                let mut args = long_run(&model, &data, "lomo", &dir.join(format!("out-{killed}")));
-                args.extend([
-                    "--collective-timeout".to_string(),
-                    timeout.to_string(),
-                    "--world-size".into(),
-                    "2".into(),
-                ]);
-                args.extend(["--rank".to_string(), rank.to_string()]);
-                args.extend(["--coordinator".to_string(), format!("ws://127.0.0.1:{port}")]);
-                args.extend(["--node-address".to_string(), format!("ws://127.0.0.1:{node}")]);
-                Lomo::start(&args)
-            })
-            .collect();
-        ranks[0].wait_for_line("step 1", |l| l.starts_with("step 1/"));
-        let seen_before = ranks[1 - killed].seen.len();
+        let (_coordinator, mut ranks) =
+            group_after_one_step(&model, &data, &dir.join(format!("out-{killed}")), timeout);
+        let before = ranks[1 - killed].seen.len();
         ranks[killed].child.kill().unwrap();
-        let killed_at = Instant::now();
-        let survivor = &mut ranks[1 - killed];
-        let (status, _) = survivor.exit();
-        let took = killed_at.elapsed();
-        let said = survivor.seen[seen_before..].to_vec();
-        let all = survivor.seen.join("\n");
-        assert_eq!(status.code(), Some(2), "rank {killed} killed: {all}");
-        assert!(took < Duration::from_secs(timeout), "rank {killed} killed: the other took {took:?}");
-        assert!(!all.contains("panicked") && !all.contains("backtrace"), "rank {killed} killed: {all}");
-        assert_eq!(said.len(), 1, "rank {killed} killed: one line after the kill:\n{all}");
-        assert!(
-            said[0].starts_with("error: ") && said[0].contains(&format!("rank {killed} left the group")),
-            "rank {killed} killed: {all}"
-        );
+        let fault = format!("rank {killed} killed");
+        let expected = format!("rank {killed} left the group");
+        exits_with_one_line(&mut ranks[1 - killed], before, Instant::now(), timeout, &fault, &expected);
+    }
+}
+
+/// The coordinator killed (SIGKILL) under a group makes each rank exit non-zero, well within
+/// `--collective-timeout`, with one line saying it lost the coordinator, and no panic text.
+#[test]
+fn a_killed_coordinator_makes_each_rank_exit_with_one_line() {
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
+    let dir = tmp("signals-dead-coordinator");
+    let timeout = 120;
+    let (mut coordinator, mut ranks) = group_after_one_step(&model, &data, &dir.join("out"), timeout);
+    let before: Vec<usize> = ranks.iter().map(|r| r.seen.len()).collect();
+    coordinator.child.kill().unwrap();
+    let since = Instant::now();
+    for (rank, survivor) in ranks.iter_mut().enumerate() {
+        let fault = format!("the coordinator killed, rank {rank}");
+        exits_with_one_line(survivor, before[rank], since, timeout, &fault, "lost the coordinator");
     }
 }
