@@ -11,8 +11,13 @@ use lomo_models::Batch;
 pub mod gguf_tokenizer;
 pub mod gguf_writer;
 
-/// The backend the tests run on: burn's pure-Rust CPU backend.
+/// The backend the tests run on: burn's pure-Rust CPU backend, or with the feature
+/// `test-wgpu` burn's wgpu backend (lomo-kernels' CubeCL kernels).
+#[cfg(not(feature = "test-wgpu"))]
 pub type B = burn::backend::Flex;
+/// The backend the tests run on: burn's wgpu backend (lomo-kernels' CubeCL kernels).
+#[cfg(feature = "test-wgpu")]
+pub type B = burn::backend::Wgpu;
 /// The same with autodiff.
 pub type AD = burn::backend::Autodiff<B>;
 
