@@ -337,6 +337,7 @@ impl<'a> Reader<'a> {
         let name = self.string()?;
         let n_dims = self.u32()?;
         if n_dims > 4 {
+            let name = name.escape_debug();
             return Err(self.error(format!("tensor `{name}` has {n_dims} dimensions (at most 4)")));
         }
         let dims = (0..n_dims).map(|_| self.u64()).collect::<Result<Vec<_>, _>>()?;

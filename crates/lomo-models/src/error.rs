@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 /// An error of this crate. Every variant that comes from a file names it, and the tensor or
-/// field in question, so that a user can tell which checkpoint is broken and where.
+/// field in question, so that a user can tell which checkpoint is broken and where. A tensor
+/// name is read from the file, so it is printed escaped: the message stays one line.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ModelError {
@@ -65,7 +66,7 @@ pub enum ModelError {
         reason: String,
     },
     /// A tensor the model needs is not in the checkpoint.
-    #[error("{path}: missing tensor `{tensor}`")]
+    #[error("{path}: missing tensor `{}`", .tensor.escape_debug())]
     MissingTensor {
         /// The checkpoint (its index file, when sharded).
         path: PathBuf,
@@ -74,7 +75,7 @@ pub enum ModelError {
     },
     /// The checkpoint holds a tensor that this model has no place for: probably a different
     /// architecture than the configuration says.
-    #[error("{path}: unexpected tensor `{tensor}` (not part of a {model_type} model)")]
+    #[error("{path}: unexpected tensor `{}` (not part of a {model_type} model)", .tensor.escape_debug())]
     UnexpectedTensor {
         /// The file holding it.
         path: PathBuf,
@@ -84,7 +85,7 @@ pub enum ModelError {
         model_type: String,
     },
     /// A tensor's shape contradicts the configuration.
-    #[error("{path}: tensor `{tensor}` has shape {found:?}, the configuration implies {expected:?}")]
+    #[error("{path}: tensor `{}` has shape {found:?}, the configuration implies {expected:?}", .tensor.escape_debug())]
     ShapeMismatch {
         /// The file holding it.
         path: PathBuf,
@@ -96,7 +97,7 @@ pub enum ModelError {
         found: Vec<usize>,
     },
     /// A tensor is stored in an element type this crate cannot read.
-    #[error("{path}: tensor `{tensor}` has unsupported type {dtype}")]
+    #[error("{path}: tensor `{}` has unsupported type {dtype}", .tensor.escape_debug())]
     UnsupportedTensorType {
         /// The file holding it.
         path: PathBuf,

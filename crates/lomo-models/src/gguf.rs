@@ -220,14 +220,14 @@ impl GgufFile {
         let (block_values, block_bytes) = ty.block();
         let fail = |reason: String| ModelError::InvalidGguf {
             path: self.path.clone(),
-            offset: self.data_start + info.offset,
+            offset: self.data_start.saturating_add(info.offset),
             reason,
         };
-        let numel = numel.ok_or_else(|| fail(format!("tensor `{}`: dimensions overflow", info.name)))?;
+        let numel = numel.ok_or_else(|| fail(format!("tensor `{}`: dimensions overflow", info.name.escape_debug())))?;
         if info.dims.first().copied().unwrap_or(1) % block_values as u64 != 0 {
             return Err(fail(format!(
                 "tensor `{}`: row length not a multiple of the block size {block_values}",
-                info.name
+                info.name.escape_debug()
             )));
         }
         let bytes = (numel / block_values as u64).checked_mul(block_bytes as u64);
@@ -236,7 +236,7 @@ impl GgufFile {
         if end.is_none_or(|end| end > self.map.len() as u64) {
             return Err(fail(format!(
                 "tensor `{}` ({bytes} bytes) extends past the end of the file (truncated?)",
-                info.name
+                info.name.escape_debug()
             )));
         }
         Ok(())
@@ -269,7 +269,7 @@ impl GgufFile {
             return Err(ModelError::UnsupportedConfig {
                 path: self.path.clone(),
                 field: "general.architecture".into(),
-                value: format!("\"{arch}\" (supported: llama)"),
+                value: format!("{arch:?} (supported: llama)"),
             });
         }
         if self.tensor_info("rope_freqs.weight").is_some() {
@@ -284,7 +284,7 @@ impl GgufFile {
                 return Err(ModelError::UnsupportedConfig {
                     path: self.path.clone(),
                     field: "llama.rope.scaling.type".into(),
-                    value: format!("\"{kind}\""),
+                    value: format!("{kind:?}"),
                 });
             }
         }

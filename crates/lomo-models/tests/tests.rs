@@ -6,6 +6,7 @@ mod checkpoints;
 mod export;
 mod families;
 mod fused;
+mod mutations;
 mod offload;
 mod placement;
 mod presets;
