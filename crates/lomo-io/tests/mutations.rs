@@ -56,7 +56,7 @@ fn mutated_gguf_headers_never_panic() {
         })
         .collect();
     let path = Path::new("model.gguf");
-    let cases = 10_000;
+    let cases = 50_000;
     let ran = mutate::run("GGUF container (lomo-io)", &seeds, cases, |bytes| {
         let header = match GgufHeader::parse(bytes, path) {
             Ok(header) => header,
