@@ -140,7 +140,7 @@ fn disk_and_host_offload_equal_the_resident_step_bit_for_bit() {
             )
             .unwrap()
             .model;
-            let (model, mut host) = HostStore::new::<AD, _, 3>(model, Some(device.clone())).unwrap();
+            let (model, mut host) = HostStore::new::<AD, _, 3>(model, Some(crate::common::device())).unwrap();
             assert_eq!(host.held_bytes() as u64, bytes);
             let (model, losses) = three(model, &mut host);
             assert_eq!(losses, want_losses, "{what}: host losses");
@@ -272,11 +272,8 @@ fn offload_composes_with_stages_placed_on_devices() {
     // The CPU device repeated: the placement code runs, the store puts each stage's weights
     // on the device its placeholders name.
     let device = crate::common::device();
-    let placement = lomo_models::Placement::from_assignment(
-        &[device.clone(), device.clone(), device.clone()],
-        &[0, 0, 1, 1, 1, 2, 2],
-    )
-    .unwrap();
+    let placement =
+        lomo_models::Placement::from_assignment(&crate::common::devices::<3>(), &[0, 0, 1, 1, 1, 2, 2]).unwrap();
     let (resident, _) = run(
         load::<AD>(
             TensorSource::Init { config: &config(false), seed: 4 },

@@ -137,8 +137,7 @@ fn placed_equals_unplaced<B: TrainBackend>(devices: &[B::Device]) {
 
 #[test]
 fn stages_placed_on_the_cpu_device_repeated_equal_the_unplaced_step_bit_for_bit() {
-    let device = crate::common::device();
-    placed_equals_unplaced::<burn::backend::Autodiff<crate::common::B>>(&[device.clone(), device.clone(), device]);
+    placed_equals_unplaced::<burn::backend::Autodiff<crate::common::B>>(&crate::common::devices::<3>());
 }
 
 #[test]
@@ -152,11 +151,11 @@ fn a_placement_that_does_not_fit_the_model_is_an_error() {
     )
     .unwrap()
     .model;
-    let err = model.place(&Placement::single(device.clone(), 4)).unwrap_err().to_string();
+    let err = model.place(&Placement::single(crate::common::device(), 4)).unwrap_err().to_string();
     assert!(err.contains("4 stages") && err.contains("7"), "{err}");
-    let err = Placement::from_assignment(&[device.clone(), device.clone()], &[0, 1, 0]).unwrap_err().to_string();
+    let err = Placement::from_assignment(&crate::common::devices::<2>(), &[0, 1, 0]).unwrap_err().to_string();
     assert!(err.contains("stage 2") && err.contains("in order"), "{err}");
-    let err = Placement::from_assignment(&[device.clone(), device.clone()], &[0, 2]).unwrap_err().to_string();
+    let err = Placement::from_assignment(&crate::common::devices::<2>(), &[0, 2]).unwrap_err().to_string();
     assert!(err.contains("device 2"), "{err}");
     // The loaders check a placement against the checkpoint's layers before reading a tensor.
     let placement = Placement::single(device, 3);
@@ -184,7 +183,7 @@ fn stages_placed_on_cuda_0_repeated_equal_the_unplaced_step_bit_for_bit() {
         return;
     }
     let device = burn::backend::cuda::CudaDevice::new(0);
-    placed_equals_unplaced::<burn::backend::Autodiff<Cuda>>(&[device.clone(), device.clone(), device]);
+    placed_equals_unplaced::<burn::backend::Autodiff<Cuda>>(&crate::common::devices::<3>());
 }
 
 /// `Module::to_device` would leave each weight a node of the move (not a leaf that requires its

@@ -25,6 +25,11 @@ pub fn device() -> burn::tensor::Device<B> {
     Default::default()
 }
 
+/// `N` handles of the test device (a placement's list; wgpu's device is not `Copy`).
+pub fn devices<const N: usize>() -> [burn::tensor::Device<B>; N] {
+    std::array::from_fn(|_| device())
+}
+
 pub use lomo_testutil::shared;
 
 /// `stories260K` in HF layout.
