@@ -11,6 +11,8 @@ use clap::ValueEnum;
 
 #[cfg(feature = "cuda")]
 mod cuda_driver;
+#[cfg(feature = "cuda")]
+pub mod kernel_cache;
 
 /// The number of GPUs the NVIDIA driver sees, asked before burn touches CUDA; where
 /// `--backend cuda` cannot run here (no driver, the toolkit's stub libcuda first on the library
@@ -19,6 +21,23 @@ mod cuda_driver;
 #[cfg(feature = "cuda")]
 pub fn check_cuda() -> Result<usize> {
     cuda_driver::check()
+}
+
+/// The log's line about the first steps on a GPU backend, which compile and autotune its
+/// kernels (kept for later runs where [`kernel_cache`] put them); `None` on the CPU.
+pub fn warm_up_note(kind: BackendKind) -> Option<String> {
+    #[cfg(feature = "cuda")]
+    if kind == BackendKind::Cuda {
+        return Some(match kernel_cache::configure() {
+            Some(dir) => format!(
+                "the first steps are a warm-up: GPU kernels are compiled and autotuned on first use, and kept in {} for later runs (LOMO_KERNEL_CACHE moves them)",
+                dir.display()
+            ),
+            None => "the first steps are a warm-up: GPU kernels are compiled and autotuned on first use (where they are kept is cubecl's configuration's)".into(),
+        });
+    }
+    let _ = kind;
+    None
 }
 
 /// The backends `--backend` names.
@@ -87,6 +106,7 @@ macro_rules! with_backend {
                     match $crate::backend::check_cuda() {
                         Err(e) => Err(e),
                         Ok(_) => {
+                            $crate::backend::kernel_cache::configure();
                             type $B = $crate::backend::Cuda;
                             let $device = Default::default();
                             $body

@@ -75,6 +75,9 @@ impl<'a, B: TrainBackend> Run<'a, B> {
                 "training {description}: {params} parameters ({:?}), {num_examples} examples, {total_steps} steps of {} (micro-batches of {micro}), {:?}",
                 args.dtype, args.batch_size, args.optimizer
             );
+            if let Some(note) = lomo_cli::backend::warm_up_note(args.backend) {
+                lomo_cli::noteln!("{note}");
+            }
         }
         let progress = Progress::new(total_steps);
         let started = Instant::now();
