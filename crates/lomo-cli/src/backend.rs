@@ -24,7 +24,7 @@ pub fn check_cuda() -> Result<usize> {
 }
 
 /// The log's line about the first steps on a GPU backend, which compile and autotune its
-/// kernels (kept for later runs where [`kernel_cache`] put them); `None` on the CPU.
+/// kernels (kept for later runs where `backend::kernel_cache` put them); `None` on the CPU.
 pub fn warm_up_note(kind: BackendKind) -> Option<String> {
     #[cfg(feature = "cuda")]
     if kind == BackendKind::Cuda {
