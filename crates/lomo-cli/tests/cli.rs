@@ -779,8 +779,9 @@ fn two_ranks_on_loopback_train_the_weights_of_one_process() {
             serde_json::from_str(&std::fs::read_to_string(d.join("trainer_state.json")).unwrap()).unwrap()
         };
         assert_eq!(state(&two)["world_size"], 2);
-        // A resume must use the same number of ranks.
-        user_error(&["train", "--resume", two.to_str().unwrap(), "--steps", "4"], "--world-size 2");
+        // A resume must use the same number of ranks: the error names the checkpoint's config
+        // line that set them (lomo_config.toml:N: world_size 2: give --coordinator …).
+        user_error(&["train", "--resume", two.to_str().unwrap(), "--steps", "4"], "world_size 2: give --coordinator");
     }
 }
 
