@@ -11,7 +11,7 @@
 
 use burn::backend::Wgpu;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use lomo_io::rng::SplitMix64;
 use lomo_kernels::update::reference as update_reference;
 use lomo_kernels::{reference, AdaLomoScalars, FusedKernels, GradScale, SumSq, UpdateKernels};
@@ -60,6 +60,17 @@ fn rms_norm_forward_and_backward() {
         assert_close("rms_norm dx", tensor::<2>(dx), want_dx, 1e-5);
         assert_close("rms_norm dw", tensor::<1>(dw), want_dw, 1e-5);
     }
+}
+
+#[test]
+fn embedding_backward_sums_each_ids_rows() {
+    let (vocab, hidden) = (40, 300);
+    // Ids repeated within and across rows, most of the vocabulary absent.
+    let ids: Vec<i64> = [3, 17, 3, 39, 0, 17, 17, 5, 3, 0].to_vec();
+    let grad = random([2, 5, hidden], 15, 0.0);
+    let got = tensor::<2>(B::embedding_backward(vocab, DType::F32, &ids, prim(&grad)));
+    let want = reference::embedding_backward(vocab, DType::F32, &ids, grad);
+    assert_close("embedding backward", got, want, 1e-6);
 }
 
 #[test]

@@ -5,17 +5,20 @@
 //! Each is one launch (or two, where a reduction runs along both axes), f32 inside whatever the
 //! storage dtype, on contiguous buffers; results in the storage dtype as the reference gives
 //! them. What has no kernel here yet takes the trait's default (the reference composition of
-//! burn's ops): the embedding and its backward, the linear layer (cubecl's matmul) and the
+//! burn's ops): the embedding's lookup, the linear layer (cubecl's matmul) and the
 //! attention.
 //!
 //! - [`elementwise`]: SwiGLU forward and backward, LOMO's update (in place).
 //! - [`rows`]: one cube per row — RMSNorm forward and backward, `log softmax` at labels and its
 //!   gradient; the sum of squares of a gradient.
+//! - [`embedding`]: the embedding's weight gradient, one cube per id that occurs (grouped on
+//!   the host, where the ids are), no atomics.
 //! - [`adalomo`]: AdaLomo's factored update of a matrix, with the update's and the weight's
 //!   RMS kept on the device.
 
 mod adalomo;
 mod elementwise;
+mod embedding;
 mod rows;
 
 use burn::tensor::ops::FloatTensor;
@@ -30,6 +33,10 @@ use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 use crate::{AdaLomoScalars, FusedKernels, GradScale, SumSq, UpdateKernels};
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedKernels for CubeBackend<R, F, I, BT> {
+    fn embedding_backward(vocab: usize, dtype: DType, ids: &[i64], grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        embedding::embedding_backward(vocab, dtype, ids, grad)
+    }
+
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         rows::rms_norm(x, weight, eps)
     }
