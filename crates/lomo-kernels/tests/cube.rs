@@ -150,3 +150,42 @@ fn adalomo_first_and_later_updates() {
     let moment = run(None);
     run(Some(moment));
 }
+
+/// The kernels' other storage dtype path (what bf16 takes on CUDA: read, f32 inside, one
+/// rounding out), in f16, which Vulkan has where the device has `shaderFloat16` (lavapipe
+/// does). Against the reference in f16, to f16 rounding.
+#[test]
+fn half_precision_storage() {
+    let h = |t: Tensor<B, 2>| t.cast(DType::F16);
+    let f = |t: Tensor<B, 2>| t.cast(DType::F32);
+    let (x, dy) = (h(random([6, 300], 16, 0.3)), h(random([6, 300], 17, 0.0)));
+    let w = random([300], 18, 1.0).cast(DType::F16);
+    let got = tensor::<2>(B::rms_norm(prim(&x), prim(&w), 1e-6));
+    assert_eq!(got.dtype(), DType::F16);
+    assert_close("rms_norm f16", f(got), f(reference::rms_norm(x.clone(), w.clone(), 1e-6)), 2e-3);
+    let (dx, dw) = B::rms_norm_backward(prim(&x), prim(&w), 1e-6, prim(&dy));
+    let (want_dx, want_dw) = reference::rms_norm_backward(x.clone(), w, 1e-6, dy.clone());
+    assert_close("rms_norm dx f16", f(tensor::<2>(dx)), f(want_dx), 2e-3);
+    assert_close("rms_norm dw f16", tensor::<1>(dw).cast(DType::F32), want_dw.cast(DType::F32), 2e-3);
+    let got = tensor::<2>(B::swiglu(prim(&x), prim(&dy)));
+    assert_close("swiglu f16", f(got), f(reference::swiglu(x.clone(), dy.clone())), 2e-3);
+    let scale = GradScale { inv_scale: 0.5, clip_value: Some(1.0), clip_coef: Some(0.9) };
+    let got = tensor::<2>(B::lomo_update(prim(&x), prim(&dy), scale, 1e-2, 0.1));
+    let want = tensor::<2>(update_reference::lomo_update::<B>(prim(&x), prim(&dy), scale, 1e-2, 0.1));
+    assert_close("lomo_update f16", f(got), f(want), 1e-3);
+    let labels: Vec<i64> = (0..6).map(|i| i * 41 % 300).collect();
+    let got = tensor::<1>(B::log_probs(prim(&x), &labels));
+    assert_close("log_probs f16", got, reference::log_probs(x.clone(), &labels), 1e-4);
+    let s =
+        AdaLomoScalars { lr: 1e-2, beta: 0.8, eps_sq: 1e-30, eps_scale: 1e-3, clip_threshold: 1.0, weight_decay: 0.05 };
+    let (gp, gr, gc) = B::adalomo_matrix_update(prim(&x), prim(&dy), scale, None, s);
+    let (wp, wr, wc) = update_reference::adalomo_matrix_update::<B>(prim(&x), prim(&dy), scale, None, s);
+    assert_close("adalomo row f16", tensor::<1>(gr), tensor::<1>(wr), 1e-4);
+    assert_close("adalomo col f16", tensor::<1>(gc), tensor::<1>(wc), 1e-4);
+    assert_close("adalomo weight f16", f(tensor::<2>(gp)), f(tensor::<2>(wp)), 1e-3);
+    let grad = random([2, 3, 300], 19, 0.0).cast(DType::F16);
+    let ids = [4, 1, 4, 0, 4, 1];
+    let got = tensor::<2>(B::embedding_backward(5, DType::F16, &ids, prim(&grad)));
+    let want = reference::embedding_backward(5, DType::F16, &ids, grad);
+    assert_close("embedding backward f16", f(got), f(want), 2e-3);
+}
