@@ -103,14 +103,26 @@ fn adalomo_three_steps_match_reference() {
 #[test]
 #[cfg_attr(feature = "test-wgpu", ignore = "WGSL has no bf16")]
 fn bf16_step_equals_the_f32_step_to_bf16_rounding() {
+    half_step_equals_the_f32_step(StorageDtype::BF16, 8);
+}
+
+/// The same in f16 (11 significant bits: `|f16 − f32| ≤ 2^-11 |w| + 25% |Δw|`), which wgpu has
+/// where the device has `shaderFloat16`: the GPU kernels' half-precision path end to end.
+#[test]
+fn f16_step_equals_the_f32_step_to_f16_rounding() {
+    half_step_equals_the_f32_step(StorageDtype::F16, 11);
+}
+
+/// One fused LOMO step in a half dtype of `bits` significant bits against the same step in f32
+/// from the same (rounded) weights.
+fn half_step_equals_the_f32_step(dtype: StorageDtype, bits: i32) {
     let Some(dir) = common::stories260k() else { return };
     let Some(batch) = common::reference_batch() else { return };
-    let bf16 = load::<AD>(TensorSource::Hf(&dir), Residency::Resident, StorageDtype::BF16, &common::device())
-        .map(|l| l.model)
-        .unwrap();
-    // f32 weights equal to the bf16 ones: the bf16 model's weights, converted.
-    let f32_dir = std::env::temp_dir().join(format!("lomo-bf16-vs-f32-{}", std::process::id()));
-    bf16.valid().save_hf(&f32_dir, &Default::default()).unwrap();
+    let half =
+        load::<AD>(TensorSource::Hf(&dir), Residency::Resident, dtype, &common::device()).map(|l| l.model).unwrap();
+    // f32 weights equal to the half ones: the half model's weights, converted.
+    let f32_dir = std::env::temp_dir().join(format!("lomo-{dtype:?}-vs-f32-{}", std::process::id()));
+    half.valid().save_hf(&f32_dir, &Default::default()).unwrap();
     let f32m = load::<AD>(TensorSource::Hf(&f32_dir), Residency::Resident, StorageDtype::F32, &common::device())
         .map(|l| l.model)
         .unwrap();
@@ -127,12 +139,12 @@ fn bf16_step_equals_the_f32_step_to_bf16_rounding() {
         .collect();
     let lr = 0.05;
     let step = || FusedStep::new(RuleUpdater::new(Lomo::new(0.0).unwrap()), FusedConfig::default()).unwrap();
-    let (after_bf16, loss_bf16) = run(bf16, &batch, step(), 1, lr);
+    let (after_half, loss_half) = run(half, &batch, step(), 1, lr);
     let (after_f32, loss_f32) = run(f32m, &batch, step(), 1, lr);
-    let rel = ((loss_bf16[0] - loss_f32[0]) / loss_f32[0]).abs();
-    assert!(rel < 0.02, "bf16 loss {} vs f32 {} ({rel:.4} relative)", loss_bf16[0], loss_f32[0]);
+    let rel = ((loss_half[0] - loss_f32[0]) / loss_f32[0]).abs();
+    assert!(rel < 0.02, "{dtype:?} loss {} vs f32 {} ({rel:.4} relative)", loss_half[0], loss_f32[0]);
 
-    let (a, b) = (after_bf16.valid(), after_f32.valid());
+    let (a, b) = (after_half.valid(), after_f32.valid());
     for (((spec, pa), (_, pb)), w0) in a.hf_params().into_iter().zip(b.hf_params()).zip(&before) {
         let get = |p: HfParam<'_, Inner>| match p {
             HfParam::Vector(p) => values(p.val()),
@@ -142,11 +154,11 @@ fn bf16_step_equals_the_f32_step_to_bf16_rounding() {
         let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| (x as f64).powi(2)).sum::<f64>().sqrt();
         let diff = norm(&mut wa.iter().zip(&wb).map(|(x, y)| x - y));
         let (weight, update) = (norm(&mut wb.iter().copied()), norm(&mut wb.iter().zip(w0).map(|(y, w)| y - w)));
-        let allowed = 2f64.powi(-8) * weight + 0.25 * update;
-        eprintln!("{}: |bf16 − f32| {diff:.3e}, |w| {weight:.3e}, |Δw| {update:.3e}", spec.name);
+        let allowed = 2f64.powi(-bits) * weight + 0.25 * update;
+        eprintln!("{}: |{dtype:?} − f32| {diff:.3e}, |w| {weight:.3e}, |Δw| {update:.3e}", spec.name);
         assert!(
             diff <= allowed,
-            "{}: bf16 vs f32 weights after one step differ by {diff:.3e} (allowed {allowed:.3e})",
+            "{}: {dtype:?} vs f32 weights after one step differ by {diff:.3e} (allowed {allowed:.3e})",
             spec.name
         );
     }
