@@ -1,6 +1,6 @@
 //! Cases generic over the backend, run on the one `--backend` names: the type comes from
-//! `lomo_cli::backend`, the one place a cargo feature becomes a burn backend (xtask's `cuda` and
-//! `tch` features turn on lomo-cli's).
+//! `lomo_cli::backend`, the one place a cargo feature becomes a burn backend (xtask's `cuda`,
+//! `wgpu` and `tch` features turn on lomo-cli's).
 
 use anyhow::{bail, Result};
 pub use lomo_cli::backend::{BackendKind, DeviceMemory};

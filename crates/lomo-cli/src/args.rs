@@ -186,8 +186,10 @@ pub struct TrainArgs {
     pub backend: BackendKind,
     /// Place the stages on several devices, a contiguous range each, split by the planner
     /// (`lomo plan --devices N` prints the split): `cuda:0,cuda:1,…` or `all` with `--backend
-    /// cuda`; `cuda:N`, `cpu`, `mps` with `--backend tch`; `cpu` (repeated) on the CPU backend,
-    /// which has one device: the placement runs and nothing moves. Fused step only.
+    /// cuda`; `cuda:N`, `cpu`, `mps` with `--backend tch`; `wgpu` (the default adapter), `wgpu:N`
+    /// (the N-th discrete GPU), `wgpu:integrated:N`, `wgpu:cpu` or `all` (every discrete GPU) with
+    /// `--backend wgpu`; `cpu` (repeated) on the CPU backend, which has one device: the placement
+    /// runs and nothing moves. Fused step only.
     #[arg(long, value_name = "LIST")]
     pub devices: Option<String>,
     /// Keep each stage's weights off the device while the stage is not running, bringing them

@@ -17,6 +17,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         bail!("--max-len: must be at least 2");
     }
     let task = parse_task(args.task.as_deref())?;
+    crate::backend::check_dtype(args.backend, args.dtype.storage(), args.devices.as_deref())?;
     with_backend!(args.backend, |B, device| {
         type Inner = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
         let placement = match &args.devices {

@@ -19,6 +19,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.max_new_tokens == 0 {
         bail!("--max-new-tokens: must be at least 1");
     }
+    crate::backend::check_dtype(args.backend, args.dtype.storage(), args.devices.as_deref())?;
     with_backend!(args.backend, |B, device| {
         // Generation records no graph: the model lives on the backend under autodiff.
         type Inner = <B as AutodiffBackend>::InnerBackend;

@@ -134,6 +134,7 @@ fn validate_offload(args: &TrainArgs) -> Result<()> {
 pub fn run(args: TrainArgs) -> Result<()> {
     // A bad value from `--config` names the file's line.
     validate(&args).map_err(crate::config::locate)?;
+    crate::backend::check_dtype(args.backend, args.dtype.storage(), args.devices.as_deref())?;
     if let (Some(dir), 0) = (&args.save, args.rank) {
         for note in checkpoint::prepare_save_dir(dir)? {
             lomo_cli::noteln!("note: {note}");

@@ -145,6 +145,7 @@ impl BenchArgs {
     /// `--generate`; the message names the flags.
     pub fn resolve(mut self) -> Result<Self, String> {
         crate::backend::check_built(self.backend).map_err(|e| e.to_string())?;
+        lomo_cli::backend::check_dtype(self.backend, self.dtype, None).map_err(|e| e.to_string())?;
         self.tokens = self.tokens_flag.unwrap_or(if self.generate { 32 } else { 256 });
         self.name = self.name_flag.clone().unwrap_or_else(|| if self.generate { "generate" } else { "step" }.into());
         if self.generate && !self.cases.is_empty() {

@@ -111,11 +111,12 @@ pub fn check_python(python: &str, imports: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The peer's `--device`: the GPU where ours runs on CUDA, else the CPU.
+/// The peer's `--device`: the GPU where ours runs on CUDA, else the CPU (PyTorch has no wgpu
+/// device; which GPU a ROCm or MPS torch would name is not ours to guess).
 pub fn device(backend: BackendKind) -> &'static str {
     match backend {
         BackendKind::Cuda => "cuda",
-        BackendKind::Cpu | BackendKind::Tch => "cpu",
+        BackendKind::Cpu | BackendKind::Wgpu | BackendKind::Tch => "cpu",
     }
 }
 

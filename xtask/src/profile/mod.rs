@@ -128,7 +128,9 @@ pub fn profile(suite: &str, backend: BackendKind, replan: bool, only: &[String])
         }
         let params = case.config()?.num_params();
         eprintln!("[{}/{}] {} {} {}: running", i + 1, total, case.model_name, case.dtype, case.label());
-        let (measured, error) = match run_child(&case, backend) {
+        // A dtype the backend does not store (bf16 on wgpu) is the case's error, not a run.
+        let runnable = lomo_cli::backend::check_dtype(backend, case.storage_dtype()?, None);
+        let (measured, error) = match runnable.map_err(|e| e.to_string()).and_then(|()| run_child(&case, backend)) {
             Ok(m) => (Some(m), None),
             Err(e) => {
                 eprintln!("  failed: {e}");

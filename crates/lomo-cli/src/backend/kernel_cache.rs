@@ -1,7 +1,8 @@
 //! Where CubeCL keeps what it learns on this machine between runs: the compiled kernels (CUDA's
-//! PTX) and the autotune results (which kernel is fastest for each shape). Without a place for
-//! them every run compiles and autotunes again in its first steps; with one, only the first run
-//! on a machine does.
+//! PTX; cubecl-wgpu keeps only SPIR-V, which lomo's WGSL build does not make, so on wgpu each run
+//! compiles its shaders again) and the autotune results (which kernel is fastest for each shape,
+//! on CUDA and wgpu alike). Without a place for them every run compiles and autotunes again in
+//! its first steps; with one, only the first run on a machine does.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

@@ -94,9 +94,9 @@ pub(super) fn load_model<B: TrainBackend>(
 ) -> Result<(Loaded<B>, Store<B>)> {
     let dtype = args.dtype.storage();
     // The host store's device: the CPU of the backend where it has one (LibTorch), the device
-    // itself on the CPU backends; else host bytes.
+    // itself on the CPU backends; else host bytes (wgpu's `cpu` adapter is a device of its own).
     let host_device: Option<B::Device> = match args.backend {
-        crate::backend::BackendKind::Cuda => None,
+        crate::backend::BackendKind::Cuda | crate::backend::BackendKind::Wgpu => None,
         kind => crate::backend::parse_devices::<B>(kind, "cpu").ok().and_then(|d| d.into_iter().next()),
     };
     let (loaded, store) = match (offload_dir(args), &args.resume) {
