@@ -8,6 +8,8 @@ use lomo_testutil::shared;
 
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "wgpu")]
+mod wgpu;
 
 mod reliability;
 
