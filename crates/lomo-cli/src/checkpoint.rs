@@ -94,7 +94,11 @@ pub fn save<B: lomo_models::TrainBackend>(
         save_dir::mark_complete(&tmp)
     })();
     if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
+        // A failure after the mark is in (syncing the directory it was renamed in) leaves a
+        // complete save, which the next start finishes, as it would after a kill there.
+        if !tmp.join(save_dir::COMPLETE).exists() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
         return Err(e);
     }
     let name = dir.file_name().expect("staging_dir checked it").to_string_lossy().into_owned();
@@ -134,7 +138,9 @@ pub fn rotate(dir: &Path, limit: usize, keep_best: bool) -> Result<Vec<PathBuf>>
     let mut removed = Vec::new();
     for (step, path) in steps.into_iter().skip(limit) {
         if Some(step) != best {
-            std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+            // Renamed away first: a kill mid-removal must not leave part of a checkpoint under
+            // its name, which `--resume` would take for a whole one.
+            save_dir::remove(&path)?;
             removed.push(path);
         }
     }

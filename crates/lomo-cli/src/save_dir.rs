@@ -12,7 +12,10 @@
 //! - a temporary directory with the mark: the save is finished for it (whatever of `NAME` it
 //!   had not taken yet is moved in, then the swap), so no `step-N` it carries is lost;
 //! - `.NAME.old-PID` alone, `NAME` missing: the swap was interrupted before the new one was
-//!   complete, so the old one is put back; beside a `NAME`, it is removed.
+//!   complete, so the old one is put back; beside a `NAME`, it is removed;
+//! - `.NAME.del-PID`: a checkpoint being deleted ([`remove`], the rotation of `step-N`), which
+//!   takes that name before its first file goes, so that a kill never leaves part of one under
+//!   its own name: the rest of it is removed.
 
 use std::path::{Path, PathBuf};
 
@@ -86,17 +89,61 @@ pub fn prepare(dir: &Path) -> Result<Vec<String>> {
     let mut notes = recover(parent, |n| n == name)?;
     if dir.is_dir() {
         notes.extend(recover(dir, |n| n.starts_with("step-"))?);
+        remove_stray_marks(dir)?;
     }
     Ok(notes)
 }
 
-/// What a killed save left in `place`: its temporary or moved-aside directory.
+/// Removes the [`COMPLETE`] mark from `dir` and its `step-N` checkpoints: a save killed after
+/// its swap but before [`finish`] removed the mark leaves it there, where it means nothing
+/// (only a temporary directory's mark does) but would be copied along with the checkpoint.
+fn remove_stray_marks(dir: &Path) -> Result<()> {
+    let mut checkpoints = vec![dir.to_path_buf()];
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")) && path.is_dir() {
+            checkpoints.push(path);
+        }
+    }
+    for mark in checkpoints.iter().map(|c| c.join(COMPLETE)) {
+        match std::fs::remove_file(&mark) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", mark.display()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the checkpoint `dir` so that a kill at any moment leaves it whole under its name or
+/// not there at all: it is renamed to `.NAME.del-PID` (which [`prepare`] removes), the rename
+/// made durable, then removed.
+pub fn remove(dir: &Path) -> Result<()> {
+    let name = dir.file_name().with_context(|| format!("{}: not a directory name", dir.display()))?;
+    let doomed = parent(dir).join(format!(".{}.del-{}", name.to_string_lossy(), std::process::id()));
+    std::fs::rename(dir, &doomed).with_context(|| format!("removing {}", dir.display()))?;
+    lomo_io::atomic::sync_dir(parent(dir))?;
+    std::fs::remove_dir_all(&doomed).with_context(|| format!("removing {}", doomed.display()))
+}
+
+/// What a killed save left in `place`: its temporary, moved-aside or doomed directory.
 struct Leftover {
     path: PathBuf,
     /// The checkpoint's name (`NAME`).
     name: String,
-    /// Moved aside (`.NAME.old-PID`) rather than being written (`.NAME.tmp-PID`).
-    aside: bool,
+    kind: Kind,
+}
+
+/// Which of a save's (or a removal's) directories a leftover is.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// `.NAME.tmp-PID`: being written, complete once it holds the mark.
+    Staged,
+    /// `.NAME.old-PID`: the checkpoint a save replaces, moved aside.
+    Aside,
+    /// `.NAME.del-PID`: a checkpoint being removed.
+    Doomed,
 }
 
 /// The leftovers in `place` of dead processes' saves of the names `ours` accepts.
@@ -106,14 +153,15 @@ fn leftovers(place: &Path, ours: &impl Fn(&str) -> bool) -> Result<Vec<Leftover>
         let path = entry.with_context(|| format!("reading {}", place.display()))?.path();
         let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let Some(rest) = file.strip_prefix('.') else { continue };
-        let Some((name, aside, pid)) = [("tmp", false), ("old", true)].iter().find_map(|(kind, aside)| {
-            let (name, pid) = rest.rsplit_once(&format!(".{kind}-"))?;
-            Some((name.to_string(), *aside, pid.parse::<u32>().ok()?))
+        let kinds = [("tmp", Kind::Staged), ("old", Kind::Aside), ("del", Kind::Doomed)];
+        let Some((name, kind, pid)) = kinds.iter().find_map(|(suffix, kind)| {
+            let (name, pid) = rest.rsplit_once(&format!(".{suffix}-"))?;
+            Some((name.to_string(), *kind, pid.parse::<u32>().ok()?))
         }) else {
             continue;
         };
         if ours(&name) && path.is_dir() && !lomo_is_running(pid) {
-            found.push(Leftover { path, name, aside });
+            found.push(Leftover { path, name, kind });
         }
     }
     Ok(found)
@@ -125,14 +173,14 @@ fn leftovers(place: &Path, ours: &impl Fn(&str) -> bool) -> Result<Vec<Leftover>
 fn recover(place: &Path, ours: impl Fn(&str) -> bool) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     let mut found = leftovers(place, &ours)?;
-    found.sort_by_key(|l| (l.aside || !l.path.join(COMPLETE).exists(), !l.aside));
+    found.sort_by_key(|l| (l.kind != Kind::Staged || !l.path.join(COMPLETE).exists(), l.kind != Kind::Aside));
     for leftover in found {
-        let Leftover { path, name, aside } = leftover;
+        let Leftover { path, name, kind } = leftover;
         let target = place.join(&name);
         if !path.exists() {
             continue;
         }
-        if !aside && path.join(COMPLETE).exists() {
+        if kind == Kind::Staged && path.join(COMPLETE).exists() {
             let ours_aside = place.join(format!(".{name}.old-{}", std::process::id()));
             finish(&path, &target, &ours_aside)
                 .with_context(|| format!("finishing the interrupted save of {}", target.display()))?;
@@ -141,7 +189,7 @@ fn recover(place: &Path, ours: impl Fn(&str) -> bool) -> Result<Vec<String>> {
                 target.display(),
                 path.display()
             ));
-        } else if aside && !target.exists() {
+        } else if kind == Kind::Aside && !target.exists() {
             std::fs::rename(&path, &target).with_context(|| format!("restoring {}", target.display()))?;
             notes.push(format!(
                 "restored {} from an interrupted save (it had been moved aside to {})",
@@ -150,7 +198,8 @@ fn recover(place: &Path, ours: impl Fn(&str) -> bool) -> Result<Vec<String>> {
             ));
         } else {
             std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
-            notes.push(format!("removed {}, left by an interrupted save", path.display()));
+            let by = if kind == Kind::Doomed { "a removal" } else { "a save" };
+            notes.push(format!("removed {}, left by an interrupted {by}", path.display()));
         }
     }
     Ok(notes)
