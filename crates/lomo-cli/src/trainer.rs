@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use burn::module::{ModuleMapper, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig};
@@ -63,7 +63,7 @@ pub trait FusedRule<B: TrainBackend> {
     fn load_state(&mut self, model: &Llama<B>, file: &Path, device: &B::Device) -> Result<()>;
 }
 
-impl<B: TrainBackend, R: UpdateRule<B::InnerBackend>> FusedRule<B> for FusedStep<RuleUpdater<R>> {
+impl<B: TrainBackend, R: UpdateRule<B::InnerBackend> + Clone> FusedRule<B> for FusedStep<RuleUpdater<R>> {
     fn step(
         &mut self,
         model: Llama<B>,
@@ -84,7 +84,14 @@ impl<B: TrainBackend, R: UpdateRule<B::InnerBackend>> FusedRule<B> for FusedStep
     }
 
     fn save_state(&self, model: &Llama<B>, file: &Path) -> Result<()> {
-        Ok(self.updater().rule.save_state(model, file)?)
+        let rule = &self.updater().rule;
+        rule.save_state(model, file)?;
+        // burn's file recorder leaves its last buffer to `BufWriter`'s drop, which drops a failed
+        // write (a full disk) unseen: the state is read back into a copy of the rule, so that a
+        // short file fails the save instead of being marked complete.
+        rule.clone()
+            .load_state(model, file, &model.device())
+            .with_context(|| format!("checking the update rule's state just written to {}", file.display()))
     }
 
     fn load_state(&mut self, model: &Llama<B>, file: &Path, device: &B::Device) -> Result<()> {
@@ -93,7 +100,7 @@ impl<B: TrainBackend, R: UpdateRule<B::InnerBackend>> FusedRule<B> for FusedStep
 }
 
 /// The fused step of `rule`.
-fn fused<B: TrainBackend, R: UpdateRule<B::InnerBackend> + 'static>(
+fn fused<B: TrainBackend, R: UpdateRule<B::InnerBackend> + Clone + 'static>(
     rule: R,
     config: FusedConfig,
 ) -> Result<Box<dyn FusedRule<B>>> {
