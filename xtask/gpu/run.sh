@@ -40,10 +40,13 @@ bench b134-bf16 300 --peer --python python3 --dtype bf16 --batch-size 8
 bench b134-bf16-options 300 --dtype bf16 --batch-size 8 --case lomo --case lomo-clip --case adalomo
 bench b134-f16 200 --dtype f16 --batch-size 8
 bench b134-f32 300 --peer --python python3 --batch-size 2
+# lomo's CubeCL attention (no tokens x tokens scores; unmeasured on a GPU) against burn's ops.
+LOMO_ATTENTION=cube bench b134-bf16-cube-attention 200 --dtype bf16 --batch-size 8
 fi
 [ "$group" = 134m ] && exit 0
 
 # LLaMA-7B bf16 4 x 512 (random weights, the same checkpoint for the peers).
 bench llama7b 600 --peer --python python3 --preset llama-7b --dtype bf16 --batch-size 4 --tokens 512 --steps 3
 bench llama7b-phases 400 --preset llama-7b --dtype bf16 --batch-size 4 --tokens 512 --steps 2 --synced-timings
+LOMO_ATTENTION=cube bench llama7b-cube-attention 300 --preset llama-7b --dtype bf16 --batch-size 4 --tokens 512 --steps 2
 

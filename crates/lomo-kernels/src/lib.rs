@@ -44,6 +44,8 @@ pub mod reference;
 mod tch;
 pub mod update;
 
+#[cfg(feature = "cubecl")]
+pub use cube::attention::set_cube_attention;
 pub use update::{AdaLomoScalars, GradScale, SumSq, UpdateKernels};
 
 use std::sync::Arc;

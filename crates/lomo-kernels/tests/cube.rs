@@ -14,7 +14,9 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use lomo_io::rng::SplitMix64;
 use lomo_kernels::update::reference as update_reference;
-use lomo_kernels::{reference, AdaLomoScalars, FusedKernels, GradScale, SumSq, UpdateKernels};
+use lomo_kernels::{
+    reference, AdaLomoScalars, AttentionSpec, FusedKernels, GradScale, KeyPadding, SumSq, UpdateKernels,
+};
 
 type B = Wgpu;
 
@@ -188,4 +190,64 @@ fn half_precision_storage() {
     let got = tensor::<2>(B::embedding_backward(5, DType::F16, &ids, prim(&grad)));
     let want = reference::embedding_backward(5, DType::F16, &ids, grad);
     assert_close("embedding backward f16", f(got), f(want), 2e-3);
+}
+
+/// The attention kernels (`set_cube_attention(true)`): grouped heads, RoPE, with and without a
+/// sliding window, a right-padded row; forward (output and log-sum-exp) and backward against
+/// the reference composition on the same backend.
+#[test]
+fn rope_attention_forward_and_backward() {
+    lomo_kernels::set_cube_attention(true);
+    let (batch, tokens, heads, kv_heads, dim) = (2, 9, 4, 2, 8);
+    let q = random([batch, tokens, heads * dim], 20, 0.0);
+    let k = random([batch, tokens, kv_heads * dim], 21, 0.0);
+    let v = random([batch, tokens, kv_heads * dim], 22, 0.0);
+    let grad = random([batch, tokens, heads * dim], 23, 0.0);
+    // HF's tables: cat(freqs, freqs) of positions × inverse frequencies.
+    let freqs: Vec<f32> = (0..tokens)
+        .flat_map(|t| (0..dim).map(move |d| t as f32 * 10_000f32.powf(-2.0 * (d % (dim / 2)) as f32 / dim as f32)))
+        .collect();
+    let table = |f: fn(f32) -> f32| {
+        let values: Vec<f32> = freqs.iter().map(|&x| f(x)).collect();
+        Tensor::<B, 2>::from_data(TensorData::new(values, [tokens, dim]), &Default::default())
+    };
+    let (cos, sin) = (table(f32::cos), table(f32::sin));
+    let mut mask = vec![1i64; batch * tokens];
+    mask[tokens + 7..].fill(0);
+    let padding = KeyPadding::from_mask(&mask, batch);
+    for window in [None, Some(3)] {
+        let spec = AttentionSpec { heads, kv_heads, head_dim: dim, window };
+        let what = |s: &str| format!("attention {s}, window {window:?}");
+        let args = || [prim(&q), prim(&k), prim(&v), prim(&cos), prim(&sin)];
+        let [a, b, c, d, e] = args();
+        let (out, lse) = B::rope_attention(a, b, c, d, e, padding.as_ref(), spec);
+        let (want_out, want_lse) = reference::rope_attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            cos.clone(),
+            sin.clone(),
+            padding.as_ref(),
+            spec,
+        );
+        assert_close(&what("out"), tensor::<3>(out.clone()), want_out.clone(), 1e-5);
+        assert_close(&what("lse"), tensor::<3>(lse.clone()), want_lse.clone(), 1e-5);
+        let [a, b, c, d, e] = args();
+        let (dq, dk, dv) = B::rope_attention_backward(a, b, c, d, e, padding.as_ref(), spec, out, lse, prim(&grad));
+        let (want_dq, want_dk, want_dv) = reference::rope_attention_backward(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            cos.clone(),
+            sin.clone(),
+            padding.as_ref(),
+            spec,
+            want_out,
+            want_lse,
+            grad.clone(),
+        );
+        assert_close(&what("dq"), tensor::<3>(dq), want_dq, 1e-5);
+        assert_close(&what("dk"), tensor::<3>(dk), want_dk, 1e-5);
+        assert_close(&what("dv"), tensor::<3>(dv), want_dv, 1e-5);
+    }
 }

@@ -17,12 +17,14 @@
 //!   RMS kept on the device.
 
 mod adalomo;
+pub(crate) mod attention;
 mod elementwise;
 mod embedding;
 mod rows;
 
+use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::DType;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
@@ -30,7 +32,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 
-use crate::{AdaLomoScalars, FusedKernels, GradScale, SumSq, UpdateKernels};
+use crate::{reference, AdaLomoScalars, AttentionSpec, FusedKernels, GradScale, KeyPadding, SumSq, UpdateKernels};
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedKernels for CubeBackend<R, F, I, BT> {
     fn embedding_backward(vocab: usize, dtype: DType, ids: &[i64], grad: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -48,6 +50,44 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedKerne
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         rows::rms_norm_backward::<R, F, I, BT>(x, weight, eps, grad)
+    }
+
+    fn rope_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        padding: Option<&KeyPadding>,
+        spec: AttentionSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        if attention::enabled() {
+            return attention::forward([q, k, v, cos, sin], padding, spec);
+        }
+        let [q, k, v] = [q, k, v].map(tensor::<Self, 3>);
+        let (out, lse) = reference::rope_attention(q, k, v, tensor(cos), tensor(sin), padding, spec);
+        (out.into_primitive().tensor(), lse.into_primitive().tensor())
+    }
+
+    fn rope_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        padding: Option<&KeyPadding>,
+        spec: AttentionSpec,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        if attention::enabled() {
+            return attention::backward([q, k, v, cos, sin], padding, spec, [out, lse, grad]);
+        }
+        let [q, k, v, out, grad] = [q, k, v, out, grad].map(tensor::<Self, 3>);
+        let (cos, sin) = (tensor(cos), tensor(sin));
+        let (dq, dk, dv) = reference::rope_attention_backward(q, k, v, cos, sin, padding, spec, out, tensor(lse), grad);
+        (dq.into_primitive().tensor(), dk.into_primitive().tensor(), dv.into_primitive().tensor())
     }
 
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -104,6 +144,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> UpdateKern
     fn sum_sq_deferred(grad: FloatTensor<Self>, scale: f64) -> SumSq<Self> {
         SumSq::OnDevice(rows::sum_sq_partials(grad, scale))
     }
+}
+
+/// A float primitive as a `Tensor`.
+fn tensor<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
 /// Units per cube of the row kernels (a power of two: the reductions halve it).
