@@ -484,3 +484,52 @@ fn a_fault_at_any_call_of_an_export_leaves_the_old_file_or_the_new_one() {
         std::fs::remove_dir_all(&base).unwrap();
     });
 }
+
+/// A resumed run keeps its `--log`'s lines up to the checkpoint's step: a fault at each call
+/// that changes the log or its chart while the resumed run starts and trains (a kill and a
+/// failure) leaves those lines in the log, never an emptied or cut log.
+#[test]
+fn a_fault_while_a_resumed_run_rewrites_its_log_keeps_the_logged_steps() {
+    let (Some(model), Some(data)) = (shared("models/stories260K"), shared("data/tinystories_sample.txt")) else {
+        return;
+    };
+    if !have_strace() {
+        return;
+    }
+    let dir = tmp("faults-log");
+    let first = dir.join("first");
+    let mut args = short_run(&model, &data, &first, "9");
+    args.extend(["--log".to_string(), first.join("log.jsonl").to_str().unwrap().to_string()]);
+    ok(&Command::new(env!("CARGO_BIN_EXE_lomo")).args(&args).output().expect("run lomo"));
+    let log = std::fs::read_to_string(first.join("log.jsonl")).unwrap();
+    let kept: String = log.lines().filter(|l| !l.contains("\"step\":3")).map(|l| format!("{l}\n")).collect();
+    assert_eq!(kept.lines().count(), 2, "{log}");
+    // Each case resumes from step-2 of a copy of the first run's directory, with its log.
+    let start = |base: &Path| {
+        std::fs::create_dir_all(base.join("out/step-2")).unwrap();
+        for entry in std::fs::read_dir(first.join("out/step-2")).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, base.join("out/step-2").join(path.file_name().unwrap())).unwrap();
+        }
+        std::fs::write(base.join("log.jsonl"), &log).unwrap();
+        let (step, log) = (base.join("out/step-2"), base.join("log.jsonl"));
+        ["train", "--resume", step.to_str().unwrap(), "--log", log.to_str().unwrap()].map(String::from).to_vec()
+    };
+    let clean = dir.join("clean");
+    let (out, calls) = traced(&clean, &start(&clean), None);
+    ok(&out);
+    let again = std::fs::read_to_string(clean.join("log.jsonl")).unwrap();
+    assert!(again.starts_with(&kept) && again.lines().count() == 3, "step 3 logged again: {again}");
+    let points = points(&calls, &["log.jsonl", "loss.svg"]);
+    assert!(points.iter().all(|c| c.tid == 0), "{points:?}");
+    eprintln!("faults at {} calls of the log: {:?}", points.len(), points.iter().map(Call::show).collect::<Vec<_>>());
+    each_fault(&points, |fault, i, at| {
+        let what = format!("{fault:?} at call {} of {} ({})", i + 1, points.len(), at.show());
+        let base = dir.join(format!("{fault:?}-{}", i + 1));
+        let (out, calls) = traced(&base, &start(&base), Some((fault, at)));
+        stopped_at(&out, &calls, fault, at, &what);
+        let now = std::fs::read_to_string(base.join("log.jsonl")).unwrap();
+        assert!(now.starts_with(&kept), "{what}: the log holds {now:?}");
+        std::fs::remove_dir_all(&base).unwrap();
+    });
+}

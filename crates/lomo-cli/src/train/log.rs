@@ -1,6 +1,6 @@
 //! `--log`: one JSON line per step and per evaluation, and the `loss.svg` chart beside it.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -29,11 +29,16 @@ impl Log {
                     std::fs::create_dir_all(parent)
                         .with_context(|| format!("--log {}: creating {}", path.display(), parent.display()))?;
                 }
-                let kept = if resumed { kept_log_lines(path, start_step, &mut curves)? } else { String::new() };
-                let mut file = BufWriter::new(File::create(path).with_context(|| format!("--log {}", path.display()))?);
-                file.write_all(kept.as_bytes())
-                    .and_then(|()| file.flush())
-                    .with_context(|| format!("--log {}: writing", path.display()))?;
+                let file = if resumed {
+                    // The kept lines replace the log whole, so that a kill while they are written
+                    // leaves the old log, not an emptied one; the run appends to them.
+                    let kept = kept_log_lines(path, start_step, &mut curves)?;
+                    lomo_io::atomic::write(path, kept).with_context(|| format!("--log {}: writing", path.display()))?;
+                    OpenOptions::new().append(true).open(path)
+                } else {
+                    File::create(path)
+                };
+                let file = BufWriter::new(file.with_context(|| format!("--log {}", path.display()))?);
                 Some((file, path.clone()))
             }
             None => None,
