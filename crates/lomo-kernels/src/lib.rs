@@ -11,9 +11,12 @@
 //! `Autodiff<B>` with a backward that calls B's), parallel over rows or heads, f32 inside
 //! whatever the storage dtype.
 //!
-//! Every other backend (LibTorch, CUDA, NdArray) takes the trait's default methods, which are
-//! the [`reference`](mod@reference) compositions of burn's own ops, forward and backward. The Flex kernels are
-//! tested against them, and they against burn's autodiff of the plain composition.
+//! burn's CubeCL backends (CUDA, wgpu; feature `cubecl`) run GPU kernels of this crate written
+//! once in CubeCL, for every op but the embedding lookup and Linear. NdArray and LibTorch (but
+//! for its attention) take the trait's default methods, which are the
+//! [`reference`](mod@reference) compositions of burn's own ops, forward and backward. The Flex
+//! and CubeCL kernels are tested against them, and they against burn's autodiff of the plain
+//! composition.
 //!
 //! The second extension, [`UpdateKernels`] ([`update`]), is the arithmetic of an optimizer's
 //! update (LOMO's, AdaLomo's on a matrix, the sum of squares of a gradient-norm pass), arranged
@@ -116,8 +119,9 @@ impl KeyPadding {
 /// A backend that runs the fused transformer ops, each with its own backward.
 ///
 /// Implemented by burn's Flex with CPU kernels of this crate, by `Autodiff<B>` for every
-/// implementing `B` (the backward calls `B`'s), and, with the default methods (burn's own ops,
-/// see [`reference`](mod@reference)), by NdArray, LibTorch and CUDA behind the features of those names.
+/// implementing `B` (the backward calls `B`'s), by burn's CubeCL backends (CUDA, wgpu) with GPU
+/// kernels of this crate, and, with the default methods (burn's own ops, see
+/// [`reference`](mod@reference)), by NdArray and LibTorch behind the features of those names.
 /// Shapes are checked by the kernels; tensors are float primitives of the storage dtype unless
 /// a method says otherwise.
 pub trait FusedKernels: Backend {

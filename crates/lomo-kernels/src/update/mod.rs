@@ -1,6 +1,6 @@
 //! The update's arithmetic as a burn backend extension, [`UpdateKernels`]: LOMO's update,
 //! AdaLomo's matrix update and the norm pass's sum of squares, each one parallel pass over the
-//! parameter on Flex, burn's ops everywhere else.
+//! parameter on Flex, GPU kernels on burn's CubeCL backends, burn's ops elsewhere.
 //!
 //! On burn-flex 0.21 every elementwise op is single-threaded and makes its result as a new
 //! tensor unless its input is unshared: LOMO's `p − lr · g` through burn's ops is two serial
@@ -77,9 +77,10 @@ pub struct AdaLomoScalars {
 /// A backend that applies LOMO's and AdaLomo's updates and sums squares of gradients in one
 /// pass each.
 ///
-/// Implemented by Flex with kernels of its own and, with the default methods ([`reference`](mod@reference):
-/// burn's ops, row blocks for large bf16/f16 parameters as [`crate::blocks`] does them), by
-/// NdArray, LibTorch and CUDA behind the features of those names; `Autodiff<B>` updates on `B`.
+/// Implemented by Flex and by burn's CubeCL backends (CUDA, wgpu) with kernels of their own and,
+/// with the default methods ([`reference`](mod@reference): burn's ops, row blocks for large
+/// bf16/f16 parameters as [`crate::blocks`] does them), by NdArray and LibTorch behind the
+/// features of those names; `Autodiff<B>` updates on `B`.
 pub trait UpdateKernels: Backend {
     /// `p · (1 − lr · weight_decay) − lr · scale(g)`, in f32, returned in `param`'s dtype.
     /// `grad` is the raw gradient (any float dtype); `param` is uniquely owned, so its buffer

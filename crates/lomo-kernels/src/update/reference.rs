@@ -1,6 +1,6 @@
 //! The update kernels composed of burn's ops: the default methods of
-//! [`UpdateKernels`](super::UpdateKernels) (what NdArray, LibTorch and CUDA run) and what the
-//! Flex kernels are tested against. Elementwise work on a large bf16/f16 parameter runs in row
+//! [`UpdateKernels`](super::UpdateKernels) (what NdArray and LibTorch run) and what the
+//! Flex and CubeCL kernels are tested against. Elementwise work on a large bf16/f16 parameter runs in row
 //! blocks ([`crate::blocks`]), so no whole f32 copy of the weight or of its gradient exists.
 
 use burn::tensor::backend::Backend;
