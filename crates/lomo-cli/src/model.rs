@@ -26,7 +26,7 @@ pub struct Loaded<B: Backend> {
 ///
 /// `device`: one device, or a [`lomo_models::Placement`] of the stages (each tensor is built on
 /// its stage's device).
-pub fn load<B: Backend>(
+pub fn load<B: lomo_kernels::FusedKernels>(
     source: &ModelSourceArgs,
     dtype: StorageDtype,
     device: On<'_, B::Device>,
@@ -51,7 +51,7 @@ pub fn load<B: Backend>(
 }
 
 /// Loads an HF checkpoint directory or a `.gguf` file into `residency`.
-pub fn load_path<B: Backend>(
+pub fn load_path<B: lomo_kernels::FusedKernels>(
     path: &Path,
     dtype: StorageDtype,
     device: On<'_, B::Device>,

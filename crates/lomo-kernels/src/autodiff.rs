@@ -372,6 +372,10 @@ impl<B: FusedKernels, C: CheckpointStrategy> FusedKernels for Autodiff<B, C> {
         );
         (untracked::<B, C>(dq), untracked::<B, C>(dk), untracked::<B, C>(dv))
     }
+
+    fn release_uploads(device: &Self::Device) {
+        B::release_uploads(device)
+    }
 }
 
 /// The fused step updates inner tensors; this impl completes the bound on autodiff models.

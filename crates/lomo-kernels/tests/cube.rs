@@ -251,3 +251,26 @@ fn rope_attention_forward_and_backward() {
         assert_close(&what("dv"), tensor::<3>(dv), want_dv, 1e-5);
     }
 }
+
+/// Uploads released while later ones are still queued (`release_uploads` between writes, as a
+/// loader calls it) arrive whole: 200 tensors of distinct contents written, released every 16
+/// writes, then read back.
+#[test]
+fn released_uploads_arrive_whole() {
+    let device = Default::default();
+    let shapes = |i: usize| [1 + i % 7, 300 + 13 * (i % 11)];
+    let tensors: Vec<Tensor<B, 2>> = (0..200)
+        .map(|i| {
+            let t = random(shapes(i), 100 + i as u64, i as f64);
+            if i % 16 == 15 {
+                B::release_uploads(&device);
+            }
+            t
+        })
+        .collect();
+    B::release_uploads(&device);
+    for (i, t) in tensors.into_iter().enumerate() {
+        assert_eq!(t.dims(), shapes(i));
+        assert_eq!(values(t), values(random(shapes(i), 100 + i as u64, i as f64)), "tensor {i}");
+    }
+}

@@ -161,15 +161,27 @@ impl<B: Backend> Llama<B> {
     /// Builds the model from tensors handed out by `take` (already in burn's layout and the
     /// storage dtype), one at a time: whatever `take` maps or reads, only the model's own
     /// copy of each tensor stays. Which tensors exist (biases, Qwen3's q/k norms, an untied
-    /// head) is the configuration's rows of the tensor table.
+    /// head) is the configuration's rows of the tensor table. The backend's queued host copies
+    /// of the uploads are released every [`RELEASE_UPLOADS_EVERY`] bytes per device
+    /// ([`FusedKernels::release_uploads`]) and at the end.
     pub(crate) fn from_tensors(
         config: LlamaConfig,
         on: On<'_, B::Device>,
         take: impl FnMut(&TensorSpec) -> Result<TensorData>,
-    ) -> Result<Self> {
+    ) -> Result<Self>
+    where
+        B: FusedKernels,
+    {
         on.check(config.num_layers + 2)?;
         let specs = config.tensor_specs().into_iter().map(|s| (s.slot, s)).collect();
-        let mut b = Builder::<B, _> { specs, take, on, num_layers: config.num_layers, eps: config.rms_norm_eps };
+        let mut b = Builder::<B, _> {
+            specs,
+            take,
+            on,
+            num_layers: config.num_layers,
+            eps: config.rms_norm_eps,
+            uploaded: Vec::new(),
+        };
         let embed_tokens = Embedding { weight: b.param(Slot::Embedding)? };
         let mut layers = Vec::with_capacity(config.num_layers);
         for layer in 0..config.num_layers {
@@ -200,6 +212,9 @@ impl<B: Backend> Llama<B> {
         }
         let norm = b.rms(Slot::FinalNorm)?;
         let lm_head = b.maybe(Slot::LmHead)?.map(|weight| Linear { weight, bias: None });
+        for (device, _) in b.uploaded.drain(..) {
+            B::release_uploads(&device);
+        }
         let rope = RotaryEmbedding::new(&config);
         Ok(Self { embed_tokens, layers, norm, lm_head, config, rope, loss_chunking: LossChunking::default() })
     }
@@ -314,6 +329,10 @@ impl<B: Backend> Llama<B> {
     }
 }
 
+/// Bytes uploaded to a device between two [`FusedKernels::release_uploads`] while a model
+/// loads: what a backend that queues its uploads' host copies holds at most (plus a tensor).
+pub const RELEASE_UPLOADS_EVERY: usize = 256 << 20;
+
 /// Makes the parameters of a model being built, each on its stage's device, from the tensors
 /// `take` hands out for the configuration's rows of the tensor table.
 struct Builder<'o, B: Backend, F> {
@@ -322,16 +341,39 @@ struct Builder<'o, B: Backend, F> {
     on: On<'o, B::Device>,
     num_layers: usize,
     eps: f64,
+    /// Per device written to: bytes uploaded since its last release.
+    uploaded: Vec<(B::Device, usize)>,
 }
 
-impl<B: Backend, F: FnMut(&TensorSpec) -> Result<TensorData>> Builder<'_, B, F> {
+impl<B: FusedKernels, F: FnMut(&TensorSpec) -> Result<TensorData>> Builder<'_, B, F> {
     /// The parameter in `slot`, or `None` when the configuration has no such tensor.
     fn maybe<const D: usize>(&mut self, slot: Slot) -> Result<Option<Param<Tensor<B, D>>>> {
         let Some(spec) = self.specs.get(&slot) else { return Ok(None) };
         let data = (self.take)(spec)?;
-        let dtype = data.dtype;
-        let device = self.on.stage(slot.stage(self.num_layers));
-        Ok(Some(Param::from_tensor(Tensor::from_data(data, (device, dtype)))))
+        let (dtype, bytes) = (data.dtype, data.bytes.len());
+        let device = self.on.stage(slot.stage(self.num_layers)).clone();
+        // A weight lives as long as the model: in cubecl's persistent memory (as burn's own
+        // `Param::from_data` puts it) it is a buffer of its own size, where the pools would
+        // give it a slice of a page shared with the step's transients (a no-op elsewhere).
+        let tensor = if bytes == 0 {
+            Tensor::from_data(data, (&device, dtype))
+        } else {
+            B::memory_persistent_allocations(&device, data, |data| Tensor::from_data(data, (&device, dtype)))
+        };
+        let at = match self.uploaded.iter().position(|(d, _)| *d == device) {
+            Some(at) => at,
+            None => {
+                self.uploaded.push((device, 0));
+                self.uploaded.len() - 1
+            }
+        };
+        let (device, pending) = &mut self.uploaded[at];
+        *pending += bytes;
+        if *pending >= RELEASE_UPLOADS_EVERY {
+            B::release_uploads(device);
+            *pending = 0;
+        }
+        Ok(Some(Param::from_tensor(tensor)))
     }
 
     fn param<const D: usize>(&mut self, slot: Slot) -> Result<Param<Tensor<B, D>>> {

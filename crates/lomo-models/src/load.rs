@@ -12,6 +12,7 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::TensorData;
+use lomo_kernels::FusedKernels;
 
 use crate::config::LlamaConfig;
 use crate::dtype::StorageDtype;
@@ -72,7 +73,7 @@ pub struct Loaded<B: Backend> {
 /// Errors name the file and the tensor or field: a missing or unexpected tensor, a shape that
 /// contradicts the configuration, an unreadable element type, a malformed file, a placement for
 /// another number of stages, a working-copy directory holding other files.
-pub fn load<'a, B: Backend>(
+pub fn load<'a, B: FusedKernels>(
     source: TensorSource<'_>,
     residency: Residency<'_>,
     dtype: StorageDtype,
@@ -100,7 +101,7 @@ where
 }
 
 /// The model of `config` from `take`'s tensors, in `residency`.
-fn build<B: Backend>(
+fn build<B: FusedKernels>(
     config: LlamaConfig,
     dtype: StorageDtype,
     on: On<'_, B::Device>,

@@ -183,7 +183,7 @@ fn stages_placed_on_cuda_0_repeated_equal_the_unplaced_step_bit_for_bit() {
         return;
     }
     let device = burn::backend::cuda::CudaDevice::new(0);
-    placed_equals_unplaced::<burn::backend::Autodiff<Cuda>>(&crate::common::devices::<3>());
+    placed_equals_unplaced::<burn::backend::Autodiff<Cuda>>(&[device.clone(), device.clone(), device]);
 }
 
 /// `Module::to_device` would leave each weight a node of the move (not a leaf that requires its

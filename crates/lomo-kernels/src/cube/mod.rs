@@ -114,6 +114,16 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedKerne
     ) -> FloatTensor<Self> {
         rows::log_probs_backward::<R, F, I, BT>(logits, labels, out, grad)
     }
+
+    fn release_uploads(device: &Self::Device) {
+        // The first flush waits for the writes queued before the last flush and frees them, and
+        // queues the newer ones behind a fence; the second waits for that fence and frees them.
+        // An error here is the device's, and the next operation on it reports it.
+        let client = R::client(device);
+        for _ in 0..2 {
+            let _ = client.flush();
+        }
+    }
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> UpdateKernels for CubeBackend<R, F, I, BT> {
