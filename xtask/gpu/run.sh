@@ -2,7 +2,8 @@
 # On the GPU machine (the device tool's `run`, carry [".gpu"] made by xtask/gpu/build.sh): every
 # GPU figure the GPU issues ask for, in one go, under $OUT — both peers beside lomo on the same
 # checkpoint and batch, the phase breakdown with device-synced timers, each option's cost, the
-# first step without and with the kernel cache, and device memory (cubecl's pool and nvidia-smi).
+# first step without and with the kernel cache, device memory (cubecl's pool and nvidia-smi),
+# host memory while loading (peak RSS), and the opt-in paths (CubeCL attention, cuBLAS linear).
 # Each case is bounded by its own timeout, so one failure does not cost the others.
 # `bash xtask/gpu/run.sh 134m` runs the 134M cases, `7b` the LLaMA-7B ones (one device call may
 # run 600 s at most: run the two groups as two calls).
@@ -10,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-target/gpu}"
 mkdir -p "$OUT"
-for bin in lomo xtask; do
+for bin in lomo xtask kernels-cuda-test; do
     python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('.gpu/$bin.xz'), open('.gpu/$bin', 'wb'))"
     chmod +x ".gpu/$bin"
 done
@@ -32,6 +33,9 @@ bench() {
 
 group="${1:-all}"
 if [ "$group" != 7b ]; then
+# The CUDA-only kernels against cubecl's (cuBLAS's linear layers): correctness before speed.
+timeout 300 .gpu/kernels-cuda-test --nocapture > "$OUT/kernels-cuda-test.log" 2>&1
+echo "kernels-cuda-test: exit $?" >> "$OUT/summary.txt"
 # 134M (the bench's default model), bf16 8 x 256: the first run compiles and autotunes into an
 # empty cache, the second finds it (the first step's time, cold and warm).
 rm -rf "$LOMO_KERNEL_CACHE"
@@ -42,11 +46,14 @@ bench b134-f16 200 --dtype f16 --batch-size 8
 bench b134-f32 300 --peer --python python3 --batch-size 2
 # lomo's CubeCL attention (no tokens x tokens scores; unmeasured on a GPU) against burn's ops.
 LOMO_ATTENTION=cube bench b134-bf16-cube-attention 200 --dtype bf16 --batch-size 8
+# The linear layers on cuBLAS instead of cubecl's matmul (LOMO_LINEAR=cublas).
+LOMO_LINEAR=cublas bench b134-bf16-cublas 200 --dtype bf16 --batch-size 8
 fi
 [ "$group" = 134m ] && exit 0
 
 # LLaMA-7B bf16 4 x 512 (random weights, the same checkpoint for the peers).
 bench llama7b 600 --peer --python python3 --preset llama-7b --dtype bf16 --batch-size 4 --tokens 512 --steps 3
+LOMO_LINEAR=cublas bench llama7b-cublas 300 --preset llama-7b --dtype bf16 --batch-size 4 --tokens 512 --steps 2
 bench llama7b-phases 400 --preset llama-7b --dtype bf16 --batch-size 4 --tokens 512 --steps 2 --synced-timings
 LOMO_ATTENTION=cube bench llama7b-cube-attention 300 --preset llama-7b --dtype bf16 --batch-size 4 --tokens 512 --steps 2
 

@@ -12,7 +12,8 @@
 //! whatever the storage dtype.
 //!
 //! burn's CubeCL backends (CUDA, wgpu; feature `cubecl`) run GPU kernels of this crate written
-//! once in CubeCL, for every op but the embedding lookup and Linear. NdArray and LibTorch (but
+//! once in CubeCL, for every op but the embedding lookup and Linear (on CUDA, cuBLAS where
+//! [`set_cublas_linear`] or `LOMO_LINEAR=cublas` asks for it). NdArray and LibTorch (but
 //! for its attention) take the trait's default methods, which are the
 //! [`reference`](mod@reference) compositions of burn's own ops, forward and backward. The Flex
 //! and CubeCL kernels are tested against them, and they against burn's autodiff of the plain
@@ -49,6 +50,8 @@ pub mod update;
 
 #[cfg(feature = "cubecl")]
 pub use cube::attention::set_cube_attention;
+#[cfg(feature = "cuda")]
+pub use cube::cublas::{cublas_linear, set_cublas_linear};
 pub use update::{AdaLomoScalars, GradScale, SumSq, UpdateKernels};
 
 use std::sync::Arc;
@@ -156,10 +159,7 @@ pub trait FusedKernels: Backend {
         bias: bool,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
-        let dx = <Self as ModuleOps<Self>>::linear_x_backward(weight, grad.clone());
-        let dw = <Self as ModuleOps<Self>>::linear_weight_backward(x, grad.clone());
-        let db = bias.then(|| <Self as ModuleOps<Self>>::linear_bias_backward(grad));
-        (dx, dw, db)
+        linear_backward_ops::<Self>(x, weight, bias, grad)
     }
 
     /// RMSNorm of the rows of `x` (`[rows, n]`) scaled by `weight` (`[n]`), as HF's
@@ -286,6 +286,21 @@ pub fn cpu_bf16_matmul() -> &'static str {
     } else {
         "f32 panels"
     }
+}
+
+/// [`FusedKernels::linear_backward`] in burn's ops (the default, and where a backend's own path
+/// does not apply).
+#[allow(clippy::type_complexity)]
+fn linear_backward_ops<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: bool,
+    grad: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, Option<FloatTensor<B>>) {
+    let dx = <B as ModuleOps<B>>::linear_x_backward(weight, grad.clone());
+    let dw = <B as ModuleOps<B>>::linear_weight_backward(x, grad.clone());
+    let db = bias.then(|| <B as ModuleOps<B>>::linear_bias_backward(grad));
+    (dx, dw, db)
 }
 
 fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {

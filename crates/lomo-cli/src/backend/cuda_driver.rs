@@ -34,7 +34,8 @@ fn visible_devices() -> String {
 }
 
 /// The number of GPUs the NVIDIA driver sees, or a one-line error naming what is missing for
-/// `--backend cuda` (the driver, a driver new enough for this build, a GPU, NVRTC) and what to do.
+/// `--backend cuda` (the driver, a driver new enough for this build, a GPU, NVRTC; cuBLAS where
+/// `LOMO_LINEAR=cublas` asks for it) and what to do.
 pub fn check() -> Result<usize> {
     // Once the driver has answered, it is loaded and initialised: ask it once per process.
     static DEVICES: OnceLock<usize> = OnceLock::new();
@@ -110,6 +111,13 @@ pub fn check() -> Result<usize> {
             "--backend cuda: NVRTC (libnvrtc.so), which compiles the GPU kernels at run time, is not on the library \
              path; install the CUDA toolkit's NVRTC (a CUDA toolkit, or `pip install nvidia-cuda-nvrtc`) and add \
              its lib directory to LD_LIBRARY_PATH"
+        );
+    }
+    if lomo_kernels::cublas_linear() && load_first("cublas").is_none() {
+        bail!(
+            "LOMO_LINEAR=cublas: cuBLAS (libcublas.so) is not on the library path; add the directory that holds it \
+             (the CUDA toolkit's lib64, or torch's nvidia/cu*/lib) to LD_LIBRARY_PATH, or unset LOMO_LINEAR to run \
+             the linear layers on cubecl's matmul"
         );
     }
     Ok(*DEVICES.get_or_init(|| count as usize))

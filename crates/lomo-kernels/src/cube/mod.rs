@@ -15,15 +15,18 @@
 //!   the host, where the ids are), no atomics.
 //! - [`adalomo`]: AdaLomo's factored update of a matrix, with the update's and the weight's
 //!   RMS kept on the device.
+//! - `cublas` (CUDA only, opt-in): the linear layers on cuBLAS instead of cubecl's matmul.
 
 mod adalomo;
 pub(crate) mod attention;
+#[cfg(feature = "cuda")]
+pub(crate) mod cublas;
 mod elementwise;
 mod embedding;
 mod rows;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, ModuleOps};
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
@@ -35,6 +38,32 @@ use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 use crate::{reference, AdaLomoScalars, AttentionSpec, FusedKernels, GradScale, KeyPadding, SumSq, UpdateKernels};
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> FusedKernels for CubeBackend<R, F, I, BT> {
+    fn linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
+        #[cfg(feature = "cuda")]
+        if let Some(y) = cublas::linear(&x, &weight) {
+            return match bias {
+                Some(bias) => {
+                    (tensor::<Self, 2>(y) + tensor::<Self, 1>(bias).unsqueeze_dim(0)).into_primitive().tensor()
+                }
+                None => y,
+            };
+        }
+        <Self as ModuleOps<Self>>::linear(x, weight, bias)
+    }
+
+    fn linear_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: bool,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        #[cfg(feature = "cuda")]
+        if let Some((dx, dw)) = cublas::linear_backward(&x, &weight, &grad) {
+            return (dx, dw, bias.then(|| <Self as ModuleOps<Self>>::linear_bias_backward(grad)));
+        }
+        crate::linear_backward_ops::<Self>(x, weight, bias, grad)
+    }
+
     fn embedding_backward(vocab: usize, dtype: DType, ids: &[i64], grad: FloatTensor<Self>) -> FloatTensor<Self> {
         embedding::embedding_backward(vocab, dtype, ids, grad)
     }
