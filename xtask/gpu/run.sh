@@ -43,6 +43,7 @@ bench b134-bf16-cold 300 --dtype bf16 --batch-size 8 --steps 2
 bench b134-bf16 300 --peer --python python3 --dtype bf16 --batch-size 8
 bench b134-bf16-options 300 --dtype bf16 --batch-size 8 --case lomo --case lomo-clip --case adalomo
 bench b134-f16 200 --dtype f16 --batch-size 8
+bench b134-bf16-kernels 200 --dtype bf16 --batch-size 8 --steps 1 --kernel-profile --case lomo --case adalomo
 bench b134-f32 300 --peer --python python3 --batch-size 2
 # lomo's CubeCL attention (no tokens x tokens scores; unmeasured on a GPU) against burn's ops.
 LOMO_ATTENTION=cube bench b134-bf16-cube-attention 200 --dtype bf16 --batch-size 8
@@ -55,5 +56,7 @@ fi
 bench llama7b 600 --peer --python python3 --preset llama-7b --dtype bf16 --batch-size 4 --tokens 512 --steps 3
 LOMO_LINEAR=cublas bench llama7b-cublas 300 --preset llama-7b --dtype bf16 --batch-size 4 --tokens 512 --steps 2
 bench llama7b-phases 400 --preset llama-7b --dtype bf16 --batch-size 4 --tokens 512 --steps 2 --synced-timings
+# The per-kernel breakdown of one 7B step (each kernel timed on the device; slower steps).
+bench llama7b-kernels 300 --preset llama-7b --dtype bf16 --batch-size 4 --tokens 512 --steps 1 --kernel-profile
 LOMO_ATTENTION=cube bench llama7b-cube-attention 300 --preset llama-7b --dtype bf16 --batch-size 4 --tokens 512 --steps 2
 

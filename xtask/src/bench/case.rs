@@ -139,6 +139,23 @@ pub struct OursResult {
     /// (context and pool included).
     #[serde(default)]
     pub nvidia_smi_peak: Option<u64>,
+    /// With `--kernel-profile`: the kernels of the last measured step, by device time (name,
+    /// total time, launches, share), read from cubecl's profile by the parent.
+    #[serde(default)]
+    pub kernels: Option<Vec<KernelTime>>,
+}
+
+/// One kernel's line of cubecl's profile of a step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KernelTime {
+    /// The kernel (its type's name, the runtime left out).
+    pub name: String,
+    /// Device time over the step, as cubecl prints it (`61.89ms`).
+    pub time: String,
+    /// Launches in the step.
+    pub launches: u64,
+    /// Share of the step's kernel time, as cubecl prints it (`30 %`).
+    pub share: String,
 }
 
 /// User + system CPU seconds of this process so far.
@@ -278,6 +295,7 @@ impl CaseRunner for Run<'_> {
             load_seconds,
             device_reserved_peak,
             nvidia_smi_peak: None,
+            kernels: None,
         })
     }
 }

@@ -88,6 +88,12 @@ pub struct BenchArgs {
     /// without it). On the CPU it changes nothing.
     #[arg(long)]
     synced_timings: bool,
+    /// On a GPU: each kernel of ours timed on the device (cubecl's profiler, `LOMO_KERNEL_PROFILE`
+    /// in the case's process), and the report adds, per case, the kernels of the last measured
+    /// step by device time. Every kernel is synchronised on its own, so s/step rises: take
+    /// s/step from a run without it.
+    #[arg(long)]
+    kernel_profile: bool,
     /// The peer's Python.
     #[arg(long, value_name = "PATH", default_value = "python3")]
     python: String,
@@ -238,6 +244,9 @@ pub struct BenchResult {
     /// Whether our phase timers waited for the device (`--synced-timings`).
     #[serde(default)]
     pub synced_timings: bool,
+    /// Whether each of our kernels was timed on the device (`--kernel-profile`).
+    #[serde(default)]
+    pub kernel_profile: bool,
     /// One entry per case.
     pub cases: Vec<CaseResult>,
 }
@@ -350,7 +359,8 @@ fn run_cases(
         let result = if a.nproc > 1 {
             run_group(&case, a.backend, a.threads, a.nproc)
         } else {
-            run_child(&case, a.backend, a.threads)
+            let profile = a.kernel_profile.then(|| out_dir().join(format!("{}.{}.kernels.log", a.name, kind.name())));
+            run_child(&case, a.backend, a.threads, profile.as_deref())
         };
         let (ours, error) = match result {
             Ok(r) => (Some(r), None),
@@ -456,6 +466,7 @@ pub fn bench(a: &BenchArgs) -> Result<Option<BenchResult>> {
         release: !cfg!(debug_assertions),
         peak: peak_flops(a),
         synced_timings: a.synced_timings,
+        kernel_profile: a.kernel_profile,
         cases: results,
     };
     let dir = out_dir();
@@ -504,7 +515,7 @@ fn run_group(
             let mut mine = case.clone();
             mine.input_ids = case.input_ids[rank * rows * case.tokens..(rank + 1) * rows * case.tokens].to_vec();
             mine.dist = Some(case::CaseDist { world_size: nproc, rank, coordinator: coordinator.address.clone() });
-            std::thread::spawn(move || run_child(&mine, backend, Some(per_rank)))
+            std::thread::spawn(move || run_child(&mine, backend, Some(per_rank), None))
         })
         .collect();
     let mut results: Vec<Result<OursResult, String>> =
@@ -516,13 +527,24 @@ fn run_group(
 }
 
 /// Runs one case of ours in a child process of this binary.
-fn run_child(case: &BenchCase, backend: BackendKind, threads: Option<usize>) -> Result<OursResult, String> {
+fn run_child(
+    case: &BenchCase,
+    backend: BackendKind,
+    threads: Option<usize>,
+    kernel_profile: Option<&Path>,
+) -> Result<OursResult, String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
     let json = serde_json::to_string(case).map_err(|e| e.to_string())?;
     let mut command = Command::new(exe);
     command.args(["bench-case", "--backend", backend.name(), &json]).stderr(Stdio::inherit());
     if let Some(n) = threads {
         command.env("RAYON_NUM_THREADS", n.to_string());
+    }
+    if let Some(file) = kernel_profile {
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        command.env("LOMO_KERNEL_PROFILE", file);
     }
     command.stdout(Stdio::piped());
     let child = command.spawn().map_err(|e| format!("starting the case's process: {e}"))?;
@@ -536,6 +558,12 @@ fn run_child(case: &BenchCase, backend: BackendKind, threads: Option<usize>) -> 
     let line = stdout.lines().last().ok_or("the case printed nothing")?;
     let mut result: OursResult = serde_json::from_str(line).map_err(|e| format!("reading the case's result: {e}"))?;
     result.nvidia_smi_peak = nvidia_smi_peak;
+    if let Some(file) = kernel_profile {
+        let log = std::fs::read_to_string(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+        result.kernels = Some(report::last_kernel_table(&log).ok_or_else(|| {
+            format!("{}: no table of kernels in cubecl's profile (is this a GPU backend?)", file.display())
+        })?);
+    }
     Ok(result)
 }
 

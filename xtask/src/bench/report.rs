@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::case::{CaseKind, OursResult};
+use super::case::{CaseKind, KernelTime, OursResult};
 use super::{BenchResult, CaseResult, PeerResult};
 
 /// Median, min and max of the measured (post-warm-up) values.
@@ -158,6 +158,55 @@ fn device_memory(out: &mut String, r: &BenchResult) {
 
 /// Where one step of ours goes (the fused step's timers per phase) and, with several ranks,
 /// the all-reduce's share.
+/// Per case, the kernels of its last measured step by device time (`--kernel-profile`).
+fn kernels(out: &mut String, r: &BenchResult) {
+    for c in &r.cases {
+        let Some(kernels) = c.ours.as_ref().and_then(|o| o.kernels.as_ref()) else { continue };
+        let _ = writeln!(
+            out,
+            "\nKernels of lomo's last measured step, {}: device time per kernel (cubecl's profiler, each kernel synchronised, so s/step above is slower than without --kernel-profile).\n",
+            label(c.kind)
+        );
+        let _ = writeln!(out, "| kernel | device time | launches | share |\n|---|---:|---:|---:|");
+        for k in kernels {
+            let _ = writeln!(out, "| {} | {} | {} | {} |", k.name, k.time, k.launches, k.share);
+        }
+    }
+}
+
+/// The last table of kernels in a log of cubecl's profiler (one per `Backend::sync`, which the
+/// bench calls after every step): its rows, `| name | duration | launches | ratio |`, where a
+/// name holds ` | ` between the parts of its type (read from the right). `None` without one.
+pub fn last_kernel_table(log: &str) -> Option<Vec<KernelTime>> {
+    let lines: Vec<&str> = log.lines().collect();
+    let header = lines.iter().rposition(|l| l.contains("| Num Computed |"))?;
+    let mut rows = Vec::new();
+    for line in &lines[header + 1..] {
+        let cells: Vec<&str> = line.trim().trim_matches('|').split('|').map(str::trim).collect();
+        if cells.len() < 4 {
+            // The rules between header, rows and total.
+            if rows.is_empty() {
+                continue;
+            }
+            break;
+        }
+        let n = cells.len();
+        let (name, time, launches, share) = (&cells[..n - 3], cells[n - 3], cells[n - 2], cells[n - 1]);
+        if name == ["Total"] {
+            break;
+        }
+        let Ok(launches) = launches.parse() else { continue };
+        // The type's first part, and of the rest (a matmul's run to thirty) its operation and
+        // its families; not the runtime, which every kernel carries.
+        let rest = name[1..].iter().filter(|p| p.ends_with("Op") || p.ends_with("Family"));
+        let mut parts: Vec<&str> = name[..1].iter().chain(rest).copied().collect();
+        parts.dedup();
+        let name = parts.join(" · ");
+        rows.push(KernelTime { name, time: time.to_string(), launches, share: share.to_string() });
+    }
+    (!rows.is_empty()).then_some(rows)
+}
+
 fn phases(out: &mut String, r: &BenchResult) {
     let waits = match (r.synced_timings, r.backend) {
         (true, _) => "waiting for the device at every phase",
@@ -264,6 +313,7 @@ pub fn markdown(r: &BenchResult) -> String {
 
     device_memory(&mut out, r);
     phases(&mut out, r);
+    kernels(&mut out, r);
     if let Some(p) = r.cases.iter().find_map(|c| c.peer.as_ref()) {
         let _ = writeln!(
             out,
@@ -350,4 +400,46 @@ pub fn svg(r: &BenchResult) -> anyhow::Result<String> {
         chart.draw_series(ratios).map_err(chart::error)?;
         chart::legend(&mut chart, SeriesLabelPosition::UpperRight)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_kernel_table;
+
+    /// The end of a real profile (stories260K on wgpu, `xtask bench --kernel-profile`): the
+    /// last table is read, names shortened, the total left out.
+    #[test]
+    fn the_last_table_of_cubecl_s_profile() {
+        let log = "\
+| 48.494µs   | SliceAssignKernel | WgpuRuntime
+| Name | Duration | Num Computed | Ratio |
+| KernelBinop | AddOp | WgpuRuntime | 1.5ms | 3 | 100 % |
+| Total | 1.5ms | 3 | 100 % |
+| Name                                                   | Duration     | Num Computed | Ratio |
+|⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼|
+| MatmulEntry | TensorArgs | DynamicScalar | __Lhs | SimpleMatmulFamily | UnitMatmulFamily | StridedStageFamily | Option | StridedStageFamily | SyncFullCyclicLoading | WgpuRuntime | 61.892508ms  | 188          | 30 %  |
+| RmsNormKernel | WgpuRuntime                                                | 22.488677ms  | 21           | 11 %  |
+| KernelBinop | SubOp | WgpuRuntime                                          | 22.274975ms  | 30           | 11 %  |
+|⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼⎼|
+| Total                                                  | 202.335771ms | 961          | 100 % |
+|⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯⎯|
+";
+        let rows = last_kernel_table(log).unwrap();
+        let got: Vec<(&str, &str, u64, &str)> =
+            rows.iter().map(|k| (k.name.as_str(), k.time.as_str(), k.launches, k.share.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "MatmulEntry · SimpleMatmulFamily · UnitMatmulFamily · StridedStageFamily",
+                    "61.892508ms",
+                    188,
+                    "30 %"
+                ),
+                ("RmsNormKernel", "22.488677ms", 21, "11 %"),
+                ("KernelBinop · SubOp", "22.274975ms", 30, "11 %"),
+            ]
+        );
+        assert!(last_kernel_table("no table here").is_none());
+    }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use burn::cubecl::config::cache::CacheConfig;
+use burn::cubecl::config::profiling::ProfilingLogLevel;
 use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
 
 /// The configuration files cubecl reads itself, looked for from the working directory up.
@@ -29,10 +30,18 @@ fn user_config(from: &Path) -> Option<PathBuf> {
     from.ancestors().flat_map(|d| CUBECL_FILES.iter().map(move |f| d.join(f))).find(|p| p.is_file())
 }
 
-/// Points cubecl's kernel and autotune caches at [`dir`], once, before any GPU client exists
-/// (cubecl reads its configuration when the first one starts). A `cubecl.toml` or `burn.toml`
-/// of the user's wins, as do cubecl's environment variables (`CUBECL_AUTOTUNE_LEVEL`, …).
-/// Returns where the caches are, or `None` where cubecl decides.
+/// `LOMO_KERNEL_PROFILE`: a file for cubecl's per-kernel profile (each kernel timed on the
+/// device, synchronised one by one, so steps run slower; a table of the kernels' device time at
+/// every `Backend::sync`, which `xtask bench` calls after each step), or `None`.
+pub fn profile_file() -> Option<PathBuf> {
+    std::env::var_os("LOMO_KERNEL_PROFILE").filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+/// Points cubecl's kernel and autotune caches at [`dir`], and its profiler at
+/// [`profile_file`] where one is named, once, before any GPU client exists (cubecl reads its
+/// configuration when the first one starts). A `cubecl.toml` or `burn.toml` of the user's wins,
+/// as do cubecl's environment variables (`CUBECL_AUTOTUNE_LEVEL`, …). Returns where the caches
+/// are, or `None` where cubecl decides.
 pub fn configure() -> Option<PathBuf> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -40,16 +49,26 @@ pub fn configure() -> Option<PathBuf> {
         if user_config(&here).is_some() {
             return None;
         }
-        let dir = dir()?;
+        let (dir, profile) = (dir(), profile_file());
+        if dir.is_none() && profile.is_none() {
+            return None;
+        }
         let mut slot = CubeClRuntimeConfig::storage().lock();
         if slot.is_some() {
             return None;
         }
         let mut config = CubeClRuntimeConfig::default().override_from_env();
-        config.compilation.cache = Some(CacheConfig::File(dir.clone()));
-        config.autotune.cache = CacheConfig::File(dir.clone());
+        if let Some(dir) = &dir {
+            config.compilation.cache = Some(CacheConfig::File(dir.clone()));
+            config.autotune.cache = CacheConfig::File(dir.clone());
+        }
+        if let Some(file) = profile {
+            config.profiling.logger.level = ProfilingLogLevel::Basic;
+            config.profiling.logger.file = Some(file);
+            config.profiling.logger.append = false;
+        }
         *slot = Some(Arc::new(config));
-        Some(dir)
+        dir
     })
     .clone()
 }
