@@ -11,7 +11,7 @@ mod common;
 use burn::cubecl::wgpu::WgpuRuntime;
 use burn::cubecl::Runtime;
 use lomo_models::plan::{PlanConfig, PlanOptimizer, StepMode};
-use lomo_models::{load, Batch, LlamaConfig, LossChunking, Residency, StorageDtype, TensorSource};
+use lomo_models::{load, Batch, Llama, LlamaConfig, LossChunking, Residency, StorageDtype, TensorSource};
 use lomo_optim::{FusedConfig, FusedStep, Lomo, RuleUpdater};
 
 use common::{AD, B};
@@ -26,19 +26,18 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
 }
 
-/// 35 M parameters (140 MB in f32), untied: tensors from 2 KB (norms) to 33 MB (embedding).
-fn config() -> LlamaConfig {
-    LlamaConfig {
-        hidden_size: 512,
-        intermediate_size: 1536,
-        num_layers: 6,
-        num_heads: 8,
-        num_kv_heads: 4,
-        head_dim: 64,
-        vocab_size: 16000,
-        tie_word_embeddings: false,
-        ..lomo_models::presets::preset("stories260K").unwrap()
-    }
+/// The 35 M-parameter model of [`common::config_35m`] on the test device, in f32, from its seed.
+fn load_35m<X: lomo_kernels::FusedKernels<Device = burn::tensor::Device<B>>>() -> (LlamaConfig, Llama<X>) {
+    let config = common::config_35m();
+    let model = load::<X>(
+        TensorSource::Init { config: &config, seed: 1 },
+        Residency::Resident,
+        StorageDtype::F32,
+        &common::device(),
+    )
+    .unwrap()
+    .model;
+    (config, model)
 }
 
 /// One test, so that nothing else allocates on the device while it measures.
@@ -53,16 +52,8 @@ fn device_memory_of_a_load_and_of_fused_steps() {
 /// one alignment of padding per tensor, not pages of the pools (which hold up to a page of
 /// slack each).
 fn loaded_weights_take_their_own_bytes_of_device_memory() {
-    let config = config();
     let (in_use_before, reserved_before) = usage();
-    let model = load::<B>(
-        TensorSource::Init { config: &config, seed: 1 },
-        Residency::Resident,
-        StorageDtype::F32,
-        &common::device(),
-    )
-    .unwrap()
-    .model;
+    let (config, model) = load_35m::<B>();
     let (in_use, reserved) = usage();
     let (in_use, reserved) = (in_use - in_use_before, reserved - reserved_before);
     let weights = config.num_bytes(StorageDtype::F32);
@@ -83,17 +74,9 @@ fn loaded_weights_take_their_own_bytes_of_device_memory() {
 /// update writes each weight's own buffer; every transient is freed); what the pools reserved
 /// meanwhile is printed beside the planner's peak.
 fn fused_steps_reserve() {
-    let config = config();
     let (batch, tokens) = (2, 128);
     let (in_use_before, reserved_before) = usage();
-    let model = load::<AD>(
-        TensorSource::Init { config: &config, seed: 1 },
-        Residency::Resident,
-        StorageDtype::F32,
-        &common::device(),
-    )
-    .unwrap()
-    .model;
+    let (config, model) = load_35m::<AD>();
     let (in_use_loaded, _) = usage();
     let ids: Vec<i64> = (0..batch * tokens).map(|i| (i * 7919 % config.vocab_size) as i64).collect();
     let batch_data = Batch::new(ids.clone(), None, Some(ids), [batch, tokens]).unwrap();

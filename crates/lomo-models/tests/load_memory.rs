@@ -5,7 +5,7 @@
 mod common;
 
 use lomo_io::memory::{live, peak, reset_peak, CountingAllocator};
-use lomo_models::{load, GgufFile, LlamaConfig, Residency, SaveOptions, StorageDtype, TensorSource};
+use lomo_models::{load, GgufFile, Residency, SaveOptions, StorageDtype, TensorSource};
 
 use common::B;
 
@@ -34,17 +34,7 @@ fn check(what: &str, peak: usize, weights: u64) {
 #[test]
 fn loading_peaks_at_the_weights() {
     // A checkpoint of 35 M parameters (140 MB in f32), untied, written by this crate.
-    let config = LlamaConfig {
-        hidden_size: 512,
-        intermediate_size: 1536,
-        num_layers: 6,
-        num_heads: 8,
-        num_kv_heads: 4,
-        head_dim: 64,
-        vocab_size: 16000,
-        tie_word_embeddings: false,
-        ..lomo_models::presets::preset("stories260K").unwrap()
-    };
+    let config = common::config_35m();
     let dir = common::temp_dir("load_memory");
     {
         let model = load::<B>(

@@ -8,37 +8,27 @@
 //! matmuls and softmax) is unmeasured, so it is used only where asked for
 //! ([`set_cube_attention`], or `LOMO_ATTENTION=cube`).
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use burn::tensor::DType;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::{elementwise_launch, empty_f32, empty_like, float_dtype, owned_contiguous};
+use super::{elementwise_launch, empty_f32, empty_like, float_dtype, owned_contiguous, OptIn};
 use crate::{AttentionSpec, KeyPadding};
 
-/// 0: not decided yet (read `LOMO_ATTENTION`), 1: the reference, 2: these kernels.
-static MODE: AtomicU8 = AtomicU8::new(0);
+static CUBE_ATTENTION: OptIn = OptIn::new("LOMO_ATTENTION", "cube");
 
 /// Whether the CubeCL attention replaces the reference on CubeCL backends: as
 /// [`set_cube_attention`] last set it, else `LOMO_ATTENTION=cube` in the environment.
 pub fn enabled() -> bool {
-    match MODE.load(Ordering::Relaxed) {
-        0 => {
-            let on = std::env::var("LOMO_ATTENTION").is_ok_and(|v| v == "cube");
-            MODE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-            on
-        }
-        mode => mode == 2,
-    }
+    CUBE_ATTENTION.on()
 }
 
 /// Runs the attention of CubeCL backends (CUDA, wgpu) on lomo's own kernels (`true`: no
 /// `tokens × tokens` scores, speed on large GPUs not yet measured) or on the reference
 /// composition of burn's ops (`false`, the default unless `LOMO_ATTENTION=cube`).
 pub fn set_cube_attention(on: bool) {
-    MODE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+    CUBE_ATTENTION.set(on)
 }
 
 /// RoPE on `x` (`[batch, tokens, heads × head_dim]`) with the tables `[tokens, head_dim]`, or its

@@ -17,7 +17,6 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::tensor::DType;
 use burn_cubecl::ops::numeric::empty_device_dtype;
@@ -28,31 +27,25 @@ use cubecl::prelude::ComputeClient;
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{result as driver, sys as driver_sys};
 
-/// 0: not decided yet (read `LOMO_LINEAR`), 1: cubecl's matmul, 2: cuBLAS.
-static MODE: AtomicU8 = AtomicU8::new(0);
+use super::OptIn;
+
+static CUBLAS_LINEAR: OptIn = OptIn::new("LOMO_LINEAR", "cublas");
 
 /// Whether the linear layers of the CUDA backend run on cuBLAS: as [`set_cublas_linear`] last
 /// set it, else `LOMO_LINEAR=cublas` in the environment; false once cuBLAS has failed.
 pub fn cublas_linear() -> bool {
-    match MODE.load(Ordering::Relaxed) {
-        0 => {
-            let on = std::env::var("LOMO_LINEAR").is_ok_and(|v| v == "cublas");
-            MODE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-            on
-        }
-        mode => mode == 2,
-    }
+    CUBLAS_LINEAR.on()
 }
 
 /// Runs the linear layers of the CUDA backend on cuBLAS (`true`; on other backends it changes
 /// nothing) or on cubecl's matmul (`false`, the default unless `LOMO_LINEAR=cublas`).
 pub fn set_cublas_linear(on: bool) {
-    MODE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+    CUBLAS_LINEAR.set(on)
 }
 
 /// Turns cuBLAS off for the rest of the process, saying why once.
 fn give_up(why: &str) {
-    if MODE.swap(1, Ordering::Relaxed) == 2 {
+    if CUBLAS_LINEAR.turn_off() {
         eprintln!("lomo: cuBLAS for the linear layers failed ({why}); cubecl's matmul runs them from here on");
     }
 }

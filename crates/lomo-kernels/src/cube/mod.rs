@@ -25,6 +25,8 @@ mod elementwise;
 mod embedding;
 mod rows;
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, ModuleOps};
 use burn::tensor::{DType, Tensor, TensorPrimitive};
@@ -182,6 +184,42 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> UpdateKern
 
     fn sum_sq_deferred(grad: FloatTensor<Self>, scale: f64) -> SumSq<Self> {
         SumSq::OnDevice(rows::sum_sq_partials(grad, scale))
+    }
+}
+
+/// A path of this module that runs only where asked for, process-wide: as [`OptIn::set`] last
+/// set it, else `VAR=value` in the environment, read on the first question.
+pub(crate) struct OptIn {
+    /// 0: not decided yet, 1: off, 2: on.
+    mode: AtomicU8,
+    var: &'static str,
+    value: &'static str,
+}
+
+impl OptIn {
+    pub(crate) const fn new(var: &'static str, value: &'static str) -> Self {
+        OptIn { mode: AtomicU8::new(0), var, value }
+    }
+
+    pub(crate) fn on(&self) -> bool {
+        match self.mode.load(Ordering::Relaxed) {
+            0 => {
+                let on = std::env::var(self.var).is_ok_and(|v| v == self.value);
+                self.set(on);
+                on
+            }
+            mode => mode == 2,
+        }
+    }
+
+    pub(crate) fn set(&self, on: bool) {
+        self.mode.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+    }
+
+    /// Turns the path off; whether it was on (cuBLAS's, after a failure).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn turn_off(&self) -> bool {
+        self.mode.swap(1, Ordering::Relaxed) == 2
     }
 }
 

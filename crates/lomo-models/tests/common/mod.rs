@@ -98,6 +98,22 @@ pub fn values<Bk: Backend, const D: usize>(t: burn::tensor::Tensor<Bk, D>) -> Ve
     t.into_data().convert::<f32>().into_vec().unwrap()
 }
 
+/// A 35 M-parameter LLaMA (140 MB in f32), untied: tensors from 2 KB (norms) to 33 MB (the
+/// embedding), for the memory measurements.
+pub fn config_35m() -> lomo_models::LlamaConfig {
+    lomo_models::LlamaConfig {
+        hidden_size: 512,
+        intermediate_size: 1536,
+        num_layers: 6,
+        num_heads: 8,
+        num_kv_heads: 4,
+        head_dim: 64,
+        vocab_size: 16000,
+        tie_word_embeddings: false,
+        ..lomo_models::presets::preset("stories260K").unwrap()
+    }
+}
+
 /// A fresh empty directory under cargo's temporary folder for integration tests.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
