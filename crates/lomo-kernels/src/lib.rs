@@ -13,7 +13,7 @@
 //!
 //! burn's CubeCL backends (CUDA, wgpu; feature `cubecl`) run GPU kernels of this crate written
 //! once in CubeCL, for every op but the embedding lookup and Linear (on CUDA, cuBLAS where
-//! [`set_cublas_linear`] or `LOMO_LINEAR=cublas` asks for it). NdArray and LibTorch (but
+//! `set_cublas_linear` or `LOMO_LINEAR=cublas` asks for it). NdArray and LibTorch (but
 //! for its attention) take the trait's default methods, which are the
 //! [`reference`](mod@reference) compositions of burn's own ops, forward and backward. The Flex
 //! and CubeCL kernels are tested against them, and they against burn's autodiff of the plain
