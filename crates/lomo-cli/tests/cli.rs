@@ -213,12 +213,17 @@ fn generating_past_the_models_context_is_refused_up_front() {
 }
 
 fn user_error(args: &[&str], expect: &str) {
-    let out = lomo(args);
-    assert_eq!(out.status.code(), Some(2), "{args:?}");
+    one_line_exit_2(&lomo(args), &format!("{args:?}"), expect);
+}
+
+/// What every refusal looks like: exit 2 and one line on stderr that contains `expect`, no
+/// panic; `case` names the run in a failure's message.
+fn one_line_exit_2(out: &Output, case: &str, expect: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim_end().lines().count(), 1, "one line expected, got:\n{err}");
-    assert!(err.contains(expect), "{err:?} should mention {expect:?}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{case}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{case}: one line expected, got:\n{err}");
+    assert!(err.contains(expect), "{case}: {err:?} should mention {expect:?}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{case}: {err}");
 }
 
 #[test]

@@ -62,12 +62,7 @@ fn refused(extra: &[&str], env: &[(&str, &str)], library_path: Option<&Path>, ex
         None => command.env_remove("LD_LIBRARY_PATH"),
     };
     let out = command.output().expect("run lomo");
-    let err = String::from_utf8_lossy(&out.stderr);
-    let case = format!("{extra:?} {env:?}");
-    assert_eq!(out.status.code(), Some(2), "{case}: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{case}: one line expected, got:\n{err}");
-    assert!(err.contains(expect), "{case}: {err:?} should mention {expect:?}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{case}: {err}");
+    super::one_line_exit_2(&out, &format!("{extra:?} {env:?}"), expect);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use super::{strace, tmp, user_error};
+use super::{one_line_exit_2, strace, tmp, user_error};
 use lomo_testutil::shared;
 
 /// stories260K's checkpoint in `dir`, its config.json's fields set as `claims` say.
@@ -36,14 +36,6 @@ fn lomo_capped(args: &[&str]) -> Output {
         .expect("run lomo under sh")
 }
 
-fn one_line_exit_2(out: &Output, expect: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line expected, got:\n{err}");
-    assert!(err.contains(expect), "{err:?} should mention {expect:?}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
-}
-
 /// A config.json claiming a billion layers (or sizes past any model) is refused naming the
 /// file and the field, before anything is sized from it: `lomo plan` had aborted after
 /// exhausting memory listing a billion layers' tensors, and train and generate with it.
@@ -69,11 +61,15 @@ fn a_config_claiming_sizes_past_any_model_is_refused_before_anything_is_sized() 
         let (dir, data) = (dir.to_str().unwrap(), data.to_str().unwrap());
         let expect = format!("config.json: {expect}");
         let plan = ["plan", "--model", dir, "--optimizer", "lomo", "--batch-size", "1", "--max-len", "16"];
-        one_line_exit_2(&lomo_capped(&plan), &expect);
+        one_line_exit_2(&lomo_capped(&plan), "plan", &expect);
         let train = ["train", "--model", dir, "--data", data, "--optimizer", "lomo", "--lr", "1e-3", "--steps", "1"];
-        one_line_exit_2(&lomo_capped(&[&train[..], &["--batch-size", "1", "--max-len", "16"]].concat()), &expect);
+        one_line_exit_2(
+            &lomo_capped(&[&train[..], &["--batch-size", "1", "--max-len", "16"]].concat()),
+            "train",
+            &expect,
+        );
         let generate = ["generate", "--model", dir, "--prompt", "Once upon a time", "--max-new-tokens", "4"];
-        one_line_exit_2(&lomo_capped(&generate), &expect);
+        one_line_exit_2(&lomo_capped(&generate), "generate", &expect);
     }
 }
 
@@ -159,7 +155,7 @@ fn a_full_disk_while_making_the_offload_working_copy_leaves_nothing() {
             .arg(&offload)
             .output()
             .expect("run strace");
-        one_line_exit_2(&out, &format!("in {}", offload.display()));
+        one_line_exit_2(&out, "offload", &format!("in {}", offload.display()));
         assert!(String::from_utf8_lossy(&out.stderr).contains("No space left on device"), "{syscall}");
         let left: Vec<_> =
             std::fs::read_dir(&offload).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();

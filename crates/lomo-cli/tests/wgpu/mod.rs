@@ -90,12 +90,7 @@ fn tiny_run(extra: &[&str], env: &[(&str, &str)]) -> Output {
 /// [`tiny_run`]: exit 2 and one line that contains `expect`.
 fn refused(extra: &[&str], env: &[(&str, &str)], expect: &str) {
     let out = tiny_run(extra, env);
-    let err = String::from_utf8_lossy(&out.stderr);
-    let case = format!("{extra:?} {env:?}");
-    assert_eq!(out.status.code(), Some(2), "{case}: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{case}: one line expected, got:\n{err}");
-    assert!(err.contains(expect), "{case}: {err:?} should mention {expect:?}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{case}: {err}");
+    super::one_line_exit_2(&out, &format!("{extra:?} {env:?}"), expect);
 }
 
 #[test]
